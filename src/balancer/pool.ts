@@ -1,0 +1,195 @@
+// Pool: the proxy's view of one service. It holds the membership's instances as endpoints with their
+// health state (ejected after connect failures, draining from the registry) and picks the next one.
+
+import { instanceAddress, type Instance } from '../membership/instance.ts'
+import type { Membership } from '../membership/source.ts'
+import { RoundRobin } from './round-robin.ts'
+
+export type EndpointState = 'up' | 'draining' | 'ejected'
+
+/** One instance as the pool tracks it. Mutable counters are owned by the pool and the proxy. */
+export class Endpoint {
+  /** Identity across membership changes: the same id at another address is another endpoint. */
+  readonly key: string
+  readonly address: string
+  instance: Instance
+  inflight = 0
+  requests = 0
+  /** Consecutive failures to connect; reset by any answer. */
+  failures = 0
+  /** Ejections in a row; the next ejection lasts twice as long. */
+  ejections = 0
+  ejectedUntilMs = 0
+  /** Epoch ms of the last change of state (joined, draining, ejected, back). */
+  changedAtMs: number
+
+  constructor (instance: Instance, nowMs: number) {
+    this.instance = instance
+    this.address = instanceAddress(instance)
+    this.key = endpointKey(instance)
+    this.changedAtMs = nowMs
+  }
+
+  get weight (): number {
+    return this.instance.weight
+  }
+
+  state (nowMs: number): EndpointState {
+    if (this.instance.state === 'draining') return 'draining'
+    return this.ejectedUntilMs > nowMs ? 'ejected' : 'up'
+  }
+}
+
+export function endpointKey (instance: Instance): string {
+  return `${instance.id}@${instanceAddress(instance)}`
+}
+
+export type PoolEvent =
+  | { readonly type: 'added', readonly endpoint: Endpoint }
+  /** Left the membership. Requests already running on it go on; the pool will not pick it again. */
+  | { readonly type: 'removed', readonly endpoint: Endpoint }
+  | { readonly type: 'ejected', readonly endpoint: Endpoint, readonly durationMs: number }
+  | { readonly type: 'changed', readonly membership: Membership }
+
+export interface PoolOptions {
+  readonly service: string
+  /** First ejection after a failed connect; each ejection in a row doubles it, up to ejectMaxMs. */
+  readonly ejectBaseMs: number
+  readonly ejectMaxMs: number
+  /** Below this share of healthy instances, ejection is ignored and all non-draining ones get traffic. */
+  readonly panicThresholdPercent: number
+  readonly now?: () => number
+}
+
+export class Pool {
+  readonly service: string
+  readonly #options: PoolOptions
+  readonly #now: () => number
+  readonly #endpoints = new Map<string, Endpoint>()
+  readonly #picker = new RoundRobin<Endpoint>()
+  readonly #ejected = new Set<Endpoint>()
+  #upCount = 0
+  #membership: Membership | undefined
+  readonly #listeners = new Set<(event: PoolEvent) => void>()
+
+  constructor (options: PoolOptions) {
+    this.service = options.service
+    this.#options = options
+    this.#now = options.now ?? Date.now
+  }
+
+  get membership (): Membership | undefined {
+    return this.#membership
+  }
+
+  endpoints (): IterableIterator<Endpoint> {
+    return this.#endpoints.values()
+  }
+
+  get size (): number {
+    return this.#endpoints.size
+  }
+
+  onEvent (listener: (event: PoolEvent) => void): () => void {
+    this.#listeners.add(listener)
+    return () => { this.#listeners.delete(listener) }
+  }
+
+  /** Applies a full membership: new instances join, missing ones leave, known ones keep their health. */
+  update (membership: Membership): void {
+    const now = this.#now()
+    const next = new Map<string, Endpoint>()
+    const added: Endpoint[] = []
+    for (const instance of membership.instances) {
+      const key = endpointKey(instance)
+      let endpoint = this.#endpoints.get(key)
+      if (endpoint) {
+        if (endpoint.instance.state !== instance.state) endpoint.changedAtMs = now
+        endpoint.instance = instance
+      } else {
+        endpoint = new Endpoint(instance, now)
+        added.push(endpoint)
+      }
+      next.set(key, endpoint)
+    }
+    const removed = [...this.#endpoints.values()].filter(e => !next.has(e.key))
+    this.#endpoints.clear()
+    for (const [key, endpoint] of next) this.#endpoints.set(key, endpoint)
+    for (const endpoint of removed) this.#ejected.delete(endpoint)
+    this.#membership = membership
+    this.#rebuild()
+    for (const endpoint of added) this.#emit({ type: 'added', endpoint })
+    for (const endpoint of removed) this.#emit({ type: 'removed', endpoint })
+    this.#emit({ type: 'changed', membership })
+  }
+
+  /**
+   * The next endpoint for a new request, skipping `exclude` (those already tried for it). Ejected
+   * endpoints are skipped unless too few are healthy (panic: better a likely failure than none).
+   */
+  pick (exclude?: ReadonlySet<Endpoint>): Endpoint | undefined {
+    const now = this.#now()
+    if (this.#ejected.size > 0) this.#expireEjections(now)
+    if (this.#ejected.size === 0) {
+      return exclude && exclude.size > 0 ? this.#picker.next(e => !exclude.has(e)) : this.#picker.next(always)
+    }
+    const healthyPercent = ((this.#upCount - this.#ejected.size) / this.#upCount) * 100
+    const panic = healthyPercent < this.#options.panicThresholdPercent
+    const chosen = this.#picker.next(e => !this.#ejected.has(e) && !exclude?.has(e))
+    if (chosen || !panic) return chosen
+    return this.#picker.next(e => !exclude?.has(e))
+  }
+
+  /** An answer came back (any status): the endpoint is reachable. */
+  reportSuccess (endpoint: Endpoint): void {
+    if (endpoint.failures === 0 && endpoint.ejections === 0) return
+    endpoint.failures = 0
+    endpoint.ejections = 0
+  }
+
+  /** A connect failed: eject the endpoint for a growing time, so later requests skip it. */
+  reportConnectFailure (endpoint: Endpoint): void {
+    endpoint.failures++
+    if (!this.#endpoints.has(endpoint.key) || endpoint.instance.state !== 'up') return
+    const now = this.#now()
+    if (endpoint.ejectedUntilMs > now) return
+    const durationMs = Math.min(this.#options.ejectMaxMs, this.#options.ejectBaseMs * 2 ** endpoint.ejections)
+    endpoint.ejections++
+    endpoint.ejectedUntilMs = now + durationMs
+    endpoint.changedAtMs = now
+    this.#ejected.add(endpoint)
+    this.#emit({ type: 'ejected', endpoint, durationMs })
+  }
+
+  /** Counts by state, for status and metrics. */
+  counts (): Record<EndpointState, number> {
+    const now = this.#now()
+    const counts: Record<EndpointState, number> = { up: 0, draining: 0, ejected: 0 }
+    for (const endpoint of this.#endpoints.values()) counts[endpoint.state(now)]++
+    return counts
+  }
+
+  #expireEjections (now: number): void {
+    for (const endpoint of this.#ejected) {
+      if (endpoint.ejectedUntilMs <= now) {
+        this.#ejected.delete(endpoint)
+        endpoint.changedAtMs = now
+      }
+    }
+  }
+
+  #rebuild (): void {
+    const up = [...this.#endpoints.values()].filter(e => e.instance.state === 'up')
+    this.#upCount = up.length
+    for (const endpoint of this.#ejected) if (endpoint.instance.state !== 'up') this.#ejected.delete(endpoint)
+    this.#picker.reset(up)
+  }
+
+  #emit (event: PoolEvent): void {
+    for (const listener of this.#listeners) listener(event)
+  }
+}
+
+function always (): boolean {
+  return true
+}

@@ -1,0 +1,140 @@
+#!/usr/bin/env node
+// The command line: `fleetgate proxy` and `fleetgate agent`. The only place that reads process.env and
+// process.argv; a configuration error exits 2 with a message naming the key, value and expectation.
+
+import { readFileSync } from 'node:fs'
+import type { TObject } from '@sinclair/typebox'
+import { AgentConfigSchema, kebab, loadConfig, ProxyConfigSchema, snake, type ProxyConfig } from './config.ts'
+import { FleetgateError, isFleetgateError } from './errors.ts'
+import { createLogger, type Logger } from './logger.ts'
+import type { MembershipSource } from './membership/source.ts'
+import { parseStaticInstances, StaticSource } from './membership/static.ts'
+import { ZooKeeperSource } from './membership/zookeeper.ts'
+import { createProxy } from './proxy/server.ts'
+
+const USAGE = `Usage:
+  fleetgate proxy [--zookeeper HOSTS | --static URLS] [--service NAME] [--listen HOST:PORT] [options]
+  fleetgate agent --zookeeper HOSTS --advertise HOST:PORT [--target URL] [options] [-- COMMAND ARGS...]
+  fleetgate help proxy|agent
+  fleetgate --version
+
+Every option is also read from FLEETGATE_<NAME> (e.g. FLEETGATE_LISTEN) and from a JSON or YAML file
+given with --config FILE (keys in camelCase, e.g. adminListen). Flags win over environment, environment
+over the file.`
+
+export async function main (argv: readonly string[], env: Readonly<Record<string, string | undefined>>): Promise<number> {
+  const [command, ...rest] = argv
+  switch (command) {
+    case 'proxy':
+      return runProxy(rest, env)
+    case 'agent': {
+      const { runAgent } = await import('./agent/main.ts')
+      return runAgent(rest, env)
+    }
+    case '--version':
+    case 'version':
+      process.stdout.write(`${version()}\n`)
+      return 0
+    case 'help':
+    case '--help':
+    case '-h':
+    case undefined:
+      process.stdout.write(help(rest[0]))
+      return command === undefined ? 2 : 0
+    default:
+      process.stderr.write(`fleetgate: unknown command ${JSON.stringify(command)}\n\n${USAGE}\n`)
+      return 2
+  }
+}
+
+async function runProxy (argv: readonly string[], env: Readonly<Record<string, string | undefined>>): Promise<number> {
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(help('proxy'))
+    return 0
+  }
+  const { config } = loadConfig(ProxyConfigSchema, { argv, env })
+  const logger = createLogger({ level: config.logLevel, name: 'fleetgate-proxy' })
+  const source = buildSource(config, logger)
+  const proxy = createProxy(config, source, logger)
+  await proxy.listen()
+  await untilSignal(logger, () => proxy.close())
+  return 0
+}
+
+/** The discovery backend the configuration names. */
+export function buildSource (config: ProxyConfig, logger: Logger): MembershipSource {
+  const discovery = config.discovery ?? (config.static !== undefined ? 'static' : 'zookeeper')
+  if (discovery === 'static') {
+    if (config.static === undefined) throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', '--static is required with --discovery static: expected http://HOST:PORT[,http://HOST:PORT...]')
+    return new StaticSource(config.service, parseStaticInstances(config.static))
+  }
+  if (config.zookeeper === undefined) {
+    throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', '--zookeeper is required (or --static for a fixed list): expected HOST:PORT[,HOST:PORT...][/chroot]')
+  }
+  return new ZooKeeperSource({
+    connectString: config.zookeeper,
+    basePath: config.basePath,
+    service: config.service,
+    sessionTimeoutMs: config.sessionTimeoutMs,
+    resyncIntervalMs: config.resyncIntervalMs,
+    logger,
+  })
+}
+
+/** Resolves once SIGTERM or SIGINT has been handled by `shutdown`; a second signal exits at once. */
+export function untilSignal (logger: Logger, shutdown: () => Promise<void>): Promise<void> {
+  return new Promise(resolve => {
+    let stopping = false
+    const onSignal = (signal: NodeJS.Signals): void => {
+      if (stopping) {
+        logger.warn({ signal }, 'second signal: exiting now')
+        process.exit(130)
+      }
+      stopping = true
+      logger.info({ signal }, 'shutting down')
+      shutdown().then(resolve, err => {
+        logger.error({ err }, 'shutdown failed')
+        resolve()
+      })
+    }
+    process.on('SIGTERM', onSignal)
+    process.on('SIGINT', onSignal)
+  })
+}
+
+function help (command: string | undefined): string {
+  const schema: TObject | undefined = command === 'proxy' ? ProxyConfigSchema : command === 'agent' ? AgentConfigSchema : undefined
+  if (!schema) return `${USAGE}\n`
+  const lines = Object.entries(schema.properties).map(([key, property]) => {
+    const p = property as { description?: string, default?: unknown }
+    const flag = `--${kebab(key)}`.padEnd(28)
+    const fallback = p.default === undefined ? '' : ` (default ${JSON.stringify(p.default)})`
+    return `  ${flag} ${p.description ?? ''}${fallback}  [FLEETGATE_${snake(key)}]`
+  })
+  return `${USAGE}\n\nOptions for ${command}:\n  --config FILE                JSON or YAML file with any of the keys below\n${lines.join('\n')}\n`
+}
+
+function version (): string {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
+  return pkg.version
+}
+
+function report (err: unknown): number {
+  if (isFleetgateError(err)) {
+    process.stderr.write(`fleetgate: ${err.code}: ${err.message}\n`)
+    if (err.code === 'FLEETGATE_ERR_CLI_USAGE') process.stderr.write(`\n${USAGE}\n`)
+    return 2
+  }
+  const listenError = err as NodeJS.ErrnoException
+  if (listenError?.code === 'EADDRINUSE' || listenError?.code === 'EACCES' || listenError?.code === 'EADDRNOTAVAIL') {
+    process.stderr.write(`fleetgate: cannot listen: ${listenError.message}\n`)
+    return 2
+  }
+  process.stderr.write(`fleetgate: ${(err as Error)?.stack ?? String(err)}\n`)
+  return 1
+}
+
+main(process.argv.slice(2), process.env).then(
+  code => process.exit(code),
+  err => process.exit(report(err)),
+)

@@ -1,0 +1,41 @@
+// Every error fleetgate raises or answers with, one registry. The code is the name; README lists them all.
+
+export interface ErrorSpec {
+  readonly message: string
+  /** HTTP status when the error is answered to a client; 0 when it never reaches HTTP. */
+  readonly statusCode: number
+}
+
+export const ERRORS = {
+  FLEETGATE_ERR_CONFIG_INVALID: { message: 'Invalid configuration', statusCode: 0 },
+  FLEETGATE_ERR_CONFIG_FILE: { message: 'Configuration file cannot be read or parsed', statusCode: 0 },
+  FLEETGATE_ERR_CLI_USAGE: { message: 'Invalid command line', statusCode: 0 },
+  FLEETGATE_ERR_NO_LIVE_INSTANCE: { message: 'No live instance of the service', statusCode: 503 },
+  FLEETGATE_ERR_UPSTREAM_CONNECT: { message: 'Could not connect to any instance', statusCode: 502 },
+  FLEETGATE_ERR_UPSTREAM_RESET: { message: 'The instance closed the connection before answering', statusCode: 502 },
+  FLEETGATE_ERR_UPSTREAM_TIMEOUT: { message: 'The instance did not answer in time', statusCode: 504 },
+  FLEETGATE_ERR_UPSTREAM_PROTOCOL: { message: 'The instance sent an invalid HTTP response', statusCode: 502 },
+  FLEETGATE_ERR_DRAINING: { message: 'The proxy is shutting down', statusCode: 503 },
+  FLEETGATE_ERR_ZK_SESSION: { message: 'ZooKeeper session lost', statusCode: 0 },
+  FLEETGATE_ERR_ZK_WATCHDOG: { message: 'ZooKeeper did not answer within the watchdog deadline', statusCode: 0 },
+  FLEETGATE_ERR_REGISTRATION_INVALID: { message: 'Registration data is not a usable instance', statusCode: 0 },
+} as const satisfies Record<string, ErrorSpec>
+
+export type ErrorCode = keyof typeof ERRORS
+
+export class FleetgateError extends Error {
+  readonly code: ErrorCode
+  readonly statusCode: number
+
+  constructor (code: ErrorCode, detail?: string, options?: { cause?: unknown }) {
+    const spec = ERRORS[code]
+    super(detail ? `${spec.message}: ${detail}` : spec.message, options)
+    this.name = 'FleetgateError'
+    this.code = code
+    this.statusCode = spec.statusCode
+  }
+}
+
+export function isFleetgateError (err: unknown, code?: ErrorCode): err is FleetgateError {
+  return err instanceof FleetgateError && (code === undefined || err.code === code)
+}

@@ -1,0 +1,172 @@
+// The Instance type and the codecs for the registration formats fleetgate reads: Curator x-discovery
+// (what fleetgate's own agent writes), Finagle/Aurora ServerSet and Nerve.
+
+import { isIP } from 'node:net'
+
+export type InstanceState = 'up' | 'draining'
+
+/** One registered server of a service, as discovery sees it. Immutable. */
+export interface Instance {
+  /** Stable within the service: the znode name, or the Consul service ID. */
+  readonly id: string
+  readonly host: string
+  readonly port: number
+  /** `draining` instances get no new requests; requests already running on them finish. */
+  readonly state: InstanceState
+  /** Relative share of new requests; always >= 1 (a registered weight of 0 reads as draining). */
+  readonly weight: number
+  readonly labels: Readonly<Record<string, string>>
+}
+
+export type RegistrationFormat = 'curator' | 'serverset' | 'nerve'
+
+export type InvalidReason = 'too_large' | 'not_json' | 'unknown_format' | 'no_host' | 'bad_port'
+
+export type DecodeResult =
+  | { readonly ok: true, readonly instance: Instance, readonly format: RegistrationFormat }
+  | { readonly ok: false, readonly reason: InvalidReason, readonly detail: string }
+
+/** Registrations are a few hundred bytes; anything this large is garbage and is not parsed. */
+export const MAX_REGISTRATION_BYTES = 64 * 1024
+
+/** Decodes one registration. Unknown fields are ignored; a bad registration is a result, never a throw. */
+export function decodeRegistration (id: string, data: Buffer | string | null | undefined): DecodeResult {
+  const size = data == null ? 0 : Buffer.byteLength(data)
+  if (size === 0) return invalid('not_json', 'empty data')
+  if (size > MAX_REGISTRATION_BYTES) return invalid('too_large', `${size} bytes`)
+
+  let doc: unknown
+  try {
+    doc = JSON.parse(data!.toString())
+  } catch (err) {
+    return invalid('not_json', (err as Error).message)
+  }
+  if (!isObject(doc)) return invalid('not_json', 'not a JSON object')
+
+  if (isObject(doc.serviceEndpoint)) return decodeServerSet(id, doc)
+  if ('address' in doc && ('registrationTimeUTC' in doc || 'serviceType' in doc || 'sslPort' in doc || 'payload' in doc)) {
+    return decodeCurator(id, doc)
+  }
+  if ('host' in doc) return decodeNerve(id, doc)
+  return invalid('unknown_format', 'neither Curator, ServerSet nor Nerve JSON')
+}
+
+function decodeCurator (id: string, doc: Record<string, unknown>): DecodeResult {
+  const payload = isObject(doc.payload) ? doc.payload : {}
+  const weight = numberOr(payload.weight, 1)
+  const draining = doc.enabled === false || payload.state === 'draining' || weight === 0
+  return build(id, 'curator', doc.address, doc.port, draining, weight, {
+    ...stringRecord(payload.labels),
+  })
+}
+
+function decodeServerSet (id: string, doc: Record<string, unknown>): DecodeResult {
+  const endpoint = doc.serviceEndpoint as Record<string, unknown>
+  const status = typeof doc.status === 'string' ? doc.status : 'ALIVE'
+  const labels: Record<string, string> = { status }
+  if (typeof doc.shard === 'number') labels.shard = String(doc.shard)
+  return build(id, 'serverset', endpoint.host, endpoint.port, status !== 'ALIVE', 1, labels)
+}
+
+function decodeNerve (id: string, doc: Record<string, unknown>): DecodeResult {
+  const weight = numberOr(doc.weight, 1)
+  const labels = stringRecord(doc.labels)
+  if (typeof doc.name === 'string') labels.name = doc.name
+  return build(id, 'nerve', doc.host, doc.port, weight === 0, weight, labels)
+}
+
+function build (
+  id: string, format: RegistrationFormat, host: unknown, port: unknown,
+  draining: boolean, weight: number, labels: Record<string, string>,
+): DecodeResult {
+  if (!isUsableHost(host)) return invalid('no_host', `host ${JSON.stringify(host) ?? 'missing'}`)
+  const portNumber = typeof port === 'string' && /^\d+$/.test(port) ? Number(port) : port
+  if (!isPort(portNumber)) return invalid('bad_port', `port ${JSON.stringify(port) ?? 'missing'}`)
+  return {
+    ok: true,
+    format,
+    instance: Object.freeze({
+      id,
+      host: unbracket(host),
+      port: portNumber,
+      state: draining ? 'draining' : 'up',
+      weight: Math.max(1, Math.round(weight)),
+      labels: Object.freeze(labels),
+    }),
+  }
+}
+
+/** Encodes an instance the way Curator's JsonInstanceSerializer does; fleetgate's own fields go in payload. */
+export function encodeCurator (fields: {
+  service: string
+  id: string
+  host: string
+  port: number
+  state: InstanceState
+  weight: number
+  labels: Readonly<Record<string, string>>
+  registrationTimeUTC: number
+}): Buffer {
+  return Buffer.from(JSON.stringify({
+    name: fields.service,
+    id: fields.id,
+    address: fields.host,
+    port: fields.port,
+    sslPort: null,
+    payload: { state: fields.state, weight: fields.weight, labels: fields.labels },
+    registrationTimeUTC: fields.registrationTimeUTC,
+    serviceType: 'DYNAMIC',
+    uriSpec: { parts: [{ value: 'scheme', variable: true }, { value: '://', variable: false }, { value: 'address', variable: true }, { value: ':', variable: false }, { value: 'port', variable: true }] },
+    enabled: fields.state === 'up',
+  }))
+}
+
+/** `host:port`, with IPv6 literals in brackets. */
+export function instanceAddress (instance: Pick<Instance, 'host' | 'port'>): string {
+  return isIP(instance.host) === 6 ? `[${instance.host}]:${instance.port}` : `${instance.host}:${instance.port}`
+}
+
+/** A canonical text of a whole set, used to emit only real changes. */
+export function fingerprint (instances: readonly Instance[]): string {
+  return JSON.stringify(instances.map(i => [i.id, i.host, i.port, i.state, i.weight, i.labels]))
+}
+
+export function compareInstances (a: Instance, b: Instance): number {
+  return a.id < b.id ? -1 : a.id > b.id ? 1 : 0
+}
+
+const HOSTNAME = /^[A-Za-z0-9]([A-Za-z0-9-]{0,62})?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62})?)*\.?$/
+
+function isUsableHost (host: unknown): host is string {
+  if (typeof host !== 'string' || host.length === 0 || host.length > 255) return false
+  return isIP(unbracket(host)) !== 0 || HOSTNAME.test(host)
+}
+
+function unbracket (host: string): string {
+  return host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host
+}
+
+function isPort (port: unknown): port is number {
+  return typeof port === 'number' && Number.isInteger(port) && port >= 1 && port <= 65535
+}
+
+function numberOr (value: unknown, fallback: number): number {
+  return typeof value === 'number' && Number.isFinite(value) && value >= 0 ? value : fallback
+}
+
+function stringRecord (value: unknown): Record<string, string> {
+  const out: Record<string, string> = {}
+  if (!isObject(value)) return out
+  for (const [k, v] of Object.entries(value)) {
+    if (typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean') out[k] = String(v)
+  }
+  return out
+}
+
+function isObject (value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value)
+}
+
+function invalid (reason: InvalidReason, detail: string): DecodeResult {
+  return { ok: false, reason, detail }
+}

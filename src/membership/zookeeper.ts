@@ -1,0 +1,224 @@
+// ZooKeeperSource: follows the children of <basePath>/<service>. Child and data watches make a change
+// cost reads for the changed children only; a periodic full resync heals anything a watch missed.
+
+import { posix } from 'node:path'
+import type { Logger } from '../logger.ts'
+import {
+  exists, getChildren, getData, ZK, zkErrorCode, ZooKeeperSession,
+  type Client, type SessionEvent, type ZkEvent,
+} from '../zookeeper/session.ts'
+import { decodeRegistration, type DecodeResult, type Instance } from './instance.ts'
+import { BaseSource } from './source.ts'
+
+export interface ZooKeeperSourceOptions {
+  readonly connectString: string
+  readonly basePath: string
+  readonly service: string
+  readonly sessionTimeoutMs: number
+  readonly resyncIntervalMs: number
+  readonly logger: Logger
+}
+
+interface CachedChild {
+  readonly result: DecodeResult
+  /** Set by a data watch: the next sync reads this child again. */
+  stale: boolean
+}
+
+/** How many getData calls one sync keeps in flight, so a 10,000-child first read neither floods nor crawls. */
+const READ_CONCURRENCY = 128
+
+export class ZooKeeperSource extends BaseSource {
+  readonly kind = 'zookeeper'
+  readonly path: string
+  readonly #options: ZooKeeperSourceOptions
+  readonly #log: Logger
+  readonly #session: ZooKeeperSession
+  readonly #cache = new Map<string, CachedChild>()
+  /** Generation of the client a sync is running under; a rebuilt client starts its own sync. */
+  #syncingGeneration: number | undefined
+  #dirty = false
+  #fullResync = false
+  #resyncTimer: NodeJS.Timeout | undefined
+  #reads = 0
+  #watcher: { generation: number, fn: (event: ZkEvent) => void } | undefined
+
+  constructor (options: ZooKeeperSourceOptions) {
+    super(options.service)
+    this.#options = options
+    this.path = posix.join(options.basePath, options.service)
+    this.#log = options.logger.child({ source: 'zookeeper', path: this.path })
+    this.#session = new ZooKeeperSession({
+      connectString: options.connectString,
+      sessionTimeoutMs: options.sessionTimeoutMs,
+      logger: options.logger,
+    })
+    this.#session.on(event => this.#onSession(event))
+  }
+
+  /** ZooKeeper reads (list and data) made so far; lets tests and benchmarks check the cost of a change. */
+  get reads (): number {
+    return this.#reads
+  }
+
+  async start (): Promise<void> {
+    this.#session.start()
+    this.#resyncTimer = setInterval(() => {
+      this.#fullResync = true
+      this.#requestSync()
+    }, this.#options.resyncIntervalMs)
+    this.#resyncTimer.unref()
+    return this.firstMembership()
+  }
+
+  async close (): Promise<void> {
+    clearInterval(this.#resyncTimer)
+    this.releaseStart()
+    await this.#session.close()
+  }
+
+  #onSession (event: SessionEvent): void {
+    switch (event.type) {
+      case 'connected':
+        // Reconnected within the session: the client re-registers our watches, but a child list may
+        // have changed meanwhile. A new session has no watches at all: read everything again.
+        if (event.newSession) this.#cache.clear()
+        this.setStatus('connected', true)
+        this.#requestSync()
+        break
+      case 'disconnected':
+        this.setStatus('disconnected', true)
+        break
+      case 'expired':
+        this.emit({ type: 'session-expired' })
+        this.setStatus('expired', true)
+        this.setStatus('connecting', true)
+        break
+    }
+  }
+
+  #requestSync (): void {
+    const generation = this.#session.generation
+    if (this.#syncingGeneration === generation) {
+      this.#dirty = true
+      return
+    }
+    void this.#syncLoop(generation)
+  }
+
+  async #syncLoop (generation: number): Promise<void> {
+    this.#syncingGeneration = generation
+    try {
+      do {
+        this.#dirty = false
+        const client = this.#session.client
+        if (!client || this.#session.generation !== generation) return
+        const full = this.#fullResync
+        this.#fullResync = false
+        await this.#syncOnce(client, generation, full)
+      } while (this.#dirty && this.#session.generation === generation)
+    } catch (err) {
+      // Connection loss and the like: the session reports it and a reconnect starts a new sync.
+      this.#log.warn({ err }, 'zookeeper sync failed; keeping the last membership')
+      if (this.#session.connected && this.#session.generation === generation) {
+        setTimeout(() => this.#requestSync(), 250).unref()
+      }
+    } finally {
+      if (this.#syncingGeneration === generation) this.#syncingGeneration = undefined
+    }
+  }
+
+  async #syncOnce (client: Client, generation: number, full: boolean): Promise<void> {
+    const watcher = this.#watcherFor(generation)
+    let children: string[]
+    try {
+      this.#reads++
+      children = await getChildren(client, this.path, watcher)
+    } catch (err) {
+      if (zkErrorCode(err) !== ZK.NO_NODE) throw err
+      // The service path does not exist yet: wait for it. While connected, an absent path is an
+      // authoritative empty membership.
+      this.#reads++
+      const stat = await exists(client, this.path, watcher)
+      if (stat) {
+        this.#dirty = true
+        return
+      }
+      if (this.#current(generation)) this.#commit([])
+      return
+    }
+    if (!this.#current(generation)) return
+
+    const listed = new Set(children)
+    for (const name of this.#cache.keys()) if (!listed.has(name)) this.#cache.delete(name)
+    const toRead = children.filter(name => full || this.#cache.get(name)?.stale !== false)
+    await this.#readChildren(client, generation, toRead, watcher)
+    if (!this.#current(generation)) return
+    this.#commit(children)
+  }
+
+  async #readChildren (client: Client, generation: number, names: string[], watcher: (event: ZkEvent) => void): Promise<void> {
+    let next = 0
+    const worker = async (): Promise<void> => {
+      while (next < names.length && this.#current(generation)) {
+        const name = names[next++]!
+        try {
+          this.#reads++
+          const { data } = await getData(client, `${this.path}/${name}`, watcher)
+          this.#store(name, decodeRegistration(name, data))
+        } catch (err) {
+          // Deleted between the list and the read: the child watch brings the new list.
+          if (zkErrorCode(err) !== ZK.NO_NODE) throw err
+          this.#cache.delete(name)
+        }
+      }
+    }
+    await Promise.all(Array.from({ length: Math.min(READ_CONCURRENCY, names.length) }, worker))
+  }
+
+  #store (name: string, result: DecodeResult): void {
+    const previous = this.#cache.get(name)
+    this.#cache.set(name, { result, stale: false })
+    if (result.ok) return
+    const sameAsBefore = previous && !previous.result.ok && previous.result.reason === result.reason
+    if (sameAsBefore) return
+    this.#log.warn({ child: name, reason: result.reason, detail: result.detail }, 'skipping invalid registration')
+    this.emit({ type: 'invalid', id: name, reason: result.reason, detail: result.detail })
+  }
+
+  #commit (children: string[]): void {
+    const instances: Instance[] = []
+    for (const name of children) {
+      const cached = this.#cache.get(name)
+      if (cached?.result.ok) instances.push(cached.result.instance)
+    }
+    if (this.publish(instances)) {
+      this.#log.info({ revision: this.current()?.revision, instances: instances.length }, 'membership changed')
+    }
+    this.setStatus('connected', false)
+  }
+
+  /**
+   * One watcher function per client: node-zookeeper-client keeps one registration per (path, function),
+   * so re-reading a child with the same function never piles up listeners.
+   */
+  #watcherFor (generation: number): (event: ZkEvent) => void {
+    if (this.#watcher?.generation !== generation) {
+      this.#watcher = { generation, fn: (event: ZkEvent): void => this.#onWatch(generation, event) }
+    }
+    return this.#watcher.fn
+  }
+
+  #onWatch (generation: number, event: ZkEvent): void {
+    if (!this.#current(generation)) return
+    if (event.type === ZK.NODE_DATA_CHANGED && event.path !== this.path) {
+      const cached = this.#cache.get(posix.basename(event.path))
+      if (cached) cached.stale = true
+    }
+    this.#requestSync()
+  }
+
+  #current (generation: number): boolean {
+    return this.#session.generation === generation && this.#session.connected
+  }
+}

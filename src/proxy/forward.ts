@@ -1,0 +1,211 @@
+// Forwarding one request: pick an instance, stream the request to it and its answer back, and retry on
+// a different instance when that is safe (nothing was sent, or an idempotent request got no answer).
+
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http'
+import type { Dispatcher } from 'undici'
+import type { Endpoint, Pool } from '../balancer/pool.ts'
+import { ERRORS, type ErrorCode } from '../errors.ts'
+import type { Logger } from '../logger.ts'
+import { clientResponseHeaders, upstreamRequestHeaders } from './headers.ts'
+import type { InstanceMetrics } from './instance-metrics.ts'
+import type { Upstreams } from './upstreams.ts'
+
+/** Everything an exchange needs that outlives it; one per proxy. */
+export interface ForwardContext {
+  readonly service: string
+  readonly pool: Pool
+  readonly upstreams: Upstreams
+  readonly metrics: InstanceMetrics
+  readonly log: Logger
+  readonly tries: number
+  /** Envoy-style retry budget: retries in flight may not exceed this share of requests in flight... */
+  readonly retryBudgetPercent: number
+  /** ...but a few are always allowed, so a small fleet can fail over. */
+  readonly retryBudgetMin: number
+  inFlight: number
+  retriesInFlight: number
+}
+
+/** Errors where the connection never carried the request: safe to send anywhere else. */
+const CONNECT_FAILURES = new Set([
+  'ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL', 'ENOTFOUND', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT',
+])
+/** The connection broke before any answer: the instance may have started work. */
+const RESETS = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED'])
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE'])
+
+/** One client request, through as many tries as it takes. Implements undici's dispatch handler. */
+export class Exchange implements Dispatcher.DispatchHandler {
+  readonly #ctx: ForwardContext
+  readonly #req: IncomingMessage
+  readonly #res: ServerResponse
+  readonly #startedAt = process.hrtime.bigint()
+  readonly #hasBody: boolean
+  #headers: string[] | undefined
+  #endpoint: Endpoint | undefined
+  #tried: Set<Endpoint> | undefined
+  #tries = 0
+  #attemptOpen = false
+  #retrying = false
+  #lastFailure: ErrorCode = 'FLEETGATE_ERR_UPSTREAM_CONNECT'
+  #controller: Dispatcher.DispatchController | undefined
+  #responded = false
+  #clientGone = false
+  #finished = false
+
+  constructor (ctx: ForwardContext, req: IncomingMessage, res: ServerResponse) {
+    this.#ctx = ctx
+    this.#req = req
+    this.#res = res
+    const length = req.headers['content-length']
+    this.#hasBody = req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')
+    ctx.inFlight++
+    res.once('close', this.#onClientClose)
+  }
+
+  /** Sends the request to the next instance not tried yet, or answers the error if none is left. */
+  start (): void {
+    const endpoint = this.#ctx.pool.pick(this.#tried)
+    if (!endpoint) {
+      if (this.#tries === 0) {
+        this.#ctx.metrics.noLiveInstance()
+        this.#fail('FLEETGATE_ERR_NO_LIVE_INSTANCE', { 'retry-after': '1' })
+      } else {
+        this.#fail(this.#lastFailure)
+      }
+      return
+    }
+    this.#tries++
+    this.#endpoint = endpoint
+    this.#controller = undefined
+    this.#attemptOpen = true
+    endpoint.inflight++
+    endpoint.requests++
+    this.#ctx.metrics.started(endpoint)
+    this.#headers ??= upstreamRequestHeaders(this.#req)
+    this.#ctx.upstreams.get(endpoint).dispatch({
+      path: this.#req.url ?? '/',
+      method: this.#req.method as Dispatcher.HttpMethod,
+      headers: this.#headers,
+      body: this.#hasBody ? this.#req : null,
+    }, this)
+  }
+
+  onRequestStart (controller: Dispatcher.DispatchController): void {
+    this.#controller = controller
+    if (this.#clientGone) controller.abort(new Error('client closed the connection'))
+  }
+
+  onResponseStart (_controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders, statusMessage?: string): void {
+    this.#ctx.pool.reportSuccess(this.#endpoint!)
+    this.#responded = true
+    if (this.#clientGone) return
+    this.#res.writeHead(statusCode, statusMessage, clientResponseHeaders(headers))
+  }
+
+  onResponseData (controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (this.#clientGone) return
+    if (!this.#res.write(chunk)) {
+      controller.pause()
+      this.#res.once('drain', () => controller.resume())
+    }
+  }
+
+  onResponseEnd (): void {
+    this.#endAttempt()
+    if (!this.#clientGone) this.#res.end()
+    this.#finish(this.#res.statusCode)
+  }
+
+  onResponseError (_controller: Dispatcher.DispatchController, error: Error): void {
+    const endpoint = this.#endpoint!
+    this.#endAttempt()
+    if (this.#clientGone) return this.#finish(499)
+
+    const code = (error as NodeJS.ErrnoException).code ?? ''
+    const connectFailure = CONNECT_FAILURES.has(code)
+    if (connectFailure) {
+      this.#ctx.metrics.connectFailure(endpoint)
+      this.#ctx.pool.reportConnectFailure(endpoint)
+    }
+    if (this.#responded) {
+      // Mid-body: the status line is gone; all that is left is to cut the client off likewise.
+      this.#ctx.log.warn({ err: error, instance: endpoint.address }, 'response cut off by the instance')
+      this.#res.destroy(error)
+      return this.#finish(this.#res.statusCode)
+    }
+    const bodyIntact = !this.#hasBody || (!this.#req.readableDidRead && !this.#req.destroyed)
+    const reset = RESETS.has(code)
+    const retryable = bodyIntact && (connectFailure || (reset && IDEMPOTENT.has(this.#req.method ?? '')))
+    if (retryable && this.#tries < this.#ctx.tries && this.#withinBudget()) {
+      (this.#tried ??= new Set()).add(endpoint)
+      this.#lastFailure = code === 'UND_ERR_CONNECT_TIMEOUT'
+        ? 'FLEETGATE_ERR_UPSTREAM_TIMEOUT'
+        : connectFailure ? 'FLEETGATE_ERR_UPSTREAM_CONNECT' : 'FLEETGATE_ERR_UPSTREAM_RESET'
+      this.#ctx.metrics.retry(connectFailure ? 'connect_failure' : 'reset_before_response')
+      if (!this.#retrying) {
+        this.#retrying = true
+        this.#ctx.retriesInFlight++
+      }
+      return this.start()
+    }
+    if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT') return this.#fail('FLEETGATE_ERR_UPSTREAM_TIMEOUT')
+    if (connectFailure) return this.#fail('FLEETGATE_ERR_UPSTREAM_CONNECT')
+    if (reset) return this.#fail('FLEETGATE_ERR_UPSTREAM_RESET')
+    if (code.startsWith('UND_ERR_REQ_') || this.#req.destroyed) {
+      // The client's own body broke (aborted upload, wrong length): nobody is left to answer.
+      this.#res.destroy()
+      return this.#finish(499)
+    }
+    this.#ctx.log.warn({ err: error, instance: endpoint.address }, 'upstream protocol error')
+    this.#fail('FLEETGATE_ERR_UPSTREAM_PROTOCOL')
+  }
+
+  #endAttempt (): void {
+    if (!this.#attemptOpen) return
+    this.#attemptOpen = false
+    this.#endpoint!.inflight--
+    this.#ctx.metrics.ended(this.#endpoint!)
+  }
+
+  #withinBudget (): boolean {
+    const ctx = this.#ctx
+    if (this.#retrying) return true
+    return ctx.retriesInFlight < Math.max(ctx.retryBudgetMin, (ctx.inFlight * ctx.retryBudgetPercent) / 100)
+  }
+
+  #fail (code: ErrorCode, extraHeaders?: Record<string, string>): void {
+    const statusCode = ERRORS[code].statusCode
+    if (!this.#clientGone && !this.#res.headersSent) {
+      const body = JSON.stringify({ error: code, message: ERRORS[code].message, service: this.#ctx.service })
+      this.#res.writeHead(statusCode, {
+        'content-type': 'application/json; charset=utf-8',
+        'content-length': Buffer.byteLength(body),
+        'cache-control': 'no-store',
+        ...extraHeaders,
+      })
+      this.#res.end(body)
+    }
+    this.#finish(statusCode)
+  }
+
+  #finish (statusCode: number): void {
+    if (this.#finished) return
+    this.#finished = true
+    if (this.#retrying) {
+      this.#retrying = false
+      this.#ctx.retriesInFlight--
+    }
+    this.#res.off('close', this.#onClientClose)
+    const seconds = Number(process.hrtime.bigint() - this.#startedAt) / 1e9
+    this.#ctx.metrics.finished(this.#endpoint, this.#req.method ?? 'GET', statusCode, seconds)
+    this.#ctx.inFlight--
+  }
+
+  /** The client went away: stop the upstream request too. */
+  readonly #onClientClose = (): void => {
+    if (this.#finished || this.#res.writableFinished) return
+    this.#clientGone = true
+    this.#controller?.abort(new Error('client closed the connection'))
+  }
+}

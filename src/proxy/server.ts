@@ -1,0 +1,210 @@
+// The proxy: a Fastify catch-all route that hijacks the raw request and forwards it through the pool,
+// plus WebSocket upgrades, the admin listener and a graceful shutdown. createProxy() wires a source to
+// all of it and never listens until asked, so tests can build many.
+
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
+import type { Duplex } from 'node:stream'
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
+import { Pool } from '../balancer/pool.ts'
+import type { ProxyConfig } from '../config.ts'
+import { splitHostPort } from '../config.ts'
+import type { Logger } from '../logger.ts'
+import type { MembershipSource } from '../membership/source.ts'
+import { createProxyMetrics, createRegistry, type ProxyMetrics } from '../metrics.ts'
+import { buildAdmin } from './admin.ts'
+import { Exchange, type ForwardContext } from './forward.ts'
+import { InstanceMetrics } from './instance-metrics.ts'
+import { proxyUpgrade, type UpgradeContext } from './upgrade.ts'
+import { Upstreams } from './upstreams.ts'
+
+export type ProxyOptions = Pick<ProxyConfig,
+  'service' | 'listen' | 'adminListen' | 'connectTimeoutMs' | 'headersTimeoutMs' | 'idleTimeoutMs' | 'tries' |
+  'ejectBaseMs' | 'ejectMaxMs' | 'panicThresholdPercent' | 'shutdownTimeoutMs' | 'maxHeaderBytes'>
+
+export interface Proxy {
+  readonly app: FastifyInstance
+  readonly admin: FastifyInstance
+  readonly pool: Pool
+  readonly source: MembershipSource
+  readonly metrics: ProxyMetrics
+  /** Starts the source (without waiting for it) and both listeners. */
+  listen(): Promise<{ port: number, adminPort: number }>
+  /** Stops accepting, lets in-flight requests finish until shutdownTimeoutMs, then closes the source. */
+  close(): Promise<void>
+  status(): ProxyStatus
+}
+
+export interface ProxyStatus {
+  service: string
+  ready: boolean
+  source: { kind: string, status: string, stale: boolean, revision: number | null, changedAt: string | null }
+  instances: Array<{
+    id: string, address: string, state: string, weight: number, labels: Record<string, string>,
+    inflight: number, requests: number, errors: number, p50Ms: number | null, p99Ms: number | null, changedAt: string
+  }>
+}
+
+/** Upstream keep-alive, below gunicorn's 2 s default so an idle socket is not reused just as it closes. */
+const UPSTREAM_KEEP_ALIVE_MS = 1_500
+
+export function createProxy (options: ProxyOptions, source: MembershipSource, logger: Logger): Proxy {
+  const service = options.service
+  const log = logger.child({ service })
+  const pool = new Pool({
+    service,
+    ejectBaseMs: options.ejectBaseMs,
+    ejectMaxMs: options.ejectMaxMs,
+    panicThresholdPercent: options.panicThresholdPercent,
+  })
+  const registry = createRegistry()
+  const metrics = createProxyMetrics(registry, {
+    service,
+    sourceKind: source.kind,
+    instanceCounts: () => pool.counts(),
+    discovery: () => {
+      const state = source.state()
+      return { connected: state.status === 'connected', stale: state.stale }
+    },
+  })
+  const upstreams = new Upstreams({
+    connectTimeoutMs: options.connectTimeoutMs,
+    headersTimeoutMs: options.headersTimeoutMs,
+    idleTimeoutMs: options.idleTimeoutMs,
+    keepAliveTimeoutMs: UPSTREAM_KEEP_ALIVE_MS,
+    maxHeaderBytes: options.maxHeaderBytes,
+  })
+  const instanceMetrics = new InstanceMetrics(metrics, service)
+  const forward: ForwardContext = {
+    service, pool, upstreams, metrics: instanceMetrics, log,
+    tries: options.tries, retryBudgetPercent: 20, retryBudgetMin: 3, inFlight: 0, retriesInFlight: 0,
+  }
+  const upgrades: UpgradeContext = {
+    service, pool, metrics: instanceMetrics, log, tries: options.tries,
+    connectTimeoutMs: options.connectTimeoutMs, sockets: new Set<Duplex>(),
+  }
+  let closing = false
+
+  wireDiscovery(source, pool, metrics, service, log)
+  pool.onEvent(event => {
+    if (event.type === 'removed') {
+      instanceMetrics.removed(event.endpoint)
+      void upstreams.release(event.endpoint)
+    } else if (event.type === 'ejected') {
+      instanceMetrics.ejected(event.endpoint)
+      log.warn({ instance: event.endpoint.address, durationMs: event.durationMs }, 'instance ejected after a failed connect')
+    }
+  })
+
+  // The client side waits as long as the instance may: the idle timeout, or headers plus connect.
+  const clientIdleMs = Math.max(options.idleTimeoutMs, options.headersTimeoutMs + options.connectTimeoutMs)
+  const app = Fastify({
+    loggerInstance: log.child({ component: 'proxy' }) as FastifyBaseLogger,
+    logController: new LogController({ disableRequestLogging: true }),
+    return503OnClosing: true,
+    forceCloseConnections: 'idle',
+    connectionTimeout: clientIdleMs,
+    requestTimeout: 0,
+    serverFactory: handler => createServer({ maxHeaderSize: options.maxHeaderBytes, requestTimeout: 0 }, handler),
+  })
+  app.removeAllContentTypeParsers()
+  // Bodies are never parsed: the route streams the raw request on.
+  app.addContentTypeParser('*', (_req, _payload, done) => done(null))
+  app.all('*', (request, reply) => {
+    reply.hijack()
+    new Exchange(forward, request.raw, reply.raw as ServerResponse).start()
+  })
+  app.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    if (closing) return socket.destroy()
+    proxyUpgrade(upgrades, req, socket, head)
+  })
+
+  const status = (): ProxyStatus => {
+    const state = source.state()
+    const now = Date.now()
+    return {
+      service,
+      ready: !closing && state.membership !== undefined,
+      source: {
+        kind: state.kind,
+        status: state.status,
+        stale: state.stale,
+        revision: state.membership?.revision ?? null,
+        changedAt: state.membership ? new Date(state.membership.changedAtMs).toISOString() : null,
+      },
+      instances: [...pool.endpoints()].map(endpoint => {
+        const summary = instanceMetrics.summary(endpoint)
+        return {
+          id: endpoint.instance.id,
+          address: endpoint.address,
+          state: endpoint.state(now),
+          weight: endpoint.weight,
+          labels: { ...endpoint.instance.labels },
+          inflight: endpoint.inflight,
+          requests: endpoint.requests,
+          errors: summary.errors,
+          p50Ms: summary.p50 === null ? null : summary.p50 * 1000,
+          p99Ms: summary.p99 === null ? null : summary.p99 * 1000,
+          changedAt: new Date(endpoint.changedAtMs).toISOString(),
+        }
+      }),
+    }
+  }
+  const admin = buildAdmin({ registry, logger: log, ready: () => !closing && source.current() !== undefined, status })
+
+  return {
+    app, admin, pool, source, metrics, status,
+    async listen () {
+      source.start().catch(err => log.error({ err }, 'discovery failed to start'))
+      const main = splitHostPort(options.listen)
+      const adminAddress = splitHostPort(options.adminListen)
+      await app.listen({ host: main.host, port: main.port })
+      await admin.listen({ host: adminAddress.host, port: adminAddress.port })
+      const port = (app.server.address() as { port: number }).port
+      const adminPort = (admin.server.address() as { port: number }).port
+      log.info({ listen: `${main.host}:${port}`, admin: `${adminAddress.host}:${adminPort}` }, 'fleetgate proxy listening')
+      return { port, adminPort }
+    },
+    async close () {
+      if (closing) return
+      closing = true
+      log.info({ inFlight: forward.inFlight, deadlineMs: options.shutdownTimeoutMs }, 'shutting down: draining in-flight requests')
+      const deadline = setTimeout(() => {
+        log.warn({ inFlight: forward.inFlight }, 'shutdown deadline passed, closing remaining connections')
+        app.server.closeAllConnections()
+        for (const socket of upgrades.sockets) socket.destroy()
+        void upstreams.destroy()
+      }, options.shutdownTimeoutMs)
+      for (const socket of upgrades.sockets) socket.end()
+      await app.close()
+      clearTimeout(deadline)
+      await upstreams.close()
+      await source.close()
+      await admin.close()
+    },
+  }
+}
+
+/** Source -> pool, and the discovery metrics. */
+function wireDiscovery (source: MembershipSource, pool: Pool, metrics: ProxyMetrics, service: string, log: Logger): void {
+  source.onEvent(event => {
+    switch (event.type) {
+      case 'membership':
+        pool.update(event.membership)
+        metrics.membershipChanges.labels(service).inc()
+        metrics.membershipLastChange.labels(service).set(event.membership.changedAtMs / 1000)
+        break
+      case 'invalid':
+        metrics.invalidRegistrations.labels(service, event.reason).inc()
+        break
+      case 'session-expired':
+        metrics.sessionExpirations.labels(service).inc()
+        break
+      case 'status':
+        log.info({ status: event.status, stale: event.stale }, 'discovery status')
+        break
+      case 'error':
+        log.warn({ err: event.error }, 'discovery error')
+        break
+    }
+  })
+}

@@ -1,0 +1,100 @@
+// WebSocket (and any HTTP/1.1 Upgrade) proxying: after the handshake the bytes are the instance's and
+// the client's, so the proxy writes the request head itself and splices the two sockets.
+
+import type { IncomingMessage } from 'node:http'
+import { connect, type Socket } from 'node:net'
+import type { Duplex } from 'node:stream'
+import type { Endpoint, Pool } from '../balancer/pool.ts'
+import { ERRORS, type ErrorCode } from '../errors.ts'
+import type { Logger } from '../logger.ts'
+import { upstreamRequestHeaders } from './headers.ts'
+import type { InstanceMetrics } from './instance-metrics.ts'
+
+export interface UpgradeContext {
+  readonly service: string
+  readonly pool: Pool
+  readonly metrics: InstanceMetrics
+  readonly log: Logger
+  readonly tries: number
+  readonly connectTimeoutMs: number
+  /** Sockets of upgraded connections, so shutdown can end them after its deadline. */
+  readonly sockets: Set<Duplex>
+}
+
+export function proxyUpgrade (ctx: UpgradeContext, req: IncomingMessage, client: Duplex, head: Buffer): void {
+  client.on('error', () => client.destroy())
+  const tried = new Set<Endpoint>()
+  const attempt = (): void => {
+    const endpoint = ctx.pool.pick(tried)
+    if (!endpoint) {
+      return refuse(client, tried.size === 0 ? 'FLEETGATE_ERR_NO_LIVE_INSTANCE' : 'FLEETGATE_ERR_UPSTREAM_CONNECT', ctx.service)
+    }
+    tried.add(endpoint)
+    endpoint.inflight++
+    endpoint.requests++
+    ctx.metrics.started(endpoint)
+    const upstream = connect({ host: endpoint.instance.host, port: endpoint.instance.port, timeout: ctx.connectTimeoutMs })
+    let connected = false
+    let ended = false
+    const end = (): void => {
+      if (ended) return
+      ended = true
+      endpoint.inflight--
+      ctx.metrics.ended(endpoint)
+      ctx.sockets.delete(client)
+    }
+    upstream.once('timeout', () => upstream.destroy(Object.assign(new Error('connect timeout'), { code: 'UND_ERR_CONNECT_TIMEOUT' })))
+    upstream.once('error', err => {
+      if (connected) return client.destroy()
+      end()
+      ctx.metrics.connectFailure(endpoint)
+      ctx.pool.reportConnectFailure(endpoint)
+      ctx.log.debug({ err, instance: endpoint.address }, 'upgrade connect failed')
+      if (tried.size < ctx.tries && !client.destroyed) return attempt()
+      refuse(client, (err as NodeJS.ErrnoException).code === 'UND_ERR_CONNECT_TIMEOUT' ? 'FLEETGATE_ERR_UPSTREAM_TIMEOUT' : 'FLEETGATE_ERR_UPSTREAM_CONNECT', ctx.service)
+    })
+    upstream.once('connect', () => {
+      connected = true
+      upstream.setTimeout(0)
+      ctx.pool.reportSuccess(endpoint)
+      ctx.sockets.add(client)
+      upstream.write(requestHead(req) + '\r\n')
+      if (head.length > 0) upstream.write(head)
+      splice(client, upstream, end)
+      ctx.metrics.finished(endpoint, req.method ?? 'GET', 101, 0)
+    })
+  }
+  attempt()
+}
+
+function requestHead (req: IncomingMessage): string {
+  const headers = upstreamRequestHeaders(req, true)
+  let head = `${req.method} ${req.url} HTTP/1.1\r\n`
+  for (let i = 0; i < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`
+  return head
+}
+
+function splice (client: Duplex, upstream: Socket, onClose: () => void): void {
+  upstream.setNoDelay(true)
+  client.pipe(upstream)
+  upstream.pipe(client)
+  const close = (): void => {
+    client.destroy()
+    upstream.destroy()
+    onClose()
+  }
+  client.once('close', close)
+  upstream.once('close', close)
+  upstream.on('error', close)
+}
+
+function refuse (client: Duplex, code: ErrorCode, service: string): void {
+  if (client.destroyed) return
+  const { statusCode, message } = ERRORS[code]
+  const body = JSON.stringify({ error: code, message, service })
+  client.end(
+    `HTTP/1.1 ${statusCode} ${message}\r\nconnection: close\r\ncontent-type: application/json\r\n` +
+    (code === 'FLEETGATE_ERR_NO_LIVE_INSTANCE' ? 'retry-after: 1\r\n' : '') +
+    `content-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+  )
+}

@@ -1,0 +1,250 @@
+// ZooKeeperSession: one ZooKeeper client that never stays broken. It rebuilds the client on session
+// expiry, on a hung server (a watchdog probe misses its deadline) and on a handshake that never completes.
+
+import zookeeper from 'node-zookeeper-client'
+import type { Client, Event as ZkEvent, Stat } from 'node-zookeeper-client'
+import { FleetgateError } from '../errors.ts'
+import type { Logger } from '../logger.ts'
+
+export type { Client, ZkEvent }
+
+export type SessionEvent =
+  /** A session is usable. `newSession` is false after a reconnect that kept the session (watches survive). */
+  | { readonly type: 'connected', readonly client: Client, readonly newSession: boolean }
+  | { readonly type: 'disconnected' }
+  /** The session is gone for good: ephemeral nodes and watches with it. A new client is being built. */
+  | { readonly type: 'expired', readonly reason: 'expired' | 'watchdog' | 'connect-deadline' }
+
+export interface ZooKeeperSessionOptions {
+  /** `host:port,host:port[/chroot]` */
+  readonly connectString: string
+  readonly sessionTimeoutMs: number
+  readonly logger: Logger
+}
+
+export class ZooKeeperSession {
+  readonly #options: ZooKeeperSessionOptions
+  readonly #log: Logger
+  #client: Client | undefined
+  #generation = 0
+  #connected = false
+  #sessionId = ''
+  /** When the current client was built or last lost its connection: the start of the connect deadline. */
+  #waitingSinceMs = 0
+  #probeSentAtMs: number | undefined
+  #watchdog: NodeJS.Timeout | undefined
+  #closed = false
+  #listeners = new Set<(event: SessionEvent) => void>()
+
+  constructor (options: ZooKeeperSessionOptions) {
+    this.#options = options
+    this.#log = options.logger.child({ component: 'zookeeper' })
+  }
+
+  get connected (): boolean {
+    return this.#connected
+  }
+
+  /** The current client when connected; requests made through it fail or hang once the session is lost. */
+  get client (): Client | undefined {
+    return this.#connected ? this.#client : undefined
+  }
+
+  /** Changes every time the client is rebuilt; work started under an older generation is void. */
+  get generation (): number {
+    return this.#generation
+  }
+
+  /** The session timeout the server granted, or the one asked for. */
+  get sessionTimeoutMs (): number {
+    const negotiated = this.#connected ? this.#client?.getSessionTimeout() : undefined
+    return negotiated && negotiated > 0 ? negotiated : this.#options.sessionTimeoutMs
+  }
+
+  on (listener: (event: SessionEvent) => void): () => void {
+    this.#listeners.add(listener)
+    return () => { this.#listeners.delete(listener) }
+  }
+
+  start (): void {
+    if (this.#client || this.#closed) return
+    this.#build()
+    const tickMs = Math.max(100, Math.floor(this.#options.sessionTimeoutMs / 4))
+    this.#watchdog = setInterval(() => this.#checkHealth(), tickMs)
+    this.#watchdog.unref()
+  }
+
+  async close (): Promise<void> {
+    if (this.#closed) return
+    this.#closed = true
+    clearInterval(this.#watchdog)
+    const client = this.#client
+    this.#client = undefined
+    this.#connected = false
+    if (!client) return
+    client.removeAllListeners('state')
+    // close() sends closeSession, which removes our ephemeral nodes at once; wait for it briefly.
+    await new Promise<void>(resolve => {
+      const timer = setTimeout(resolve, 1000)
+      client.once('disconnected', () => { clearTimeout(timer); resolve() })
+      client.close()
+    })
+  }
+
+  #build (): void {
+    const generation = ++this.#generation
+    const client = zookeeper.createClient(this.#options.connectString, {
+      sessionTimeout: this.#options.sessionTimeoutMs,
+      spinDelay: 200,
+      retries: 0,
+    })
+    this.#client = client
+    this.#connected = false
+    this.#sessionId = ''
+    this.#waitingSinceMs = Date.now()
+    this.#probeSentAtMs = undefined
+    client.on('state', state => {
+      if (generation !== this.#generation || this.#closed) return
+      this.#onState(client, state)
+    })
+    client.connect()
+  }
+
+  #onState (client: Client, state: zookeeper.State): void {
+    const { State } = zookeeper
+    if (state === State.SYNC_CONNECTED || state === State.CONNECTED_READ_ONLY) {
+      const sessionId = client.getSessionId().toString('hex')
+      const newSession = sessionId !== this.#sessionId
+      this.#sessionId = sessionId
+      this.#connected = true
+      this.#probeSentAtMs = undefined
+      this.#log.info({ sessionId, newSession, timeoutMs: client.getSessionTimeout() }, 'zookeeper connected')
+      this.#emit({ type: 'connected', client, newSession })
+    } else if (state === State.DISCONNECTED) {
+      this.#lost()
+    } else if (state === State.EXPIRED) {
+      this.#replace('expired')
+    } else if (state === State.AUTH_FAILED) {
+      this.#log.error('zookeeper authentication failed')
+      this.#replace('expired')
+    }
+  }
+
+  #lost (): void {
+    if (!this.#connected) return
+    this.#connected = false
+    this.#waitingSinceMs = Date.now()
+    this.#log.warn('zookeeper disconnected')
+    this.#emit({ type: 'disconnected' })
+  }
+
+  #replace (reason: 'expired' | 'watchdog' | 'connect-deadline'): void {
+    const old = this.#client
+    if (old) {
+      old.removeAllListeners('state')
+      old.close()
+    }
+    this.#connected = false
+    const level = reason === 'connect-deadline' ? 'debug' : 'warn'
+    this.#log[level]({ reason }, 'zookeeper session lost, building a new client')
+    this.#emit({ type: 'expired', reason })
+    if (!this.#closed) this.#build()
+  }
+
+  /**
+   * node-zookeeper-client has no request timeout: a stopped server keeps the TCP connection open and the
+   * client "connected" forever while the ensemble expires the session. A cheap probe under a deadline
+   * shorter than the session timeout catches that; a connect that never completes is caught the same way.
+   */
+  #checkHealth (): void {
+    const client = this.#client
+    if (!client || this.#closed) return
+    const now = Date.now()
+    const timeoutMs = this.sessionTimeoutMs
+    if (!this.#connected) {
+      if (now - this.#waitingSinceMs > timeoutMs) this.#replace('connect-deadline')
+      return
+    }
+    if (this.#probeSentAtMs !== undefined) {
+      if (now - this.#probeSentAtMs > (timeoutMs * 2) / 3) {
+        this.#log.warn({ err: new FleetgateError('FLEETGATE_ERR_ZK_WATCHDOG', `no answer in ${now - this.#probeSentAtMs} ms`) }, 'zookeeper watchdog fired')
+        this.#replace('watchdog')
+      }
+      return
+    }
+    const generation = this.#generation
+    this.#probeSentAtMs = now
+    client.exists('/', (_err: unknown, _stat: Stat) => {
+      // Any answer, even an error, proves the server is alive.
+      if (generation === this.#generation) this.#probeSentAtMs = undefined
+    })
+  }
+
+  #emit (event: SessionEvent): void {
+    for (const listener of this.#listeners) listener(event)
+  }
+}
+
+/** ZooKeeper error code of a node-zookeeper-client failure, or undefined for other errors. */
+export function zkErrorCode (err: unknown): number | undefined {
+  return err instanceof zookeeper.Exception ? err.getCode() : undefined
+}
+
+export const ZK = {
+  NO_NODE: zookeeper.Exception.NO_NODE,
+  NODE_EXISTS: zookeeper.Exception.NODE_EXISTS,
+  CONNECTION_LOSS: zookeeper.Exception.CONNECTION_LOSS,
+  EPHEMERAL: zookeeper.CreateMode.EPHEMERAL,
+  PERSISTENT: zookeeper.CreateMode.PERSISTENT,
+  NODE_CREATED: zookeeper.Event.NODE_CREATED,
+  NODE_DELETED: zookeeper.Event.NODE_DELETED,
+  NODE_DATA_CHANGED: zookeeper.Event.NODE_DATA_CHANGED,
+  NODE_CHILDREN_CHANGED: zookeeper.Event.NODE_CHILDREN_CHANGED,
+} as const
+
+type Watcher = (event: ZkEvent) => void
+
+export function getChildren (client: Client, path: string, watcher?: Watcher): Promise<string[]> {
+  return new Promise((resolve, reject) => {
+    const cb = (err: unknown, children: string[]): void => { err ? reject(err) : resolve(children) }
+    watcher ? client.getChildren(path, watcher, cb) : client.getChildren(path, cb)
+  })
+}
+
+export function getData (client: Client, path: string, watcher?: Watcher): Promise<{ data: Buffer | null, stat: Stat }> {
+  return new Promise((resolve, reject) => {
+    const cb = (err: unknown, data: Buffer, stat: Stat): void => { err ? reject(err) : resolve({ data, stat }) }
+    watcher ? client.getData(path, watcher, cb) : client.getData(path, cb)
+  })
+}
+
+export function exists (client: Client, path: string, watcher?: Watcher): Promise<Stat | null> {
+  return new Promise((resolve, reject) => {
+    const cb = (err: unknown, stat: Stat): void => { err ? reject(err) : resolve(stat ?? null) }
+    watcher ? client.exists(path, watcher, cb) : client.exists(path, cb)
+  })
+}
+
+export function create (client: Client, path: string, data: Buffer, mode: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    client.create(path, data, mode, (err, created) => { err ? reject(err) : resolve(created) })
+  })
+}
+
+export function setData (client: Client, path: string, data: Buffer, version = -1): Promise<Stat> {
+  return new Promise((resolve, reject) => {
+    client.setData(path, data, version, (err, stat) => { err ? reject(err) : resolve(stat) })
+  })
+}
+
+export function remove (client: Client, path: string, version = -1): Promise<void> {
+  return new Promise((resolve, reject) => {
+    client.remove(path, version, err => { err ? reject(err) : resolve() })
+  })
+}
+
+export function mkdirp (client: Client, path: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    client.mkdirp(path, err => { err ? reject(err) : resolve() })
+  })
+}
