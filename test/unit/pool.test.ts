@@ -1,0 +1,90 @@
+import t from 'tap'
+import { Pool, type Endpoint } from '../../src/balancer/pool.ts'
+import type { Instance } from '../../src/membership/instance.ts'
+import type { Membership } from '../../src/membership/source.ts'
+
+const inst = (id: string, port: number, state: Instance['state'] = 'up'): Instance =>
+  ({ id, host: '127.0.0.1', port, state, weight: 1, labels: {} })
+
+let revision = 0
+const membership = (...instances: Instance[]): Membership =>
+  ({ service: 's', instances, revision: ++revision, changedAtMs: Date.now() })
+
+function build (now = { ms: 1_000_000 }) {
+  const pool = new Pool({ service: 's', ejectBaseMs: 1000, ejectMaxMs: 8000, panicThresholdPercent: 50, now: () => now.ms })
+  return { pool, now }
+}
+const ids = (pool: Pool, n: number, exclude?: Set<Endpoint>) => Array.from({ length: n }, () => pool.pick(exclude)?.instance.id ?? '-')
+
+t.test('round robin over up instances; draining ones get nothing new', async t => {
+  const { pool } = build()
+  pool.update(membership(inst('a', 1), inst('b', 2), inst('c', 3, 'draining')))
+  t.same(ids(pool, 4), ['a', 'b', 'a', 'b'])
+  t.same(pool.counts(), { up: 2, draining: 1, ejected: 0 })
+})
+
+t.test('empty pool picks nothing', async t => {
+  const { pool } = build()
+  t.equal(pool.pick(), undefined)
+  pool.update(membership())
+  t.equal(pool.pick(), undefined)
+})
+
+t.test('an instance that refused a connection is skipped for a growing time', async t => {
+  const { pool, now } = build()
+  pool.update(membership(inst('a', 1), inst('b', 2), inst('c', 3)))
+  const b = [...pool.endpoints()].find(e => e.instance.id === 'b')!
+  pool.reportConnectFailure(b)
+  t.equal(b.state(now.ms), 'ejected')
+  t.notOk(ids(pool, 6).includes('b'))
+  now.ms += 1001
+  t.ok(ids(pool, 3).includes('b'), 'back after the first ejection')
+  pool.reportConnectFailure(b)
+  now.ms += 1001
+  t.notOk(ids(pool, 6).includes('b'), 'second ejection in a row lasts twice as long')
+  now.ms += 1000
+  pool.reportSuccess(b)
+  t.ok(ids(pool, 3).includes('b'))
+  t.equal(b.ejections, 0, 'an answer resets the back-off')
+})
+
+t.test('panic: with most instances ejected, all up instances get traffic again', async t => {
+  const { pool } = build()
+  pool.update(membership(inst('a', 1), inst('b', 2), inst('c', 3)))
+  const [a, b] = [...pool.endpoints()]
+  pool.reportConnectFailure(a!)
+  pool.reportConnectFailure(b!)
+  // 1 of 3 healthy is below 50 %: the healthy one comes first, ejected ones still serve when excluded.
+  t.equal(pool.pick()?.instance.id, 'c')
+  t.ok(pool.pick(new Set([[...pool.endpoints()][2]!])), 'falls back to an ejected instance instead of none')
+})
+
+t.test('exclusion skips already-tried instances', async t => {
+  const { pool } = build()
+  pool.update(membership(inst('a', 1), inst('b', 2)))
+  const a = [...pool.endpoints()][0]!
+  t.same(ids(pool, 3, new Set([a])), ['b', 'b', 'b'])
+})
+
+t.test('update keeps health state of known instances and reports leavers', async t => {
+  const { pool, now } = build()
+  pool.update(membership(inst('a', 1), inst('b', 2)))
+  const a = [...pool.endpoints()][0]!
+  pool.reportConnectFailure(a)
+  const events: string[] = []
+  pool.onEvent(e => { if (e.type !== 'changed') events.push(`${e.type}:${e.endpoint.instance.id}`) })
+  pool.update(membership(inst('a', 1), inst('c', 3)))
+  t.equal([...pool.endpoints()][0], a, 'same endpoint object')
+  t.equal(a.state(now.ms), 'ejected')
+  t.same(events, ['added:c', 'removed:b'])
+  pool.update(membership(inst('a', 1, 'draining'), inst('c', 3)))
+  t.equal(a.state(now.ms), 'draining')
+})
+
+t.test('same id at a new address is a new endpoint', async t => {
+  const { pool } = build()
+  pool.update(membership(inst('a', 1)))
+  const first = [...pool.endpoints()][0]
+  pool.update(membership(inst('a', 2)))
+  t.not([...pool.endpoints()][0], first)
+})
