@@ -14,6 +14,7 @@ import { createProxyMetrics, createRegistry, type ProxyMetrics } from '../metric
 import { buildAdmin } from './admin.ts'
 import { Exchange, type ForwardContext } from './forward.ts'
 import { InstanceMetrics } from './instance-metrics.ts'
+import { renderStatusPage } from './status-page.ts'
 import { proxyUpgrade, type UpgradeContext } from './upgrade.ts'
 import { Upstreams } from './upstreams.ts'
 
@@ -149,7 +150,10 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
       }),
     }
   }
-  const admin = buildAdmin({ registry, logger: log, ready: () => !closing && source.current() !== undefined, status })
+  const admin = buildAdmin({
+    registry, logger: log, ready: () => !closing && source.current() !== undefined, status,
+    statusPage: () => renderStatusPage(status()),
+  })
 
   return {
     app, admin, pool, source, metrics, status,
