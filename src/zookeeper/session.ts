@@ -82,7 +82,8 @@ export class ZooKeeperSession {
     this.#client = undefined
     this.#connected = false
     if (!client) return
-    client.removeAllListeners('state')
+    // The 'state' listeners stay: the client's own one turns the final state into the 'disconnected'
+    // event awaited below, and ours ignores everything once closed.
     // close() sends closeSession, which removes our ephemeral nodes at once; wait for it briefly.
     await new Promise<void>(resolve => {
       const timer = setTimeout(resolve, 1000)
@@ -193,6 +194,7 @@ export function zkErrorCode (err: unknown): number | undefined {
 export const ZK = {
   NO_NODE: zookeeper.Exception.NO_NODE,
   NODE_EXISTS: zookeeper.Exception.NODE_EXISTS,
+  BAD_VERSION: zookeeper.Exception.BAD_VERSION,
   CONNECTION_LOSS: zookeeper.Exception.CONNECTION_LOSS,
   EPHEMERAL: zookeeper.CreateMode.EPHEMERAL,
   PERSISTENT: zookeeper.CreateMode.PERSISTENT,
