@@ -1,0 +1,115 @@
+import { setImmediate as tick } from 'node:timers/promises'
+import t from 'tap'
+import { Endpoint } from '../../src/balancer/pool.ts'
+import type { Instance } from '../../src/membership/instance.ts'
+import { createProxyMetrics, createRegistry } from '../../src/metrics.ts'
+import { InstanceMetrics } from '../../src/proxy/instance-metrics.ts'
+
+const endpoint = (id: string, port: number): Endpoint =>
+  new Endpoint({ id, host: '127.0.0.1', port, state: 'up', weight: 1, labels: {} } satisfies Instance, Date.now())
+
+function build () {
+  const registry = createRegistry()
+  const metrics = createProxyMetrics(registry, {
+    service: 's', sourceKind: 'static', instanceCounts: () => ({}), discovery: () => ({ connected: true, stale: false }),
+  })
+  const instanceMetrics = new InstanceMetrics(metrics, 's')
+  /** `name{labels} value` lines of the fleetgate series that carry an instance label. */
+  const series = async (): Promise<string[]> => (await registry.metrics()).split('\n')
+    .filter(line => line.startsWith('fleetgate_') && line.includes('instance="'))
+  const value = async (name: string, instance: string): Promise<number | undefined> => {
+    const line = (await series()).find(l => l.startsWith(`${name}{`) && l.includes(`instance="${instance}"`))
+    return line === undefined ? undefined : Number(line.split(' ').pop())
+  }
+  return { registry, metrics, instanceMetrics, series, value }
+}
+
+/** What forward.ts does around one attempt. */
+function request (m: InstanceMetrics, e: Endpoint, method: string, code: number): void {
+  e.inflight++
+  m.started(e)
+  e.inflight--
+  m.ended(e)
+  m.finished(e, method, code, 0.01)
+}
+
+t.test('requests are counted by instance, method and code; unknown methods fold into OTHER', async t => {
+  const { instanceMetrics: m, metrics } = build()
+  const a = endpoint('a', 1001)
+  request(m, a, 'GET', 200)
+  request(m, a, 'GET', 200)
+  request(m, a, 'POST', 500)
+  request(m, a, 'BREW', 418)
+  m.finished(undefined, 'GET', 503, 0)
+  const values = (await metrics.requests.get()).values.map(v => `${v.labels.instance} ${v.labels.method} ${v.labels.code} ${v.value}`)
+  t.same(values.sort(), [
+    '127.0.0.1:1001 GET 200 2', '127.0.0.1:1001 OTHER 418 1', '127.0.0.1:1001 POST 500 1', 'none GET 503 1',
+  ])
+  t.equal(m.summary(a).errors, 1)
+})
+
+t.test('connect failure and ejection counters exist from 0 once an instance is used', async t => {
+  const { instanceMetrics: m, value } = build()
+  const a = endpoint('a', 1001)
+  request(m, a, 'GET', 200)
+  t.equal(await value('fleetgate_upstream_connect_failures_total', '127.0.0.1:1001'), 0)
+  t.equal(await value('fleetgate_ejections_total', '127.0.0.1:1001'), 0)
+  m.connectFailure(a)
+  m.ejected(a)
+  t.equal(await value('fleetgate_ejections_total', '127.0.0.1:1001'), 1)
+})
+
+t.test('an idle instance that leaves takes its series with it', async t => {
+  const { instanceMetrics: m, series } = build()
+  const a = endpoint('a', 1001)
+  const b = endpoint('b', 1002)
+  request(m, a, 'GET', 200)
+  request(m, b, 'GET', 200)
+  m.removed(a)
+  const left = await series()
+  t.notOk(left.some(l => l.includes('127.0.0.1:1001')), 'no series of the removed instance')
+  t.ok(left.some(l => l.includes('127.0.0.1:1002')))
+  t.same(m.instances, ['127.0.0.1:1002'])
+  request(m, a, 'GET', 200)
+  t.notOk((await series()).some(l => l.includes('127.0.0.1:1001')), 'a late call does not bring them back')
+})
+
+t.test('a busy instance that leaves keeps its series until its last request is counted', async t => {
+  const { instanceMetrics: m, value } = build()
+  const a = endpoint('a', 1001)
+  a.inflight++
+  m.started(a)
+  m.removed(a)
+  t.equal(await value('fleetgate_in_flight_requests', '127.0.0.1:1001'), 1)
+  a.inflight--
+  m.ended(a)
+  m.finished(a, 'GET', 200, 0.02)
+  t.equal(await value('fleetgate_requests_total', '127.0.0.1:1001'), 1, 'counted before the series go')
+  await tick()
+  t.equal(await value('fleetgate_requests_total', '127.0.0.1:1001'), undefined)
+  t.same(m.instances, [])
+})
+
+t.test('an instance re-registered under a new id at the same address keeps its series when the old id leaves', async t => {
+  const { instanceMetrics: m, value } = build()
+  const old = endpoint('member_0001', 1001)
+  const renewed = endpoint('member_0002', 1001)
+  // The old registration still has a request running when the new one takes traffic.
+  old.inflight++
+  m.started(old)
+  renewed.inflight++
+  m.started(renewed)
+  m.removed(old)
+  old.inflight--
+  m.ended(old)
+  m.finished(old, 'GET', 200, 0.01)
+  await tick()
+  t.equal(await value('fleetgate_in_flight_requests', '127.0.0.1:1001'), 1, 'the new endpoint\'s request is still in flight')
+  renewed.inflight--
+  m.ended(renewed)
+  m.finished(renewed, 'GET', 200, 0.01)
+  t.equal(await value('fleetgate_in_flight_requests', '127.0.0.1:1001'), 0, 'never negative')
+  t.equal(await value('fleetgate_requests_total', '127.0.0.1:1001'), 2, 'no reset: both requests counted')
+  m.removed(renewed)
+  t.equal(await value('fleetgate_requests_total', '127.0.0.1:1001'), undefined, 'gone once neither holds them')
+})
