@@ -15,11 +15,15 @@ export function createRegistry (): Registry {
 
 export type ProxyMetrics = ReturnType<typeof createProxyMetrics>
 
+const INSTANCE_STATES = ['up', 'draining', 'ejected'] as const
+
 /** Read at scrape time, so gauges of state (not events) are never out of date. */
 export interface ProxyCollectors {
   readonly service: string
   readonly sourceKind: string
   instanceCounts(): Record<string, number>
+  /** Each instance in the membership (its `instance` label) with its state. */
+  instanceStates(): Iterable<readonly [instance: string, state: string]>
   discovery(): { connected: boolean, stale: boolean }
 }
 
@@ -79,6 +83,19 @@ export function createProxyMetrics (registry: Registry, collectors: ProxyCollect
       registers,
       collect () {
         for (const [state, count] of Object.entries(collectors.instanceCounts())) this.set({ service, state }, count)
+      },
+    }),
+    instanceState: new Gauge({
+      name: 'fleetgate_instance_state',
+      help: 'Each instance in the membership: 1 for its state (up, draining, ejected), 0 for the others (like haproxy_server_status)',
+      labelNames: ['service', 'instance', 'state'] as const,
+      registers,
+      collect () {
+        // Rebuilt from the pool at every scrape: an instance that left has no series at all.
+        this.reset()
+        for (const [instance, current] of collectors.instanceStates()) {
+          for (const state of INSTANCE_STATES) this.set({ service, instance, state }, state === current ? 1 : 0)
+        }
       },
     }),
     membershipChanges: new Counter({

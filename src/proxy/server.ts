@@ -62,6 +62,10 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
     service,
     sourceKind: source.kind,
     instanceCounts: () => pool.counts(),
+    instanceStates: function * () {
+      const now = Date.now()
+      for (const endpoint of pool.endpoints()) yield [endpoint.address, endpoint.state(now)] as const
+    },
     discovery: () => {
       const state = source.state()
       return { connected: state.status === 'connected', stale: state.stale }

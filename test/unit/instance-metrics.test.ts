@@ -11,7 +11,7 @@ const endpoint = (id: string, port: number): Endpoint =>
 function build () {
   const registry = createRegistry()
   const metrics = createProxyMetrics(registry, {
-    service: 's', sourceKind: 'static', instanceCounts: () => ({}), discovery: () => ({ connected: true, stale: false }),
+    service: 's', sourceKind: 'static', instanceCounts: () => ({}), instanceStates: () => [], discovery: () => ({ connected: true, stale: false }),
   })
   const instanceMetrics = new InstanceMetrics(metrics, 's')
   /** `name{labels} value` lines of the fleetgate series that carry an instance label. */
