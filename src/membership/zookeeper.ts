@@ -35,6 +35,8 @@ export class ZooKeeperSource extends BaseSource {
   readonly #log: Logger
   readonly #session: ZooKeeperSession
   readonly #cache = new Map<string, CachedChild>()
+  /** Invalid children already reported, by reason: reported once, not at every resync or session. */
+  readonly #reported = new Map<string, string>()
   /** Generation of the client a sync is running under; a rebuilt client starts its own sync. */
   #syncingGeneration: number | undefined
   #dirty = false
@@ -151,6 +153,7 @@ export class ZooKeeperSource extends BaseSource {
 
     const listed = new Set(children)
     for (const name of this.#cache.keys()) if (!listed.has(name)) this.#cache.delete(name)
+    for (const name of this.#reported.keys()) if (!listed.has(name)) this.#reported.delete(name)
     const toRead = children.filter(name => full || this.#cache.get(name)?.stale !== false)
     await this.#readChildren(client, generation, toRead, watcher)
     if (!this.#current(generation)) return
@@ -177,11 +180,13 @@ export class ZooKeeperSource extends BaseSource {
   }
 
   #store (name: string, result: DecodeResult): void {
-    const previous = this.#cache.get(name)
     this.#cache.set(name, { result, stale: false })
-    if (result.ok) return
-    const sameAsBefore = previous && !previous.result.ok && previous.result.reason === result.reason
-    if (sameAsBefore) return
+    if (result.ok) {
+      this.#reported.delete(name)
+      return
+    }
+    if (this.#reported.get(name) === result.reason) return
+    this.#reported.set(name, result.reason)
     this.#log.warn({ child: name, reason: result.reason, detail: result.detail }, 'skipping invalid registration')
     this.emit({ type: 'invalid', id: name, reason: result.reason, detail: result.detail })
   }

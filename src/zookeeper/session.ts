@@ -140,15 +140,20 @@ export class ZooKeeperSession {
   }
 
   #replace (reason: 'expired' | 'watchdog' | 'connect-deadline'): void {
+    // A client that never got a session (ZooKeeper down, or a handshake that hung) lost nothing.
+    const hadSession = this.#sessionId !== ''
     const old = this.#client
     if (old) {
       old.removeAllListeners('state')
       old.close()
     }
     this.#connected = false
-    const level = reason === 'connect-deadline' ? 'debug' : 'warn'
-    this.#log[level]({ reason }, 'zookeeper session lost, building a new client')
-    this.#emit({ type: 'expired', reason })
+    if (hadSession) {
+      this.#log.warn({ reason }, 'zookeeper session lost, building a new client')
+      this.#emit({ type: 'expired', reason })
+    } else {
+      this.#log.warn({ connectString: this.#options.connectString, waitedMs: Date.now() - this.#waitingSinceMs }, 'still no zookeeper session, retrying with a new client')
+    }
     if (!this.#closed) this.#build()
   }
 

@@ -1,0 +1,209 @@
+// End to end: the real `fleetgate proxy` process follows a real ZooKeeper and round-robins to real backends.
+
+import { request as httpRequest, type IncomingHttpHeaders } from 'node:http'
+import t from 'tap'
+import { request } from 'undici'
+import WebSocket, { WebSocketServer } from 'ws'
+import { eventually } from '../helpers/eventually.ts'
+import {
+  createChild, curatorData, get, registerCurator, removeNode, startBackend, startProxy, zk, zkClient, type Backend,
+} from '../helpers/fleet.ts'
+import { startZooKeeper } from '../helpers/zookeeper.ts'
+
+const server = await startZooKeeper()
+t.teardown(() => server.close())
+
+t.test('three Curator instances share requests in strict rotation', async t => {
+  const client = await zkClient(t, server.connectString)
+  const backends = await Promise.all(['a', 'b', 'c'].map(n => startBackend(t, n)))
+  for (const b of backends) await registerCurator(client, { service: 'rotation', id: b.name, port: b.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'rotation'])
+  await eventually(() => proxy.ready(), { message: 'proxy ready' })
+  await eventually(async () => (await proxy.status()).instances.length === 3)
+
+  const served: string[] = []
+  for (let i = 0; i < 300; i++) served.push((await get(proxy.url, `/r/${i}`)).servedBy!)
+  const counts = Object.fromEntries(['a', 'b', 'c'].map(n => [n, served.filter(s => s === n).length]))
+  t.same(counts, { a: 100, b: 100, c: 100 })
+  for (let i = 3; i < served.length; i++) {
+    if (served[i] !== served[i - 3]) return t.fail(`rotation broken at request ${i}: ${served.slice(i - 3, i + 1)}`)
+  }
+  t.pass('each instance comes back every third request')
+})
+
+t.test('a new registration gets traffic, and a deleted znode stops getting it, within 100 ms', async t => {
+  const client = await zkClient(t, server.connectString)
+  const a = await startBackend(t, 'a')
+  const b = await startBackend(t, 'b')
+  await registerCurator(client, { service: 'converge', id: 'a', port: a.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'converge'])
+  await eventually(() => proxy.ready())
+
+  const untilServedBy = async (predicate: (servedBy: string | undefined) => boolean): Promise<number> => {
+    const started = performance.now()
+    await eventually(async () => predicate((await get(proxy.url)).servedBy), { intervalMs: 0, timeoutMs: 5000 })
+    return performance.now() - started
+  }
+  const path = await registerCurator(client, { service: 'converge', id: 'b', port: b.port })
+  // Registration is acknowledged by ZooKeeper when create() returns: time from there.
+  const joinMs = await untilServedBy(s => s === 'b')
+  await removeNode(client, path)
+  let leaveMs = 0
+  {
+    const started = performance.now()
+    // Gone means: a run of requests that never reaches b.
+    await eventually(async () => {
+      for (let i = 0; i < 4; i++) if ((await get(proxy.url)).servedBy === 'b') return false
+      return true
+    }, { intervalMs: 0, timeoutMs: 5000 })
+    leaveMs = performance.now() - started
+  }
+  t.comment(`convergence: joined in ${joinMs.toFixed(1)} ms, left in ${leaveMs.toFixed(1)} ms`)
+  t.ok(joinMs < 100, `join took ${joinMs.toFixed(1)} ms`)
+  t.ok(leaveMs < 100, `leave took ${leaveMs.toFixed(1)} ms`)
+})
+
+t.test('ServerSet and Nerve members are read; not ALIVE or weight 0 gets no new requests', async t => {
+  const client = await zkClient(t, server.connectString)
+  const [alive, stopping, nerve, nerveZero] = await Promise.all(['alive', 'stopping', 'nerve', 'nerve-zero'].map(n => startBackend(t, n))) as Backend[]
+  const parent = '/services/mixed'
+  await createChild(client, parent, 'member_0000000001', JSON.stringify({ serviceEndpoint: { host: '127.0.0.1', port: alive!.port }, additionalEndpoints: {}, status: 'ALIVE', shard: 0 }))
+  await createChild(client, parent, 'member_0000000002', JSON.stringify({ serviceEndpoint: { host: '127.0.0.1', port: stopping!.port }, additionalEndpoints: {}, status: 'STOPPING', shard: 1 }))
+  await createChild(client, parent, 'nerve-1', JSON.stringify({ host: '127.0.0.1', port: nerve!.port, name: 'superset-7f9c', weight: 10, labels: { az: 'a' } }))
+  await createChild(client, parent, 'nerve-2', JSON.stringify({ host: '127.0.0.1', port: nerveZero!.port, name: 'superset-0', weight: 0 }))
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'mixed'])
+  await eventually(async () => (await proxy.status()).instances.length === 4)
+
+  const served = new Set<string>()
+  for (let i = 0; i < 40; i++) served.add((await get(proxy.url)).servedBy!)
+  t.same([...served].sort(), ['alive', 'nerve'])
+  const states = Object.fromEntries((await proxy.status()).instances.map(i => [i.id, i.state]))
+  t.same(states, { 'member_0000000001': 'up', 'member_0000000002': 'draining', 'nerve-1': 'up', 'nerve-2': 'draining' })
+})
+
+t.test('a draining instance gets no new requests; an undrained one comes back', async t => {
+  const client = await zkClient(t, server.connectString)
+  const a = await startBackend(t, 'a')
+  const b = await startBackend(t, 'b')
+  await registerCurator(client, { service: 'drain', id: 'a', port: a.port })
+  const pathB = await registerCurator(client, { service: 'drain', id: 'b', port: b.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'drain'])
+  await eventually(async () => (await proxy.status()).instances.length === 2)
+
+  await zk(cb => client.setData(pathB, curatorData({ service: 'drain', id: 'b', port: b.port, state: 'draining' }), -1, cb))
+  await eventually(async () => (await proxy.status()).instances.find(i => i.id === 'b')?.state === 'draining')
+  const before = b.hits
+  for (let i = 0; i < 20; i++) t.equal((await get(proxy.url)).servedBy, 'a')
+  t.equal(b.hits, before, 'no new request reached the draining instance')
+
+  await zk(cb => client.setData(pathB, curatorData({ service: 'drain', id: 'b', port: b.port }), -1, cb))
+  await eventually(async () => (await get(proxy.url)).servedBy === 'b')
+})
+
+t.test('forwarding: methods, bodies, query strings and headers reach the instance as Superset expects', async t => {
+  const client = await zkClient(t, server.connectString)
+  const a = await startBackend(t, 'a')
+  a.handle((req, res) => {
+    const chunks: Buffer[] = []
+    req.on('data', c => chunks.push(c))
+    req.on('end', () => {
+      res.setHeader('content-type', 'application/json')
+      res.setHeader('set-cookie', ['session=1; HttpOnly', 'csrf=2'])
+      res.setHeader('connection', 'keep-alive, x-hop')
+      res.setHeader('x-hop', 'must not pass')
+      res.end(JSON.stringify({ method: req.method, url: req.url, headers: req.headers, body: Buffer.concat(chunks).toString() }))
+    })
+  })
+  await registerCurator(client, { service: 'forwarding', id: 'a', port: a.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'forwarding'])
+  await eventually(() => proxy.ready())
+
+  // node:http rather than undici: undici refuses to send hop-by-hop headers at all.
+  const res = await new Promise<{ statusCode: number, headers: IncomingHttpHeaders, body: string }>((resolve, reject) => {
+    const req = httpRequest(`${proxy.url}/api/v1/chart/data?form_data=%7B%7D&x=1`, {
+      method: 'POST',
+      headers: {
+        'content-type': 'application/json', 'x-forwarded-for': '203.0.113.7', 'x-forwarded-proto': 'https',
+        connection: 'keep-alive, x-secret', 'x-secret': 'hop', 'keep-alive': 'timeout=5', host: 'superset.example:8088', cookie: 'session=abc',
+      },
+    }, r => {
+      let body = ''
+      r.setEncoding('utf8').on('data', c => { body += c }).on('end', () => resolve({ statusCode: r.statusCode!, headers: r.headers, body }))
+    })
+    req.on('error', reject)
+    req.end(JSON.stringify({ queries: [1, 2, 3] }))
+  })
+  const seen = JSON.parse(res.body) as { method: string, url: string, headers: Record<string, string>, body: string }
+  t.equal(res.statusCode, 200)
+  t.equal(seen.method, 'POST')
+  t.equal(seen.url, '/api/v1/chart/data?form_data=%7B%7D&x=1')
+  t.equal(seen.body, JSON.stringify({ queries: [1, 2, 3] }))
+  t.equal(seen.headers['x-forwarded-for'], '203.0.113.7, 127.0.0.1', 'client address appended')
+  t.equal(seen.headers['x-forwarded-proto'], 'http', 'proto is what the proxy saw')
+  t.equal(seen.headers['x-forwarded-host'], 'superset.example:8088')
+  t.equal(seen.headers['x-forwarded-port'], new URL(proxy.url).port)
+  t.equal(seen.headers.host, 'superset.example:8088', 'Host is passed through')
+  t.equal(seen.headers.cookie, 'session=abc')
+  t.notOk('x-secret' in seen.headers, 'headers named in Connection are dropped')
+  t.notOk('keep-alive' in seen.headers, 'hop-by-hop headers are dropped')
+  t.same(res.headers['set-cookie'], ['session=1; HttpOnly', 'csrf=2'], 'multiple Set-Cookie survive')
+  t.notOk('x-hop' in res.headers, 'response headers named in Connection are dropped')
+
+  for (const method of ['PUT', 'PATCH', 'DELETE', 'OPTIONS']) {
+    const r = await request(`${proxy.url}/m`, { method, body: method === 'DELETE' || method === 'OPTIONS' ? undefined : 'x' })
+    t.equal((await r.body.json() as { method: string }).method, method)
+  }
+  const head = await request(`${proxy.url}/h`, { method: 'HEAD' })
+  await head.body.dump()
+  t.equal(head.statusCode, 200)
+})
+
+t.test('an empty pool answers 503 at once with Retry-After and a JSON error', async t => {
+  const client = await zkClient(t, server.connectString)
+  const a = await startBackend(t, 'a')
+  const path = await registerCurator(client, { service: 'empty', id: 'a', port: a.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'empty'])
+  await eventually(async () => (await get(proxy.url)).status === 200)
+  await removeNode(client, path)
+  const res = await eventually(async () => {
+    const r = await get(proxy.url)
+    if (r.status !== 503) throw new Error(`status ${r.status}`)
+    return r
+  })
+  t.equal(res.headers['retry-after'], '1')
+  t.same(JSON.parse(res.body), { error: 'FLEETGATE_ERR_NO_LIVE_INSTANCE', message: 'No live instance of the service', service: 'empty' })
+  t.equal((await proxy.status()).source.stale, false, 'an empty set while connected is authoritative, not stale')
+})
+
+t.test('a service path that does not exist yet is waited for', async t => {
+  const client = await zkClient(t, server.connectString)
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'later'])
+  await eventually(() => proxy.ready(), { message: 'ready with an empty membership' })
+  t.equal((await get(proxy.url)).status, 503)
+  const a = await startBackend(t, 'a')
+  await registerCurator(client, { service: 'later', id: 'a', port: a.port })
+  await eventually(async () => (await get(proxy.url)).servedBy === 'a')
+})
+
+t.test('WebSocket upgrades are proxied to the pool', async t => {
+  const client = await zkClient(t, server.connectString)
+  const a = await startBackend(t, 'ws-a')
+  const wss = new WebSocketServer({ server: a.server })
+  wss.on('connection', (socket, req) => {
+    socket.send(`hello from ws-a, xff=${req.headers['x-forwarded-for']}`)
+    socket.on('message', data => socket.send(`echo:${data}`))
+  })
+  t.teardown(() => wss.close())
+  await registerCurator(client, { service: 'ws', id: 'a', port: a.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'ws'])
+  await eventually(() => proxy.ready())
+
+  const ws = new WebSocket(`${proxy.url.replace('http', 'ws')}/ws/events`)
+  t.teardown(() => ws.terminate())
+  const messages: string[] = []
+  ws.on('message', data => messages.push(String(data)))
+  await new Promise<void>((resolve, reject) => { ws.once('open', () => resolve()); ws.once('error', reject) })
+  ws.send('ping')
+  await eventually(() => messages.length === 2)
+  t.same(messages, ['hello from ws-a, xff=127.0.0.1', 'echo:ping'])
+})
