@@ -28,6 +28,11 @@ export async function main (argv: readonly string[], env: Readonly<Record<string
     case 'proxy':
       return runProxy(rest, env)
     case 'agent': {
+      const own = rest.includes('--') ? rest.slice(0, rest.indexOf('--')) : rest
+      if (own.includes('--help') || own.includes('-h')) {
+        process.stdout.write(help('agent'))
+        return 0
+      }
       const { runAgent } = await import('./agent/main.ts')
       return runAgent(rest, env)
     }

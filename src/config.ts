@@ -73,6 +73,7 @@ export const AgentConfigSchema = Type.Object({
   rise: Type.Integer({ minimum: 1, maximum: 100, default: 2, description: 'Passing checks in a row before registering', expected: 'an integer from 1 to 100' }),
   fall: Type.Integer({ minimum: 1, maximum: 100, default: 3, description: 'Failing checks in a row before deregistering', expected: 'an integer from 1 to 100' }),
   drainMs: Milliseconds('On SIGTERM, how long the instance stays registered as draining', 10_000, 0),
+  stopTimeoutMs: Milliseconds('Wrapper mode: after the drain, how long the command may take to exit on its signal before SIGKILL', 10_000, 0),
   weight: Type.Integer({ minimum: 1, maximum: 1000, default: 1, description: 'Relative share of requests', expected: 'an integer from 1 to 1000' }),
   labels: Type.Optional(Type.String({ pattern: '^([A-Za-z0-9_.-]+=[^,]*)(,[A-Za-z0-9_.-]+=[^,]*)*$', description: 'Free-form labels: k=v,k=v', expected: 'KEY=VALUE[,KEY=VALUE...]' })),
   adminListen: HostPort('Agent admin listener (/healthz, /metrics, /status, /maintenance)', '127.0.0.1:9902'),

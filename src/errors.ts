@@ -19,6 +19,9 @@ export const ERRORS = {
   FLEETGATE_ERR_ZK_SESSION: { message: 'ZooKeeper session lost', statusCode: 0 },
   FLEETGATE_ERR_ZK_WATCHDOG: { message: 'ZooKeeper did not answer within the watchdog deadline', statusCode: 0 },
   FLEETGATE_ERR_REGISTRATION_INVALID: { message: 'Registration data is not a usable instance', statusCode: 0 },
+  FLEETGATE_ERR_AGENT_COMMAND: { message: 'The wrapped command could not be started', statusCode: 0 },
+  FLEETGATE_ERR_AGENT_HEALTH_CHECK: { message: 'Health check of the local instance failed', statusCode: 0 },
+  FLEETGATE_ERR_AGENT_REGISTRATION: { message: 'Could not write the instance\'s registration', statusCode: 0 },
 } as const satisfies Record<string, ErrorSpec>
 
 export type ErrorCode = keyof typeof ERRORS

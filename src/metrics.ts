@@ -179,5 +179,11 @@ export function createAgentMetrics (registry: Registry) {
       labelNames: ['service'] as const,
       registers,
     }),
+    registryConnected: new Gauge({
+      name: 'fleetgate_agent_registry_connected',
+      help: '1 while the agent is connected to its registry (0 while it waits for ZooKeeper)',
+      labelNames: ['service', 'instance'] as const,
+      registers,
+    }),
   }
 }

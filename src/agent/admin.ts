@@ -1,0 +1,43 @@
+// The agent's admin listener: /healthz, /metrics, /status, and /maintenance, where an operator drains
+// the instance without stopping it (PUT) and brings it back (DELETE).
+
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply } from 'fastify'
+import type { Registry } from 'prom-client'
+import type { Logger } from '../logger.ts'
+import type { AgentStatus } from './agent.ts'
+
+export interface AgentAdminOptions {
+  readonly registry: Registry
+  readonly logger: Logger
+  readonly status: () => AgentStatus
+  /** Resolves false when the agent is shutting down and maintenance no longer applies. */
+  readonly setMaintenance: (draining: boolean) => Promise<boolean>
+}
+
+/**
+ * PUT /maintenance puts the instance into draining (no new requests through the proxy, in-flight ones
+ * finish) and DELETE /maintenance takes it out again. Both are idempotent, take no body, and answer the
+ * agent's status once the registry says so. GET /maintenance reads the flag.
+ */
+export function buildAgentAdmin (options: AgentAdminOptions): FastifyInstance {
+  const app = Fastify({ loggerInstance: options.logger.child({ component: 'admin' }) as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }) })
+  // Any body (curl -X PUT with or without one) is ignored rather than parsed.
+  app.removeAllContentTypeParsers()
+  app.addContentTypeParser('*', (_req, _payload, done) => done(null))
+
+  app.get('/healthz', async (_req, reply) => reply.type('text/plain').send('ok\n'))
+  app.get('/status', async (_req, reply) => reply.header('cache-control', 'no-store').send(options.status()))
+  app.get('/metrics', async (_req, reply) => {
+    const body = await options.registry.metrics()
+    return reply.type(options.registry.contentType).send(body)
+  })
+  app.get('/maintenance', async (_req, reply) => reply.header('cache-control', 'no-store').send({ maintenance: options.status().maintenance }))
+  const maintenance = (draining: boolean) => async (_req: unknown, reply: FastifyReply) => {
+    const applied = await options.setMaintenance(draining)
+    if (!applied) return reply.code(409).send({ error: 'the agent is shutting down', status: options.status() })
+    return reply.header('cache-control', 'no-store').send(options.status())
+  }
+  app.put('/maintenance', maintenance(true))
+  app.delete('/maintenance', maintenance(false))
+  return app
+}

@@ -1,0 +1,145 @@
+// `fleetgate agent`: loads the configuration, then wires the health check, the ZooKeeper registrar, the
+// wrapped command (if any), the admin listener and the signals, and returns the process exit code.
+
+import { AgentConfigSchema, loadConfig, splitHostPort, type AgentConfig } from '../config.ts'
+import { FleetgateError } from '../errors.ts'
+import { createLogger } from '../logger.ts'
+import { encodeCurator } from '../membership/instance.ts'
+import { createAgentMetrics, createRegistry } from '../metrics.ts'
+import { buildAgentAdmin } from './admin.ts'
+import { Agent } from './agent.ts'
+import { httpProbe, tcpProbe, type Probe } from './health-check.ts'
+import { defaultInstanceId, parseLabels } from './identity.ts'
+import { Supervisor } from './supervisor.ts'
+import { ZooKeeperRegistrar } from './zookeeper-registrar.ts'
+
+/** Everything the agent derives from its configuration; a problem here is a configuration error. */
+export interface AgentSettings {
+  readonly zookeeper: string
+  readonly id: string
+  readonly host: string
+  readonly port: number
+  readonly labels: Readonly<Record<string, string>>
+  readonly target: URL
+}
+
+export function resolveAgentSettings (config: AgentConfig): AgentSettings {
+  if (config.discovery === 'static') {
+    throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', '--discovery = "static": the agent registers in ZooKeeper; expected "zookeeper"')
+  }
+  if (config.zookeeper === undefined) {
+    throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', '--zookeeper is required: expected HOST:PORT[,HOST:PORT...][/chroot]')
+  }
+  const { host, port } = splitHostPort(config.advertise)
+  if (port === 0) throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', `--advertise = ${JSON.stringify(config.advertise)}: expected a port from 1 to 65535`)
+  return {
+    zookeeper: config.zookeeper,
+    id: config.id ?? defaultInstanceId(config.advertise),
+    host,
+    port,
+    labels: parseLabels(config.labels),
+    target: new URL(config.target),
+  }
+}
+
+export async function runAgent (argv: readonly string[], env: Readonly<Record<string, string | undefined>>): Promise<number> {
+  const { config, command } = loadConfig(AgentConfigSchema, { argv, env })
+  const settings = resolveAgentSettings(config)
+  const logger = createLogger({ level: config.logLevel, name: 'fleetgate-agent' })
+  const registry = createRegistry()
+  const metrics = createAgentMetrics(registry)
+  // Like a Curator ServiceInstance, built once: re-registering after an expiry writes the same document.
+  const registrationTimeUTC = Date.now()
+
+  let agent: Agent | undefined
+  const registrar = new ZooKeeperRegistrar({
+    connectString: settings.zookeeper,
+    sessionTimeoutMs: config.sessionTimeoutMs,
+    basePath: config.basePath,
+    service: config.service,
+    id: settings.id,
+    encode: state => encodeCurator({
+      service: config.service,
+      id: settings.id,
+      host: settings.host,
+      port: settings.port,
+      state,
+      weight: config.weight,
+      labels: settings.labels,
+      registrationTimeUTC,
+    }),
+    verifyIntervalMs: config.healthIntervalMs,
+    logger,
+    onEvent: event => agent?.noteRegistration(event),
+  })
+
+  const admin = buildAgentAdmin({
+    registry,
+    logger,
+    status: () => agent!.status(),
+    setMaintenance: draining => agent!.setMaintenance(draining),
+  })
+  const adminAddress = splitHostPort(config.adminListen)
+  await admin.listen({ host: adminAddress.host, port: adminAddress.port })
+
+  const supervisor = command.length > 0 ? new Supervisor({ command, env, logger }) : undefined
+  agent = new Agent({
+    service: config.service,
+    id: settings.id,
+    registrar,
+    probe: buildProbe(config, settings.target),
+    healthIntervalMs: config.healthIntervalMs,
+    rise: config.rise,
+    fall: config.fall,
+    drainMs: config.drainMs,
+    stopTimeoutMs: config.stopTimeoutMs,
+    ...(supervisor ? { supervisor } : {}),
+    metrics,
+    logger,
+  })
+
+  // SIGTERM and SIGINT drain first and reach the command only at the end; SIGHUP (reload) goes through.
+  const onStop = (signal: NodeJS.Signals): void => { void agent!.shutdown(signal) }
+  const onHangUp = (): void => {
+    if (supervisor) supervisor.signal('SIGHUP')
+    else logger.info('SIGHUP ignored: no wrapped command')
+  }
+  process.on('SIGTERM', onStop)
+  process.on('SIGINT', onStop)
+  process.on('SIGHUP', onHangUp)
+  try {
+    if (supervisor) await supervisor.start()
+  } catch (err) {
+    await admin.close()
+    await registrar.close()
+    throw err
+  }
+
+  const adminPort = (admin.server.address() as { port: number }).port
+  logger.info({
+    service: config.service,
+    instance: settings.id,
+    znode: registrar.path,
+    advertise: config.advertise,
+    target: config.target,
+    check: config.healthCheck,
+    admin: `http://${adminAddress.host.includes(':') ? `[${adminAddress.host}]` : adminAddress.host}:${adminPort}`,
+  }, 'fleetgate agent listening')
+  agent.start()
+
+  const code = await agent.done
+  process.removeListener('SIGTERM', onStop)
+  process.removeListener('SIGINT', onStop)
+  process.removeListener('SIGHUP', onHangUp)
+  await admin.close()
+  return code
+}
+
+function buildProbe (config: AgentConfig, target: URL): Probe {
+  if (config.healthCheck === 'tcp') {
+    const port = target.port ? Number(target.port) : target.protocol === 'https:' ? 443 : 80
+    const host = target.hostname.startsWith('[') ? target.hostname.slice(1, -1) : target.hostname
+    return tcpProbe(host, port, config.healthTimeoutMs)
+  }
+  return httpProbe(new URL(config.healthPath, target), config.healthTimeoutMs)
+}

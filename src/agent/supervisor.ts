@@ -1,0 +1,105 @@
+// Supervisor: wrapper mode (`fleetgate agent ... -- COMMAND ARGS`). Runs the instance's command as a child
+// with the agent's stdio, passes signals on, and reports its exit so the agent can deregister at once.
+
+import { spawn, type ChildProcess } from 'node:child_process'
+import { constants } from 'node:os'
+import { FleetgateError } from '../errors.ts'
+import type { Logger } from '../logger.ts'
+
+export interface ChildExit {
+  readonly code: number | null
+  readonly signal: NodeJS.Signals | null
+}
+
+export interface SupervisorOptions {
+  readonly command: readonly string[]
+  readonly env: Readonly<Record<string, string | undefined>>
+  readonly logger: Logger
+}
+
+export class Supervisor {
+  readonly #options: SupervisorOptions
+  readonly #log: Logger
+  #child: ChildProcess | undefined
+  #exit: ChildExit | undefined
+  #exited: Promise<ChildExit> | undefined
+  /** The signal stop() sent: a child that dies of it stopped as asked. */
+  #stopSignal: NodeJS.Signals | undefined
+
+  constructor (options: SupervisorOptions) {
+    if (options.command.length === 0) throw new FleetgateError('FLEETGATE_ERR_AGENT_COMMAND', 'no command after --')
+    this.#options = options
+    this.#log = options.logger.child({ component: 'supervisor' })
+  }
+
+  get pid (): number | undefined {
+    return this.#child?.pid
+  }
+
+  get running (): boolean {
+    return this.#child !== undefined && this.#exit === undefined
+  }
+
+  /** Resolves once the child has exited (after start()). */
+  get exited (): Promise<ChildExit> {
+    if (!this.#exited) throw new Error('supervisor not started')
+    return this.#exited
+  }
+
+  /** Resolves once the command runs; a command that cannot start is a FleetgateError (bad configuration). */
+  async start (): Promise<void> {
+    const [file, ...args] = this.#options.command as [string, ...string[]]
+    const child = spawn(file, args, { stdio: 'inherit', env: { ...this.#options.env } })
+    this.#child = child
+    this.#exited = new Promise(resolve => {
+      child.once('exit', (code, signal) => {
+        this.#exit = { code, signal }
+        this.#log.info({ pid: child.pid, code, signal }, 'command exited')
+        resolve(this.#exit)
+      })
+    })
+    await new Promise<void>((resolve, reject) => {
+      child.once('spawn', resolve)
+      child.once('error', err => {
+        reject(new FleetgateError('FLEETGATE_ERR_AGENT_COMMAND', `${file}: ${(err as NodeJS.ErrnoException).code ?? err.message}`, { cause: err }))
+      })
+    })
+    child.on('error', err => this.#log.warn({ err }, 'command error'))
+    this.#log.info({ pid: child.pid, command: this.#options.command }, 'command started')
+  }
+
+  /** Passes a signal on to the child, if it still runs. */
+  signal (signal: NodeJS.Signals): void {
+    if (!this.running) return
+    this.#log.info({ pid: this.#child!.pid, signal }, 'forwarding signal')
+    this.#child!.kill(signal)
+  }
+
+  /** Sends `signal`, then SIGKILL if the child has not exited after timeoutMs. */
+  async stop (signal: NodeJS.Signals, timeoutMs: number): Promise<ChildExit> {
+    if (!this.#child) return { code: 0, signal: null }
+    if (this.#exit) return this.#exit
+    this.#stopSignal = signal
+    this.signal(signal)
+    const timer = setTimeout(() => {
+      if (!this.running) return
+      this.#log.warn({ pid: this.#child!.pid, timeoutMs }, 'command did not stop in time; killing it')
+      this.#child!.kill('SIGKILL')
+    }, timeoutMs)
+    try {
+      return await this.exited
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+
+  /**
+   * The agent's exit code for the child's exit: its own code; 0 if it died of the signal stop() sent
+   * (it stopped as asked); 128 + the signal number for any other signal, as shells report it.
+   */
+  exitCode (exit: ChildExit): number {
+    if (exit.code !== null) return exit.code
+    if (exit.signal && exit.signal === this.#stopSignal) return 0
+    return 128 + (exit.signal ? constants.signals[exit.signal] ?? 0 : 0)
+  }
+}
