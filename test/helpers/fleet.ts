@@ -222,8 +222,8 @@ export function loadLoop (url: string, options: { concurrency?: number, maxReque
 }
 
 /** GET through the proxy; returns status, the backend that served it, and the body. */
-export async function get (url: string, path = '/'): Promise<{ status: number, servedBy: string | undefined, body: string, headers: Record<string, unknown> }> {
-  const res = await request(`${url}${path}`)
+export async function get (url: string, path = '/', method: 'GET' | 'POST' = 'GET'): Promise<{ status: number, servedBy: string | undefined, body: string, headers: Record<string, unknown> }> {
+  const res = await request(`${url}${path}`, { method, body: method === 'POST' ? 'payload' : undefined })
   const body = await res.body.text()
   const servedBy = res.headers['x-served-by']
   return { status: res.statusCode, servedBy: servedBy === undefined ? undefined : String(servedBy), body, headers: res.headers }

@@ -1,0 +1,100 @@
+// End to end: crashed instances, malformed registrations and unanswered requests, on a real ZooKeeper.
+
+import { spawn } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import t from 'tap'
+import { eventually } from '../helpers/eventually.ts'
+import { createChild, get, loadLoop, registerCurator, sample, startBackend, startProxy, zkClient } from '../helpers/fleet.ts'
+import { isRunning, track } from '../helpers/reaper.ts'
+import { freePort, startZooKeeper } from '../helpers/zookeeper.ts'
+
+const server = await startZooKeeper()
+t.teardown(() => server.close())
+
+const REGISTERED_BACKEND = fileURLToPath(new URL('../fixtures/registered-backend.mjs', import.meta.url))
+
+t.test('a crashed instance is skipped without a failed request', async t => {
+  const backends = ['a', 'b', 'c'].map(name => {
+    const child = spawn(process.execPath, [REGISTERED_BACKEND, server.connectString, 'crash', name, '2000'], { stdio: ['ignore', 'pipe', 'inherit'] })
+    track(child)
+    t.teardown(() => { if (isRunning(child)) child.kill('SIGKILL') })
+    let out = ''
+    child.stdout!.setEncoding('utf8').on('data', (s: string) => { out += s })
+    return { name, child, registered: () => out.includes('registered') }
+  })
+  await eventually(() => backends.every(b => b.registered()))
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'crash'])
+  await eventually(async () => (await proxy.status()).instances.length === 3)
+
+  const load = loadLoop(proxy.url, { concurrency: 8, maxMs: 30_000 })
+  await eventually(() => load.result.ok > 200)
+  backends[1]!.child.kill('SIGKILL')
+  // The session times out after 2 s; until then the dead port is skipped by retries and ejection.
+  await eventually(async () => (await proxy.status()).instances.length === 2, { timeoutMs: 15_000 })
+  const okAtRemoval = load.result.ok
+  await eventually(() => load.result.ok > okAtRemoval + 200)
+  const result = await load.stop()
+  t.equal(result.failed, 0, `no failed GET (${result.errors.join('; ')})`)
+  t.ok((result.byInstance.a ?? 0) > 0 && (result.byInstance.c ?? 0) > 0)
+  const metrics = await proxy.metrics()
+  t.ok(sample(metrics, 'fleetgate_retries_total') >= 1, 'requests that hit the dead port were retried')
+  t.comment(`${result.ok} GETs, ${sample(metrics, 'fleetgate_retries_total')} retried, 0 failed`)
+})
+
+t.test('malformed children are skipped and counted; good instances keep their traffic', async t => {
+  const client = await zkClient(t, server.connectString)
+  const good = await startBackend(t, 'good')
+  await registerCurator(client, { service: 'malformed', id: 'good', port: good.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'malformed'])
+  await eventually(async () => (await get(proxy.url)).servedBy === 'good')
+
+  const parent = '/services/malformed'
+  const curator = (extra: object) => JSON.stringify({ name: 'malformed', id: 'x', address: '127.0.0.1', port: good.port, serviceType: 'DYNAMIC', ...extra })
+  await createChild(client, parent, 'not-json', '{"address": "127.0.0.1", port')
+  await createChild(client, parent, 'no-port', curator({ port: null }))
+  await createChild(client, parent, 'port-99999', curator({ port: 99999 }))
+  await createChild(client, parent, 'garbage-1mb', Buffer.alloc(1_000_000, 'x'))
+
+  await eventually(async () => sample(await proxy.metrics(), 'fleetgate_invalid_registrations_total') === 4)
+  const metrics = await proxy.metrics()
+  t.equal(sample(metrics, 'fleetgate_invalid_registrations_total', { reason: 'not_json' }), 1)
+  t.equal(sample(metrics, 'fleetgate_invalid_registrations_total', { reason: 'bad_port' }), 2)
+  t.equal(sample(metrics, 'fleetgate_invalid_registrations_total', { reason: 'too_large' }), 1)
+  const status = await proxy.status()
+  t.same(status.instances.map(i => i.id), ['good'])
+  for (let i = 0; i < 10; i++) t.equal((await get(proxy.url)).servedBy, 'good')
+  t.match(proxy.output(), /skipping invalid registration/)
+})
+
+t.test('retries go to a different instance; with none left the answer is 502', async t => {
+  const client = await zkClient(t, server.connectString)
+  const deadPorts = [await freePort(), await freePort()]
+  for (const [i, port] of deadPorts.entries()) await registerCurator(client, { service: 'dead', id: `dead-${i}`, port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'dead'])
+  await eventually(async () => (await proxy.status()).instances.length === 2)
+  const res = await get(proxy.url)
+  t.equal(res.status, 502)
+  t.equal(JSON.parse(res.body).error, 'FLEETGATE_ERR_UPSTREAM_CONNECT')
+  const alive = await startBackend(t, 'alive')
+  await registerCurator(client, { service: 'dead', id: 'alive', port: alive.port })
+  await eventually(async () => (await proxy.status()).instances.length === 3)
+  for (let i = 0; i < 9; i++) {
+    const r = await get(proxy.url, '/', 'POST')
+    t.equal(r.servedBy, 'alive', 'a refused connect is retried elsewhere, POST included (nothing was sent)')
+  }
+  const states = (await proxy.status()).instances.filter(i => i.id.startsWith('dead')).map(i => i.state)
+  t.same(states, ['ejected', 'ejected'], 'instances that refused are ejected')
+})
+
+t.test('an instance that does not answer in time gets 504', async t => {
+  const client = await zkClient(t, server.connectString)
+  const slow = await startBackend(t, 'slow')
+  slow.handle(() => { /* never answers */ })
+  await registerCurator(client, { service: 'slow', id: 'slow', port: slow.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'slow', '--headers-timeout-ms', '500'])
+  await eventually(() => proxy.ready())
+  const res = await get(proxy.url)
+  t.equal(res.status, 504)
+  t.equal(JSON.parse(res.body).error, 'FLEETGATE_ERR_UPSTREAM_TIMEOUT')
+  t.equal(slow.hits, 1, 'a request that was sent is not retried')
+})
