@@ -52,6 +52,11 @@ export class InstanceMetrics {
     this.#service = service
   }
 
+  /** The endpoint joined the membership: its gauges and failure counters start at 0. */
+  added (endpoint: Endpoint): void {
+    this.#use(endpoint)
+  }
+
   started (endpoint: Endpoint): void {
     this.#live(endpoint)?.inFlight.inc()
   }
@@ -156,7 +161,8 @@ export class InstanceMetrics {
         users: 0,
       }
       // Counters that exist from 0 let rate() and increase() see their first event; one that appears
-      // at 1 looks like it was always 1.
+      // at 1 looks like it was always 1 (an instance whose very first connect fails is ejected at once).
+      series.inFlight.set(0)
       series.connectFailures.inc(0)
       series.ejections.inc(0)
       this.#series.set(instance, series)

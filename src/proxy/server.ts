@@ -91,7 +91,9 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
 
   wireDiscovery(source, pool, metrics, service, log)
   pool.onEvent(event => {
-    if (event.type === 'removed') {
+    if (event.type === 'added') {
+      instanceMetrics.added(event.endpoint)
+    } else if (event.type === 'removed') {
       instanceMetrics.removed(event.endpoint)
       void upstreams.release(event.endpoint)
     } else if (event.type === 'ejected') {

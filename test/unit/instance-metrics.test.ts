@@ -48,15 +48,32 @@ t.test('requests are counted by instance, method and code; unknown methods fold 
   t.equal(m.summary(a).errors, 1)
 })
 
-t.test('connect failure and ejection counters exist from 0 once an instance is used', async t => {
+t.test('in-flight, connect failure and ejection series exist from 0 as soon as an instance joins', async t => {
   const { instanceMetrics: m, value } = build()
   const a = endpoint('a', 1001)
-  request(m, a, 'GET', 200)
+  m.added(a)
+  t.equal(await value('fleetgate_in_flight_requests', '127.0.0.1:1001'), 0)
   t.equal(await value('fleetgate_upstream_connect_failures_total', '127.0.0.1:1001'), 0)
   t.equal(await value('fleetgate_ejections_total', '127.0.0.1:1001'), 0)
+  // An instance whose very first connect fails: increase() sees 0 -> 1, not a series born at 1.
+  a.inflight++
+  m.started(a)
+  a.inflight--
+  m.ended(a)
   m.connectFailure(a)
   m.ejected(a)
   t.equal(await value('fleetgate_ejections_total', '127.0.0.1:1001'), 1)
+  m.removed(a)
+  t.equal(await value('fleetgate_ejections_total', '127.0.0.1:1001'), undefined)
+})
+
+t.test('an instance that joins and leaves without a request leaves nothing behind', async t => {
+  const { instanceMetrics: m, series } = build()
+  const a = endpoint('a', 1001)
+  m.added(a)
+  m.removed(a)
+  t.same(await series(), [])
+  t.same(m.instances, [])
 })
 
 t.test('an idle instance that leaves takes its series with it', async t => {
