@@ -1,0 +1,99 @@
+// End to end: ZooKeeper outages, hung servers, expired sessions and a late ZooKeeper never empty the pool.
+
+import t from 'tap'
+import { eventually } from '../helpers/eventually.ts'
+import { get, loadLoop, registerCurator, removeNode, sample, startBackend, startProxy, zkClient } from '../helpers/fleet.ts'
+import { startZooKeeper } from '../helpers/zookeeper.ts'
+
+t.test('ZooKeeper stopped for 10 s under traffic: every request succeeds on the last membership', async t => {
+  const server = await startZooKeeper()
+  t.teardown(() => server.close())
+  const writer = await zkClient(t, server.connectString, 30_000)
+  const [a, b, c] = await Promise.all(['a', 'b', 'c'].map(n => startBackend(t, n)))
+  // Persistent znodes: the outage must not change the registry itself, only the proxy's view of it.
+  await registerCurator(writer, { service: 'outage', id: 'a', port: a!.port })
+  await registerCurator(writer, { service: 'outage', id: 'b', port: b!.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'outage', '--session-timeout-ms', '2000'])
+  await eventually(async () => (await proxy.status()).instances.length === 2)
+
+  const load = loadLoop(proxy.url, { concurrency: 2, maxMs: 60_000 })
+  await eventually(() => load.result.ok > 100)
+  await server.stop()
+  const outageStarted = Date.now()
+  await eventually(async () => (await proxy.status()).source.stale, { message: 'stale while ZooKeeper is down' })
+  const metricsDuringOutage = await proxy.metrics()
+  t.equal(sample(metricsDuringOutage, 'fleetgate_discovery_stale'), 1)
+  t.equal(sample(metricsDuringOutage, 'fleetgate_discovery_connected'), 0)
+  await eventually(() => Date.now() - outageStarted >= 10_000, { timeoutMs: 15_000, intervalMs: 200 })
+  const during = { ...load.result }
+  t.equal((await proxy.status()).instances.length, 2, 'membership kept through the outage')
+  await server.start()
+
+  await eventually(async () => !(await proxy.status()).source.stale, { timeoutMs: 20_000, message: 'fresh again after restart' })
+  const writerAfter = await zkClient(t, server.connectString)
+  await registerCurator(writerAfter, { service: 'outage', id: 'c', port: c!.port })
+  await eventually(async () => (await get(proxy.url)).servedBy === 'c', { message: 'a change after the restart is followed' })
+  const result = await load.stop()
+  t.equal(result.failed, 0, `no failed request (${result.errors.join('; ')})`)
+  t.ok(result.ok > during.ok, 'traffic flowed through the outage')
+  t.comment(`${result.ok} requests, ${during.ok} of them before the restart, 0 failed`)
+})
+
+t.test("the proxy's own session expires: it gets a new one and keeps following changes", async t => {
+  const server = await startZooKeeper()
+  t.teardown(() => server.close())
+  const writer = await zkClient(t, server.connectString, 30_000)
+  const [a, b] = await Promise.all(['a', 'b'].map(n => startBackend(t, n)))
+  await registerCurator(writer, { service: 'expiry', id: 'a', port: a!.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'expiry', '--session-timeout-ms', '2000'])
+  await eventually(async () => (await proxy.status()).instances.length === 1)
+
+  // A stopped process sends no heartbeats: ZooKeeper expires its session after the 2 s timeout.
+  proxy.kill('SIGSTOP')
+  const stoppedAt = Date.now()
+  await eventually(() => Date.now() - stoppedAt > 4_000, { timeoutMs: 6_000, intervalMs: 200 })
+  proxy.kill('SIGCONT')
+
+  await eventually(async () => sample(await proxy.metrics(), 'fleetgate_zookeeper_session_expirations_total') >= 1, { message: 'expiry counted' })
+  t.equal((await proxy.status()).instances.length, 1, 'membership kept across the expiry')
+  await registerCurator(writer, { service: 'expiry', id: 'b', port: b!.port })
+  await eventually(async () => (await get(proxy.url)).servedBy === 'b', { message: 'follows an add on the new session' })
+  await removeNode(writer, '/services/expiry/a')
+  await eventually(async () => (await proxy.status()).instances.map(i => i.id).join() === 'b', { message: 'follows a remove' })
+})
+
+t.test('a hung ZooKeeper (SIGSTOP) is detected by the watchdog; membership is kept and then resynced', async t => {
+  const server = await startZooKeeper()
+  t.teardown(async () => { server.resume(); await server.close() })
+  const writer = await zkClient(t, server.connectString, 30_000)
+  const a = await startBackend(t, 'a')
+  await registerCurator(writer, { service: 'hung', id: 'a', port: a.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'hung', '--session-timeout-ms', '2000'])
+  await eventually(async () => (await proxy.status()).instances.length === 1)
+
+  server.pause()
+  await eventually(async () => (await proxy.status()).source.stale, { timeoutMs: 5_000, message: 'stale within the session timeout' })
+  t.match(proxy.output(), /zookeeper watchdog fired/)
+  t.equal((await get(proxy.url)).servedBy, 'a', 'still serving the last membership')
+  server.resume()
+  await eventually(async () => !(await proxy.status()).source.stale, { timeoutMs: 15_000 })
+})
+
+t.test('ZooKeeper unreachable at start: not ready until it comes up', async t => {
+  const server = await startZooKeeper()
+  t.teardown(() => server.close())
+  const writer = await zkClient(t, server.connectString)
+  const a = await startBackend(t, 'a')
+  await registerCurator(writer, { service: 'late', id: 'a', port: a.port })
+  writer.close()
+  await server.stop()
+
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'late', '--session-timeout-ms', '2000'])
+  t.equal(await proxy.ready(), false, '/readyz is 503 before the first membership')
+  const res = await get(proxy.url)
+  t.equal(res.status, 503, 'requests get a fast 503 meanwhile')
+  t.equal((await proxy.status()).source.status === 'connected', false)
+  await server.start()
+  await eventually(() => proxy.ready(), { timeoutMs: 20_000, message: 'ready once ZooKeeper is up' })
+  t.equal((await get(proxy.url)).servedBy, 'a')
+})
