@@ -155,7 +155,8 @@ export async function startBackend (t: Test, name: string): Promise<Backend> {
       backend.server.close(() => resolve())
     }),
   }
-  const server = createServer((req, res) => {
+  // Like gunicorn with --limit-request-line 0, as Superset's docs run it: long URLs are fine.
+  const server = createServer({ maxHeaderSize: 256 * 1024 }, (req, res) => {
     backend.hits++
     res.setHeader('x-served-by', name)
     if (custom) return custom(req, res)

@@ -1,0 +1,90 @@
+// End to end: bad HTTP input gets a 4xx or a clean close and the proxy keeps serving; bad configuration
+// stops start-up with a clear message and a non-zero exit.
+
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { connect } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import t from 'tap'
+import { eventually } from '../helpers/eventually.ts'
+import { get, runFleetgate, sample, startBackend, startProxy } from '../helpers/fleet.ts'
+
+/** Writes raw bytes and returns what the proxy answered before closing (or after 5 s). */
+function raw (url: string, payload: string | Buffer, options: { destroyAfterWrite?: boolean } = {}): Promise<string> {
+  const { port } = new URL(url)
+  return new Promise((resolve, reject) => {
+    const socket = connect(Number(port), '127.0.0.1')
+    let answer = ''
+    const timer = setTimeout(() => { socket.destroy(); resolve(answer) }, 5_000)
+    socket.setEncoding('utf8').on('data', (s: string) => { answer += s })
+    socket.on('close', () => { clearTimeout(timer); resolve(answer) })
+    socket.on('error', err => { clearTimeout(timer); options.destroyAfterWrite ? resolve(answer) : reject(err) })
+    socket.write(payload, () => { if (options.destroyAfterWrite) socket.destroy() })
+  })
+}
+
+t.test('malformed, oversize and aborted requests', async t => {
+  const backend = await startBackend(t, 'a')
+  let aborted = 0
+  backend.handle((req, res) => {
+    req.on('aborted', () => { aborted++ })
+    req.on('error', () => undefined)
+    req.resume()
+    req.on('end', () => res.end('ok'))
+  })
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`])
+  await eventually(() => proxy.ready())
+
+  const malformed = await raw(proxy.url, 'GET / HTTP/1.1\r\nHost: x\r\nthis is not a header\r\n\r\n')
+  t.match(malformed, /^HTTP\/1\.1 400 /, 'malformed header: 400')
+  const oversize = await raw(proxy.url, `GET / HTTP/1.1\r\nHost: x\r\nx-big: ${'a'.repeat(100 * 1024)}\r\n\r\n`)
+  t.match(oversize, /^HTTP\/1\.1 431 /, 'oversize header: 431')
+  const longUrl = await get(proxy.url, `/superset/explore/?form_data=${'x'.repeat(30_000)}`)
+  t.equal(longUrl.status, 200, 'a 30 KB URL, as Superset makes, still passes')
+
+  const hitsBefore = backend.hits
+  await raw(proxy.url, `POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n${'u'.repeat(1_000_000)}`, { destroyAfterWrite: true })
+  await eventually(() => backend.hits === hitsBefore + 1 && aborted === 1, { message: 'the instance saw the upload aborted too' })
+  await eventually(async () => sample(await proxy.metrics(), 'fleetgate_in_flight_requests') === 0, { message: 'nothing left in flight' })
+
+  for (let i = 0; i < 5; i++) t.equal((await get(proxy.url)).status, 200, 'still serving')
+})
+
+t.test('bad configuration: clear error, exit code 2', async t => {
+  const listen = runFleetgate(t, ['proxy', '--static', 'http://127.0.0.1:1', '--listen', 'nonsense'])
+  t.same(await listen.exited, { code: 2, signal: null })
+  t.match(listen.output(), /FLEETGATE_ERR_CONFIG_INVALID: Invalid configuration: --listen = "nonsense": expected HOST:PORT/)
+
+  const dir = mkdtempSync(join(tmpdir(), 'fleetgate-bad-config-'))
+  const file = join(dir, 'fleetgate.yaml')
+  writeFileSync(file, 'static: http://127.0.0.1:1\nlisten_port: 8080\n')
+  const unknown = runFleetgate(t, ['proxy', '--config', file])
+  t.same(await unknown.exited, { code: 2, signal: null })
+  t.match(unknown.output(), /unknown key "listen_port" in config file .*fleetgate\.yaml/)
+
+  const env = runFleetgate(t, ['proxy', '--static', 'http://127.0.0.1:1'], { FLEETGATE_TRIES: 'many' })
+  t.same(await env.exited, { code: 2, signal: null })
+  t.match(env.output(), /FLEETGATE_TRIES = "many": expected an integer from 1 to 10/)
+
+  const none = runFleetgate(t, ['proxy'])
+  t.same(await none.exited, { code: 2, signal: null })
+  t.match(none.output(), /--zookeeper is required/)
+
+  const flag = runFleetgate(t, ['proxy', '--zookeper', '127.0.0.1:2181'])
+  t.same(await flag.exited, { code: 2, signal: null })
+  t.match(flag.output(), /FLEETGATE_ERR_CLI_USAGE: .*zookeper/)
+})
+
+t.test('SIGTERM lets in-flight requests finish, then exits 0', async t => {
+  const backend = await startBackend(t, 'slow')
+  backend.handle((_req, res) => { setTimeout(() => res.end('done'), 1_000) })
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, '--shutdown-timeout-ms', '10000'])
+  await eventually(() => proxy.ready())
+  const inFlight = get(proxy.url)
+  await eventually(() => backend.hits === 1)
+  proxy.kill('SIGTERM')
+  const res = await inFlight
+  t.equal(res.status, 200)
+  t.equal(res.body, 'done')
+  t.same(await proxy.exited, { code: 0, signal: null })
+})

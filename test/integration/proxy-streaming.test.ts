@@ -1,0 +1,115 @@
+// End to end: bodies stream both ways without buffering, long responses are not cut, stalled ones are.
+
+import { readFileSync } from 'node:fs'
+import { Readable } from 'node:stream'
+import t from 'tap'
+import { request } from 'undici'
+import { eventually } from '../helpers/eventually.ts'
+import { registerCurator, startBackend, startProxy, zkClient } from '../helpers/fleet.ts'
+import { startZooKeeper } from '../helpers/zookeeper.ts'
+
+const server = await startZooKeeper()
+t.teardown(() => server.close())
+
+const MB = 1024 * 1024
+
+function rssBytes (pid: number): number {
+  const kb = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]
+  return Number(kb) * 1024
+}
+
+/** A body of `total` bytes made on the fly, never held in memory at once. */
+function generated (total: number, chunk = 64 * 1024): Readable {
+  let sent = 0
+  const block = Buffer.alloc(chunk, 'z')
+  return new Readable({
+    read () {
+      if (sent >= total) return this.push(null)
+      const n = Math.min(chunk, total - sent)
+      sent += n
+      this.push(n === chunk ? block : block.subarray(0, n))
+    },
+  })
+}
+
+t.test('a 50 MB download and a 50 MB upload stream through with bounded memory', async t => {
+  const client = await zkClient(t, server.connectString)
+  const backend = await startBackend(t, 'bulk')
+  let uploaded = 0
+  backend.handle((req, res) => {
+    if (req.method === 'POST') {
+      req.on('data', (c: Buffer) => { uploaded += c.length })
+      req.on('end', () => res.end(String(uploaded)))
+      return
+    }
+    res.setHeader('content-type', 'text/csv')
+    generated(50 * MB).pipe(res)
+  })
+  await registerCurator(client, { service: 'bulk', id: 'bulk', port: backend.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'bulk'])
+  await eventually(() => proxy.ready())
+  const before = rssBytes(proxy.pid)
+  let peak = before
+  const sampler = setInterval(() => { peak = Math.max(peak, rssBytes(proxy.pid)) }, 20)
+  t.teardown(() => clearInterval(sampler))
+
+  const down = await request(`${proxy.url}/export.csv`)
+  let downloaded = 0
+  for await (const chunk of down.body) downloaded += (chunk as Buffer).length
+  t.equal(down.statusCode, 200)
+  t.equal(downloaded, 50 * MB, 'all 50 MB arrived')
+
+  const up = await request(`${proxy.url}/upload`, { method: 'POST', body: generated(50 * MB), headers: { 'content-length': String(50 * MB) } })
+  t.equal(await up.body.text(), String(50 * MB), 'all 50 MB reached the instance')
+  clearInterval(sampler)
+  peak = Math.max(peak, rssBytes(proxy.pid))
+  const growthMb = (peak - before) / MB
+  t.comment(`proxy RSS ${(before / MB).toFixed(1)} MB before, peak ${(peak / MB).toFixed(1)} MB (+${growthMb.toFixed(1)} MB) over 100 MB streamed`)
+  t.ok(growthMb < 64, `RSS grew by ${growthMb.toFixed(1)} MB`)
+})
+
+t.test('a response that trickles for 90 s is not cut', async t => {
+  const client = await zkClient(t, server.connectString)
+  const backend = await startBackend(t, 'trickle')
+  const ticks = 19
+  backend.handle((_req, res) => {
+    res.setHeader('content-type', 'text/csv')
+    let n = 0
+    const timer = setInterval(() => {
+      res.write(`row ${n}\n`)
+      if (++n === ticks) {
+        clearInterval(timer)
+        res.end()
+      }
+    }, 5_000)
+    res.on('close', () => clearInterval(timer))
+  })
+  await registerCurator(client, { service: 'trickle', id: 'trickle', port: backend.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'trickle'])
+  await eventually(() => proxy.ready())
+  const started = Date.now()
+  const res = await request(`${proxy.url}/slow.csv`)
+  const body = await res.body.text()
+  const seconds = (Date.now() - started) / 1000
+  t.equal(body.split('\n').filter(Boolean).length, ticks, 'every row arrived')
+  t.ok(seconds >= 90, `streamed for ${seconds.toFixed(1)} s`)
+})
+
+t.test('a configured idle timeout cuts a stalled response', async t => {
+  const client = await zkClient(t, server.connectString)
+  const backend = await startBackend(t, 'stall')
+  backend.handle((_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/plain' })
+    res.write('first chunk\n') // ...and then nothing
+  })
+  await registerCurator(client, { service: 'stall', id: 'stall', port: backend.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'stall', '--idle-timeout-ms', '1000'])
+  await eventually(() => proxy.ready())
+  const started = Date.now()
+  const res = await request(`${proxy.url}/stalled`)
+  t.equal(res.statusCode, 200)
+  await t.rejects(res.body.text(), 'the client sees the body cut off, not a clean end')
+  const seconds = (Date.now() - started) / 1000
+  t.ok(seconds >= 0.9 && seconds < 10, `cut after ${seconds.toFixed(1)} s`)
+  t.match(proxy.output(), /response cut off by the instance/)
+})
