@@ -1,0 +1,208 @@
+// The proxy's /metrics, end to end: the real `fleetgate proxy` process, a real ZooKeeper, real backends.
+// Counts must match what was sent, churned instances must leave no series, and discovery trouble shows.
+
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import t from 'tap'
+import { request } from 'undici'
+import { eventually } from '../helpers/eventually.ts'
+import {
+  createChild, registerCurator, removeNode, sample, startBackend, startProxy, zkClient, type Backend,
+} from '../helpers/fleet.ts'
+import { startZooKeeper } from '../helpers/zookeeper.ts'
+
+t.setTimeout(180_000)
+
+const server = await startZooKeeper()
+t.teardown(() => server.close())
+
+/** Answers the status code in the path (`/code/404`), 200 otherwise, and tallies what it answered. */
+function answerCodes (backend: Backend): Map<string, number> {
+  const answered = new Map<string, number>()
+  backend.handle((req: IncomingMessage, res: ServerResponse) => {
+    const code = Number(/^\/code\/(\d{3})/.exec(req.url ?? '')?.[1] ?? 200)
+    req.resume()
+    req.on('end', () => {
+      const key = `${req.method} ${code}`
+      answered.set(key, (answered.get(key) ?? 0) + 1)
+      res.statusCode = code
+      res.end()
+    })
+  })
+  return answered
+}
+
+/** Every `instance` label value among the fleetgate_ series of a scrape. */
+function instanceLabels (metrics: string): Set<string> {
+  const found = new Set<string>()
+  for (const line of metrics.split('\n')) {
+    if (!line.startsWith('fleetgate_')) continue
+    const match = /[{,]instance="([^"]*)"/.exec(line)
+    if (match) found.add(match[1]!)
+  }
+  return found
+}
+
+t.test('N requests over 3 instances: requests_total sums to N, split by instance, method and code as sent', async t => {
+  const client = await zkClient(t, server.connectString)
+  const backends = await Promise.all(['a', 'b', 'c'].map(n => startBackend(t, n)))
+  const answered = backends.map(answerCodes)
+  for (const b of backends) await registerCurator(client, { service: 'counting', id: b.name, port: b.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'counting'])
+  await eventually(async () => (await proxy.status()).instances.length === 3, { message: '3 instances in the pool' })
+
+  const N = 600
+  const plan = (i: number): { method: string, path: string } => ({
+    method: i % 4 === 3 ? 'POST' : 'GET',
+    path: i % 10 === 0 ? '/code/500' : i % 7 === 0 ? '/code/404' : i % 13 === 0 ? '/code/503' : `/ok/${i}`,
+  })
+  let next = 0
+  const worker = async (): Promise<void> => {
+    while (next < N) {
+      const { method, path } = plan(next++)
+      const res = await request(`${proxy.url}${path}`, { method, body: method === 'POST' ? 'x=1' : null })
+      await res.body.dump()
+    }
+  }
+  await Promise.all(Array.from({ length: 8 }, worker))
+
+  const metrics = await proxy.metrics()
+  t.equal(sample(metrics, 'fleetgate_requests_total', { service: 'counting' }), N, 'requests_total sums to N')
+  for (const [i, backend] of backends.entries()) {
+    const instance = `127.0.0.1:${backend.port}`
+    for (const [key, count] of answered[i]!) {
+      const [method, code] = key.split(' ') as [string, string]
+      t.equal(sample(metrics, 'fleetgate_requests_total', { instance, method, code }), count, `${backend.name} ${method} ${code}`)
+    }
+    const sent = [...answered[i]!.values()].reduce((a, b) => a + b, 0)
+    t.equal(sample(metrics, 'fleetgate_requests_total', { instance }), sent, `${backend.name}: ${sent} in all`)
+    t.equal(sample(metrics, 'fleetgate_request_duration_seconds_count', { instance }), sent, `${backend.name}: one duration each`)
+    t.equal(sample(metrics, 'fleetgate_in_flight_requests', { instance }), 0, `${backend.name}: nothing in flight`)
+    t.equal(sample(metrics, 'fleetgate_instance_state', { instance, state: 'up' }), 1, `${backend.name} is up`)
+  }
+  const sentCodes = new Set(Array.from({ length: N }, (_, i) => plan(i).path).map(p => p.startsWith('/code/') ? p.slice(6) : '200'))
+  t.same([...sentCodes].sort(), ['200', '404', '500', '503'], 'the plan covers 4 codes')
+  t.equal(sample(metrics, 'fleetgate_instances', { service: 'counting', state: 'up' }), 3)
+})
+
+t.test('churning 1,000 instances through ZooKeeper leaves only the live instances\' series', async t => {
+  const client = await zkClient(t, server.connectString)
+  const service = 'churn'
+  const stable = await Promise.all(['s1', 's2', 's3'].map(n => startBackend(t, n)))
+  for (const b of stable) await registerCurator(client, { service, id: b.name, port: b.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', service])
+  await eventually(async () => (await proxy.status()).instances.length === 3, { message: '3 stable instances' })
+  const live = new Set(stable.map(b => `127.0.0.1:${b.port}`))
+
+  const BATCHES = 10
+  const PER_BATCH = 100
+  const timings: number[] = []
+  let seriesAtPeak = 0
+  for (let batch = 0; batch < BATCHES; batch++) {
+    // Real listeners, so every churned instance answers and gets a full set of series.
+    const backends = await Promise.all(Array.from({ length: PER_BATCH }, (_, i) => startBackend(t, `b${batch}-${i}`)))
+    const paths = await Promise.all(backends.map(b => registerCurator(client, { service, id: b.name, port: b.port })))
+    await eventually(async () => (await proxy.status()).instances.length === 3 + PER_BATCH, { message: `batch ${batch} joined`, timeoutMs: 20_000 })
+
+    // Round robin over 103 instances: 103 requests in a row reach each one once; twice that is ample.
+    const seen = new Set<string>()
+    for (let i = 0; i < 2 * (3 + PER_BATCH); i++) {
+      const res = await request(`${proxy.url}/churn/${i}`)
+      await res.body.dump()
+      seen.add(String(res.headers['x-served-by']))
+    }
+    t.equal(backends.filter(b => !seen.has(b.name)).length, 0, `batch ${batch}: every churned instance served requests`)
+
+    if (batch === 0) {
+      const metrics = await proxy.metrics()
+      t.equal(instanceLabels(metrics).size, 3 + PER_BATCH, 'while a batch is live, /metrics has its series')
+      seriesAtPeak = metrics.split('\n').filter(l => l.startsWith('fleetgate_')).length
+      // /metrics with 103 registered instances that all took traffic: a benchmark figure, not a test.
+      for (let i = 0; i < 100; i++) {
+        const started = performance.now()
+        const res = await request(`${proxy.adminUrl}/metrics`)
+        await res.body.text()
+        timings.push(performance.now() - started)
+      }
+    }
+
+    await Promise.all(paths.map(p => removeNode(client, p)))
+    await eventually(async () => (await proxy.status()).instances.length === 3, { message: `batch ${batch} left`, timeoutMs: 20_000 })
+    await Promise.all(backends.map(b => b.close()))
+  }
+
+  // A removed instance's series go after its last request; none is running now, so they are gone at once.
+  const metrics = await eventually<string>(async () => {
+    const text = await proxy.metrics()
+    const labels = instanceLabels(text)
+    labels.delete('none')
+    return labels.size === live.size ? text : ''
+  }, { message: 'only live instances in /metrics', timeoutMs: 5000 })
+  t.same([...instanceLabels(metrics)].filter(i => i !== 'none').sort(), [...live].sort(), 'only the 3 live instances have series')
+  const seriesAfter = metrics.split('\n').filter(l => l.startsWith('fleetgate_')).length
+  t.ok(seriesAfter < seriesAtPeak / 10, `fleetgate_ series: ${seriesAtPeak} with 103 instances, ${seriesAfter} after the churn`)
+  t.equal(sample(metrics, 'fleetgate_instances', { service }), 3, 'fleetgate_instances counts the live set only')
+  t.ok(sample(metrics, 'fleetgate_membership_changes_total') >= 2 * BATCHES, 'membership changes were counted')
+
+  timings.sort((a, b) => a - b)
+  const pct = (q: number): string => timings[Math.min(timings.length - 1, Math.floor(q * timings.length))]!.toFixed(2)
+  t.comment(`/metrics with 103 instances (${seriesAtPeak} fleetgate_ series): p50 ${pct(0.5)} ms, p99 ${pct(0.99)} ms, max ${pct(1)} ms over ${timings.length} scrapes`)
+})
+
+t.test('invalid registrations are counted once each, by reason, and the valid ones still serve', async t => {
+  const client = await zkClient(t, server.connectString)
+  const service = 'invalid'
+  const parent = `/services/${service}`
+  const good = await startBackend(t, 'good')
+  await registerCurator(client, { service, id: 'good', port: good.port })
+  await createChild(client, parent, 'not-json', 'this is not JSON')
+  await createChild(client, parent, 'unknown', JSON.stringify({ hello: 'world' }))
+  await createChild(client, parent, 'no-host', JSON.stringify({ host: '', port: 8088 }))
+  await createChild(client, parent, 'bad-port', JSON.stringify({ host: '127.0.0.1', port: 70000 }))
+  await createChild(client, parent, 'bad-port-2', JSON.stringify({ serviceEndpoint: { host: '127.0.0.1', port: 0 }, status: 'ALIVE' }))
+  await createChild(client, parent, 'too-large', JSON.stringify({ host: '127.0.0.1', port: 8088, pad: 'x'.repeat(70 * 1024) }))
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', service])
+  await eventually(async () => (await proxy.status()).instances.length === 1, { message: 'the valid instance' })
+
+  const expected = { not_json: 1, unknown_format: 1, no_host: 1, bad_port: 2, too_large: 1 }
+  const counted = async (): Promise<Record<string, number>> => {
+    const metrics = await proxy.metrics()
+    return Object.fromEntries(Object.keys(expected).map(reason => [reason, sample(metrics, 'fleetgate_invalid_registrations_total', { service, reason })]))
+  }
+  t.same(await eventually(async () => {
+    const c = await counted()
+    return Object.values(c).reduce((a, b) => a + b, 0) === 6 ? c : undefined
+  }, { message: 'six invalid registrations counted' }), expected)
+
+  // A new invalid one is counted; the ones already counted are not counted again.
+  await createChild(client, parent, 'not-json-2', '{')
+  await eventually(async () => (await counted()).not_json === 2, { message: 'the second not_json' })
+  t.same(await counted(), { ...expected, not_json: 2 })
+  const res = await request(proxy.url)
+  await res.body.dump()
+  t.equal(res.headers['x-served-by'], 'good', 'the valid instance serves')
+})
+
+t.test('discovery_stale goes to 1 when ZooKeeper stops, the last membership keeps serving, and back to 0', async t => {
+  const own = await startZooKeeper()
+  t.teardown(() => own.close())
+  const client = await zkClient(t, own.connectString)
+  const a = await startBackend(t, 'a')
+  // Persistent, so the registration does not depend on this client's session surviving the outage.
+  await createChild(client, '/services/stale', 'a', JSON.stringify({ host: '127.0.0.1', port: a.port }), false)
+  const proxy = await startProxy(t, ['--zookeeper', own.connectString, '--service', 'stale'])
+  const gauge = async (name: string): Promise<number> => sample(await proxy.metrics(), name, { service: 'stale', source: 'zookeeper' })
+  await eventually(async () => (await proxy.status()).instances.length === 1 && await gauge('fleetgate_discovery_stale') === 0, { message: 'fresh membership' })
+  t.equal(await gauge('fleetgate_discovery_connected'), 1)
+
+  await own.stop()
+  await eventually(async () => await gauge('fleetgate_discovery_stale') === 1, { message: 'stale after ZooKeeper stopped', timeoutMs: 15_000 })
+  t.equal(await gauge('fleetgate_discovery_connected'), 0, 'not connected')
+  t.equal((await proxy.status()).source.stale, true, '/status says stale too')
+  const res = await request(proxy.url)
+  await res.body.dump()
+  t.equal(res.headers['x-served-by'], 'a', 'the last known instance still serves')
+
+  await own.start()
+  await eventually(async () => await gauge('fleetgate_discovery_stale') === 0, { message: 'fresh again after ZooKeeper came back', timeoutMs: 30_000 })
+  t.equal(await gauge('fleetgate_discovery_connected'), 1)
+})
