@@ -25,6 +25,8 @@ export interface RegistrarStatus {
   /** `<basePath>/<service>/<id>` for ZooKeeper; the service ID for Consul. */
   readonly key: string
   readonly connected: boolean
+  /** The registry session holding the registration (ZooKeeper: the session id in hex), when connected. */
+  readonly session: string | undefined
   readonly desired: Desired
   /** True once the registry is known to hold the desired registration (and state). */
   readonly registered: boolean

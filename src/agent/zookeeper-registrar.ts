@@ -105,6 +105,7 @@ export class ZooKeeperRegistrar implements Registrar {
       registry: 'zookeeper',
       key: this.path,
       connected: this.#session.connected,
+      session: this.#session.client?.getSessionId().toString('hex'),
       desired: this.#desired,
       registered: this.#registered,
       state: this.#registered ? this.#state : undefined,

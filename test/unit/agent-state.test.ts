@@ -18,7 +18,7 @@ class RecordingRegistrar implements Registrar {
   async deregister (): Promise<void> { this.#want('deregister', { kind: 'absent' }) }
   async close (): Promise<void> { this.closed = true; this.calls.push('close') }
   status (): RegistrarStatus {
-    return { registry: 'fake', key: 'k', connected: true, desired: this.desired, registered: this.desired.kind === 'registered', state: undefined, lastError: undefined }
+    return { registry: 'fake', key: 'k', connected: true, session: 's', desired: this.desired, registered: this.desired.kind === 'registered', state: undefined, lastError: undefined }
   }
 
   #want (call: string, desired: Desired): void {

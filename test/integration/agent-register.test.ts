@@ -1,0 +1,152 @@
+// End to end: the real `fleetgate agent` registers a real backend in a real ZooKeeper, and the real
+// `fleetgate proxy` routes by it. Registration, health transitions, maintenance, format and bad starts.
+
+import t from 'tap'
+import { decodeRegistration } from '../../src/membership/instance.ts'
+import { readNode, startAgent, startHealthBackend, whenCreated } from '../helpers/agent.ts'
+import { eventually } from '../helpers/eventually.ts'
+import { get, registerCurator, runFleetgate, sample, startBackend, startProxy, zkClient } from '../helpers/fleet.ts'
+import { startZooKeeper } from '../helpers/zookeeper.ts'
+
+const server = await startZooKeeper()
+t.teardown(() => server.close())
+
+t.test('a healthy backend is registered and the proxy routes to it within 100 ms of its znode', async t => {
+  const client = await zkClient(t, server.connectString)
+  // Another instance keeps the pool non-empty, so every probe below is an answered request.
+  const other = await startBackend(t, 'other')
+  await registerCurator(client, { service: 'join', id: 'other', port: other.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'join'])
+  await eventually(() => proxy.ready(), { message: 'proxy ready' })
+
+  const backend = await startHealthBackend(t, 'a')
+  const path = `/services/join/127.0.0.1-${backend.port}`
+  const created = whenCreated(client, path)
+  await startAgent(t, { zookeeper: server.connectString, service: 'join', port: backend.port })
+  const createdAt = await created
+  await eventually(async () => (await get(proxy.url)).servedBy === 'a', { intervalMs: 0, timeoutMs: 5000, message: 'proxy routes to a' })
+  const routedMs = Date.now() - createdAt
+  t.comment(`znode created -> first request served by the new instance: ${routedMs} ms`)
+  t.ok(routedMs < 100, `routed ${routedMs} ms after the znode appeared`)
+})
+
+t.test('the znode is Curator JSON with every field, and both the proxy decoder and plain JSON read it', async t => {
+  const client = await zkClient(t, server.connectString)
+  const backend = await startHealthBackend(t, 'fmt')
+  await startAgent(t, { zookeeper: server.connectString, service: 'format', port: backend.port, args: ['--weight', '3', '--labels', 'zone=a,tier=web', '--id', 'fmt-1'] })
+  const node = (await eventually(() => readNode(client, '/services/format/fmt-1'), { message: 'znode' }))!
+  t.ok(node.stat.ephemeralOwner.some(byte => byte !== 0), 'EPHEMERAL')
+
+  const doc = JSON.parse(node.data.toString()) as Record<string, unknown>
+  for (const field of ['name', 'id', 'address', 'port', 'sslPort', 'payload', 'registrationTimeUTC', 'serviceType', 'uriSpec']) {
+    t.ok(field in doc, `Curator field ${field}`)
+  }
+  t.match(doc, {
+    name: 'format', id: 'fmt-1', address: '127.0.0.1', port: backend.port, sslPort: null, serviceType: 'DYNAMIC',
+    payload: { state: 'up', weight: 3, labels: { zone: 'a', tier: 'web' } },
+  })
+  t.type(doc.registrationTimeUTC, 'number')
+  t.ok(Math.abs(Date.now() - (doc.registrationTimeUTC as number)) < 60_000, 'registrationTimeUTC is epoch ms')
+
+  const decoded = decodeRegistration('fmt-1', node.data)
+  t.ok(decoded.ok, JSON.stringify(decoded))
+  if (decoded.ok) {
+    t.equal(decoded.format, 'curator')
+    t.match(decoded.instance, { id: 'fmt-1', host: '127.0.0.1', port: backend.port, state: 'up', weight: 3, labels: { zone: 'a', tier: 'web' } })
+  }
+})
+
+t.test('failing /health: znode gone after the fall threshold, back after the rise threshold; traffic follows', async t => {
+  const client = await zkClient(t, server.connectString)
+  const stay = await startBackend(t, 'stay')
+  await registerCurator(client, { service: 'health', id: 'stay', port: stay.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'health'])
+  const backend = await startHealthBackend(t, 'flaky')
+  const path = `/services/health/127.0.0.1-${backend.port}`
+  const agent = await startAgent(t, { zookeeper: server.connectString, service: 'health', port: backend.port, args: ['--rise', '2', '--fall', '3'] })
+  await eventually(async () => (await get(proxy.url)).servedBy === 'flaky', { message: 'flaky gets traffic' })
+
+  backend.healthy = false
+  const failedAt = Date.now()
+  await eventually(async () => (await readNode(client, path)) === undefined, { message: 'znode deleted' })
+  const goneMs = Date.now() - failedAt
+  const status = await agent.status()
+  t.equal(status.health, 'unhealthy')
+  t.ok(status.streak.failures >= 3, `deregistered after ${status.streak.failures} failures in a row`)
+  await eventually(async () => {
+    for (let i = 0; i < 6; i++) if ((await get(proxy.url)).servedBy !== 'stay') return false
+    return true
+  }, { message: 'traffic stopped' })
+
+  backend.healthy = true
+  const recoveredAt = Date.now()
+  await eventually(() => readNode(client, path), { message: 'znode back' })
+  const backMs = Date.now() - recoveredAt
+  await eventually(async () => (await get(proxy.url)).servedBy === 'flaky', { message: 'traffic back' })
+  t.comment(`/health failing -> znode gone: ${goneMs} ms (fall 3 x 100 ms); passing -> znode back: ${backMs} ms (rise 2 x 100 ms)`)
+  t.ok(goneMs >= 200, `not before the third failure (${goneMs} ms)`)
+  t.ok(backMs >= 100, `not before the second pass (${backMs} ms)`)
+
+  const metrics = await agent.metrics()
+  t.equal(sample(metrics, 'fleetgate_agent_transitions_total', { to: 'unhealthy' }), 1)
+  t.equal(sample(metrics, 'fleetgate_agent_transitions_total', { to: 'healthy' }), 2)
+  t.equal(sample(metrics, 'fleetgate_agent_registered'), 1)
+  t.ok(sample(metrics, 'fleetgate_agent_health_checks_total', { result: 'fail' }) >= 3)
+})
+
+t.test('maintenance: PUT drains without stopping (no new requests), DELETE brings it back', async t => {
+  const client = await zkClient(t, server.connectString)
+  const stay = await startBackend(t, 'stay')
+  await registerCurator(client, { service: 'maint', id: 'stay', port: stay.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'maint'])
+  const backend = await startHealthBackend(t, 'm')
+  const agent = await startAgent(t, { zookeeper: server.connectString, service: 'maint', port: backend.port })
+  await eventually(async () => (await get(proxy.url)).servedBy === 'm')
+
+  t.equal(await agent.maintenance(true), 200)
+  t.match(await agent.status(), { maintenance: true, registration: { registered: true, state: 'draining' } })
+  await eventually(async () => (await proxy.status()).instances.some(i => i.id.startsWith('127.0.0.1-') && i.state === 'draining'))
+  const before = backend.arrivals.length
+  for (let i = 0; i < 20; i++) t.equal((await get(proxy.url)).servedBy, 'stay', `request ${i} avoids the draining instance`)
+  t.equal(backend.arrivals.length, before)
+  t.equal(sample(await agent.metrics(), 'fleetgate_agent_draining'), 1)
+
+  t.equal(await agent.maintenance(false), 200)
+  await eventually(async () => (await get(proxy.url)).servedBy === 'm', { message: 'back in rotation' })
+  t.match(await agent.status(), { maintenance: false, registration: { state: 'up' } })
+})
+
+t.test('bad flags: a clear error naming the flag, and exit code 2', async t => {
+  const cases: Array<[string[], RegExp]> = [
+    [['agent', '--zookeeper', server.connectString], /--advertise is required: expected HOST:PORT/],
+    [['agent', '--zookeeper', server.connectString, '--advertise', '127.0.0.1:1', '--fall', 'lots'], /--fall = "lots": expected an integer from 1 to 100/],
+    [['agent', '--zookeeper', server.connectString, '--advertise', '127.0.0.1:1', '--no-such-flag'], /Unknown option '--no-such-flag'/],
+    [['agent', '--advertise', '127.0.0.1:1'], /--zookeeper is required/],
+    [['agent', '--zookeeper', server.connectString, '--advertise', '127.0.0.1:1', '--labels', 'a=1,a=2'], /key "a" is given twice/],
+    [['agent', '--zookeeper', server.connectString, '--advertise', '127.0.0.1:1', '--admin-listen', '127.0.0.1:0', '--', '/nonexistent/superset'], /FLEETGATE_ERR_AGENT_COMMAND: .*\/nonexistent\/superset: ENOENT/],
+  ]
+  await Promise.all(cases.map(async ([args, message]) => {
+    const proc = runFleetgate(t, args)
+    const { code } = await proc.exited
+    t.equal(code, 2, args.join(' '))
+    t.match(proc.output(), message)
+  }))
+})
+
+t.test('an unreachable target is not registered, and SIGTERM still exits promptly', async t => {
+  const client = await zkClient(t, server.connectString)
+  const gone = await startBackend(t, 'gone')
+  const port = gone.port
+  await gone.close()
+  const agent = await startAgent(t, { zookeeper: server.connectString, service: 'unreachable', port, args: ['--drain-ms', '30000'] })
+  await eventually(async () => (await agent.status()).health === 'unhealthy', { message: 'unhealthy after the fall threshold' })
+  t.equal(await readNode(client, `/services/unreachable/127.0.0.1-${port}`), undefined)
+  t.match((await agent.status()).lastCheck, { ok: false, detail: 'ECONNREFUSED' })
+  const startedAt = Date.now()
+  agent.kill('SIGTERM')
+  const { code } = await agent.exited
+  const tookMs = Date.now() - startedAt
+  t.equal(code, 0)
+  t.comment(`SIGTERM -> exit: ${tookMs} ms`)
+  t.ok(tookMs < 2000, `exited in ${tookMs} ms, not after the 30 s drain`)
+})

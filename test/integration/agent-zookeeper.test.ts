@@ -1,0 +1,89 @@
+// End to end: ZooKeeper trouble. The agent's znode comes back after an outage and after a forced session
+// expiry, and an agent started while ZooKeeper is down waits for it and says so.
+
+import t from 'tap'
+import { children, readNode, startAgent, startHealthBackend } from '../helpers/agent.ts'
+import { eventually } from '../helpers/eventually.ts'
+import { sample, zkClient } from '../helpers/fleet.ts'
+import { startZooKeeper } from '../helpers/zookeeper.ts'
+
+t.test('after a 10 s ZooKeeper outage the znode is present again', async t => {
+  const server = await startZooKeeper()
+  t.teardown(() => server.close())
+  const backend = await startHealthBackend(t, 'o')
+  const path = `/services/outage/127.0.0.1-${backend.port}`
+  const agent = await startAgent(t, { zookeeper: server.connectString, service: 'outage', port: backend.port })
+  {
+    const client = await zkClient(t, server.connectString)
+    await eventually(() => readNode(client, path), { message: 'registered' })
+    client.close()
+  }
+
+  await server.stop()
+  const stoppedAt = Date.now()
+  // The outage lasts 10 s; meanwhile the agent must notice it and keep trying.
+  await eventually(async () => {
+    const status = await agent.status()
+    return !status.registration.connected && Date.now() - stoppedAt >= 10_000
+  }, { timeoutMs: 15_000, intervalMs: 250, message: '10 s of outage' })
+  t.equal(sample(await agent.metrics(), 'fleetgate_agent_registry_connected'), 0)
+  t.match(agent.output(), /waiting for ZooKeeper; still trying/)
+
+  await server.start()
+  const backAt = Date.now()
+  const client = await zkClient(t, server.connectString)
+  const node = (await eventually(() => readNode(client, path), { timeoutMs: 15_000, message: 'znode back after the outage' }))!
+  t.comment(`ZooKeeper back -> znode present: ${Date.now() - backAt} ms`)
+  // It may first be the old session's node, reloaded by the server; it must end up held by the agent's session.
+  await eventually(async () => {
+    const [status, current] = [await agent.status(), await readNode(client, path)]
+    return status.registration.registered && current?.stat.ephemeralOwner.toString('hex') === status.registration.session
+  }, { timeoutMs: 15_000, message: 'znode held by the agent\'s current session' })
+  t.comment(`ZooKeeper back -> znode held by the agent's current session: ${Date.now() - backAt} ms`)
+  t.equal(JSON.parse(node.data.toString()).payload.state, 'up')
+  t.same(await children(client, '/services/outage'), [`127.0.0.1-${backend.port}`])
+  await eventually(async () => sample(await agent.metrics(), 'fleetgate_agent_registry_connected') === 1)
+})
+
+t.test('after a forced session expiry (agent stopped past its session timeout) the znode is back within 2 s', async t => {
+  const server = await startZooKeeper()
+  t.teardown(() => server.close())
+  const client = await zkClient(t, server.connectString)
+  const backend = await startHealthBackend(t, 'x')
+  const path = `/services/expiry/127.0.0.1-${backend.port}`
+  const agent = await startAgent(t, { zookeeper: server.connectString, service: 'expiry', port: backend.port, args: ['--session-timeout-ms', '2000'] })
+  const before = (await eventually(() => readNode(client, path), { message: 'registered' }))!
+
+  process.kill(agent.pid, 'SIGSTOP')
+  t.teardown(() => { try { process.kill(agent.pid, 'SIGCONT') } catch {} })
+  // ZooKeeper expires the silent session and its znode with it.
+  await eventually(async () => (await readNode(client, path)) === undefined, { timeoutMs: 10_000, intervalMs: 50, message: 'session expired' })
+  process.kill(agent.pid, 'SIGCONT')
+  const resumedAt = Date.now()
+
+  const after = (await eventually(() => readNode(client, path), { timeoutMs: 10_000, intervalMs: 10, message: 're-registered' }))!
+  const backMs = Date.now() - resumedAt
+  t.comment(`agent resumed after its session expired -> znode re-created: ${backMs} ms`)
+  t.ok(backMs < 2000, `re-created ${backMs} ms after the agent could reconnect`)
+  t.notOk(after.stat.ephemeralOwner.equals(before.stat.ephemeralOwner), 'owned by a new session')
+  t.equal(after.stat.ephemeralOwner.toString('hex'), (await agent.status()).registration.session, 'the agent\'s current one')
+  t.same(await children(client, '/services/expiry'), [`127.0.0.1-${backend.port}`])
+  await eventually(async () => sample(await agent.metrics(), 'fleetgate_zookeeper_session_expirations_total') >= 1, { message: 'expiry counted' })
+})
+
+t.test('ZooKeeper down at start: the agent waits, says so, and registers once ZooKeeper comes up', async t => {
+  const server = await startZooKeeper()
+  t.teardown(() => server.close())
+  await server.stop()
+  const backend = await startHealthBackend(t, 'late')
+  const path = `/services/late/127.0.0.1-${backend.port}`
+  const agent = await startAgent(t, { zookeeper: server.connectString, service: 'late', port: backend.port })
+  await agent.waitForOutput(/waiting for ZooKeeper; still trying/)
+  t.equal((await agent.status()).health, 'healthy', 'health checks run meanwhile')
+
+  await server.start()
+  const client = await zkClient(t, server.connectString)
+  await eventually(() => readNode(client, path), { timeoutMs: 10_000, message: 'registered once ZooKeeper is up' })
+  agent.kill('SIGTERM')
+  t.equal((await agent.exited).code, 0)
+})
