@@ -101,7 +101,7 @@ export class Agent {
     if (this.#phase !== 'running') return false
     if (this.#maintenance !== draining) this.#log.info({ maintenance: draining }, draining ? 'maintenance: draining' : 'maintenance over')
     this.#maintenance = draining
-    await withDeadline(this.#apply(), WRITE_DEADLINE_MS)
+    await this.#written(this.#apply())
     return true
   }
 
@@ -202,13 +202,13 @@ export class Agent {
     const registered = registrar.status().desired.kind === 'registered'
     if (registered && !this.#drainCut) {
       const startedAt = Date.now()
-      await withDeadline(registrar.setState('draining'), WRITE_DEADLINE_MS)
+      await this.#written(registrar.setState('draining'))
       this.#log.info({ signal, drainMs: this.#options.drainMs, writeMs: Date.now() - startedAt }, 'draining: no new requests; in-flight ones finish')
       await this.#drainWait()
     } else {
       this.#log.info({ signal }, 'not registered: nothing to drain')
     }
-    await withDeadline(registrar.deregister(), WRITE_DEADLINE_MS)
+    await this.#written(registrar.deregister())
     let code = 0
     if (supervisor) {
       const exit = await supervisor.stop(signal === 'SIGINT' ? 'SIGINT' : 'SIGTERM', this.#options.stopTimeoutMs)
@@ -218,6 +218,15 @@ export class Agent {
     this.#phase = 'stopped'
     this.#log.info({ code }, 'agent stopped')
     return code
+  }
+
+  /**
+   * Waits for a registry write, but at most WRITE_DEADLINE_MS, and not at all while the registry is
+   * unreachable: the registrar keeps trying on its own, and closing the session removes the znode anyway.
+   */
+  #written (write: Promise<void>): Promise<void> {
+    if (!this.#options.registrar.status().connected) return Promise.resolve()
+    return withDeadline(write, WRITE_DEADLINE_MS)
   }
 
   #drainWait (): Promise<void> {
@@ -249,7 +258,7 @@ export class Agent {
     this.#checker.stop()
     const { registrar, supervisor } = this.#options
     const stop = async (): Promise<number> => {
-      await withDeadline(registrar.deregister(), WRITE_DEADLINE_MS)
+      await this.#written(registrar.deregister())
       await registrar.close()
       return supervisor!.exitCode(exit)
     }
