@@ -1,0 +1,71 @@
+// The one-command demo fleet: `node dist/demo.js` starts ZooKeeper, three agent-wrapped backends and the
+// proxy; all three instances answer through it; SIGINT (Ctrl-C) stops every process it started.
+
+import { spawn } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import t from 'tap'
+import { eventually } from '../helpers/eventually.ts'
+import { get } from '../helpers/fleet.ts'
+import { isRunning, track } from '../helpers/reaper.ts'
+
+const DEMO = fileURLToPath(new URL('../../dist/demo.js', import.meta.url))
+
+function alive (pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}
+
+t.test('npm run demo: three instances answer through the proxy, and Ctrl-C stops everything', async t => {
+  const demo = spawn(process.execPath, [DEMO, '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] })
+  track(demo)
+  let output = ''
+  demo.stdout!.setEncoding('utf8').on('data', (s: string) => { output += s })
+  demo.stderr!.setEncoding('utf8').on('data', (s: string) => { output += s })
+  const exited = new Promise<number | null>(resolve => demo.once('exit', code => resolve(code)))
+  const pids: number[] = []
+  t.teardown(async () => {
+    if (isRunning(demo)) {
+      demo.kill('SIGINT')
+      await Promise.race([exited, new Promise(resolve => setTimeout(resolve, 20_000))])
+    }
+    // Only if the demo failed to stop them: the processes it reported starting.
+    for (const pid of pids) if (alive(pid)) process.kill(pid, 'SIGKILL')
+  })
+
+  const proxyUrl = (await eventually(() => output.match(/proxy +(http:\/\/127\.0\.0\.1:\d+)\//)?.[1], { timeoutMs: 60_000, message: `proxy URL printed; output:\n${output}` }))!
+  const pidLine = (await eventually(() => output.match(/pids: (.*)/)?.[1], { message: 'pids printed' }))!
+  pids.push(...[...pidLine.matchAll(/=(\d+)/g)].map(m => Number(m[1])))
+  t.equal(pids.length, 5, `zookeeper, proxy and three agents: ${pidLine}`)
+  t.match(output, /Add an instance:\n +node \S+cli\.js agent .* -- node \S+backend\.js --name d/)
+  t.match(output, /kill -TERM \d+/)
+
+  const seen = new Set<string>()
+  await eventually(async () => {
+    const res = await get(proxyUrl)
+    if (res.status === 200) seen.add(JSON.parse(res.body).instance)
+    return seen.size === 3
+  }, { timeoutMs: 10_000, message: `all three instances answer; seen ${[...seen]}` })
+  t.same([...seen].sort(), ['a', 'b', 'c'])
+  const backendPorts = [...output.matchAll(/\/status +http:\/\/127\.0\.0\.1:(\d+)\//g)].map(m => Number(m[1]))
+  t.equal(backendPorts.length, 3)
+
+  demo.kill('SIGINT')
+  t.equal(await exited, 0, 'the demo exits 0')
+  t.match(output, /stopping: agents drain first/)
+  await eventually(() => pids.every(pid => !alive(pid)), { timeoutMs: 5000, message: 'every process the demo started is gone' })
+  for (const port of backendPorts) {
+    await eventually(async () => {
+      try {
+        await get(`http://127.0.0.1:${port}`)
+        return false
+      } catch {
+        return true
+      }
+    }, { timeoutMs: 5000, message: `backend on ${port} stopped` })
+  }
+  await t.rejects(get(proxyUrl), 'the proxy is gone')
+})
