@@ -2,6 +2,7 @@
 // the registration; maintenance drains without stopping; SIGTERM drains, deregisters, then stops the
 // wrapped command; a command that dies is deregistered at once.
 
+import { FleetgateError } from '../errors.ts'
 import type { Logger } from '../logger.ts'
 import type { AgentMetrics } from '../metrics.ts'
 import { HealthChecker, RiseFall, type Health, type Probe, type ProbeResult } from './health-check.ts'
@@ -176,7 +177,8 @@ export class Agent {
     if (transition === 'healthy') {
       this.#log.info({ detail: result.detail, rise: this.#options.rise }, 'instance healthy: registering')
     } else {
-      this.#log.warn({ detail: result.detail, fall: this.#options.fall }, 'instance unhealthy: deregistering')
+      const err = new FleetgateError('FLEETGATE_ERR_AGENT_HEALTH_CHECK', `${result.detail}, ${this.#options.fall} times in a row`)
+      this.#log.warn({ err, detail: result.detail, fall: this.#options.fall }, 'instance unhealthy: deregistering')
     }
     void this.#apply()
   }
