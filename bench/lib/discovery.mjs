@@ -107,18 +107,33 @@ export async function convergence ({ zk, dir, backends, changes, fleetgateArgs, 
     const [a, b, c, d] = backends
     for (const backend of [a, b, c]) await zc.create(`${path}/${backend.name}`, curatorRegistration(service, backend.name, backend.port))
     const spawnedAt = performance.now()
-    proxy = await startCompetitor({ id: 'fleetgate-zk', kind: 'fleetgate', zookeeper: zk.connectString, service, fleetgateArgs }, { dir, backends })
+    // Info level only adds a line per published membership: it tells when fleetgate applied each change.
+    proxy = await startCompetitor({ id: 'fleetgate-zk', kind: 'fleetgate', zookeeper: zk.connectString, service, fleetgateArgs: [...(fleetgateArgs ?? []), '--log-level', 'info'] }, { dir, backends })
+    const published = membershipLog(join(dir, 'fleetgate-zk.log'))
+    let revision = (await published.after(0)).revision
+    /** From a ZooKeeper call started at `t0` (performance.now()) to fleetgate's publish of the change. */
+    const toPublish = async t0 => {
+      const m = await published.after(revision, 5000)
+      revision = m.revision
+      return m.atMs - (performance.timeOrigin + t0)
+    }
     const readyMs = performance.now() - spawnedAt
     const http = new Pool(proxy.url, { connections: 8, pipelining: 1 })
     pool.close = () => http.close()
     const created = []
     const deleted = []
+    /** How long ZooKeeper took to acknowledge each create and delete (included in the figures). */
+    const writes = []
+    /** From the ZooKeeper call to fleetgate's log line for the new membership (ms clock of two processes). */
+    const createPublished = []
+    const deletePublished = []
     let timeouts = 0
     let errors = 0
     for (let i = 0; i < changes; i++) {
       // Create: the first answer from the new instance.
       let t0 = performance.now()
       await zc.create(`${path}/${d.name}`, curatorRegistration(service, d.name, d.port))
+      writes.push(performance.now() - t0)
       let first
       const up = await drive(http, {
         onAnswer: ({ endMs, backend, status }) => {
@@ -129,9 +144,11 @@ export async function convergence ({ zk, dir, backends, changes, fleetgateArgs, 
       })
       if (up.timedOut) timeouts++
       else created.push(first - t0)
+      createPublished.push(await toPublish(t0))
       // Delete: the last answer from the removed instance, watched for 100 ms and 200 answers after it.
       t0 = performance.now()
       await zc.remove(`${path}/${d.name}`)
+      writes.push(performance.now() - t0)
       let last
       let since = 0
       const down = await drive(http, {
@@ -143,10 +160,11 @@ export async function convergence ({ zk, dir, backends, changes, fleetgateArgs, 
       })
       if (down.timedOut) timeouts++
       else deleted.push(last === undefined ? 0 : last - t0)
+      deletePublished.push(await toPublish(t0))
       await sleep(10)
     }
     log(`  convergence: ${created.length} creates, ${deleted.length} deletes measured, ${timeouts} timed out, ${errors} non-200 answers`)
-    return { created, deleted, timeouts, errors, readyMs }
+    return { created, deleted, writes, createPublished, deletePublished, timeouts, errors, readyMs }
   } finally {
     await pool.close()
     await stopProcess(proxy?.entry)
