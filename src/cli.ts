@@ -2,6 +2,7 @@
 // The command line: `fleetgate proxy` and `fleetgate agent`. The only place that reads process.env and
 // process.argv; a configuration error exits 2 with a message naming the key, value and expectation.
 
+import cluster from 'node:cluster'
 import { readFileSync } from 'node:fs'
 import type { TObject } from '@sinclair/typebox'
 import { AgentConfigSchema, kebab, loadConfig, ProxyConfigSchema, snake, type ProxyConfig } from './config.ts'
@@ -10,6 +11,7 @@ import { createLogger, type Logger } from './logger.ts'
 import type { MembershipSource } from './membership/source.ts'
 import { parseStaticInstances, StaticSource } from './membership/static.ts'
 import { ZooKeeperSource } from './membership/zookeeper.ts'
+import { runPrimary, runWorker } from './proxy/cluster.ts'
 import { createProxy } from './proxy/server.ts'
 
 const USAGE = `Usage:
@@ -59,7 +61,17 @@ async function runProxy (argv: readonly string[], env: Readonly<Record<string, s
   }
   const { config } = loadConfig(ProxyConfigSchema, { argv, env })
   const logger = createLogger({ level: config.logLevel, name: 'fleetgate-proxy' })
+  if (cluster.isWorker) {
+    const worker = await runWorker(config, logger)
+    await worker.closed
+    return 0
+  }
   const source = buildSource(config, logger)
+  if (config.workers > 1) {
+    const primary = await runPrimary(config, source, logger, config.workers)
+    await untilSignal(logger, () => primary.close())
+    return 0
+  }
   const proxy = createProxy(config, source, logger)
   await proxy.listen()
   await untilSignal(logger, () => proxy.close())

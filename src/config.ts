@@ -2,6 +2,7 @@
 // optional JSON/YAML file alike. Defaults carry units in their names; the result is frozen.
 
 import { readFileSync } from 'node:fs'
+import { availableParallelism } from 'node:os'
 import { parseArgs } from 'node:util'
 import { Type, type Static, type TObject, type TProperties } from '@sinclair/typebox'
 import { Ajv, type ErrorObject } from 'ajv'
@@ -57,6 +58,7 @@ export const ProxyConfigSchema = Type.Object({
   panicThresholdPercent: Type.Integer({ minimum: 0, maximum: 100, default: 50, description: 'Below this share of healthy instances, route to all', expected: 'a percentage from 0 to 100' }),
   shutdownTimeoutMs: Milliseconds('On SIGTERM, how long in-flight requests may finish', 30_000, 0),
   maxHeaderBytes: Type.Integer({ minimum: 1024, maximum: 1_048_576, default: 65_536, description: 'Largest request head accepted (Superset URLs can be long)', expected: 'bytes, from 1024 to 1048576' }),
+  workers: Type.Integer({ minimum: 1, maximum: 256, default: availableParallelism(), description: 'Proxy processes serving the port (default: one per core); one discovery session for all', expected: 'an integer from 1 to 256' }),
 }, { additionalProperties: false })
 
 export type ProxyConfig = Readonly<Static<typeof ProxyConfigSchema>>

@@ -15,6 +15,16 @@ export function createRegistry (): Registry {
 
 export type ProxyMetrics = ReturnType<typeof createProxyMetrics>
 
+/** Kept by whoever holds the source; a multi-process proxy takes them from its primary alone. */
+export const DISCOVERY_METRICS: ReadonlySet<string> = new Set([
+  'fleetgate_membership_changes_total',
+  'fleetgate_membership_last_change_timestamp_seconds',
+  'fleetgate_discovery_connected',
+  'fleetgate_discovery_stale',
+  'fleetgate_zookeeper_session_expirations_total',
+  'fleetgate_invalid_registrations_total',
+])
+
 const INSTANCE_STATES = ['up', 'draining', 'ejected'] as const
 
 /** Read at scrape time, so gauges of state (not events) are never out of date. */
@@ -81,6 +91,8 @@ export function createProxyMetrics (registry: Registry, collectors: ProxyCollect
       help: 'Instances in the membership, by state (up, draining, ejected)',
       labelNames: ['service', 'state'] as const,
       registers,
+      // Every worker of a multi-process proxy holds the same membership: merge, don't add.
+      aggregator: 'max',
       collect () {
         for (const [state, count] of Object.entries(collectors.instanceCounts())) this.set({ service, state }, count)
       },
@@ -90,6 +102,7 @@ export function createProxyMetrics (registry: Registry, collectors: ProxyCollect
       help: 'Each instance in the membership: 1 for its state (up, draining, ejected), 0 for the others (like haproxy_server_status)',
       labelNames: ['service', 'instance', 'state'] as const,
       registers,
+      aggregator: 'max',
       collect () {
         // Rebuilt from the pool at every scrape: an instance that left has no series at all.
         this.reset()
@@ -106,6 +119,7 @@ export function createProxyMetrics (registry: Registry, collectors: ProxyCollect
     }),
     membershipLastChange: new Gauge({
       name: 'fleetgate_membership_last_change_timestamp_seconds',
+      aggregator: 'max',
       help: 'When the membership last changed (Unix time)',
       labelNames: ['service'] as const,
       registers,

@@ -11,7 +11,9 @@ export interface AdminOptions {
   readonly ready: () => boolean
   readonly status: () => unknown
   /** A human status page; served for `Accept: text/html`. */
-  readonly statusPage?: () => string
+  readonly statusPage?: () => string | Promise<string>
+  /** The /metrics body; defaults to the registry's own. */
+  readonly metrics?: () => Promise<string>
 }
 
 export function buildAdmin (options: AdminOptions): FastifyInstance {
@@ -23,11 +25,11 @@ export function buildAdmin (options: AdminOptions): FastifyInstance {
   })
   app.get('/status', async (req, reply) => {
     const wantsHtml = options.statusPage && (req.headers.accept ?? '').includes('text/html')
-    if (wantsHtml) return reply.type('text/html; charset=utf-8').header('cache-control', 'no-store').send(options.statusPage!())
-    return reply.header('cache-control', 'no-store').send(options.status())
+    if (wantsHtml) return reply.type('text/html; charset=utf-8').header('cache-control', 'no-store').send(await options.statusPage!())
+    return reply.header('cache-control', 'no-store').send(await options.status())
   })
   app.get('/metrics', async (_req, reply) => {
-    const body = await options.registry.metrics()
+    const body = options.metrics ? await options.metrics() : await options.registry.metrics()
     return reply.type(options.registry.contentType).send(body)
   })
   return app

@@ -19,8 +19,11 @@ import { proxyUpgrade, type UpgradeContext } from './upgrade.ts'
 import { Upstreams } from './upstreams.ts'
 
 export type ProxyOptions = Pick<ProxyConfig,
-  'service' | 'listen' | 'adminListen' | 'connectTimeoutMs' | 'headersTimeoutMs' | 'idleTimeoutMs' | 'tries' |
-  'ejectBaseMs' | 'ejectMaxMs' | 'panicThresholdPercent' | 'shutdownTimeoutMs' | 'maxHeaderBytes'>
+  'service' | 'listen' | 'connectTimeoutMs' | 'headersTimeoutMs' | 'idleTimeoutMs' | 'tries' |
+  'ejectBaseMs' | 'ejectMaxMs' | 'panicThresholdPercent' | 'shutdownTimeoutMs' | 'maxHeaderBytes'> & {
+  /** Without one, no admin listener (a worker of a multi-process proxy: the primary has it). */
+  readonly adminListen: string | undefined
+}
 
 export interface Proxy {
   readonly app: FastifyInstance
@@ -29,7 +32,7 @@ export interface Proxy {
   readonly source: MembershipSource
   readonly metrics: ProxyMetrics
   /** Starts the source (without waiting for it) and both listeners. */
-  listen(): Promise<{ port: number, adminPort: number }>
+  listen(): Promise<{ port: number, adminPort: number | undefined }>
   /** Stops accepting, lets in-flight requests finish until shutdownTimeoutMs, then closes the source. */
   close(): Promise<void>
   status(): ProxyStatus
@@ -89,7 +92,8 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
   }
   let closing = false
 
-  wireDiscovery(source, pool, metrics, service, log)
+  source.subscribe(membership => pool.update(membership))
+  wireDiscoveryMetrics(source, metrics, service, log)
   pool.onEvent(event => {
     if (event.type === 'added') {
       instanceMetrics.added(event.endpoint)
@@ -166,10 +170,11 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
     async listen () {
       source.start().catch(err => log.error({ err }, 'discovery failed to start'))
       const main = splitHostPort(options.listen)
-      const adminAddress = splitHostPort(options.adminListen)
       await app.listen({ host: main.host, port: main.port })
-      await admin.listen({ host: adminAddress.host, port: adminAddress.port })
       const port = (app.server.address() as { port: number }).port
+      if (options.adminListen === undefined) return { port, adminPort: undefined }
+      const adminAddress = splitHostPort(options.adminListen)
+      await admin.listen({ host: adminAddress.host, port: adminAddress.port })
       const adminPort = (admin.server.address() as { port: number }).port
       log.info({ listen: `${main.host}:${port}`, admin: `${adminAddress.host}:${adminPort}` }, 'fleetgate proxy listening')
       return { port, adminPort }
@@ -194,12 +199,11 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
   }
 }
 
-/** Source -> pool, and the discovery metrics. */
-function wireDiscovery (source: MembershipSource, pool: Pool, metrics: ProxyMetrics, service: string, log: Logger): void {
+/** The discovery metrics and logs of a source. */
+export function wireDiscoveryMetrics (source: MembershipSource, metrics: ProxyMetrics, service: string, log: Logger): void {
   source.onEvent(event => {
     switch (event.type) {
       case 'membership':
-        pool.update(event.membership)
         metrics.membershipChanges.labels(service).inc()
         metrics.membershipLastChange.labels(service).set(event.membership.changedAtMs / 1000)
         break

@@ -62,9 +62,13 @@ export interface ProxyProcess extends FleetgateProcess {
   ready(): Promise<boolean>
 }
 
-/** Starts `fleetgate proxy` on free loopback ports and waits until it listens (not until it is ready). */
+/**
+ * Starts `fleetgate proxy` on free loopback ports and waits until it listens (not until it is ready).
+ * One process unless the test asks for `--workers`: the pid is then the one serving, for signals and RSS.
+ */
 export async function startProxy (t: Test, args: string[], env: Record<string, string> = {}): Promise<ProxyProcess> {
-  const proc = runFleetgate(t, ['proxy', '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', ...args], env)
+  const workers = args.includes('--workers') ? [] : ['--workers', '1']
+  const proc = runFleetgate(t, ['proxy', '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', ...workers, ...args], env)
   const line = await proc.waitForOutput(/"listen":"127\.0\.0\.1:(\d+)","admin":"127\.0\.0\.1:(\d+)"/)
   const url = `http://127.0.0.1:${line[1]}`
   const adminUrl = `http://127.0.0.1:${line[2]}`

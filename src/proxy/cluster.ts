@@ -1,0 +1,223 @@
+// Multi-core: the primary process holds the one discovery source per machine (one ZooKeeper session,
+// not one per worker), the admin listener and the workers' lifecycle; each worker serves the proxy port
+// with a RemoteSource fed over IPC. /status and /metrics merge what the workers report.
+
+import cluster, { type Worker } from 'node:cluster'
+import { randomUUID } from 'node:crypto'
+import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } from 'prom-client'
+import { splitHostPort, type ProxyConfig } from '../config.ts'
+import type { Logger } from '../logger.ts'
+import { RemoteSource, type SourceSnapshot } from '../membership/remote.ts'
+import type { MembershipSource } from '../membership/source.ts'
+import { createProxyMetrics, createRegistry, DISCOVERY_METRICS } from '../metrics.ts'
+import { buildAdmin } from './admin.ts'
+import { createProxy, wireDiscoveryMetrics, type ProxyStatus } from './server.ts'
+import { renderStatusPage } from './status-page.ts'
+
+type ToWorker =
+  | { readonly fleetgate: 'source', readonly snapshot: SourceSnapshot }
+  | { readonly fleetgate: 'query', readonly id: string, readonly what: 'status' | 'metrics' }
+  | { readonly fleetgate: 'shutdown' }
+
+type ToPrimary =
+  | { readonly fleetgate: 'hello' }
+  | { readonly fleetgate: 'listening', readonly port: number }
+  | { readonly fleetgate: 'answer', readonly id: string, readonly value: unknown }
+
+/** How long the primary waits for a worker's answer to /status or /metrics before leaving it out. */
+const QUERY_TIMEOUT_MS = 2_000
+/** A worker that dies is replaced; one that keeps dying is replaced no faster than this. */
+const RESPAWN_DELAY_MS = 1_000
+
+export async function runPrimary (config: ProxyConfig, source: MembershipSource, logger: Logger, workerCount: number): Promise<{ close(): Promise<void> }> {
+  const service = config.service
+  const log = logger.child({ service, role: 'primary' })
+  let closing = false
+  const pending = new Map<string, { answers: unknown[], expected: number, resolve: (answers: unknown[]) => void }>()
+  const listening = new Map<Worker, number>()
+
+  const registry = createRegistry()
+  const metrics = createProxyMetrics(registry, {
+    service,
+    sourceKind: source.kind,
+    instanceCounts: () => ({}),
+    instanceStates: () => [],
+    discovery: () => {
+      const state = source.state()
+      return { connected: state.status === 'connected', stale: state.stale }
+    },
+  })
+  wireDiscoveryMetrics(source, metrics, service, log)
+
+  const snapshot = (): SourceSnapshot => {
+    const state = source.state()
+    return { kind: state.kind, status: state.status, stale: state.stale, ...(state.membership ? { instances: state.membership.instances } : {}) }
+  }
+  const broadcast = (): void => {
+    const message: ToWorker = { fleetgate: 'source', snapshot: snapshot() }
+    for (const worker of Object.values(cluster.workers ?? {})) if (worker?.isConnected()) worker.send(message)
+  }
+  source.onEvent(event => { if (event.type === 'membership' || event.type === 'status') broadcast() })
+
+  const query = (what: 'status' | 'metrics'): Promise<unknown[]> => {
+    const workers = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined && w.isConnected())
+    if (workers.length === 0) return Promise.resolve([])
+    const id = randomUUID()
+    return new Promise(resolve => {
+      const timer = setTimeout(() => finish(), QUERY_TIMEOUT_MS)
+      const finish = (): void => {
+        clearTimeout(timer)
+        const entry = pending.get(id)
+        pending.delete(id)
+        resolve(entry?.answers ?? [])
+      }
+      pending.set(id, { answers: [], expected: workers.length, resolve: finish })
+      for (const worker of workers) worker.send({ fleetgate: 'query', id, what } satisfies ToWorker)
+    })
+  }
+
+  const fork = (): void => {
+    const worker = cluster.fork()
+    worker.on('message', (message: ToPrimary) => {
+      if (message?.fleetgate === 'hello') {
+        worker.send({ fleetgate: 'source', snapshot: snapshot() } satisfies ToWorker)
+      } else if (message?.fleetgate === 'listening') {
+        listening.set(worker, message.port)
+      } else if (message?.fleetgate === 'answer') {
+        const entry = pending.get(message.id)
+        if (!entry) return
+        entry.answers.push(message.value)
+        if (entry.answers.length === entry.expected) entry.resolve(entry.answers)
+      }
+    })
+    worker.on('exit', (code, signal) => {
+      listening.delete(worker)
+      if (closing) return
+      log.error({ pid: worker.process.pid, code, signal }, 'proxy worker died; starting another')
+      setTimeout(() => { if (!closing) fork() }, RESPAWN_DELAY_MS).unref()
+    })
+  }
+
+  const status = async (): Promise<ProxyStatus> => mergeStatus(service, source, (await query('status')) as ProxyStatus[], !closing && listening.size > 0)
+  const admin = buildAdmin({
+    registry,
+    logger: log,
+    ready: () => !closing && source.current() !== undefined && listening.size > 0,
+    status,
+    statusPage: async () => renderStatusPage(await status()),
+    metrics: async () => {
+      const fromWorkers = (await query('metrics')) as MetricObjectWithValues<MetricValue<string>>[][]
+      const own = (await registry.getMetricsAsJSON()).filter(m => DISCOVERY_METRICS.has(m.name))
+      const traffic = fromWorkers.map(list => list.filter(m => !DISCOVERY_METRICS.has(m.name)))
+      return AggregatorRegistry.aggregate([own, ...traffic]).metrics()
+    },
+  })
+
+  cluster.setupPrimary({ silent: false })
+  // Let the kernel spread connections over the workers instead of handing each one through the primary.
+  cluster.schedulingPolicy = cluster.SCHED_NONE
+  source.start().catch(err => log.error({ err }, 'discovery failed to start'))
+  for (let i = 0; i < workerCount; i++) fork()
+  const adminAddress = splitHostPort(config.adminListen)
+  await admin.listen({ host: adminAddress.host, port: adminAddress.port })
+  await new Promise<void>(resolve => {
+    const check = setInterval(() => {
+      if (listening.size === workerCount) {
+        clearInterval(check)
+        resolve()
+      }
+    }, 10)
+  })
+  const { host } = splitHostPort(config.listen)
+  const port = [...listening.values()][0]
+  const adminPort = (admin.server.address() as { port: number }).port
+  log.info({ listen: `${host}:${port}`, admin: `${adminAddress.host}:${adminPort}`, workers: workerCount }, 'fleetgate proxy listening')
+
+  return {
+    async close () {
+      closing = true
+      const workers = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined)
+      log.info({ workers: workers.length }, 'shutting down: workers drain their in-flight requests')
+      await Promise.all(workers.map(worker => new Promise<void>(resolve => {
+        if (worker.isDead()) return resolve()
+        worker.once('exit', () => resolve())
+        if (worker.isConnected()) worker.send({ fleetgate: 'shutdown' } satisfies ToWorker)
+        else worker.kill('SIGTERM')
+      })))
+      await source.close()
+      await admin.close()
+    },
+  }
+}
+
+/** A worker: the proxy app on the shared port, following the primary's source. */
+export async function runWorker (config: ProxyConfig, logger: Logger): Promise<{ closed: Promise<void> }> {
+  const log = logger.child({ role: 'worker', worker: cluster.worker?.id })
+  const source = new RemoteSource(config.service, 'remote')
+  const proxy = createProxy({ ...config, adminListen: undefined }, source, log)
+  let resolveClosed!: () => void
+  const closed = new Promise<void>(resolve => { resolveClosed = resolve })
+  const shutdown = (): void => { void proxy.close().then(resolveClosed, resolveClosed) }
+  process.on('message', (message: ToWorker) => {
+    switch (message?.fleetgate) {
+      case 'source':
+        source.apply(message.snapshot)
+        break
+      case 'query':
+        void answer(message.what).then(value => process.send?.({ fleetgate: 'answer', id: message.id, value } satisfies ToPrimary))
+        break
+      case 'shutdown':
+        shutdown()
+        break
+    }
+  })
+  // The primary owns shutdown; a signal sent to the whole group (Ctrl-C) must not race it.
+  process.on('SIGINT', () => undefined)
+  process.on('SIGTERM', shutdown)
+  process.on('disconnect', shutdown)
+  const answer = async (what: 'status' | 'metrics'): Promise<unknown> =>
+    what === 'status' ? proxy.status() : proxy.metrics.registry.getMetricsAsJSON()
+  const { port } = await proxy.listen()
+  process.send?.({ fleetgate: 'hello' } satisfies ToPrimary)
+  process.send?.({ fleetgate: 'listening', port } satisfies ToPrimary)
+  return { closed }
+}
+
+/** One view of every worker's pool: counts add up; an instance ejected by any worker shows as ejected. */
+function mergeStatus (service: string, source: MembershipSource, parts: ProxyStatus[], ready: boolean): ProxyStatus {
+  const state = source.state()
+  const byKey = new Map<string, ProxyStatus['instances'][number]>()
+  for (const part of parts) {
+    for (const instance of part.instances) {
+      const key = `${instance.id}@${instance.address}`
+      const seen = byKey.get(key)
+      if (!seen) {
+        byKey.set(key, { ...instance })
+        continue
+      }
+      seen.inflight += instance.inflight
+      seen.requests += instance.requests
+      seen.errors += instance.errors
+      seen.p50Ms = max(seen.p50Ms, instance.p50Ms)
+      seen.p99Ms = max(seen.p99Ms, instance.p99Ms)
+      if (instance.state === 'ejected') seen.state = 'ejected'
+      if (instance.changedAt > seen.changedAt) seen.changedAt = instance.changedAt
+    }
+  }
+  return {
+    service,
+    ready,
+    source: {
+      kind: state.kind,
+      status: state.status,
+      stale: state.stale,
+      revision: state.membership?.revision ?? null,
+      changedAt: state.membership ? new Date(state.membership.changedAtMs).toISOString() : null,
+    },
+    instances: [...byKey.values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)),
+  }
+}
+
+function max (a: number | null, b: number | null): number | null {
+  return a === null ? b : b === null ? a : Math.max(a, b)
+}
