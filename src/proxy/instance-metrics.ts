@@ -94,7 +94,11 @@ export class InstanceMetrics {
   }
 
   connectFailure (endpoint: Endpoint): void {
-    this.#live(endpoint)?.connectFailures.inc()
+    const series = this.#live(endpoint)
+    if (!series) return
+    series.connectFailures.inc()
+    // The request went elsewhere (or failed), but for this instance the attempt was an error.
+    series.errors++
   }
 
   ejected (endpoint: Endpoint): void {
@@ -109,7 +113,7 @@ export class InstanceMetrics {
     this.#metrics.noLiveInstance.labels(this.#service).inc()
   }
 
-  /** p50 and p99 of the last requests, in seconds, and the 5xx count; for the status page. */
+  /** p50 and p99 of the last requests, in seconds, and the errors (5xx answers and failed connects); for the status page. */
   summary (endpoint: Endpoint): { p50: number | null, p99: number | null, errors: number } {
     const series = this.#uses.get(endpoint)?.series
     if (!series || series.recentCount === 0) return { p50: null, p99: null, errors: series?.errors ?? 0 }

@@ -49,6 +49,7 @@ th.num, td.num { text-align: right; }
 td .addr { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, "Liberation Mono", monospace; font-weight: 600; }
 td .sub { display: block; color: var(--muted); font-size: .8rem; }
 td.rate { white-space: nowrap; }
+td.rate span { display: inline-block; min-width: 3.2em; }
 svg.spark { width: 64px; height: 18px; vertical-align: middle; margin-right: 8px; }
 svg.spark polyline { fill: none; stroke: var(--spark); stroke-width: 1.5; }
 tr.fresh td { background: color-mix(in srgb, var(--accent) 12%, transparent); }
@@ -131,7 +132,7 @@ const SCRIPT = `
     return { rate: dReq / seconds, errorRate: dErr / seconds, errorShare: dReq > 0 ? dErr / dReq : null, h: h };
   }
 
-  function sparkline(rates) {
+  function sparkline(rates, max) {
     var ns = 'http://www.w3.org/2000/svg';
     var svg = document.createElementNS(ns, 'svg');
     svg.setAttribute('class', 'spark');
@@ -139,10 +140,8 @@ const SCRIPT = `
     svg.setAttribute('aria-hidden', 'true');
     svg.setAttribute('focusable', 'false');
     if (rates.length > 1) {
-      var max = Math.max.apply(null, rates.concat([0.0001]));
-      var step = 64 / (SPARK_POINTS - 1);
-      var offset = (SPARK_POINTS - rates.length) * step;
-      var pts = rates.map(function (r, i) { return (offset + i * step).toFixed(1) + ',' + (17 - (r / max) * 16).toFixed(1); });
+      var step = 64 / (rates.length - 1);
+      var pts = rates.map(function (r, i) { return (i * step).toFixed(1) + ',' + (17 - (r / max) * 16).toFixed(1); });
       var line = document.createElementNS(ns, 'polyline');
       line.setAttribute('points', pts.join(' '));
       svg.appendChild(line);
@@ -165,12 +164,21 @@ const SCRIPT = `
     var total = 0;
     var anyRate = false;
     var seen = new Set();
-    var instances = status.instances.slice().sort(function (a, b) { return a.address < b.address ? -1 : a.address > b.address ? 1 : 0; });
-    var rows = instances.map(function (inst) {
+    var instances = status.instances.slice().sort(function (a, b) {
+      return a.id.localeCompare(b.id, 'en', { numeric: true }) || a.address.localeCompare(b.address, 'en', { numeric: true });
+    });
+    var samples = instances.map(function (inst) {
       counts[inst.state] = (counts[inst.state] || 0) + 1;
       seen.add(keyOf(inst));
       var s = sample(inst, now);
       if (s.rate !== null) { total += s.rate; anyRate = true; }
+      return s;
+    });
+    // One scale for every sparkline, so their heights compare.
+    var sparkMax = 0.0001;
+    samples.forEach(function (s) { s.h.rates.forEach(function (r) { if (r > sparkMax) sparkMax = r; }); });
+    var rows = instances.map(function (inst, index) {
+      var s = samples[index];
       var who = el('td', null, [el('span', { className: 'addr', text: inst.address })]);
       var labels = Object.keys(inst.labels || {}).map(function (k) { return k + '=' + inst.labels[k]; });
       var sub = (inst.id !== inst.address ? 'id ' + inst.id : '') + (labels.length ? (inst.id !== inst.address ? ' \\u00b7 ' : '') + labels.join(', ') : '');
@@ -179,8 +187,8 @@ const SCRIPT = `
       var tr = el('tr', { 'data-instance': inst.address, 'data-state': inst.state }, [
         who,
         el('td', null, [pill(inst.state, STATE_CLASS[inst.state] || 'warn')]),
-        el('td', { className: 'num rate' }, [sparkline(s.h.rates), el('span', { text: fmtRate(s.rate) })]),
-        el('td', { className: 'num', title: s.errorRate === null ? '' : s.errorRate.toFixed(2) + ' 5xx/s', text: share }),
+        el('td', { className: 'num rate' }, [sparkline(s.h.rates, sparkMax), el('span', { text: fmtRate(s.rate) })]),
+        el('td', { className: 'num', title: s.errorRate === null ? '' : s.errorRate.toFixed(2) + ' errors/s', text: share }),
         el('td', { className: 'num', text: fmtMs(inst.p50Ms) }),
         el('td', { className: 'num', text: fmtMs(inst.p99Ms) }),
         el('td', { className: 'num', text: String(inst.inflight) }),
@@ -212,6 +220,7 @@ const SCRIPT = `
   }
 
   function poll() {
+    var startedAt = performance.now();
     var controller = new AbortController();
     var timer = setTimeout(function () { controller.abort(); }, Math.max(1000, REFRESH_MS * 2));
     fetch(location.pathname, { headers: { Accept: 'application/json' }, cache: 'no-store', signal: controller.signal })
@@ -231,7 +240,8 @@ const SCRIPT = `
       })
       .then(function () {
         clearTimeout(timer);
-        setTimeout(poll, REFRESH_MS);
+        // A fixed cadence: the time the request took counts toward the interval.
+        setTimeout(poll, Math.max(0, REFRESH_MS - (performance.now() - startedAt)));
       });
   }
 
@@ -306,7 +316,7 @@ export function renderStatusPage (status: ProxyStatus, options: StatusPageOption
           <th scope="col">Instance</th>
           <th scope="col">State</th>
           <th scope="col" class="num">Requests/s</th>
-          <th scope="col" class="num">5xx</th>
+          <th scope="col" class="num" title="5xx answers and failed connects">Errors</th>
           <th scope="col" class="num">p50</th>
           <th scope="col" class="num">p99</th>
           <th scope="col" class="num">In flight</th>
@@ -319,8 +329,9 @@ export function renderStatusPage (status: ProxyStatus, options: StatusPageOption
   </div>
 </main>
 <footer>
-  <p id="table-note">Requests/s and the 5xx share are measured by this page over the last 10 s, from successive
-  counts; p50 and p99 cover each instance's last 256 requests. Machine-readable: /status (JSON) and /metrics (Prometheus).</p>
+  <p id="table-note">Requests/s and errors (5xx answers and failed connects, as a share of requests) are measured
+  by this page over the last 10 s, from successive counts; p50 and p99 cover each instance's last 256 requests.
+  Machine-readable: /status (JSON) and /metrics (Prometheus).</p>
 </footer>
 <script type="application/json" id="initial-status">${scriptJson(status)}</script>
 <script>${SCRIPT}</script>

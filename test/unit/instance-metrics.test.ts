@@ -63,6 +63,7 @@ t.test('in-flight, connect failure and ejection series exist from 0 as soon as a
   m.connectFailure(a)
   m.ejected(a)
   t.equal(await value('fleetgate_ejections_total', '127.0.0.1:1001'), 1)
+  t.equal(m.summary(a).errors, 1, 'for the status page, a failed connect is an error of the instance')
   m.removed(a)
   t.equal(await value('fleetgate_ejections_total', '127.0.0.1:1001'), undefined)
 })
