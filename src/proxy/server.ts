@@ -111,7 +111,8 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
   const app = Fastify({
     loggerInstance: log.child({ component: 'proxy' }) as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }),
-    return503OnClosing: true,
+    // While draining, requests on open connections are still served, each with `Connection: close`.
+    return503OnClosing: false,
     forceCloseConnections: 'idle',
     connectionTimeout: clientIdleMs,
     requestTimeout: 0,
@@ -122,6 +123,7 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
   app.addContentTypeParser('*', (_req, _payload, done) => done(null))
   app.all('*', (request, reply) => {
     reply.hijack()
+    if (closing) reply.raw.setHeader('connection', 'close')
     new Exchange(forward, request.raw, reply.raw as ServerResponse).start()
   })
   app.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
