@@ -42,47 +42,51 @@ function instanceLabels (metrics: string): Set<string> {
   return found
 }
 
-t.test('N requests over 3 instances: requests_total sums to N, split by instance, method and code as sent', async t => {
-  const client = await zkClient(t, server.connectString)
-  const backends = await Promise.all(['a', 'b', 'c'].map(n => startBackend(t, n)))
-  const answered = backends.map(answerCodes)
-  for (const b of backends) await registerCurator(client, { service: 'counting', id: b.name, port: b.port })
-  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'counting'])
-  await eventually(async () => (await proxy.status()).instances.length === 3, { message: '3 instances in the pool' })
+for (const workers of [1, 2]) {
+  t.test(`N requests over 3 instances: requests_total sums to N, split by instance, method and code as sent (--workers ${workers})`, async t => {
+    const client = await zkClient(t, server.connectString)
+    const backends = await Promise.all(['a', 'b', 'c'].map(n => startBackend(t, n)))
+    const answered = backends.map(answerCodes)
+    const service = `counting-${workers}`
+    for (const b of backends) await registerCurator(client, { service, id: b.name, port: b.port })
+    // With workers, /metrics is the primary's merge of every worker's registry.
+    const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', service, '--workers', String(workers)])
+    await eventually(async () => (await proxy.status()).instances.length === 3, { message: '3 instances in the pool' })
 
-  const N = 600
-  const plan = (i: number): { method: string, path: string } => ({
-    method: i % 4 === 3 ? 'POST' : 'GET',
-    path: i % 10 === 0 ? '/code/500' : i % 7 === 0 ? '/code/404' : i % 13 === 0 ? '/code/503' : `/ok/${i}`,
+    const N = 600
+    const plan = (i: number): { method: string, path: string } => ({
+      method: i % 4 === 3 ? 'POST' : 'GET',
+      path: i % 10 === 0 ? '/code/500' : i % 7 === 0 ? '/code/404' : i % 13 === 0 ? '/code/503' : `/ok/${i}`,
+    })
+    let next = 0
+    const worker = async (): Promise<void> => {
+      while (next < N) {
+        const { method, path } = plan(next++)
+        const res = await request(`${proxy.url}${path}`, { method, body: method === 'POST' ? 'x=1' : null })
+        await res.body.dump()
+      }
+    }
+    await Promise.all(Array.from({ length: 8 }, worker))
+
+    const metrics = await proxy.metrics()
+    t.equal(sample(metrics, 'fleetgate_requests_total', { service }), N, 'requests_total sums to N')
+    for (const [i, backend] of backends.entries()) {
+      const instance = `127.0.0.1:${backend.port}`
+      for (const [key, count] of answered[i]!) {
+        const [method, code] = key.split(' ') as [string, string]
+        t.equal(sample(metrics, 'fleetgate_requests_total', { instance, method, code }), count, `${backend.name} ${method} ${code}`)
+      }
+      const sent = [...answered[i]!.values()].reduce((a, b) => a + b, 0)
+      t.equal(sample(metrics, 'fleetgate_requests_total', { instance }), sent, `${backend.name}: ${sent} in all`)
+      t.equal(sample(metrics, 'fleetgate_request_duration_seconds_count', { instance }), sent, `${backend.name}: one duration each`)
+      t.equal(sample(metrics, 'fleetgate_in_flight_requests', { instance }), 0, `${backend.name}: nothing in flight`)
+      t.equal(sample(metrics, 'fleetgate_instance_state', { instance, state: 'up' }), 1, `${backend.name} is up`)
+    }
+    const sentCodes = new Set(Array.from({ length: N }, (_, i) => plan(i).path).map(p => p.startsWith('/code/') ? p.slice(6) : '200'))
+    t.same([...sentCodes].sort(), ['200', '404', '500', '503'], 'the plan covers 4 codes')
+    t.equal(sample(metrics, 'fleetgate_instances', { service, state: 'up' }), 3)
   })
-  let next = 0
-  const worker = async (): Promise<void> => {
-    while (next < N) {
-      const { method, path } = plan(next++)
-      const res = await request(`${proxy.url}${path}`, { method, body: method === 'POST' ? 'x=1' : null })
-      await res.body.dump()
-    }
-  }
-  await Promise.all(Array.from({ length: 8 }, worker))
-
-  const metrics = await proxy.metrics()
-  t.equal(sample(metrics, 'fleetgate_requests_total', { service: 'counting' }), N, 'requests_total sums to N')
-  for (const [i, backend] of backends.entries()) {
-    const instance = `127.0.0.1:${backend.port}`
-    for (const [key, count] of answered[i]!) {
-      const [method, code] = key.split(' ') as [string, string]
-      t.equal(sample(metrics, 'fleetgate_requests_total', { instance, method, code }), count, `${backend.name} ${method} ${code}`)
-    }
-    const sent = [...answered[i]!.values()].reduce((a, b) => a + b, 0)
-    t.equal(sample(metrics, 'fleetgate_requests_total', { instance }), sent, `${backend.name}: ${sent} in all`)
-    t.equal(sample(metrics, 'fleetgate_request_duration_seconds_count', { instance }), sent, `${backend.name}: one duration each`)
-    t.equal(sample(metrics, 'fleetgate_in_flight_requests', { instance }), 0, `${backend.name}: nothing in flight`)
-    t.equal(sample(metrics, 'fleetgate_instance_state', { instance, state: 'up' }), 1, `${backend.name} is up`)
-  }
-  const sentCodes = new Set(Array.from({ length: N }, (_, i) => plan(i).path).map(p => p.startsWith('/code/') ? p.slice(6) : '200'))
-  t.same([...sentCodes].sort(), ['200', '404', '500', '503'], 'the plan covers 4 codes')
-  t.equal(sample(metrics, 'fleetgate_instances', { service: 'counting', state: 'up' }), 3)
-})
+}
 
 t.test('churning 1,000 instances through ZooKeeper leaves only the live instances\' series', async t => {
   const client = await zkClient(t, server.connectString)
