@@ -23,11 +23,20 @@ export interface UpgradeContext {
 
 export function proxyUpgrade (ctx: UpgradeContext, req: IncomingMessage, client: Duplex, head: Buffer): void {
   client.on('error', () => client.destroy())
+  const startedAt = process.hrtime.bigint()
+  const seconds = (): number => Number(process.hrtime.bigint() - startedAt) / 1e9
+  const method = req.method ?? 'GET'
   const tried = new Set<Endpoint>()
+  /** Answers the error and counts it like any other answer, against the last instance tried (if any). */
+  const fail = (code: ErrorCode, last: Endpoint | undefined): void => {
+    if (code === 'FLEETGATE_ERR_NO_LIVE_INSTANCE') ctx.metrics.noLiveInstance()
+    refuse(client, code, ctx.service)
+    ctx.metrics.finished(last, method, ERRORS[code].statusCode, seconds())
+  }
   const attempt = (): void => {
     const endpoint = ctx.pool.pick(tried)
     if (!endpoint) {
-      return refuse(client, tried.size === 0 ? 'FLEETGATE_ERR_NO_LIVE_INSTANCE' : 'FLEETGATE_ERR_UPSTREAM_CONNECT', ctx.service)
+      return tried.size === 0 ? fail('FLEETGATE_ERR_NO_LIVE_INSTANCE', undefined) : fail('FLEETGATE_ERR_UPSTREAM_CONNECT', [...tried].pop())
     }
     tried.add(endpoint)
     endpoint.inflight++
@@ -51,7 +60,7 @@ export function proxyUpgrade (ctx: UpgradeContext, req: IncomingMessage, client:
       ctx.pool.reportConnectFailure(endpoint)
       ctx.log.debug({ err, instance: endpoint.address }, 'upgrade connect failed')
       if (tried.size < ctx.tries && !client.destroyed) return attempt()
-      refuse(client, (err as NodeJS.ErrnoException).code === 'UND_ERR_CONNECT_TIMEOUT' ? 'FLEETGATE_ERR_UPSTREAM_TIMEOUT' : 'FLEETGATE_ERR_UPSTREAM_CONNECT', ctx.service)
+      fail((err as NodeJS.ErrnoException).code === 'UND_ERR_CONNECT_TIMEOUT' ? 'FLEETGATE_ERR_UPSTREAM_TIMEOUT' : 'FLEETGATE_ERR_UPSTREAM_CONNECT', endpoint)
     })
     upstream.once('connect', () => {
       connected = true
@@ -61,7 +70,8 @@ export function proxyUpgrade (ctx: UpgradeContext, req: IncomingMessage, client:
       upstream.write(requestHead(req) + '\r\n')
       if (head.length > 0) upstream.write(head)
       splice(client, upstream, end)
-      ctx.metrics.finished(endpoint, req.method ?? 'GET', 101, 0)
+      // The upgrade's duration is the time to the instance's socket; the session after it is not a request.
+      ctx.metrics.finished(endpoint, method, 101, seconds())
     })
   }
   attempt()

@@ -4,6 +4,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import t from 'tap'
 import { request } from 'undici'
+import WebSocket, { WebSocketServer } from 'ws'
 import { eventually } from '../helpers/eventually.ts'
 import {
   createChild, registerCurator, removeNode, sample, startBackend, startProxy, zkClient, type Backend,
@@ -87,6 +88,34 @@ for (const workers of [1, 2]) {
     t.equal(sample(metrics, 'fleetgate_instances', { service, state: 'up' }), 3)
   })
 }
+
+t.test('WebSocket upgrades are counted like requests: 101 by instance, 503 with the pool empty', async t => {
+  const client = await zkClient(t, server.connectString)
+  const service = 'ws-metrics'
+  const a = await startBackend(t, 'ws-a')
+  const wss = new WebSocketServer({ server: a.server })
+  t.teardown(() => wss.close())
+  const path = await registerCurator(client, { service, id: 'a', port: a.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', service])
+  await eventually(async () => (await proxy.status()).instances.length === 1, { message: 'one instance' })
+  const open = async (): Promise<number> => await new Promise<number>(resolve => {
+    const ws = new WebSocket(`${proxy.url.replace('http', 'ws')}/ws`)
+    ws.once('open', () => { ws.terminate(); resolve(101) })
+    ws.once('unexpected-response', (_req, res) => { res.resume(); ws.terminate(); resolve(res.statusCode ?? 0) })
+    ws.once('error', () => resolve(0))
+  })
+  for (let i = 0; i < 3; i++) t.equal(await open(), 101)
+  let metrics = await proxy.metrics()
+  t.equal(sample(metrics, 'fleetgate_requests_total', { instance: `127.0.0.1:${a.port}`, method: 'GET', code: '101' }), 3, 'three upgrades counted for the instance')
+  t.equal(sample(metrics, 'fleetgate_request_duration_seconds_count', { instance: `127.0.0.1:${a.port}` }), 3)
+
+  await removeNode(client, path)
+  await eventually(async () => (await proxy.status()).instances.length === 0, { message: 'the pool is empty' })
+  t.equal(await open(), 503, 'an upgrade with no live instance gets 503')
+  metrics = await proxy.metrics()
+  t.equal(sample(metrics, 'fleetgate_requests_total', { instance: 'none', code: '503' }), 1, 'and is counted in requests_total')
+  t.equal(sample(metrics, 'fleetgate_no_live_instance_total', { service }), 1, 'and in no_live_instance_total')
+})
 
 t.test('churning 1,000 instances through ZooKeeper leaves only the live instances\' series', async t => {
   const client = await zkClient(t, server.connectString)
