@@ -39,7 +39,7 @@ const TAP_FLAGS = [
   '--reporter=tap',
   // Integration tests exercise code in child processes; see .taprc.
   '--disable-coverage',
-  '--timeout=120',
+  '--timeout=300',
   '--jobs=2',
 ]
 
