@@ -11,7 +11,7 @@ import { RemoteSource, type SourceSnapshot } from '../membership/remote.ts'
 import type { MembershipSource } from '../membership/source.ts'
 import { createProxyMetrics, createRegistry, DISCOVERY_METRICS } from '../metrics.ts'
 import { buildAdmin } from './admin.ts'
-import { createProxy, wireDiscoveryMetrics, type ProxyStatus } from './server.ts'
+import { createProxy, describeSource, wireDiscoveryMetrics, type ProxyStatus } from './server.ts'
 import { renderStatusPage } from './status-page.ts'
 
 type ToWorker =
@@ -185,7 +185,6 @@ export async function runWorker (config: ProxyConfig, logger: Logger): Promise<{
 
 /** One view of every worker's pool: counts add up; an instance ejected by any worker shows as ejected. */
 function mergeStatus (service: string, source: MembershipSource, parts: ProxyStatus[], ready: boolean): ProxyStatus {
-  const state = source.state()
   const byKey = new Map<string, ProxyStatus['instances'][number]>()
   for (const part of parts) {
     for (const instance of part.instances) {
@@ -207,13 +206,7 @@ function mergeStatus (service: string, source: MembershipSource, parts: ProxySta
   return {
     service,
     ready,
-    source: {
-      kind: state.kind,
-      status: state.status,
-      stale: state.stale,
-      revision: state.membership?.revision ?? null,
-      changedAt: state.membership ? new Date(state.membership.changedAtMs).toISOString() : null,
-    },
+    source: describeSource(source.state()),
     instances: [...byKey.values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)),
   }
 }

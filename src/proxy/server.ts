@@ -9,7 +9,7 @@ import { Pool } from '../balancer/pool.ts'
 import type { ProxyConfig } from '../config.ts'
 import { splitHostPort } from '../config.ts'
 import type { Logger } from '../logger.ts'
-import type { MembershipSource } from '../membership/source.ts'
+import type { MembershipSource, SourceState } from '../membership/source.ts'
 import { createProxyMetrics, createRegistry, type ProxyMetrics } from '../metrics.ts'
 import { buildAdmin } from './admin.ts'
 import { Exchange, type ForwardContext } from './forward.ts'
@@ -137,13 +137,7 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
     return {
       service,
       ready: !closing && state.membership !== undefined,
-      source: {
-        kind: state.kind,
-        status: state.status,
-        stale: state.stale,
-        revision: state.membership?.revision ?? null,
-        changedAt: state.membership ? new Date(state.membership.changedAtMs).toISOString() : null,
-      },
+      source: describeSource(state),
       instances: [...pool.endpoints()].map(endpoint => {
         const summary = instanceMetrics.summary(endpoint)
         return {
@@ -198,6 +192,17 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
       await source.close()
       await admin.close()
     },
+  }
+}
+
+/** The source part of /status. */
+export function describeSource (state: SourceState): ProxyStatus['source'] {
+  return {
+    kind: state.kind,
+    status: state.status,
+    stale: state.stale,
+    revision: state.membership?.revision ?? null,
+    changedAt: state.membership ? new Date(state.membership.changedAtMs).toISOString() : null,
   }
 }
 
