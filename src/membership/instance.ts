@@ -18,7 +18,7 @@ export interface Instance {
   readonly labels: Readonly<Record<string, string>>
 }
 
-export type RegistrationFormat = 'curator' | 'serverset' | 'nerve'
+export type RegistrationFormat = 'curator' | 'serverset' | 'nerve' | 'consul'
 
 export type InvalidReason = 'too_large' | 'not_json' | 'unknown_format' | 'no_host' | 'bad_port'
 
@@ -94,6 +94,17 @@ function build (
       labels: Object.freeze(labels),
     }),
   }
+}
+
+/**
+ * Checks and freezes an instance read from a registry without a JSON codec (Consul's health entries), by
+ * the same rules as the codecs: a usable host, a port from 1 to 65535, a weight of at least 1.
+ */
+export function validateInstance (
+  id: string, format: RegistrationFormat, host: unknown, port: unknown,
+  draining: boolean, weight: number, labels: Record<string, string>,
+): DecodeResult {
+  return build(id, format, host, port, draining, weight, labels)
 }
 
 /** Encodes an instance the way Curator's JsonInstanceSerializer does; fleetgate's own fields go in payload. */
