@@ -1,0 +1,131 @@
+// One conformance suite (test/helpers/conformance.ts), run against every source: ZooKeeper (a real server),
+// Consul (the double, or a real agent with CONSUL_HTTP_ADDR) and Static. Each source is reached through a
+// TCP relay, so an outage cuts the source off while its registry keeps running and changing.
+
+import t from 'tap'
+import { ConsulClient, consulConnection } from '../../src/consul/client.ts'
+import { silentLogger } from '../../src/logger.ts'
+import { ConsulSource } from '../../src/membership/consul.ts'
+import { parseStaticInstances, StaticSource } from '../../src/membership/static.ts'
+import { ZooKeeperSource } from '../../src/membership/zookeeper.ts'
+import { consulTarget, REAL_CONSUL, uniqueService } from '../helpers/consul.ts'
+import { runConformance, type SourceDriverSpec } from '../helpers/conformance.ts'
+import { curatorData, registerCurator, removeNode, zk, zkClient } from '../helpers/fleet.ts'
+import { startRelay } from '../helpers/tcp-relay.ts'
+import { startZooKeeper } from '../helpers/zookeeper.ts'
+
+const server = await startZooKeeper()
+t.teardown(() => server.close())
+
+const zookeeper: SourceDriverSpec = {
+  name: 'zookeeper',
+  unsupported: {},
+  async create (t) {
+    const writer = await zkClient(t, server.connectString, 30_000)
+    const relay = await startRelay(server.port)
+    t.teardown(() => relay.close())
+    const service = uniqueService('conf')
+    const ports = new Map<string, number>()
+    let source: ZooKeeperSource | undefined
+    const register = async (id: string, port: number, state: 'up' | 'draining' = 'up'): Promise<void> => {
+      ports.set(id, port)
+      await registerCurator(writer, { service, id, port, state })
+    }
+    const path = (id: string): string => `/services/${service}/${id}`
+    return {
+      async start (initial) {
+        for (const i of initial) await register(i.id, i.port)
+        source = new ZooKeeperSource({
+          connectString: `127.0.0.1:${relay.port}`, basePath: '/services', service,
+          sessionTimeoutMs: 6_000, resyncIntervalMs: 250, logger: silentLogger,
+        })
+        return source
+      },
+      add: i => register(i.id, i.port),
+      remove: id => removeNode(writer, path(id)),
+      // ZooKeeper has no health of its own: an instance that fails its checks is taken out by its agent,
+      // which deletes the znode, and comes back as a new one.
+      setHealth: (id, passing) => passing ? register(id, ports.get(id)!) : removeNode(writer, path(id)),
+      setDraining: async (id, draining) => {
+        await zk(cb => writer.setData(path(id), curatorData({ service, id, port: ports.get(id)!, state: draining ? 'draining' : 'up' }), -1, cb))
+      },
+      async outage () {
+        await relay.down()
+        return () => relay.up()
+      },
+      roundTrips: () => source?.reads ?? 0,
+    }
+  },
+}
+
+const consul: SourceDriverSpec = {
+  name: REAL_CONSUL ? 'consul (real agent)' : 'consul (double)',
+  unsupported: {},
+  async create (t) {
+    const target = await consulTarget(t)
+    const upstream = new URL(target.address)
+    const relay = await startRelay(Number(upstream.port), upstream.hostname)
+    t.teardown(() => relay.close())
+    const service = uniqueService('conf')
+    const ports = new Map<string, number>()
+    let source: ConsulSource | undefined
+    const register = async (id: string, port: number): Promise<void> => {
+      ports.set(id, port)
+      await target.api.register({ name: service, id: `${service}-${id}`, port, address: '127.0.0.1' })
+      t.teardown(() => target.api.deregister(`${service}-${id}`))
+    }
+    return {
+      async start (initial) {
+        for (const i of initial) await register(i.id, i.port)
+        source = new ConsulSource({
+          client: new ConsulClient(consulConnection({ consul: `${upstream.protocol}//127.0.0.1:${relay.port}`, consulToken: target.token })),
+          service,
+          // Short waits, so "nothing changes" spans several blocking queries.
+          waitMs: 300,
+          backoffBaseMs: 50,
+          backoffMaxMs: 500,
+          logger: silentLogger,
+        })
+        return source
+      },
+      add: i => register(i.id, i.port),
+      remove: async id => { await target.api.deregister(`${service}-${id}`) },
+      setHealth: (id, passing) => target.api.check(`service:${service}-${id}`, passing ? 'pass' : 'fail'),
+      // Consul's own way: maintenance mode (Meta fleetgate_state=draining is covered in consul-source.test.ts).
+      setDraining: (id, draining) => target.api.maintenance(`${service}-${id}`, draining),
+      async outage () {
+        await relay.down()
+        return () => relay.up()
+      },
+      roundTrips: () => source?.queries ?? 0,
+    }
+  },
+}
+
+const FIXED = 'a static list is fixed when the proxy starts'
+const staticList: SourceDriverSpec = {
+  name: 'static',
+  unsupported: {
+    add: FIXED,
+    remove: FIXED,
+    setHealth: 'a static list has no health signal (the proxy\'s passive ejection covers dead instances)',
+    setDraining: 'a static list has no draining state',
+    outage: 'there is no registry to lose',
+    roundTrips: 'a static list is read once and never polled',
+  },
+  async create () {
+    const service = uniqueService('conf')
+    const unsupported = (): Promise<never> => Promise.reject(new Error('not supported by a static list'))
+    return {
+      start: async initial => new StaticSource(service, parseStaticInstances(initial.map(i => `http://127.0.0.1:${i.port}`).join(','))),
+      add: unsupported,
+      remove: unsupported,
+      setHealth: unsupported,
+      setDraining: unsupported,
+      outage: unsupported,
+      roundTrips: () => 0,
+    }
+  },
+}
+
+for (const spec of [zookeeper, consul, staticList]) runConformance(t, spec)
