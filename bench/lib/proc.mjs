@@ -3,6 +3,7 @@
 
 import { spawn } from 'node:child_process'
 import { openSync, closeSync, readFileSync, readdirSync, writeFileSync } from 'node:fs'
+import { setPriority } from 'node:os'
 import { setTimeout as sleep } from 'node:timers/promises'
 
 /** Clock ticks per second for /proc/<pid>/stat times; 100 on every Linux this runs on. */
@@ -11,13 +12,26 @@ const CLK_TCK = 100
 /** Every process started and not yet reaped: PID -> child. */
 const started = new Map()
 
+/** `command args` wrapped in taskset, which execs: the PID stays the command's own. */
+export function wrapCommand (command, args, cpus) {
+  return cpus === undefined ? [command, args] : ['taskset', ['-c', String(cpus), command, ...args]]
+}
+
+/**
+ * Sets the niceness of every thread of `pid` (Linux applies it per thread). Applied to the harness at
+ * start, it is inherited by everything the harness starts: proxies, backends, wrk and ZooKeeper.
+ */
+export function reniceAllThreads (pid, niceness) {
+  for (const tid of readdirSync(`/proc/${pid}/task`)) setPriority(Number(tid), niceness)
+}
+
 /**
  * Starts `command args` pinned to `cpus` (a taskset list such as "0" or "1"), with stdout and stderr
  * appended to `logFile`. taskset execs the command, so the child's PID is the command's own.
  */
 export function startProcess (name, command, args, { cpus, logFile, env, cwd } = {}) {
   const fd = logFile ? openSync(logFile, 'a') : 'ignore'
-  const [file, argv] = cpus === undefined ? [command, args] : ['taskset', ['-c', String(cpus), command, ...args]]
+  const [file, argv] = wrapCommand(command, args, cpus)
   const child = spawn(file, argv, { stdio: ['ignore', fd, fd], env: { ...process.env, ...env }, cwd })
   if (typeof fd === 'number') closeSync(fd)
   const entry = { name, child, pid: child.pid, exited: false, exitCode: null, logFile }

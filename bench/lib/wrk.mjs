@@ -2,6 +2,7 @@
 
 import { execFile } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
+import { wrapCommand } from './proc.mjs'
 
 const SCRIPT = fileURLToPath(new URL('../wrk/report.lua', import.meta.url))
 
@@ -11,8 +12,8 @@ const SCRIPT = fileURLToPath(new URL('../wrk/report.lua', import.meta.url))
  */
 export function runWrk ({ url, connections, durationS, threads = 1, cpus = '1', shape = {}, timeoutS = 2 }) {
   if (!url.startsWith('http://127.0.0.1:')) throw new Error(`refusing to load anything but 127.0.0.1: ${url}`)
-  const args = ['-c', String(cpus), 'wrk', `-t${threads}`, `-c${connections}`, `-d${durationS}s`,
-    `--timeout`, `${timeoutS}s`, '-s', SCRIPT, url]
+  const [file, args] = wrapCommand('wrk', [`-t${threads}`, `-c${connections}`, `-d${durationS}s`,
+    '--timeout', `${timeoutS}s`, '-s', SCRIPT, url], cpus)
   const env = {
     ...process.env,
     BENCH_METHOD: shape.method ?? 'GET',
@@ -20,7 +21,7 @@ export function runWrk ({ url, connections, durationS, threads = 1, cpus = '1', 
     BENCH_CLOSE: shape.close ? '1' : '0',
   }
   return new Promise((resolve, reject) => {
-    execFile('taskset', args, { env, timeout: (durationS + 20) * 1000, killSignal: 'SIGKILL', maxBuffer: 1 << 20 }, (err, stdout, stderr) => {
+    execFile(file, args, { env, timeout: (durationS + 20) * 1000, killSignal: 'SIGKILL', maxBuffer: 1 << 20 }, (err, stdout, stderr) => {
       const line = stdout.split('\n').find(l => l.startsWith('BENCH_JSON '))
       if (!line) return reject(new Error(`wrk gave no summary (${err?.message ?? 'no error'}): ${stderr.trim()} ${stdout.trim()}`))
       const r = JSON.parse(line.slice('BENCH_JSON '.length))
