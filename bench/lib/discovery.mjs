@@ -96,8 +96,8 @@ async function drive (pool, { connections = 8, timeoutMs = 2000, maxRequests = 5
  * ZooKeeper call to the first answer from the new instance, and to the last answer from the removed one
  * (among requests sent after the delete; 0 when there was none). Answers' end times make both an upper bound.
  */
-export async function convergence ({ zk, dir, backends, changes, fleetgateArgs, log }) {
-  const service = 'convergence'
+export async function convergence ({ zk, dir, backends, changes, fleetgateArgs, log, id = 'fleetgate-zk' }) {
+  const service = id
   const path = `${BASE_PATH}/${service}`
   const zc = await connectClient(zk.connectString)
   let proxy
@@ -108,8 +108,8 @@ export async function convergence ({ zk, dir, backends, changes, fleetgateArgs, 
     for (const backend of [a, b, c]) await zc.create(`${path}/${backend.name}`, curatorRegistration(service, backend.name, backend.port))
     const spawnedAt = performance.now()
     // Info level only adds a line per published membership: it tells when fleetgate applied each change.
-    proxy = await startCompetitor({ id: 'fleetgate-zk', kind: 'fleetgate', zookeeper: zk.connectString, service, fleetgateArgs: [...(fleetgateArgs ?? []), '--log-level', 'info'] }, { dir, backends })
-    const published = membershipLog(join(dir, 'fleetgate-zk.log'))
+    proxy = await startCompetitor({ id, kind: 'fleetgate', zookeeper: zk.connectString, service, fleetgateArgs: [...(fleetgateArgs ?? []), '--log-level', 'info'] }, { dir, backends })
+    const published = membershipLog(join(dir, `${id}.log`))
     let revision = (await published.after(0)).revision
     /** From a ZooKeeper call started at `t0` (performance.now()) to fleetgate's publish of the change. */
     const toPublish = async t0 => {
@@ -163,7 +163,7 @@ export async function convergence ({ zk, dir, backends, changes, fleetgateArgs, 
       deletePublished.push(await toPublish(t0))
       await sleep(10)
     }
-    log(`  convergence: ${created.length} creates, ${deleted.length} deletes measured, ${timeouts} timed out, ${errors} non-200 answers`)
+    log(`  convergence (${id}): ${created.length} creates, ${deleted.length} deletes measured, ${timeouts} timed out, ${errors} non-200 answers`)
     return { created, deleted, writes, createPublished, deletePublished, timeouts, errors, readyMs }
   } finally {
     await pool.close()
