@@ -18,7 +18,7 @@ export interface ForwardContext {
   readonly metrics: InstanceMetrics
   readonly log: Logger
   readonly tries: number
-  /** Envoy-style retry budget: retries in flight may not exceed this share of requests in flight... */
+  /** Envoy-style retry budget for requests that may have reached an instance: retries in flight may not exceed this share of requests in flight... */
   readonly retryBudgetPercent: number
   /** ...but a few are always allowed, so a small fleet can fail over. */
   readonly retryBudgetMin: number
@@ -137,13 +137,15 @@ export class Exchange implements Dispatcher.DispatchHandler {
     const bodyIntact = !this.#hasBody || (!this.#req.readableDidRead && !this.#req.destroyed)
     const reset = RESETS.has(code)
     const retryable = bodyIntact && (connectFailure || (reset && IDEMPOTENT.has(this.#req.method ?? '')))
-    if (retryable && this.#tries < this.#ctx.tries && this.#withinBudget()) {
+    // A failed connect sent nothing and loaded no instance: it is requeued outside the retry budget,
+    // which guards instances against retry storms of requests they may already have worked on.
+    if (retryable && this.#tries < this.#ctx.tries && (connectFailure || this.#withinBudget())) {
       (this.#tried ??= new Set()).add(endpoint)
       this.#lastFailure = code === 'UND_ERR_CONNECT_TIMEOUT'
         ? 'FLEETGATE_ERR_UPSTREAM_TIMEOUT'
         : connectFailure ? 'FLEETGATE_ERR_UPSTREAM_CONNECT' : 'FLEETGATE_ERR_UPSTREAM_RESET'
       this.#ctx.metrics.retry(connectFailure ? 'connect_failure' : 'reset_before_response')
-      if (!this.#retrying) {
+      if (!connectFailure && !this.#retrying) {
         this.#retrying = true
         this.#ctx.retriesInFlight++
       }

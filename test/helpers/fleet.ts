@@ -69,7 +69,7 @@ export interface ProxyProcess extends FleetgateProcess {
 export async function startProxy (t: Test, args: string[], env: Record<string, string> = {}): Promise<ProxyProcess> {
   const workers = args.includes('--workers') ? [] : ['--workers', '1']
   const proc = runFleetgate(t, ['proxy', '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', ...workers, ...args], env)
-  const line = await proc.waitForOutput(/"listen":"127\.0\.0\.1:(\d+)","admin":"127\.0\.0\.1:(\d+)"/)
+  const line = await proc.waitForOutput(/"listen":"127\.0\.0\.1:(\d+)","admin":"127\.0\.0\.1:(\d+)"/, 30_000)
   const url = `http://127.0.0.1:${line[1]}`
   const adminUrl = `http://127.0.0.1:${line[2]}`
   return {
@@ -200,14 +200,14 @@ export function loadLoop (url: string, options: { concurrency?: number, maxReque
       sent++
       try {
         const res = await request(`${url}${options.path ?? '/load'}`)
-        await res.body.dump()
+        const body = res.statusCode >= 200 && res.statusCode < 300 ? (await res.body.dump(), '') : await res.body.text()
         if (res.statusCode >= 200 && res.statusCode < 300) {
           result.ok++
           const by = String(res.headers['x-served-by'])
           result.byInstance[by] = (result.byInstance[by] ?? 0) + 1
         } else {
           result.failed++
-          if (result.errors.length < 5) result.errors.push(`status ${res.statusCode}`)
+          if (result.errors.length < 5) result.errors.push(`status ${res.statusCode} ${body.slice(0, 200)}`)
         }
       } catch (err) {
         result.failed++

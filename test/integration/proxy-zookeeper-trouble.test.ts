@@ -2,7 +2,7 @@
 
 import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
-import { get, loadLoop, registerCurator, removeNode, sample, startBackend, startProxy, zkClient } from '../helpers/fleet.ts'
+import { createChild, curatorData, get, loadLoop, registerCurator, removeNode, sample, startBackend, startProxy, zkClient } from '../helpers/fleet.ts'
 import { startZooKeeper } from '../helpers/zookeeper.ts'
 
 t.test('ZooKeeper stopped for 10 s under traffic: every request succeeds on the last membership', async t => {
@@ -84,7 +84,8 @@ t.test('ZooKeeper unreachable at start: not ready until it comes up', async t =>
   t.teardown(() => server.close())
   const writer = await zkClient(t, server.connectString)
   const a = await startBackend(t, 'a')
-  await registerCurator(writer, { service: 'late', id: 'a', port: a.port })
+  // PERSISTENT: the instance must still be registered when ZooKeeper comes back.
+  await createChild(writer, '/services/late', 'a', curatorData({ service: 'late', id: 'a', port: a.port }), false)
   writer.close()
   await server.stop()
 
