@@ -7,6 +7,7 @@ import type { Test } from 'tap'
 import { request } from 'undici'
 import type { AgentStatus } from '../../src/agent/agent.ts'
 import { runFleetgate, startBackend, zk, type Backend, type FleetgateProcess } from './fleet.ts'
+import { fourLetterWord } from './zookeeper.ts'
 
 export const DEMO_BACKEND = fileURLToPath(new URL('../../dist/demo/backend.js', import.meta.url))
 
@@ -29,8 +30,11 @@ export interface AgentOptions {
   readonly command?: readonly string[]
 }
 
-/** Fast defaults for tests: checks every 100 ms, rise 2, fall 3, 2 s sessions, 1.5 s drain. */
-export const FAST = ['--health-interval-ms', '100', '--health-timeout-ms', '500', '--session-timeout-ms', '2000', '--drain-ms', '1500', '--log-level', 'debug']
+/**
+ * Fast defaults for tests: checks every 100 ms (rise 2, fall 3), 1.5 s drain. The session timeout stays
+ * at its 10 s default: a busy machine must not expire sessions in tests that are not about expiry.
+ */
+export const FAST = ['--health-interval-ms', '100', '--health-timeout-ms', '1000', '--drain-ms', '1500', '--log-level', 'debug']
 
 /** Starts `fleetgate agent` with its admin on a free port; resolves once it listens. Killed at teardown. */
 export async function startAgent (t: Test, options: AgentOptions): Promise<AgentProcess> {
@@ -41,8 +45,15 @@ export async function startAgent (t: Test, options: AgentOptions): Promise<Agent
     ...(options.command ? ['--', ...options.command] : []),
   ]
   const proc = runFleetgate(t, args)
-  const line = await proc.waitForOutput(/"admin":"(http:\/\/127\.0\.0\.1:\d+)"/)
+  // Generous: on a loaded machine a Node process can take seconds to start.
+  const line = await proc.waitForOutput(/"admin":"(http:\/\/127\.0\.0\.1:\d+)"/, 30_000)
   const adminUrl = line[1]!
+  // A failed test shows what the agent logged (health check lines left out).
+  t.teardown(() => {
+    if (t.passing()) return
+    const lines = proc.output().split('\n').filter(l => l !== '' && !l.includes('"health check failed"'))
+    t.comment(`agent ${adminUrl} log (last 40 lines):\n${lines.slice(-40).join('\n')}`)
+  })
   return {
     ...proc,
     adminUrl,
@@ -115,14 +126,17 @@ export async function children (client: Client, path: string): Promise<string[]>
   }
 }
 
-/** Resolves with Date.now() when `path` is next created (or at once if it exists). */
-export function whenCreated (client: Client, path: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    client.exists(path, () => resolve(Date.now()), (err, stat) => {
-      if (err) reject(err)
-      else if (stat) resolve(Date.now())
-    })
-  })
+/** A znode's creation time (ZooKeeper's clock, which is this machine's), epoch ms. */
+export function createdAtMs (stat: Stat): number {
+  return Number(stat.ctime.readBigInt64BE())
+}
+
+/** ZooKeeper's count of sessions it has expired (`mntr` zk_stale_sessions_expired). */
+export async function expiredSessions (port: number): Promise<number> {
+  const answer = await fourLetterWord(port, 'mntr')
+  const match = answer.match(/^zk_stale_sessions_expired\s+(\d+)/m)
+  if (!match) throw new Error(`no zk_stale_sessions_expired in mntr: ${answer.slice(0, 200)}`)
+  return Number(match[1])
 }
 
 export interface SteadyLoadResult {
@@ -140,24 +154,29 @@ export interface SteadyLoadResult {
  * not slow the offered load), each stamped with `x-sent-at`. Bounded by maxRequests and maxMs, and by
  * `maxInFlight` so a stuck proxy cannot pile up sockets. A request fails on a network error or a non-2xx.
  */
-export function steadyLoad (url: string, options: { ratePerSecond: number, maxMs: number, maxRequests: number, maxInFlight?: number }): { result: SteadyLoadResult, stop(): Promise<SteadyLoadResult> } {
+export function steadyLoad (url: string, options: { ratePerSecond: number, maxMs: number, maxRequests: number, maxInFlight?: number }): {
+  result: SteadyLoadResult
+  /** When the oldest request still running was sent; Infinity when none is running. */
+  oldestRunningSentAt(): number
+  stop(): Promise<SteadyLoadResult>
+} {
   const result: SteadyLoadResult = { sent: 0, ok: 0, failed: 0, byInstance: {}, errors: [] }
   const startedAt = Date.now()
-  const inFlight = new Set<Promise<void>>()
+  const inFlight = new Map<Promise<void>, number>()
   const fail = (why: string): void => {
     result.failed++
     if (result.errors.length < 5) result.errors.push(why)
   }
-  const send = async (): Promise<void> => {
+  const send = async (sentAt: number): Promise<void> => {
     try {
-      const res = await request(`${url}/load/${result.sent}`, { headers: { 'x-sent-at': String(Date.now()) } })
-      await res.body.dump()
+      const res = await request(`${url}/load/${result.sent}`, { headers: { 'x-sent-at': String(sentAt) } })
       if (res.statusCode >= 200 && res.statusCode < 300) {
+        await res.body.dump()
         result.ok++
         const by = String(res.headers['x-served-by'])
         result.byInstance[by] = (result.byInstance[by] ?? 0) + 1
       } else {
-        fail(`status ${res.statusCode}`)
+        fail(`status ${res.statusCode} ${(await res.body.text()).slice(0, 200)}`)
       }
     } catch (err) {
       fail(String(err))
@@ -172,15 +191,17 @@ export function steadyLoad (url: string, options: { ratePerSecond: number, maxMs
     const due = Math.min(options.maxRequests, Math.floor((elapsedMs * options.ratePerSecond) / 1000))
     while (result.sent < due && inFlight.size < (options.maxInFlight ?? 1000)) {
       result.sent++
-      const p = send().finally(() => inFlight.delete(p))
-      inFlight.add(p)
+      const sentAt = Date.now()
+      const p = send(sentAt).finally(() => inFlight.delete(p))
+      inFlight.set(p, sentAt)
     }
   }, 5)
   return {
     result,
+    oldestRunningSentAt: () => Math.min(Infinity, ...inFlight.values()),
     stop: async () => {
       clearInterval(timer)
-      while (inFlight.size > 0) await Promise.all([...inFlight])
+      while (inFlight.size > 0) await Promise.all([...inFlight.keys()])
       return result
     },
   }

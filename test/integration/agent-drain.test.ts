@@ -11,14 +11,16 @@ const server = await startZooKeeper()
 t.teardown(() => server.close())
 
 const idOf = (backend: HealthBackend): string => `127.0.0.1-${backend.port}`
+/** Health checks that a busy test process (load generator and backends in one) does not fail by accident. */
+const STEADY = ['--health-timeout-ms', '2000', '--fall', '5']
 
 /** Waits until the proxy's pool is exactly these instances, all up. */
-async function membershipIs (proxy: ProxyProcess, backends: HealthBackend[], timeoutMs = 10_000): Promise<void> {
+async function membershipIs (proxy: ProxyProcess, backends: HealthBackend[], timeoutMs = 30_000): Promise<void> {
   const want = backends.map(idOf).sort().join(',')
   await eventually(async () => {
     const instances = (await proxy.status()).instances
     return instances.every(i => i.state === 'up') && instances.map(i => i.id).sort().join(',') === want
-  }, { timeoutMs, message: `membership ${backends.map(b => b.name).join(',')}` })
+  }, { timeoutMs, intervalMs: 10, message: `membership ${backends.map(b => b.name).join(',')}` })
 }
 
 t.test('drain under load: SIGTERM one agent, no request fails, it exits 0, and gets no new request once draining', async t => {
@@ -26,19 +28,19 @@ t.test('drain under load: SIGTERM one agent, no request fails, it exits 0, and g
   // Each request takes 50 to 500 ms at the backend.
   const slow = (): number => 50 + Math.floor(Math.random() * 450)
   const [a, b] = await Promise.all([startHealthBackend(t, 'a', slow), startHealthBackend(t, 'b', slow)]) as [HealthBackend, HealthBackend]
-  const [agentA] = await Promise.all([a, b].map(backend => startAgent(t, { zookeeper: server.connectString, service: 'drain', port: backend.port, args: ['--drain-ms', '1500'] }))) as [AgentProcess, AgentProcess]
+  const [agentA] = await Promise.all([a, b].map(backend => startAgent(t, { zookeeper: server.connectString, service: 'drain', port: backend.port, args: ['--drain-ms', '1500', ...STEADY] }))) as [AgentProcess, AgentProcess]
   await membershipIs(proxy, [a, b])
 
   const load = steadyLoad(proxy.url, { ratePerSecond: 200, maxMs: 30_000, maxRequests: 6000 })
   t.teardown(() => load.stop())
-  await eventually(() => a.arrivals.length > 100 && b.arrivals.length > 100, { message: 'load reaches both' })
+  await eventually(() => a.arrivals.length > 100 && b.arrivals.length > 100, { timeoutMs: 30_000, message: 'load reaches both' })
 
   agentA.kill('SIGTERM')
   // The moment the proxy applied draining for a: its status says so, with the time of the change.
   const drainingAt = (await eventually(async () => {
     const instance = (await proxy.status()).instances.find(i => i.id === idOf(a))
     return instance?.state === 'draining' ? Date.parse(instance.changedAt) : undefined
-  }, { intervalMs: 5, message: 'proxy sees a draining' }))!
+  }, { intervalMs: 5, timeoutMs: 30_000, message: 'proxy sees a draining' }))!
   const inFlightAtA = a.arrivals.filter(r => r.arrivedAt <= drainingAt).length - a.arrivals.filter(r => r.arrivedAt <= drainingAt - 500).length
   const { code } = await agentA.exited
   const exitedAt = Date.now()
@@ -65,34 +67,50 @@ t.test('scale under load: 2 -> 5 -> 1 with SIGTERMs; no request fails and reques
   const agents = new Map<HealthBackend, AgentProcess>()
   const add = async (list: HealthBackend[]): Promise<void> => {
     await Promise.all(list.map(async backend => {
-      agents.set(backend, await startAgent(t, { zookeeper: server.connectString, service: 'scale', port: backend.port, args: ['--drain-ms', '500'] }))
+      agents.set(backend, await startAgent(t, { zookeeper: server.connectString, service: 'scale', port: backend.port, args: ['--drain-ms', '500', ...STEADY] }))
     }))
   }
 
   const shares: string[] = []
+  let load: ReturnType<typeof steadyLoad>
 
-  /** With the membership stable, the next ~300 requests go only to its members, in about equal shares. */
+  /**
+   * With the membership stable, the requests sent in the next 1.5 s go only to its members, in about
+   * equal shares. A window in which the membership changed (a health check lost to a busy machine) is
+   * not a step of the scale-down: it is measured again.
+   */
   const checkShare = async (members: HealthBackend[]): Promise<void> => {
-    await membershipIs(proxy, members, 15_000)
-    const from = Date.now()
-    await eventually(() => Date.now() - from >= 1500, { timeoutMs: 5000 })
-    const to = Date.now() - 100
-    const counts = backends.map(backend => backend.arrivals.filter(r => r.sentAt >= from && r.sentAt < to).length)
-    const total = counts.reduce((x, y) => x + y, 0)
-    shares.push(`${members.length}: ${backends.map((backend, i) => `${backend.name}=${counts[i]}`).join(' ')}`)
-    backends.forEach((backend, i) => {
-      if (!members.includes(backend)) t.equal(counts[i], 0, `${backend.name} is not a member and gets nothing`)
-    })
-    const fair = total / members.length
-    for (const member of members) {
-      const count = counts[backends.indexOf(member)]!
-      t.ok(Math.abs(count - fair) <= Math.max(3, fair * 0.2), `${member.name}: ${count} of ${total} with ${members.length} members`)
+    for (let attempt = 1; ; attempt++) {
+      await membershipIs(proxy, members)
+      const from = Date.now()
+      await eventually(() => Date.now() - from >= 1500, { timeoutMs: 5000 })
+      const to = Date.now()
+      const instances = (await proxy.status()).instances
+      const stable = instances.length === members.length && instances.every(i => i.state === 'up' && Date.parse(i.changedAt) < from)
+      if (!stable && attempt < 3) {
+        t.comment(`membership changed during the window for ${members.length}; measuring again`)
+        continue
+      }
+      t.ok(stable, `membership of ${members.length} stable through the window`)
+      await eventually(() => load.oldestRunningSentAt() >= to, { timeoutMs: 30_000, message: 'requests of the window answered' })
+      const counts = backends.map(backend => backend.arrivals.filter(r => r.sentAt >= from && r.sentAt < to).length)
+      const total = counts.reduce((x, y) => x + y, 0)
+      shares.push(`${members.length}: ${backends.map((backend, i) => `${backend.name}=${counts[i]}`).join(' ')}`)
+      backends.forEach((backend, i) => {
+        if (!members.includes(backend)) t.equal(counts[i], 0, `${backend.name} is not a member and gets nothing`)
+      })
+      const fair = total / members.length
+      for (const member of members) {
+        const count = counts[backends.indexOf(member)]!
+        t.ok(Math.abs(count - fair) <= Math.max(3, fair * 0.2), `${member.name}: ${count} of ${total} with ${members.length} members`)
+      }
+      return
     }
   }
 
   await add(backends.slice(0, 2))
   await membershipIs(proxy, backends.slice(0, 2))
-  const load = steadyLoad(proxy.url, { ratePerSecond: 200, maxMs: 90_000, maxRequests: 18_000 })
+  load = steadyLoad(proxy.url, { ratePerSecond: 200, maxMs: 120_000, maxRequests: 24_000 })
   t.teardown(() => load.stop())
   await checkShare(backends.slice(0, 2))
   await add(backends.slice(2))

@@ -51,13 +51,14 @@ t.test('after a forced session expiry (agent stopped past its session timeout) t
   const client = await zkClient(t, server.connectString)
   const backend = await startHealthBackend(t, 'x')
   const path = `/services/expiry/127.0.0.1-${backend.port}`
-  const agent = await startAgent(t, { zookeeper: server.connectString, service: 'expiry', port: backend.port, args: ['--session-timeout-ms', '2000'] })
+  // 4 s, not 2: the new session's handshake must fit in the session timeout even when ZooKeeper's fsync is slow.
+  const agent = await startAgent(t, { zookeeper: server.connectString, service: 'expiry', port: backend.port, args: ['--session-timeout-ms', '4000'] })
   const before = (await eventually(() => readNode(client, path), { message: 'registered' }))!
 
   process.kill(agent.pid, 'SIGSTOP')
   t.teardown(() => { try { process.kill(agent.pid, 'SIGCONT') } catch {} })
   // ZooKeeper expires the silent session and its znode with it.
-  await eventually(async () => (await readNode(client, path)) === undefined, { timeoutMs: 10_000, intervalMs: 50, message: 'session expired' })
+  await eventually(async () => (await readNode(client, path)) === undefined, { timeoutMs: 15_000, intervalMs: 50, message: 'session expired' })
   process.kill(agent.pid, 'SIGCONT')
   const resumedAt = Date.now()
 
@@ -83,7 +84,8 @@ t.test('ZooKeeper down at start: the agent waits, says so, and registers once Zo
 
   await server.start()
   const client = await zkClient(t, server.connectString)
-  await eventually(() => readNode(client, path), { timeoutMs: 10_000, message: 'registered once ZooKeeper is up' })
+  // Within a session timeout (10 s) even if the first handshake was caught by the restart and abandoned.
+  await eventually(() => readNode(client, path), { timeoutMs: 30_000, message: 'registered once ZooKeeper is up' })
   agent.kill('SIGTERM')
   t.equal((await agent.exited).code, 0)
 })
