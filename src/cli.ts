@@ -8,6 +8,8 @@ import type { TObject } from '@sinclair/typebox'
 import { AgentConfigSchema, kebab, loadConfig, ProxyConfigSchema, snake, type ProxyConfig } from './config.ts'
 import { FleetgateError, isFleetgateError } from './errors.ts'
 import { createLogger, type Logger } from './logger.ts'
+import { ConsulClient, consulConnection } from './consul/client.ts'
+import { ConsulSource } from './membership/consul.ts'
 import type { MembershipSource } from './membership/source.ts'
 import { parseStaticInstances, StaticSource } from './membership/static.ts'
 import { ZooKeeperSource } from './membership/zookeeper.ts'
@@ -15,8 +17,8 @@ import { runPrimary, runWorker } from './proxy/cluster.ts'
 import { createProxy } from './proxy/server.ts'
 
 const USAGE = `Usage:
-  fleetgate proxy [--zookeeper HOSTS | --static URLS] [--service NAME] [--listen HOST:PORT] [options]
-  fleetgate agent --zookeeper HOSTS --advertise HOST:PORT [--target URL] [options] [-- COMMAND ARGS...]
+  fleetgate proxy [--zookeeper HOSTS | --static URLS | --discovery consul --consul URL] [--service NAME] [--listen HOST:PORT] [options]
+  fleetgate agent [--zookeeper HOSTS | --discovery consul --consul URL] --advertise HOST:PORT [--target URL] [options] [-- COMMAND ARGS...]
   fleetgate help proxy|agent
   fleetgate --version
 
@@ -84,6 +86,16 @@ export function buildSource (config: ProxyConfig, logger: Logger): MembershipSou
   if (discovery === 'static') {
     if (config.static === undefined) throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', '--static is required with --discovery static: expected http://HOST:PORT[,http://HOST:PORT...]')
     return new StaticSource(config.service, parseStaticInstances(config.static))
+  }
+  if (discovery === 'consul') {
+    return new ConsulSource({
+      client: new ConsulClient(consulConnection(config)),
+      service: config.service,
+      datacenter: config.consulDatacenter,
+      tag: config.consulTag,
+      waitMs: config.consulWaitMs,
+      logger,
+    })
   }
   if (config.zookeeper === undefined) {
     throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', '--zookeeper is required (or --static for a fixed list): expected HOST:PORT[,HOST:PORT...][/chroot]')

@@ -28,16 +28,23 @@ const ServiceName = Type.String({
 /** Keys every command shares. */
 const Common = {
   service: ServiceName,
-  discovery: Type.Optional(Type.Union([Type.Literal('zookeeper'), Type.Literal('static')], {
+  discovery: Type.Optional(Type.Union([Type.Literal('zookeeper'), Type.Literal('static'), Type.Literal('consul')], {
     description: 'Discovery backend; defaults to static when --static is given, zookeeper otherwise',
-    expected: '"zookeeper" or "static"',
+    expected: '"zookeeper", "static" or "consul"',
   })),
   zookeeper: Type.Optional(Type.String({
     pattern: '^[^,\\s/]+(,[^,\\s/]+)*(/[^\\s]*)?$', description: 'ZooKeeper connect string, with an optional chroot',
     expected: 'HOST:PORT[,HOST:PORT...][/chroot]',
   })),
   basePath: Type.String({ pattern: '^/([^/\\s]+(/[^/\\s]+)*)?$', default: '/services', description: 'ZooKeeper base path', expected: 'an absolute path like /services' }),
-  sessionTimeoutMs: Milliseconds('ZooKeeper session timeout', 10_000, 1000),
+  sessionTimeoutMs: Milliseconds('ZooKeeper session timeout; the agent\'s Consul TTL check', 10_000, 1000),
+  consul: Type.String({
+    pattern: '^([A-Za-z]+://)?[^\\s/]+/?$', default: 'http://127.0.0.1:8500', description: 'Consul HTTP address (with --discovery consul)',
+    expected: 'http(s)://HOST:PORT or HOST:PORT',
+  }),
+  consulToken: Type.Optional(Type.String({ description: 'Consul ACL token, sent as X-Consul-Token', expected: 'a token' })),
+  consulCaFile: Type.Optional(Type.String({ minLength: 1, description: 'PEM CA file for an https:// Consul address', expected: 'a file path' })),
+  consulTag: Type.Optional(Type.String({ pattern: '^[^\\s,]{1,255}$', description: 'Proxy: follow only instances with this tag; agent: register with it', expected: 'a tag without spaces or commas' })),
   logLevel: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map(l => Type.Literal(l)), {
     default: 'info', description: 'Log level', expected: 'fatal, error, warn, info, debug, trace or silent',
   }),
@@ -58,6 +65,8 @@ export const ProxyConfigSchema = Type.Object({
   panicThresholdPercent: Type.Integer({ minimum: 0, maximum: 100, default: 50, description: 'Below this share of healthy instances, route to all', expected: 'a percentage from 0 to 100' }),
   shutdownTimeoutMs: Milliseconds('On SIGTERM, how long in-flight requests may finish', 30_000, 0),
   maxHeaderBytes: Type.Integer({ minimum: 1024, maximum: 1_048_576, default: 65_536, description: 'Largest request head accepted (Superset URLs can be long)', expected: 'bytes, from 1024 to 1048576' }),
+  consulDatacenter: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9_.-]{1,64}$', description: 'Consul datacenter to follow (default: the agent\'s own)', expected: 'a datacenter name' })),
+  consulWaitMs: Milliseconds('Longest hold of a Consul blocking query (Consul caps it at 10 min)', 240_000, 100),
   workers: Type.Integer({ minimum: 1, maximum: 256, default: availableParallelism(), description: 'Proxy processes serving the port (default: one per core); one discovery session for all', expected: 'an integer from 1 to 256' }),
 }, { additionalProperties: false })
 

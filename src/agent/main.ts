@@ -1,21 +1,26 @@
-// `fleetgate agent`: loads the configuration, then wires the health check, the ZooKeeper registrar, the
+// `fleetgate agent`: loads the configuration, then wires the health check, the registrar (ZooKeeper or Consul), the
 // wrapped command (if any), the admin listener and the signals, and returns the process exit code.
 
 import { AgentConfigSchema, loadConfig, splitHostPort, type AgentConfig } from '../config.ts'
+import { ConsulClient, consulConnection } from '../consul/client.ts'
 import { FleetgateError } from '../errors.ts'
-import { createLogger } from '../logger.ts'
+import { createLogger, type Logger } from '../logger.ts'
 import { encodeCurator } from '../membership/instance.ts'
 import { createAgentMetrics, createRegistry } from '../metrics.ts'
 import { buildAgentAdmin } from './admin.ts'
 import { Agent } from './agent.ts'
+import { ConsulRegistrar, consulMeta } from './consul-registrar.ts'
 import { httpProbe, tcpProbe, type Probe } from './health-check.ts'
 import { defaultInstanceId, parseLabels } from './identity.ts'
+import type { RegistrarEvent } from './registrar.ts'
 import { Supervisor } from './supervisor.ts'
 import { ZooKeeperRegistrar } from './zookeeper-registrar.ts'
 
 /** Everything the agent derives from its configuration; a problem here is a configuration error. */
 export interface AgentSettings {
-  readonly zookeeper: string
+  readonly registry: 'zookeeper' | 'consul'
+  /** Set when the registry is ZooKeeper. */
+  readonly zookeeper: string | undefined
   readonly id: string
   readonly host: string
   readonly port: number
@@ -25,19 +30,23 @@ export interface AgentSettings {
 
 export function resolveAgentSettings (config: AgentConfig): AgentSettings {
   if (config.discovery === 'static') {
-    throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', '--discovery = "static": the agent registers in ZooKeeper; expected "zookeeper"')
+    throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', '--discovery = "static": the agent registers in ZooKeeper or Consul; expected "zookeeper" or "consul"')
   }
-  if (config.zookeeper === undefined) {
+  const registry = config.discovery ?? 'zookeeper'
+  if (registry === 'zookeeper' && config.zookeeper === undefined) {
     throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', '--zookeeper is required: expected HOST:PORT[,HOST:PORT...][/chroot]')
   }
   const { host, port } = splitHostPort(config.advertise)
   if (port === 0) throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', `--advertise = ${JSON.stringify(config.advertise)}: expected a port from 1 to 65535`)
+  const labels = parseLabels(config.labels)
+  if (registry === 'consul') consulMeta(labels)
   return {
+    registry,
     zookeeper: config.zookeeper,
     id: config.id ?? defaultInstanceId(config.advertise),
     host,
     port,
-    labels: parseLabels(config.labels),
+    labels,
     target: new URL(config.target),
   }
 }
@@ -52,8 +61,9 @@ export async function runAgent (argv: readonly string[], env: Readonly<Record<st
   const registrationTimeUTC = Date.now()
 
   let agent: Agent | undefined
-  const registrar = new ZooKeeperRegistrar({
-    connectString: settings.zookeeper,
+  const onEvent = (event: RegistrarEvent): void => agent?.noteRegistration(event)
+  const registrar = settings.registry === 'consul' ? buildConsulRegistrar(config, settings, logger, onEvent) : new ZooKeeperRegistrar({
+    connectString: settings.zookeeper!,
     sessionTimeoutMs: config.sessionTimeoutMs,
     basePath: config.basePath,
     service: config.service,
@@ -70,7 +80,7 @@ export async function runAgent (argv: readonly string[], env: Readonly<Record<st
     }),
     verifyIntervalMs: config.healthIntervalMs,
     logger,
-    onEvent: event => agent?.noteRegistration(event),
+    onEvent,
   })
 
   const admin = buildAgentAdmin({
@@ -119,7 +129,7 @@ export async function runAgent (argv: readonly string[], env: Readonly<Record<st
   logger.info({
     service: config.service,
     instance: settings.id,
-    znode: registrar.path,
+    ...(registrar instanceof ZooKeeperRegistrar ? { znode: registrar.path } : { consul: config.consul, serviceId: settings.id }),
     advertise: config.advertise,
     target: config.target,
     check: config.healthCheck,
@@ -133,6 +143,23 @@ export async function runAgent (argv: readonly string[], env: Readonly<Record<st
   process.removeListener('SIGHUP', onHangUp)
   await admin.close()
   return code
+}
+
+/** The TTL check is the Consul side of the session timeout: how soon a crashed agent's instance fails. */
+function buildConsulRegistrar (config: AgentConfig, settings: AgentSettings, logger: Logger, onEvent: (event: RegistrarEvent) => void): ConsulRegistrar {
+  return new ConsulRegistrar({
+    client: new ConsulClient(consulConnection(config)),
+    service: config.service,
+    id: settings.id,
+    host: settings.host,
+    port: settings.port,
+    weight: config.weight,
+    labels: settings.labels,
+    tags: config.consulTag === undefined ? [] : [config.consulTag],
+    ttlMs: config.sessionTimeoutMs,
+    logger,
+    onEvent,
+  })
 }
 
 function buildProbe (config: AgentConfig, target: URL): Probe {
