@@ -66,6 +66,8 @@ export class ConsulApi {
       method,
       headers: { ...(this.token ? { 'x-consul-token': this.token } : {}), ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
       body: body === undefined ? undefined : JSON.stringify(body),
+      // A connection per request: a kept-alive one may be a socket the double's restart just destroyed.
+      reset: true,
       headersTimeout: 15 * 60_000,
       bodyTimeout: 60_000,
     })
