@@ -2,6 +2,7 @@
 // proxy; all three instances answer through it; SIGINT (Ctrl-C) stops every process it started.
 
 import { spawn } from 'node:child_process'
+import { rm } from 'node:fs/promises'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
@@ -27,6 +28,11 @@ t.test('npm run demo: three instances answer through the proxy, and Ctrl-C stops
   demo.stderr!.setEncoding('utf8').on('data', (s: string) => { output += s })
   const exited = new Promise<number | null>(resolve => demo.once('exit', code => resolve(code)))
   const pids: number[] = []
+  t.teardown(async () => {
+    // The demo keeps its logs for the user; a test run need not.
+    const logs = output.match(/logs +(\/\S*fleetgate-demo-[^/\s]+)\//)?.[1]
+    if (logs) await rm(logs, { recursive: true, force: true })
+  })
   t.teardown(async () => {
     if (isRunning(demo)) {
       demo.kill('SIGINT')
