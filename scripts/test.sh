@@ -20,6 +20,16 @@ fi
 if [ ! -x /usr/bin/chromium ]; then
   PACKAGES+=(chromium)
 fi
+# The Docker tests (test/docker: image builds, minutes) run only in CI or when asked for. They need
+# Debian's engine and docker-compose v1 (beside any newer docker CLI in /usr/local/bin, which they do not
+# use); the tests start their own engine, so none is left running.
+DOCKER_TESTS=0
+if [ -n "${CI:-}" ] || [ "${FLEETGATE_DOCKER_TESTS:-}" = 1 ]; then
+  DOCKER_TESTS=1
+  if [ ! -x /usr/sbin/dockerd ] || [ ! -x /usr/bin/docker ] || [ ! -x /usr/bin/docker-compose ]; then
+    NO_RECOMMENDS+=(docker.io docker-compose)
+  fi
+fi
 if [ ${#PACKAGES[@]} -gt 0 ] || [ ${#NO_RECOMMENDS[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     SUDO=()
@@ -40,6 +50,9 @@ if [ ${#PACKAGES[@]} -gt 0 ] || [ ${#NO_RECOMMENDS[@]} -gt 0 ]; then
     if [ -d /run/systemd/system ] && systemctl is-active --quiet prometheus 2>/dev/null; then
       "${SUDO[@]}" systemctl disable --now prometheus
     fi
+    if [ -d /run/systemd/system ] && systemctl is-active --quiet docker 2>/dev/null; then
+      "${SUDO[@]}" systemctl disable --now docker.socket docker
+    fi
   fi
 fi
 
@@ -47,7 +60,16 @@ echo "==> npm ci"
 npm ci
 echo "==> npm run typecheck"
 npm run typecheck
-echo "==> npm run build"
-npm run build
-echo "==> npm test"
-npm test
+echo "==> npm test (builds dist/ first: the end-to-end tests run the built CLI)"
+if [ "$DOCKER_TESTS" = 1 ]; then
+  # The Docker tests run after the suite, on their own (they are CPU-heavy); the last line adds up both.
+  LOG=$(mktemp)
+  trap 'rm -f "$LOG"' EXIT
+  npm test | tee "$LOG"
+  echo "==> Docker tests (test/docker)"
+  node scripts/run-tests.mjs test/docker --timeout=900 | tee -a "$LOG"
+  awk '/^[0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$/ { p += $1; f += $3; s += $5 }
+    END { printf "\ntotal: %d passed, %d failed, %d skipped\n", p, f, s }' "$LOG"
+else
+  npm test
+fi

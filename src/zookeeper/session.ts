@@ -22,6 +22,11 @@ export interface ZooKeeperSessionOptions {
   readonly logger: Logger
 }
 
+/** Longest pause between connect attempts while ZooKeeper cannot be reached. */
+const MAX_SPIN_DELAY_MS = 3_200
+/** How long a client may try for its first session before it is rebuilt (a handshake can hang: ZOOKEEPER-5051). */
+const FIRST_CONNECT_DEADLINE_MS = 10_000
+
 export class ZooKeeperSession {
   readonly #options: ZooKeeperSessionOptions
   readonly #log: Logger
@@ -31,6 +36,8 @@ export class ZooKeeperSession {
   #sessionId = ''
   /** When the current client was built or last lost its connection: the start of the connect deadline. */
   #waitingSinceMs = 0
+  /** Clients in a row that never got a session: the back-off between connect attempts grows with it. */
+  #failedBuilds = 0
   #probeSentAtMs: number | undefined
   #watchdog: NodeJS.Timeout | undefined
   #closed = false
@@ -96,7 +103,8 @@ export class ZooKeeperSession {
     const generation = ++this.#generation
     const client = zookeeper.createClient(this.#options.connectString, {
       sessionTimeout: this.#options.sessionTimeoutMs,
-      spinDelay: 200,
+      // Reconnects within a session stay quick; a ZooKeeper that is not there is retried with capped back-off.
+      spinDelay: Math.min(MAX_SPIN_DELAY_MS, 200 * 2 ** this.#failedBuilds),
       retries: 0,
     })
     this.#client = client
@@ -118,6 +126,7 @@ export class ZooKeeperSession {
       const newSession = sessionId !== this.#sessionId
       this.#sessionId = sessionId
       this.#connected = true
+      this.#failedBuilds = 0
       this.#probeSentAtMs = undefined
       this.#log.info({ sessionId, newSession, timeoutMs: client.getSessionTimeout() }, 'zookeeper connected')
       this.#emit({ type: 'connected', client, newSession })
@@ -148,6 +157,7 @@ export class ZooKeeperSession {
       old.close()
     }
     this.#connected = false
+    this.#failedBuilds = hadSession ? 0 : this.#failedBuilds + 1
     if (hadSession) {
       this.#log.warn({ reason }, 'zookeeper session lost, building a new client')
       this.#emit({ type: 'expired', reason })
@@ -168,7 +178,9 @@ export class ZooKeeperSession {
     const now = Date.now()
     const timeoutMs = this.sessionTimeoutMs
     if (!this.#connected) {
-      if (now - this.#waitingSinceMs > timeoutMs) this.#replace('connect-deadline')
+      // A lost session is surely expired after its timeout; a first connect on a busy machine may take longer.
+      const deadlineMs = this.#sessionId === '' ? Math.max(timeoutMs, FIRST_CONNECT_DEADLINE_MS) : timeoutMs
+      if (now - this.#waitingSinceMs > deadlineMs) this.#replace('connect-deadline')
       return
     }
     if (this.#probeSentAtMs !== undefined) {
