@@ -173,7 +173,10 @@ export class Exchange implements Dispatcher.DispatchHandler {
   #withinBudget (): boolean {
     const ctx = this.#ctx
     if (this.#retrying) return true
-    return ctx.retriesInFlight < Math.max(ctx.retryBudgetMin, (ctx.inFlight * ctx.retryBudgetPercent) / 100)
+    // An instance that dies takes its share of the requests in flight with it: that share may always
+    // be retried, so losing one instance never fails requests, whatever the percentage says.
+    const oneInstanceShare = Math.ceil(ctx.inFlight / Math.max(1, ctx.pool.size))
+    return ctx.retriesInFlight < Math.max(ctx.retryBudgetMin, oneInstanceShare, (ctx.inFlight * ctx.retryBudgetPercent) / 100)
   }
 
   #fail (code: ErrorCode, extraHeaders?: Record<string, string>): void {
