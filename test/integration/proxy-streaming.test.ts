@@ -35,9 +35,9 @@ function generated (total: number, chunk = 64 * 1024): Readable {
 t.test('a 50 MB download and a 50 MB upload stream through with bounded memory', async t => {
   const client = await zkClient(t, server.connectString)
   const backend = await startBackend(t, 'bulk')
-  let uploaded = 0
   backend.handle((req, res) => {
     if (req.method === 'POST') {
+      let uploaded = 0
       req.on('data', (c: Buffer) => { uploaded += c.length })
       req.on('end', () => res.end(String(uploaded)))
       return
