@@ -8,7 +8,7 @@ import { answerError, goDuration, requestError } from '../consul/client.ts'
 import type { Logger } from '../logger.ts'
 import type { InstanceState } from '../membership/instance.ts'
 import { META_STATE } from '../membership/consul.ts'
-import type { Desired, Registrar, RegistrarEvent, RegistrarStatus } from './registrar.ts'
+import { DesiredRegistration, type Desired, type Registrar, type RegistrarEvent, type RegistrarStatus } from './registrar.ts'
 
 export interface ConsulRegistrarOptions {
   readonly client: ConsulClient
@@ -63,9 +63,7 @@ export class ConsulRegistrar implements Registrar {
   readonly #meta: Record<string, string>
   readonly #checkId: string
   readonly #stop = new AbortController()
-  #desired: Desired = { kind: 'unset' }
-  #desiredVersion = 0
-  #waiters: Array<() => void> = []
+  readonly #desired = new DesiredRegistration()
   #registered = false
   #state: InstanceState | undefined
   /** Consul is known to hold no registration of ours (deregistered, or found missing). */
@@ -127,11 +125,11 @@ export class ConsulRegistrar implements Registrar {
     this.#closed = true
     clearInterval(this.#tickTimer)
     clearTimeout(this.#retryTimer)
-    this.#settleAll()
+    this.#desired.releaseAll()
     // Ends a step still waiting on Consul; the removal below has its own deadline.
     this.#stop.abort()
     await this.#loopDone
-    if (this.#registered || this.#desired.kind === 'registered') {
+    if (this.#registered || this.#desired.current.kind === 'registered') {
       try {
         await this.#deregisterNow(AbortSignal.timeout(CLOSE_DEADLINE_MS))
       } catch (err) {
@@ -148,7 +146,7 @@ export class ConsulRegistrar implements Registrar {
       key: this.#options.id,
       connected: this.#connected,
       session: undefined,
-      desired: this.#desired,
+      desired: this.#desired.current,
       registered: this.#registered,
       state: this.#registered ? this.#state : undefined,
       lastError: this.#lastError,
@@ -157,10 +155,7 @@ export class ConsulRegistrar implements Registrar {
 
   #want (desired: Desired): Promise<void> {
     if (this.#closed) return Promise.resolve()
-    this.#desired = desired
-    ++this.#desiredVersion
-    this.#settleAll()
-    const done = new Promise<void>(resolve => this.#waiters.push(resolve))
+    const done = this.#desired.want(desired)
     this.#request()
     return done
   }
@@ -180,11 +175,11 @@ export class ConsulRegistrar implements Registrar {
     try {
       do {
         this.#dirty = false
-        const version = this.#desiredVersion
+        const version = this.#desired.version
         try {
-          const settled = await this.#converge(this.#desired)
+          const settled = await this.#converge(this.#desired.current)
           this.#noteReachable()
-          if (settled && version === this.#desiredVersion) this.#settleAll()
+          if (settled) this.#desired.reached(version)
           if (!settled) this.#dirty = true
         } catch (err) {
           if (this.#closed) return
@@ -313,7 +308,7 @@ export class ConsulRegistrar implements Registrar {
     const text = err instanceof Error ? err.message : String(err)
     // Once per streak at warn level (and when the error changes); the retries at debug.
     const level = this.#failures === 1 || text !== this.#lastError ? 'warn' : 'debug'
-    this.#log[level]({ err: wrapped, failures: this.#failures, desired: this.#desired.kind }, 'consul registration step failed; will retry')
+    this.#log[level]({ err: wrapped, failures: this.#failures, desired: this.#desired.current.kind }, 'consul registration step failed; will retry')
     this.#lastError = text
     // A network error or a timeout means Consul is out of reach; an HTTP error answer means it is there.
     const unreachable = (err as { cause?: unknown }).cause !== undefined
@@ -327,12 +322,6 @@ export class ConsulRegistrar implements Registrar {
     if (!this.#registered) return
     this.#registered = false
     this.#emit({ type: 'deregistered' })
-  }
-
-  #settleAll (): void {
-    const waiters = this.#waiters
-    this.#waiters = []
-    for (const resolve of waiters) resolve()
   }
 
   #emit (event: RegistrarEvent): void {

@@ -52,3 +52,41 @@ export interface Registrar {
   close(): Promise<void>
   status(): RegistrarStatus
 }
+
+/**
+ * What a registrar was last asked for, and the callers waiting for the registry to hold it. A newer wish
+ * releases the older waiters: they asked for something that no longer applies.
+ */
+export class DesiredRegistration {
+  #desired: Desired = { kind: 'unset' }
+  #version = 0
+  #waiters: Array<() => void> = []
+
+  get current (): Desired {
+    return this.#desired
+  }
+
+  /** Increases with every wish; a converge pass reads it first and reports it with reached(). */
+  get version (): number {
+    return this.#version
+  }
+
+  /** Records a wish; resolves once the registry holds it, a newer wish replaces it, or releaseAll(). */
+  want (desired: Desired): Promise<void> {
+    this.#desired = desired
+    this.#version++
+    this.releaseAll()
+    return new Promise<void>(resolve => this.#waiters.push(resolve))
+  }
+
+  /** The registry holds the wish of `version`: its waiters go, unless a newer wish came meanwhile. */
+  reached (version: number): void {
+    if (version === this.#version) this.releaseAll()
+  }
+
+  releaseAll (): void {
+    const waiters = this.#waiters
+    this.#waiters = []
+    for (const resolve of waiters) resolve()
+  }
+}

@@ -9,7 +9,7 @@ import {
   create, exists, mkdirp, remove, setData, ZK, zkErrorCode, ZooKeeperSession,
   type Client, type SessionEvent, type ZkEvent,
 } from '../zookeeper/session.ts'
-import type { Desired, Registrar, RegistrarEvent, RegistrarStatus } from './registrar.ts'
+import { DesiredRegistration, type Desired, type Registrar, type RegistrarEvent, type RegistrarStatus } from './registrar.ts'
 
 export interface ZooKeeperRegistrarOptions {
   readonly connectString: string
@@ -38,10 +38,7 @@ export class ZooKeeperRegistrar implements Registrar {
   readonly #options: ZooKeeperRegistrarOptions
   readonly #log: Logger
   readonly #session: ZooKeeperSession
-  #desired: Desired = { kind: 'unset' }
-  /** Increases with every register/setState/deregister call; a converge pass settles the version it read. */
-  #desiredVersion = 0
-  #waiters: Array<() => void> = []
+  readonly #desired = new DesiredRegistration()
   /** What this session last wrote, to spot a change by someone else (the znode version moved). */
   #written: { data: string, version: number } | undefined
   #registered = false
@@ -93,7 +90,7 @@ export class ZooKeeperRegistrar implements Registrar {
     this.#closed = true
     clearInterval(this.#verifyTimer)
     clearTimeout(this.#waitLogTimer)
-    this.#settleAll()
+    this.#desired.releaseAll()
     // Closing the session removes the ephemeral znode at once, whatever state it was in.
     await this.#session.close()
     if (this.#registered) this.#emit({ type: 'deregistered' })
@@ -106,7 +103,7 @@ export class ZooKeeperRegistrar implements Registrar {
       key: this.path,
       connected: this.#session.connected,
       session: this.#session.client?.getSessionId().toString('hex'),
-      desired: this.#desired,
+      desired: this.#desired.current,
       registered: this.#registered,
       state: this.#registered ? this.#state : undefined,
       lastError: this.#lastError,
@@ -115,10 +112,7 @@ export class ZooKeeperRegistrar implements Registrar {
 
   #want (desired: Desired): Promise<void> {
     if (this.#closed) return Promise.resolve()
-    this.#desired = desired
-    ++this.#desiredVersion
-    this.#settleAll()
-    const done = new Promise<void>(resolve => this.#waiters.push(resolve))
+    const done = this.#desired.want(desired)
     this.#request()
     return done
   }
@@ -157,7 +151,7 @@ export class ZooKeeperRegistrar implements Registrar {
       this.#log.warn({
         connectString: this.#options.connectString,
         waitingMs: Date.now() - this.#waitingSinceMs,
-        desired: this.#desired.kind,
+        desired: this.#desired.current.kind,
       }, 'waiting for ZooKeeper; still trying')
       this.#scheduleWaitLog(Math.min(WAIT_LOG_MAX_MS, delayMs * 2))
     }, delayMs)
@@ -182,12 +176,12 @@ export class ZooKeeperRegistrar implements Registrar {
         this.#dirty = false
         const client = this.#session.client
         if (!client || this.#closed || this.#session.generation !== generation) return
-        const version = this.#desiredVersion
-        const finished = await this.#converge(client, generation, this.#desired)
+        const version = this.#desired.version
+        const finished = await this.#converge(client, generation, this.#desired.current)
         if (!this.#current(generation)) return
         if (finished) {
           this.#lastError = undefined
-          this.#settle(version)
+          this.#desired.reached(version)
         } else {
           this.#dirty = true
         }
@@ -306,17 +300,6 @@ export class ZooKeeperRegistrar implements Registrar {
 
   #current (generation: number): boolean {
     return !this.#closed && this.#session.generation === generation && this.#session.connected
-  }
-
-  #settle (version: number): void {
-    if (version !== this.#desiredVersion) return
-    this.#settleAll()
-  }
-
-  #settleAll (): void {
-    const waiters = this.#waiters
-    this.#waiters = []
-    for (const resolve of waiters) resolve()
   }
 
   #emit (event: RegistrarEvent): void {
