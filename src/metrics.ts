@@ -2,7 +2,7 @@
 // global one, so tests can run many apps in one process. Names follow Prometheus conventions and borrow
 // meanings from Traefik and Envoy; README lists them all.
 
-import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry, type MetricObjectWithValues, type MetricValueWithName } from 'prom-client'
 
 /** 1 ms to 120 s: loopback hits and Superset's slowest legitimate queries both land in a real bucket. */
 export const DURATION_BUCKETS_SECONDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
@@ -14,6 +14,55 @@ export function createRegistry (): Registry {
 }
 
 export type ProxyMetrics = ReturnType<typeof createProxyMetrics>
+
+type HistogramValue = MetricValueWithName<string>
+
+/**
+ * A prom-client Histogram whose counts are kept elsewhere, in plain numbers, and read at scrape time.
+ * prom-client's own observe() hashes the label values on every call; this one is never called per
+ * request. Everything else (registration, text format, merging across workers) is prom-client's.
+ */
+export class CollectedHistogram<T extends string> extends Histogram<T> {
+  readonly #name: string
+  readonly #help: string
+  readonly #upperBounds: readonly number[]
+  readonly #series: () => Iterable<readonly [labels: Record<T, string>, counts: HistogramCounts]>
+
+  constructor (config: ConstructorParameters<typeof Histogram<T>>[0] & {
+    buckets: readonly number[]
+    series: () => Iterable<readonly [labels: Record<T, string>, counts: HistogramCounts]>
+  }) {
+    const { series, buckets, ...rest } = config
+    super({ ...rest, buckets: [...buckets] })
+    this.#name = rest.name
+    this.#help = rest.help
+    this.#upperBounds = buckets
+    this.#series = series
+  }
+
+  override async get (): Promise<MetricObjectWithValues<HistogramValue>> {
+    const values: HistogramValue[] = []
+    const name = this.#name
+    const bucket = `${name}_bucket`
+    for (const [labels, counts] of this.#series()) {
+      let cumulative = 0
+      for (let i = 0; i < this.#upperBounds.length; i++) {
+        cumulative += counts.buckets[i]!
+        values.push({ labels: { ...labels, le: this.#upperBounds[i]! }, value: cumulative, metricName: bucket })
+      }
+      values.push({ labels: { ...labels, le: '+Inf' }, value: counts.count, metricName: bucket })
+      values.push({ labels, value: counts.sum, metricName: `${name}_sum` })
+      values.push({ labels, value: counts.count, metricName: `${name}_count` })
+    }
+    // prom-client's types give `type` as an enum; at run time (and in its own histograms) it is this string.
+    return { name, help: this.#help, type: 'histogram', aggregator: 'sum', values } as unknown as MetricObjectWithValues<HistogramValue>
+  }
+
+  /** The registry prefers this for the text format; the same values do. */
+  async getForPromString (): Promise<MetricObjectWithValues<HistogramValue>> {
+    return this.get()
+  }
+}
 
 /** Kept by whoever holds the source; a multi-process proxy takes them from its primary alone. */
 export const DISCOVERY_METRICS: ReadonlySet<string> = new Set([
@@ -27,6 +76,40 @@ export const DISCOVERY_METRICS: ReadonlySet<string> = new Set([
 
 const INSTANCE_STATES = ['up', 'draining', 'ejected'] as const
 
+export type RetryReason = 'connect_failure' | 'reset_before_response'
+
+export interface RequestCount {
+  readonly method: string
+  readonly code: string
+  readonly count: number
+}
+
+/** Counts of one histogram series: non-cumulative, one per bucket plus the last for +Inf. */
+export interface HistogramCounts {
+  readonly buckets: ArrayLike<number>
+  readonly sum: number
+  readonly count: number
+}
+
+/** One instance's traffic, as plain numbers kept by the proxy. */
+export interface InstanceTraffic {
+  readonly instance: string
+  readonly inFlight: number
+  requests(): Iterable<RequestCount>
+  readonly duration: HistogramCounts
+  readonly connectFailures: number
+  readonly ejections: number
+}
+
+/** The proxy's traffic counts; the metrics read them at scrape time, so a request never touches prom-client. */
+export interface Traffic {
+  instances(): Iterable<InstanceTraffic>
+  /** Requests no instance answered (counted under instance "none"). */
+  unanswered(): Iterable<RequestCount>
+  readonly retries: Readonly<Record<RetryReason, number>>
+  readonly noLiveInstances: number
+}
+
 /** Read at scrape time, so gauges of state (not events) are never out of date. */
 export interface ProxyCollectors {
   readonly service: string
@@ -35,12 +118,15 @@ export interface ProxyCollectors {
   /** Each instance in the membership (its `instance` label) with its state. */
   instanceStates(): Iterable<readonly [instance: string, state: string]>
   discovery(): { connected: boolean, stale: boolean }
+  /** Absent where no requests are served (the primary of a multi-process proxy). */
+  readonly traffic?: Traffic
 }
 
 export function createProxyMetrics (registry: Registry, collectors: ProxyCollectors) {
   const registers = [registry]
   const { service } = collectors
   const source = { service, source: collectors.sourceKind }
+  const { traffic } = collectors
   return {
     registry,
     requests: new Counter({
@@ -48,43 +134,79 @@ export function createProxyMetrics (registry: Registry, collectors: ProxyCollect
       help: 'Requests answered, by the instance that answered (or "none") and the status code sent to the client',
       labelNames: ['service', 'instance', 'method', 'code'] as const,
       registers,
+      collect () {
+        if (!traffic) return
+        this.reset()
+        for (const series of traffic.instances()) {
+          for (const { method, code, count } of series.requests()) this.inc({ service, instance: series.instance, method, code }, count)
+        }
+        for (const { method, code, count } of traffic.unanswered()) this.inc({ service, instance: 'none', method, code }, count)
+      },
     }),
-    requestDuration: new Histogram({
+    requestDuration: new CollectedHistogram({
       name: 'fleetgate_request_duration_seconds',
       help: 'Time from the request arriving to the response ending, by instance',
       labelNames: ['service', 'instance'] as const,
       buckets: DURATION_BUCKETS_SECONDS,
       registers,
+      series: function * () {
+        for (const series of traffic?.instances() ?? []) yield [{ service, instance: series.instance }, series.duration] as const
+      },
     }),
     inFlight: new Gauge({
       name: 'fleetgate_in_flight_requests',
       help: 'Requests being forwarded right now, by instance',
       labelNames: ['service', 'instance'] as const,
       registers,
+      collect () {
+        if (!traffic) return
+        this.reset()
+        for (const series of traffic.instances()) this.set({ service, instance: series.instance }, series.inFlight)
+      },
     }),
     connectFailures: new Counter({
       name: 'fleetgate_upstream_connect_failures_total',
       help: 'Failed connects to an instance (refused, unreachable, timed out)',
       labelNames: ['service', 'instance'] as const,
       registers,
+      collect () {
+        if (!traffic) return
+        this.reset()
+        for (const series of traffic.instances()) this.inc({ service, instance: series.instance }, series.connectFailures)
+      },
     }),
     retries: new Counter({
       name: 'fleetgate_retries_total',
       help: 'Requests sent again to another instance, by reason (connect_failure, reset_before_response)',
       labelNames: ['service', 'reason'] as const,
       registers,
+      collect () {
+        if (!traffic) return
+        this.reset()
+        for (const [reason, count] of Object.entries(traffic.retries)) this.inc({ service, reason }, count)
+      },
     }),
     ejections: new Counter({
       name: 'fleetgate_ejections_total',
       help: 'Times an instance was ejected after failed connects (like envoy_cluster_outlier_detection_ejections_total)',
       labelNames: ['service', 'instance'] as const,
       registers,
+      collect () {
+        if (!traffic) return
+        this.reset()
+        for (const series of traffic.instances()) this.inc({ service, instance: series.instance }, series.ejections)
+      },
     }),
     noLiveInstance: new Counter({
       name: 'fleetgate_no_live_instance_total',
       help: 'Requests answered 503 because no instance was live',
       labelNames: ['service'] as const,
       registers,
+      collect () {
+        if (!traffic) return
+        this.reset()
+        this.inc({ service }, traffic.noLiveInstances)
+      },
     }),
     instances: new Gauge({
       name: 'fleetgate_instances',

@@ -14,6 +14,10 @@ export class Endpoint {
   readonly address: string
   instance: Instance
   inflight = 0
+  /** The most requests it has carried at once: what it can take down with it if it dies. */
+  peakInflight = 0
+  /** Requests it failed that are being retried elsewhere on its allowance (see forward.ts). */
+  retriesInFlight = 0
   requests = 0
   /** Consecutive failures to connect; reset by any answer. */
   failures = 0

@@ -1,7 +1,7 @@
 // Forwarding one request: pick an instance, stream the request to it and its answer back, and retry on
 // a different instance when that is safe (nothing was sent, or an idempotent request got no answer).
 
-import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http'
+import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Dispatcher } from 'undici'
 import type { Endpoint, Pool } from '../balancer/pool.ts'
 import { ERRORS, type ErrorCode } from '../errors.ts'
@@ -18,9 +18,12 @@ export interface ForwardContext {
   readonly metrics: InstanceMetrics
   readonly log: Logger
   readonly tries: number
-  /** Envoy-style retry budget for requests that may have reached an instance: retries in flight may not exceed this share of requests in flight... */
+  /**
+   * Envoy-style retry budget for requests that may have reached an instance, beyond each failed
+   * instance's own allowance: retries in flight may not exceed this share of requests in flight...
+   */
   readonly retryBudgetPercent: number
-  /** ...but a few are always allowed, so a small fleet can fail over. */
+  /** ...but a few are always allowed. */
   readonly retryBudgetMin: number
   inFlight: number
   retriesInFlight: number
@@ -34,21 +37,28 @@ const CONNECT_FAILURES = new Set([
 const RESETS = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED'])
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE'])
 
-/** One client request, through as many tries as it takes. Implements undici's dispatch handler. */
+/**
+ * One client request, through as many tries as it takes. A handler of undici's core dispatch
+ * interface (onConnect, onHeaders, onData, onComplete, onError): the one its connections call
+ * directly. The newer onResponse* interface is a wrapper over it that parses every response header
+ * into an object, which the proxy would only have to rebuild.
+ */
 export class Exchange implements Dispatcher.DispatchHandler {
   readonly #ctx: ForwardContext
   readonly #req: IncomingMessage
   readonly #res: ServerResponse
-  readonly #startedAt = process.hrtime.bigint()
+  readonly #startedAt = performance.now()
   readonly #hasBody: boolean
   #headers: string[] | undefined
   #endpoint: Endpoint | undefined
   #tried: Set<Endpoint> | undefined
   #tries = 0
   #attemptOpen = false
-  #retrying = false
+  /** Whose allowance a retry of this request took: the instance that failed it, or the shared budget. */
+  #retryCharge: Endpoint | ForwardContext | undefined
   #lastFailure: ErrorCode = 'FLEETGATE_ERR_UPSTREAM_CONNECT'
-  #controller: Dispatcher.DispatchController | undefined
+  #abort: ((reason?: Error) => void) | undefined
+  #resume: (() => void) | undefined
   #responded = false
   #clientGone = false
   #finished = false
@@ -60,7 +70,7 @@ export class Exchange implements Dispatcher.DispatchHandler {
     const length = req.headers['content-length']
     this.#hasBody = req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')
     ctx.inFlight++
-    res.once('close', this.#onClientClose)
+    res.on('close', this.#onClientClose)
   }
 
   /** Sends the request to the next instance not tried yet, or answers the error if none is left. */
@@ -77,11 +87,10 @@ export class Exchange implements Dispatcher.DispatchHandler {
     }
     this.#tries++
     this.#endpoint = endpoint
-    this.#controller = undefined
+    this.#abort = undefined
     this.#attemptOpen = true
-    endpoint.inflight++
+    if (++endpoint.inflight > endpoint.peakInflight) endpoint.peakInflight = endpoint.inflight
     endpoint.requests++
-    this.#ctx.metrics.started(endpoint)
     this.#headers ??= upstreamRequestHeaders(this.#req)
     this.#ctx.upstreams.get(endpoint).dispatch({
       path: this.#req.url ?? '/',
@@ -91,33 +100,37 @@ export class Exchange implements Dispatcher.DispatchHandler {
     }, this)
   }
 
-  onRequestStart (controller: Dispatcher.DispatchController): void {
-    this.#controller = controller
-    if (this.#clientGone) controller.abort(new Error('client closed the connection'))
+  onConnect (abort: (reason?: Error) => void): void {
+    this.#abort = abort
+    if (this.#clientGone) abort(new Error('client closed the connection'))
   }
 
-  onResponseStart (_controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders, statusMessage?: string): void {
+  onHeaders (statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
+    // 1xx informational answers (103 Early Hints) are not passed on; the final answer follows.
+    if (statusCode < 200) return true
     this.#ctx.pool.reportSuccess(this.#endpoint!)
     this.#responded = true
-    if (this.#clientGone) return
-    this.#res.writeHead(statusCode, statusMessage, clientResponseHeaders(headers))
+    if (this.#clientGone) return true
+    this.#resume = resume
+    this.#res.writeHead(statusCode, statusText, clientResponseHeaders(rawHeaders))
+    return true
   }
 
-  onResponseData (controller: Dispatcher.DispatchController, chunk: Buffer): void {
-    if (this.#clientGone) return
-    if (!this.#res.write(chunk)) {
-      controller.pause()
-      this.#res.once('drain', () => controller.resume())
-    }
+  onData (chunk: Buffer): boolean {
+    if (this.#clientGone) return true
+    if (this.#res.write(chunk)) return true
+    // The client reads slower than the instance sends: pause the instance until the client drains.
+    this.#res.once('drain', this.#resume!)
+    return false
   }
 
-  onResponseEnd (): void {
+  onComplete (): void {
     this.#endAttempt()
     if (!this.#clientGone) this.#res.end()
     this.#finish(this.#res.statusCode)
   }
 
-  onResponseError (_controller: Dispatcher.DispatchController, error: Error): void {
+  onError (error: Error): void {
     const endpoint = this.#endpoint!
     this.#endAttempt()
     if (this.#clientGone) return this.#finish(499)
@@ -139,16 +152,12 @@ export class Exchange implements Dispatcher.DispatchHandler {
     const retryable = bodyIntact && (connectFailure || (reset && IDEMPOTENT.has(this.#req.method ?? '')))
     // A failed connect sent nothing and loaded no instance: it is requeued outside the retry budget,
     // which guards instances against retry storms of requests they may already have worked on.
-    if (retryable && this.#tries < this.#ctx.tries && (connectFailure || this.#withinBudget())) {
+    if (retryable && this.#tries < this.#ctx.tries && (connectFailure || this.#chargeRetry(endpoint))) {
       (this.#tried ??= new Set()).add(endpoint)
       this.#lastFailure = code === 'UND_ERR_CONNECT_TIMEOUT'
         ? 'FLEETGATE_ERR_UPSTREAM_TIMEOUT'
         : connectFailure ? 'FLEETGATE_ERR_UPSTREAM_CONNECT' : 'FLEETGATE_ERR_UPSTREAM_RESET'
       this.#ctx.metrics.retry(connectFailure ? 'connect_failure' : 'reset_before_response')
-      if (!connectFailure && !this.#retrying) {
-        this.#retrying = true
-        this.#ctx.retriesInFlight++
-      }
       return this.start()
     }
     if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT') return this.#fail('FLEETGATE_ERR_UPSTREAM_TIMEOUT')
@@ -170,13 +179,27 @@ export class Exchange implements Dispatcher.DispatchHandler {
     this.#ctx.metrics.ended(this.#endpoint!)
   }
 
-  #withinBudget (): boolean {
+  /**
+   * Whether a request that may have reached `failed` can be sent again, and if so, whose allowance it
+   * takes. An instance that dies takes with it every request it was carrying, and each of its
+   * connections fails at most once: retries up to its peak concurrency are always allowed, so losing
+   * an instance fails no idempotent request. Beyond that, the shared budget (Envoy's retry budget)
+   * keeps retries to a share of all requests in flight.
+   */
+  #chargeRetry (failed: Endpoint): boolean {
+    if (this.#retryCharge !== undefined) return true
+    if (failed.retriesInFlight < failed.peakInflight) {
+      failed.retriesInFlight++
+      this.#retryCharge = failed
+      return true
+    }
     const ctx = this.#ctx
-    if (this.#retrying) return true
-    // An instance that dies takes its share of the requests in flight with it: that share may always
-    // be retried, so losing one instance never fails requests, whatever the percentage says.
-    const oneInstanceShare = Math.ceil(ctx.inFlight / Math.max(1, ctx.pool.size))
-    return ctx.retriesInFlight < Math.max(ctx.retryBudgetMin, oneInstanceShare, (ctx.inFlight * ctx.retryBudgetPercent) / 100)
+    if (ctx.retriesInFlight < Math.max(ctx.retryBudgetMin, (ctx.inFlight * ctx.retryBudgetPercent) / 100)) {
+      ctx.retriesInFlight++
+      this.#retryCharge = ctx
+      return true
+    }
+    return false
   }
 
   #fail (code: ErrorCode, extraHeaders?: Record<string, string>): void {
@@ -197,12 +220,11 @@ export class Exchange implements Dispatcher.DispatchHandler {
   #finish (statusCode: number): void {
     if (this.#finished) return
     this.#finished = true
-    if (this.#retrying) {
-      this.#retrying = false
-      this.#ctx.retriesInFlight--
+    if (this.#retryCharge !== undefined) {
+      this.#retryCharge.retriesInFlight--
+      this.#retryCharge = undefined
     }
-    this.#res.off('close', this.#onClientClose)
-    const seconds = Number(process.hrtime.bigint() - this.#startedAt) / 1e9
+    const seconds = (performance.now() - this.#startedAt) / 1000
     this.#ctx.metrics.finished(this.#endpoint, this.#req.method ?? 'GET', statusCode, seconds)
     this.#ctx.inFlight--
   }
@@ -211,6 +233,6 @@ export class Exchange implements Dispatcher.DispatchHandler {
   readonly #onClientClose = (): void => {
     if (this.#finished || this.#res.writableFinished) return
     this.#clientGone = true
-    this.#controller?.abort(new Error('client closed the connection'))
+    this.#abort?.(new Error('client closed the connection'))
   }
 }

@@ -1,8 +1,7 @@
 // Header rewriting between client and instance: hop-by-hop headers go, X-Forwarded-* are set the way
 // Superset's ProxyFix (one trusted hop) reads them.
 
-import type { IncomingMessage } from 'node:http'
-import type { IncomingHttpHeaders } from 'node:http'
+import type { IncomingMessage, OutgoingHttpHeaders } from 'node:http'
 
 /** RFC 9110 7.6.1 connection-specific headers, plus `expect` (Node answers 100-continue itself). */
 const HOP_BY_HOP = new Set([
@@ -46,16 +45,32 @@ export function upstreamRequestHeaders (req: IncomingMessage, keepUpgrade = fals
 }
 
 /**
- * The response head for the client: the instance's headers less hop-by-hop ones. Copies rather than
- * deletes: `delete` turns the object into a slow dictionary on the hot path.
+ * The response head for the client, from the instance's raw [name, value, ...] buffers: lower-case
+ * names, hop-by-hop headers dropped, repeated headers (Set-Cookie) kept as lists. Bytes are read as
+ * latin1, which Node writes back unchanged, so a value is passed on byte for byte whatever its encoding.
  */
-export function clientResponseHeaders (headers: IncomingHttpHeaders): IncomingHttpHeaders {
-  const dropped = connectionTokens(headers.connection)
-  const out: IncomingHttpHeaders = {}
-  for (const name in headers) {
-    if (!HOP_BY_HOP.has(name) && (dropped === undefined || !dropped.has(name))) out[name] = headers[name]
+export function clientResponseHeaders (raw: readonly Buffer[]): OutgoingHttpHeaders {
+  const out: Record<string, string | string[]> = {}
+  let connection: string | undefined
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!.toString('latin1').toLowerCase()
+    const value = raw[i + 1]!.toString('latin1')
+    if (HOP_BY_HOP.has(name)) {
+      if (name === 'connection') connection = connection === undefined ? value : `${connection},${value}`
+      continue
+    }
+    const seen = out[name]
+    if (seen === undefined) out[name] = value
+    else if (typeof seen === 'string') out[name] = [seen, value]
+    else seen.push(value)
   }
-  return out
+  // Rare: headers the instance named in Connection are its own business too. (`delete` would turn the
+  // object into a slow dictionary, hence the copy, off the common path.)
+  const dropped = connectionTokens(connection)
+  if (dropped === undefined) return out
+  const kept: Record<string, string | string[]> = {}
+  for (const name in out) if (!dropped.has(name)) kept[name] = out[name]!
+  return kept
 }
 
 function connectionTokens (value: string | string[] | undefined): Set<string> | undefined {

@@ -1,11 +1,32 @@
-// Per-request instrumentation. Label children are cached per instance (a lookup per request is the
-// cost that matters at 20k req/s), and an instance's series are removed when it leaves and goes idle,
-// so churning instances leaves no trail of dead series.
+// Per-request instrumentation. A request only bumps plain numbers on its instance's series; the
+// Prometheus metrics read them at scrape time (see `Traffic` in metrics.ts). prom-client hashes the
+// label values on every inc() and observe(), which was the largest cost fleetgate itself added to a
+// request. An instance's series are removed when it leaves and goes idle, so churning instances leave
+// no trail of dead series.
 
 import type { Endpoint } from '../balancer/pool.ts'
-import type { ProxyMetrics } from '../metrics.ts'
+import { DURATION_BUCKETS_SECONDS, type InstanceTraffic, type RequestCount, type RetryReason, type Traffic } from '../metrics.ts'
 
-type RequestsChild = ReturnType<ProxyMetrics['requests']['labels']>
+const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'TRACE', 'CONNECT', 'OTHER'] as const
+const METHOD_INDEX = new Map<string, number>(METHODS.map((method, i) => [method, i]))
+const OTHER = METHODS.length - 1
+/** A request is counted under one number, method index × CODES + status code: no string per request. */
+const CODES = 1000
+
+/** Recent latencies kept for the status page's p50/p99. */
+const RECENT = 256
+
+/** Counts by request key, read as (method, code, count). */
+class RequestCounts extends Map<number, number> {
+  add (method: string, statusCode: number): void {
+    const key = (METHOD_INDEX.get(method) ?? OTHER) * CODES + statusCode
+    this.set(key, (this.get(key) ?? 0) + 1)
+  }
+
+  * counts (): IterableIterator<RequestCount> {
+    for (const [key, count] of this) yield { method: METHODS[Math.floor(key / CODES)]!, code: String(key % CODES), count }
+  }
+}
 
 /**
  * The series of one `instance` label value (an address). Endpoints are keyed by id AND address, so an
@@ -13,19 +34,40 @@ type RequestsChild = ReturnType<ProxyMetrics['requests']['labels']>
  * expiry, an agent restarted with another --id) is a second endpoint with the same label values: both
  * share these series, which go only when neither uses them any more.
  */
-interface Series {
-  readonly instance: string
-  readonly inFlight: ReturnType<ProxyMetrics['inFlight']['labels']>
-  readonly duration: ReturnType<ProxyMetrics['requestDuration']['labels']>
-  readonly connectFailures: ReturnType<ProxyMetrics['connectFailures']['labels']>
-  readonly ejections: ReturnType<ProxyMetrics['ejections']['labels']>
-  readonly requests: Map<string, RequestsChild>
-  /** Recent latencies for the status page's p50/p99 (a ring buffer, newest overwriting oldest). */
-  readonly recent: Float64Array
-  recentCount: number
-  errors: number
-  /** Endpoints holding these series that are not released yet. */
-  users: number
+class Series implements InstanceTraffic {
+  /** Endpoints holding these series, not released yet: their requests in flight make the gauge. */
+  readonly holders = new Set<Endpoint>()
+  readonly requestCounts = new RequestCounts()
+  readonly duration = { buckets: new Float64Array(DURATION_BUCKETS_SECONDS.length + 1), sum: 0, count: 0 }
+  connectFailures = 0
+  ejections = 0
+  /** A ring buffer of the last latencies, newest overwriting oldest. */
+  readonly recent = new Float64Array(RECENT)
+  recentCount = 0
+  /** 5xx answers and failed connects, for the status page. */
+  errors = 0
+
+  constructor (readonly instance: string) {}
+
+  get inFlight (): number {
+    let sum = 0
+    for (const endpoint of this.holders) sum += endpoint.inflight
+    return sum
+  }
+
+  requests (): IterableIterator<RequestCount> {
+    return this.requestCounts.counts()
+  }
+
+  observe (seconds: number): void {
+    const { buckets } = this.duration
+    let bucket = 0
+    while (bucket < DURATION_BUCKETS_SECONDS.length && seconds > DURATION_BUCKETS_SECONDS[bucket]!) bucket++
+    buckets[bucket]!++
+    this.duration.sum += seconds
+    this.duration.count++
+    this.recent[this.recentCount++ % RECENT] = seconds
+  }
 }
 
 /** One endpoint's hold on its series. */
@@ -37,89 +79,55 @@ interface Use {
   released: boolean
 }
 
-const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'TRACE', 'CONNECT'])
-const RECENT = 256
-
-export class InstanceMetrics {
-  readonly #metrics: ProxyMetrics
-  readonly #service: string
+export class InstanceMetrics implements Traffic {
   readonly #uses = new WeakMap<Endpoint, Use>()
   readonly #series = new Map<string, Series>()
-  readonly #none: Map<string, RequestsChild> = new Map()
+  /** Requests no instance answered (none was live). */
+  readonly #unanswered = new RequestCounts()
+  readonly #retries = { connect_failure: 0, reset_before_response: 0 }
+  #noLiveInstance = 0
 
-  constructor (metrics: ProxyMetrics, service: string) {
-    this.#metrics = metrics
-    this.#service = service
-  }
-
-  /** The endpoint joined the membership: its gauges and failure counters start at 0. */
+  /** The endpoint joined the membership: its series exist from 0. */
   added (endpoint: Endpoint): void {
     this.#use(endpoint)
   }
 
-  started (endpoint: Endpoint): void {
-    this.#live(endpoint)?.inFlight.inc()
-  }
-
+  /** One attempt on the endpoint ended, answered or not (`endpoint.inflight` already counts it out). */
   ended (endpoint: Endpoint): void {
-    const use = this.#use(endpoint)
-    if (use.released || !use.series) return
-    use.series.inFlight.dec()
+    if (endpoint.inflight > 0) return
+    const use = this.#uses.get(endpoint)
     // After this tick, so the request's own outcome is still counted before the series go.
-    if (use.removed && endpoint.inflight === 0) setImmediate(() => this.#release(use))
+    if (use !== undefined && use.removed && !use.released) setImmediate(() => this.#release(endpoint, use))
   }
 
   finished (endpoint: Endpoint | undefined, method: string, statusCode: number, seconds: number): void {
-    const key = `${KNOWN_METHODS.has(method) ? method : 'OTHER'} ${statusCode}`
-    if (!endpoint) {
-      let counter = this.#none.get(key)
-      if (!counter) {
-        counter = this.#metrics.requests.labels(this.#service, 'none', key.split(' ')[0]!, String(statusCode))
-        this.#none.set(key, counter)
-      }
-      counter.inc()
-      return
-    }
+    if (!endpoint) return this.#unanswered.add(method, statusCode)
     const series = this.#live(endpoint)
     if (!series) return
-    let counter = series.requests.get(key)
-    if (!counter) {
-      counter = this.#metrics.requests.labels(this.#service, series.instance, key.split(' ')[0]!, String(statusCode))
-      series.requests.set(key, counter)
-    }
-    counter.inc()
-    series.duration.observe(seconds)
-    series.recent[series.recentCount++ % RECENT] = seconds
+    series.requestCounts.add(method, statusCode)
+    series.observe(seconds)
     if (statusCode >= 500) series.errors++
   }
 
   connectFailure (endpoint: Endpoint): void {
     const series = this.#live(endpoint)
     if (!series) return
-    series.connectFailures.inc()
+    series.connectFailures++
     // The request went elsewhere (or failed), but for this instance the attempt was an error.
     series.errors++
   }
 
   ejected (endpoint: Endpoint): void {
-    this.#live(endpoint)?.ejections.inc()
+    const series = this.#live(endpoint)
+    if (series) series.ejections++
   }
 
-  retry (reason: 'connect_failure' | 'reset_before_response'): void {
-    this.#metrics.retries.labels(this.#service, reason).inc()
+  retry (reason: RetryReason): void {
+    this.#retries[reason]++
   }
 
   noLiveInstance (): void {
-    this.#metrics.noLiveInstance.labels(this.#service).inc()
-  }
-
-  /** p50 and p99 of the last requests, in seconds, and the errors (5xx answers and failed connects); for the status page. */
-  summary (endpoint: Endpoint): { p50: number | null, p99: number | null, errors: number } {
-    const series = this.#uses.get(endpoint)?.series
-    if (!series || series.recentCount === 0) return { p50: null, p99: null, errors: series?.errors ?? 0 }
-    const sorted = Array.from(series.recent.subarray(0, Math.min(RECENT, series.recentCount))).sort((a, b) => a - b)
-    const at = (q: number): number => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!
-    return { p50: at(0.5), p99: at(0.99), errors: series.errors }
+    this.#noLiveInstance++
   }
 
   /** The endpoint left the membership: its series go once its last request ends. */
@@ -131,12 +139,34 @@ export class InstanceMetrics {
       return
     }
     use.removed = true
-    if (endpoint.inflight === 0) this.#release(use)
+    if (endpoint.inflight === 0) this.#release(endpoint, use)
   }
 
-  /** Series currently held, by instance label; for tests. */
-  get instances (): string[] {
-    return [...this.#series.keys()]
+  /** p50 and p99 of the last requests, in seconds, and the errors (5xx answers and failed connects); for the status page. */
+  summary (endpoint: Endpoint): { p50: number | null, p99: number | null, errors: number } {
+    const series = this.#uses.get(endpoint)?.series
+    if (!series || series.recentCount === 0) return { p50: null, p99: null, errors: series?.errors ?? 0 }
+    const sorted = Array.from(series.recent.subarray(0, Math.min(RECENT, series.recentCount))).sort((a, b) => a - b)
+    const at = (q: number): number => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!
+    return { p50: at(0.5), p99: at(0.99), errors: series.errors }
+  }
+
+  // Traffic, read by the metrics at scrape time.
+
+  instances (): IterableIterator<InstanceTraffic> {
+    return this.#series.values()
+  }
+
+  unanswered (): IterableIterator<RequestCount> {
+    return this.#unanswered.counts()
+  }
+
+  get retries (): Readonly<Record<RetryReason, number>> {
+    return this.#retries
+  }
+
+  get noLiveInstances (): number {
+    return this.#noLiveInstance
   }
 
   /** The endpoint's series, unless it has released them. */
@@ -151,47 +181,20 @@ export class InstanceMetrics {
     const instance = endpoint.address
     let series = this.#series.get(instance)
     if (!series) {
-      const labels = [this.#service, instance] as const
-      series = {
-        instance,
-        inFlight: this.#metrics.inFlight.labels(...labels),
-        duration: this.#metrics.requestDuration.labels(...labels),
-        connectFailures: this.#metrics.connectFailures.labels(...labels),
-        ejections: this.#metrics.ejections.labels(...labels),
-        requests: new Map(),
-        recent: new Float64Array(RECENT),
-        recentCount: 0,
-        errors: 0,
-        users: 0,
-      }
-      // Counters that exist from 0 let rate() and increase() see their first event; one that appears
-      // at 1 looks like it was always 1 (an instance whose very first connect fails is ejected at once).
-      series.inFlight.set(0)
-      series.connectFailures.inc(0)
-      series.ejections.inc(0)
+      series = new Series(instance)
       this.#series.set(instance, series)
     }
-    series.users++
+    series.holders.add(endpoint)
     use = { series, removed: false, released: false }
     this.#uses.set(endpoint, use)
     return use
   }
 
-  #release (use: Use): void {
+  #release (endpoint: Endpoint, use: Use): void {
     if (use.released || !use.series) return
     use.released = true
     const series = use.series
-    if (--series.users > 0) return
-    this.#series.delete(series.instance)
-    const labels = { service: this.#service, instance: series.instance }
-    this.#metrics.requestDuration.remove(labels)
-    this.#metrics.inFlight.remove(labels)
-    this.#metrics.connectFailures.remove(labels)
-    this.#metrics.ejections.remove(labels)
-    for (const key of series.requests.keys()) {
-      const [method, code] = key.split(' ') as [string, string]
-      this.#metrics.requests.remove(this.#service, series.instance, method, code)
-    }
-    series.requests.clear()
+    series.holders.delete(endpoint)
+    if (series.holders.size === 0) this.#series.delete(series.instance)
   }
 }

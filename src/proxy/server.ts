@@ -61,6 +61,7 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
     panicThresholdPercent: options.panicThresholdPercent,
   })
   const registry = createRegistry()
+  const instanceMetrics = new InstanceMetrics()
   const metrics = createProxyMetrics(registry, {
     service,
     sourceKind: source.kind,
@@ -73,6 +74,7 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
       const state = source.state()
       return { connected: state.status === 'connected', stale: state.stale }
     },
+    traffic: instanceMetrics,
   })
   const upstreams = new Upstreams({
     connectTimeoutMs: options.connectTimeoutMs,
@@ -81,7 +83,6 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
     keepAliveTimeoutMs: UPSTREAM_KEEP_ALIVE_MS,
     maxHeaderBytes: options.maxHeaderBytes,
   })
-  const instanceMetrics = new InstanceMetrics(metrics, service)
   const forward: ForwardContext = {
     service, pool, upstreams, metrics: instanceMetrics, log,
     tries: options.tries, retryBudgetPercent: 20, retryBudgetMin: 10, inFlight: 0, retriesInFlight: 0,
@@ -111,6 +112,9 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
   const app = Fastify({
     loggerInstance: log.child({ component: 'proxy' }) as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }),
+    // No child logger per request: the route logs nothing per request, and a pino child costs more
+    // than the rest of Fastify's request handling together.
+    childLoggerFactory: logger => logger,
     // While draining, requests on open connections are still served, each with `Connection: close`.
     return503OnClosing: false,
     forceCloseConnections: 'idle',

@@ -41,7 +41,6 @@ export function proxyUpgrade (ctx: UpgradeContext, req: IncomingMessage, client:
     tried.add(endpoint)
     endpoint.inflight++
     endpoint.requests++
-    ctx.metrics.started(endpoint)
     const upstream = connect({ host: endpoint.instance.host, port: endpoint.instance.port, timeout: ctx.connectTimeoutMs })
     let connected = false
     let ended = false

@@ -10,10 +10,10 @@ const endpoint = (id: string, port: number): Endpoint =>
 
 function build () {
   const registry = createRegistry()
+  const instanceMetrics = new InstanceMetrics()
   const metrics = createProxyMetrics(registry, {
-    service: 's', sourceKind: 'static', instanceCounts: () => ({}), instanceStates: () => [], discovery: () => ({ connected: true, stale: false }),
+    service: 's', sourceKind: 'static', instanceCounts: () => ({}), instanceStates: () => [], discovery: () => ({ connected: true, stale: false }), traffic: instanceMetrics,
   })
-  const instanceMetrics = new InstanceMetrics(metrics, 's')
   /** `name{labels} value` lines of the fleetgate series that carry an instance label. */
   const series = async (): Promise<string[]> => (await registry.metrics()).split('\n')
     .filter(line => line.startsWith('fleetgate_') && line.includes('instance="'))
@@ -24,10 +24,12 @@ function build () {
   return { registry, metrics, instanceMetrics, series, value }
 }
 
+/** The instance labels whose series are held. */
+const instances = (m: InstanceMetrics): string[] => [...m.instances()].map(series => series.instance)
+
 /** What forward.ts does around one attempt. */
 function request (m: InstanceMetrics, e: Endpoint, method: string, code: number): void {
   e.inflight++
-  m.started(e)
   e.inflight--
   m.ended(e)
   m.finished(e, method, code, 0.01)
@@ -57,7 +59,6 @@ t.test('in-flight, connect failure and ejection series exist from 0 as soon as a
   t.equal(await value('fleetgate_ejections_total', '127.0.0.1:1001'), 0)
   // An instance whose very first connect fails: increase() sees 0 -> 1, not a series born at 1.
   a.inflight++
-  m.started(a)
   a.inflight--
   m.ended(a)
   m.connectFailure(a)
@@ -74,7 +75,7 @@ t.test('an instance that joins and leaves without a request leaves nothing behin
   m.added(a)
   m.removed(a)
   t.same(await series(), [])
-  t.same(m.instances, [])
+  t.same(instances(m), [])
 })
 
 t.test('an idle instance that leaves takes its series with it', async t => {
@@ -87,7 +88,7 @@ t.test('an idle instance that leaves takes its series with it', async t => {
   const left = await series()
   t.notOk(left.some(l => l.includes('127.0.0.1:1001')), 'no series of the removed instance')
   t.ok(left.some(l => l.includes('127.0.0.1:1002')))
-  t.same(m.instances, ['127.0.0.1:1002'])
+  t.same(instances(m), ['127.0.0.1:1002'])
   request(m, a, 'GET', 200)
   t.notOk((await series()).some(l => l.includes('127.0.0.1:1001')), 'a late call does not bring them back')
 })
@@ -95,8 +96,8 @@ t.test('an idle instance that leaves takes its series with it', async t => {
 t.test('a busy instance that leaves keeps its series until its last request is counted', async t => {
   const { instanceMetrics: m, value } = build()
   const a = endpoint('a', 1001)
+  m.added(a)
   a.inflight++
-  m.started(a)
   m.removed(a)
   t.equal(await value('fleetgate_in_flight_requests', '127.0.0.1:1001'), 1)
   a.inflight--
@@ -105,18 +106,18 @@ t.test('a busy instance that leaves keeps its series until its last request is c
   t.equal(await value('fleetgate_requests_total', '127.0.0.1:1001'), 1, 'counted before the series go')
   await tick()
   t.equal(await value('fleetgate_requests_total', '127.0.0.1:1001'), undefined)
-  t.same(m.instances, [])
+  t.same(instances(m), [])
 })
 
 t.test('an instance re-registered under a new id at the same address keeps its series when the old id leaves', async t => {
   const { instanceMetrics: m, value } = build()
   const old = endpoint('member_0001', 1001)
   const renewed = endpoint('member_0002', 1001)
+  m.added(old)
+  m.added(renewed)
   // The old registration still has a request running when the new one takes traffic.
   old.inflight++
-  m.started(old)
   renewed.inflight++
-  m.started(renewed)
   m.removed(old)
   old.inflight--
   m.ended(old)
