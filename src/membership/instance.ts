@@ -138,8 +138,18 @@ export function instanceAddress (instance: Pick<Instance, 'host' | 'port'>): str
 }
 
 /** A canonical text of a whole set, used to emit only real changes. */
-export function fingerprint (instances: readonly Instance[]): string {
-  return JSON.stringify(instances.map(i => [i.id, i.host, i.port, i.state, i.weight, i.labels]))
+/** Whether two lists (in the same order) hold the same instances. Unchanged instances are usually the very same objects. */
+export function sameInstances (a: readonly Instance[], b: readonly Instance[]): boolean {
+  if (a.length !== b.length) return false
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i] && !sameInstance(a[i]!, b[i]!)) return false
+  return true
+}
+
+export function sameInstance (a: Instance, b: Instance): boolean {
+  if (a.id !== b.id || a.host !== b.host || a.port !== b.port || a.state !== b.state || a.weight !== b.weight) return false
+  const keys = Object.keys(a.labels)
+  if (keys.length !== Object.keys(b.labels).length) return false
+  return keys.every(key => a.labels[key] === b.labels[key])
 }
 
 export function compareInstances (a: Instance, b: Instance): number {

@@ -1,7 +1,7 @@
 // The discovery interface every source implements, and the shared logic behind it: full-set emission,
 // de-duplication, revisions, status and the stale flag.
 
-import { compareInstances, fingerprint, type Instance, type InvalidReason } from './instance.ts'
+import { compareInstances, sameInstances, type Instance, type InvalidReason } from './instance.ts'
 
 /** The live set of one service at one moment. Immutable. */
 export interface Membership {
@@ -60,7 +60,6 @@ export abstract class BaseSource implements MembershipSource {
   abstract readonly kind: string
   readonly service: string
   #membership: Membership | undefined
-  #fingerprint = ''
   #status: SourceStatus = 'connecting'
   #stale = true
   #listeners = new Set<(event: SourceEvent) => void>()
@@ -104,9 +103,7 @@ export abstract class BaseSource implements MembershipSource {
   /** Offers the full current set. Emits only when it differs from the last one. Returns true if it did. */
   protected publish (instances: Iterable<Instance>): boolean {
     const sorted = [...instances].sort(compareInstances)
-    const print = fingerprint(sorted)
-    if (this.#membership !== undefined && print === this.#fingerprint) return false
-    this.#fingerprint = print
+    if (this.#membership !== undefined && sameInstances(this.#membership.instances, sorted)) return false
     this.#membership = Object.freeze({
       service: this.service,
       instances: Object.freeze(sorted),
