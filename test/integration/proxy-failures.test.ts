@@ -1,8 +1,10 @@
 // End to end: crashed instances, malformed registrations and unanswered requests, on a real ZooKeeper.
 
 import { spawn } from 'node:child_process'
+import type { ServerResponse } from 'node:http'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
+import { request } from 'undici'
 import { eventually } from '../helpers/eventually.ts'
 import { createChild, get, loadLoop, registerCurator, sample, startBackend, startProxy, zkClient } from '../helpers/fleet.ts'
 import { isRunning, track } from '../helpers/reaper.ts'
@@ -39,6 +41,34 @@ t.test('a crashed instance is skipped without a failed request', async t => {
   const metrics = await proxy.metrics()
   t.ok(sample(metrics, 'fleetgate_retries_total') >= 1, 'requests that hit the dead port were retried')
   t.comment(`${result.ok} GETs, ${sample(metrics, 'fleetgate_retries_total')} retried, 0 failed`)
+})
+
+t.test('an instance that dies carrying most of the requests in flight has every GET retried elsewhere', async t => {
+  const client = await zkClient(t, server.connectString)
+  const heavy = await startBackend(t, 'heavy')
+  const held: ServerResponse[] = []
+  heavy.handle((_req, res) => { held.push(res) })
+  const light = [await startBackend(t, 'light-1'), await startBackend(t, 'light-2')]
+  await registerCurator(client, { service: 'die-heavy', id: 'heavy', port: heavy.port, weight: 3 })
+  for (const backend of light) await registerCurator(client, { service: 'die-heavy', id: backend.name, port: backend.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'die-heavy'])
+  await eventually(async () => (await proxy.status()).instances.length === 3)
+
+  // Weighted 3:1:1, so the heavy instance holds about 60 of 100 requests: far more than the shared
+  // retry budget (10, or 20 % of those in flight) and than an equal share of the fleet.
+  const answers = Array.from({ length: 100 }, async () => {
+    const res = await request(`${proxy.url}/work`)
+    await res.body.text()
+    return { status: res.statusCode, servedBy: res.headers['x-served-by'] }
+  })
+  await eventually(() => held.length >= 55)
+  const carried = held.length
+  heavy.server.closeAllConnections()
+  const results = await Promise.all(answers)
+  t.same(results.filter(r => r.status !== 200), [], 'no GET failed')
+  t.equal(results.filter(r => r.servedBy === 'heavy').length, 0)
+  const metrics = await proxy.metrics()
+  t.equal(sample(metrics, 'fleetgate_retries_total', { reason: 'reset_before_response' }), carried, `all ${carried} requests it carried were retried`)
 })
 
 t.test('malformed children are skipped and counted; good instances keep their traffic', async t => {
