@@ -26,6 +26,8 @@ export class Endpoint {
   ejectedUntilMs = 0
   /** Epoch ms of the last change of state (joined, draining, ejected, back). */
   changedAtMs: number
+  /** The pool's last update that listed it. */
+  generation = 0
 
   constructor (instance: Instance, nowMs: number) {
     this.instance = instance
@@ -70,6 +72,11 @@ export class Pool {
   readonly #options: PoolOptions
   readonly #now: () => number
   readonly #endpoints = new Map<string, Endpoint>()
+  /** The endpoints in membership order (by id). */
+  #ordered: readonly Endpoint[] = []
+  /** Each instance object of the membership, to its endpoint. */
+  readonly #byInstance = new WeakMap<Instance, Endpoint>()
+  #generation = 0
   readonly #picker = new RoundRobin<Endpoint>()
   readonly #ejected = new Set<Endpoint>()
   #upCount = 0
@@ -87,7 +94,7 @@ export class Pool {
   }
 
   endpoints (): IterableIterator<Endpoint> {
-    return this.#endpoints.values()
+    return this.#ordered.values()
   }
 
   get size (): number {
@@ -99,29 +106,47 @@ export class Pool {
     return () => { this.#listeners.delete(listener) }
   }
 
-  /** Applies a full membership: new instances join, missing ones leave, known ones keep their health. */
+  /**
+   * Applies a full membership: new instances join, missing ones leave, known ones keep their health.
+   * A source hands unchanged instances over as the very same objects, so at 10,000 instances a change
+   * costs a pass of identity lookups, not a rebuild of every key.
+   */
   update (membership: Membership): void {
     const now = this.#now()
-    const next = new Map<string, Endpoint>()
+    const generation = ++this.#generation
+    const ordered: Endpoint[] = []
     const added: Endpoint[] = []
+    let reshuffled = false
     for (const instance of membership.instances) {
-      const key = endpointKey(instance)
-      let endpoint = this.#endpoints.get(key)
-      if (endpoint) {
-        if (endpoint.instance.state !== instance.state) endpoint.changedAtMs = now
-        endpoint.instance = instance
-      } else {
-        endpoint = new Endpoint(instance, now)
-        added.push(endpoint)
+      let endpoint = this.#byInstance.get(instance)
+      if (endpoint === undefined || endpoint.instance !== instance) {
+        const key = endpointKey(instance)
+        endpoint = this.#endpoints.get(key)
+        if (endpoint) {
+          const before = endpoint.instance
+          if (before.state !== instance.state) endpoint.changedAtMs = now
+          if (before.state !== instance.state || before.weight !== instance.weight) reshuffled = true
+          endpoint.instance = instance
+        } else {
+          endpoint = new Endpoint(instance, now)
+          this.#endpoints.set(key, endpoint)
+          added.push(endpoint)
+        }
+        this.#byInstance.set(instance, endpoint)
       }
-      next.set(key, endpoint)
+      if (endpoint.generation === generation) continue // listed twice
+      endpoint.generation = generation
+      ordered.push(endpoint)
     }
-    const removed = [...this.#endpoints.values()].filter(e => !next.has(e.key))
-    this.#endpoints.clear()
-    for (const [key, endpoint] of next) this.#endpoints.set(key, endpoint)
-    for (const endpoint of removed) this.#ejected.delete(endpoint)
+    const removed: Endpoint[] = []
+    for (const endpoint of this.#endpoints.values()) if (endpoint.generation !== generation) removed.push(endpoint)
+    for (const endpoint of removed) {
+      this.#endpoints.delete(endpoint.key)
+      this.#ejected.delete(endpoint)
+    }
+    this.#ordered = ordered
     this.#membership = membership
-    this.#rebuild()
+    if (added.length > 0 || removed.length > 0 || reshuffled) this.#rebuild()
     for (const endpoint of added) this.#emit({ type: 'added', endpoint })
     for (const endpoint of removed) this.#emit({ type: 'removed', endpoint })
     this.#emit({ type: 'changed', membership })
@@ -183,7 +208,7 @@ export class Pool {
   }
 
   #rebuild (): void {
-    const up = [...this.#endpoints.values()].filter(e => e.instance.state === 'up')
+    const up = this.#ordered.filter(e => e.instance.state === 'up')
     this.#upCount = up.length
     for (const endpoint of this.#ejected) if (endpoint.instance.state !== 'up') this.#ejected.delete(endpoint)
     this.#picker.reset(up)

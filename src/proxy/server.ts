@@ -48,6 +48,12 @@ export interface ProxyStatus {
   }>
 }
 
+/**
+ * Connections the kernel may hold before the proxy accepts them. Node's default (511) drops the SYNs of
+ * a burst of new clients, which then wait a 1 s retransmit; the kernel caps it at net.core.somaxconn.
+ */
+const LISTEN_BACKLOG = 4096
+
 /** Upstream keep-alive, below gunicorn's 2 s default so an idle socket is not reused just as it closes. */
 const UPSTREAM_KEEP_ALIVE_MS = 1_500
 
@@ -170,7 +176,7 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
     async listen () {
       source.start().catch(err => log.error({ err }, 'discovery failed to start'))
       const main = splitHostPort(options.listen)
-      await app.listen({ host: main.host, port: main.port })
+      await app.listen({ host: main.host, port: main.port, backlog: LISTEN_BACKLOG })
       const port = (app.server.address() as { port: number }).port
       if (options.adminListen === undefined) return { port, adminPort: undefined }
       const adminAddress = splitHostPort(options.adminListen)
