@@ -61,7 +61,8 @@ t.test('an instance that dies carrying most of the requests in flight has every 
     await res.body.text()
     return { status: res.statusCode, servedBy: res.headers['x-served-by'] }
   })
-  await eventually(() => held.length >= 55)
+  // Every request has reached an instance, and the heavy one holds its share.
+  await eventually(() => heavy.hits + light[0]!.hits + light[1]!.hits === 100 && held.length >= 55)
   const carried = held.length
   heavy.server.closeAllConnections()
   const results = await Promise.all(answers)
