@@ -41,8 +41,8 @@ class Series implements InstanceTraffic {
   readonly duration = { buckets: new Float64Array(DURATION_BUCKETS_SECONDS.length + 1), sum: 0, count: 0 }
   connectFailures = 0
   ejections = 0
-  /** A ring buffer of the last latencies, newest overwriting oldest. */
-  readonly recent = new Float64Array(RECENT)
+  /** A ring buffer of the last latencies, newest overwriting oldest; made at the first request (a 10,000-instance fleet mostly idle would hold 20 MB of them). */
+  recent: Float64Array | undefined
   recentCount = 0
   /** 5xx answers and failed connects, for the status page. */
   errors = 0
@@ -66,6 +66,7 @@ class Series implements InstanceTraffic {
     buckets[bucket]!++
     this.duration.sum += seconds
     this.duration.count++
+    this.recent ??= new Float64Array(RECENT)
     this.recent[this.recentCount++ % RECENT] = seconds
   }
 }
@@ -145,7 +146,7 @@ export class InstanceMetrics implements Traffic {
   /** p50 and p99 of the last requests, in seconds, and the errors (5xx answers and failed connects); for the status page. */
   summary (endpoint: Endpoint): { p50: number | null, p99: number | null, errors: number } {
     const series = this.#uses.get(endpoint)?.series
-    if (!series || series.recentCount === 0) return { p50: null, p99: null, errors: series?.errors ?? 0 }
+    if (!series?.recent || series.recentCount === 0) return { p50: null, p99: null, errors: series?.errors ?? 0 }
     const sorted = Array.from(series.recent.subarray(0, Math.min(RECENT, series.recentCount))).sort((a, b) => a - b)
     const at = (q: number): number => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!
     return { p50: at(0.5), p99: at(0.99), errors: series.errors }
