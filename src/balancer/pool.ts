@@ -14,11 +14,13 @@ export class Endpoint {
   readonly address: string
   instance: Instance
   inflight = 0
-  /** The most requests it has carried at once: what it can take down with it if it dies. */
-  peakInflight = 0
-  /** Requests it failed that are being retried elsewhere on its allowance (see forward.ts). */
+  /** Requests it failed that are being retried elsewhere on its own allowance (see forward.ts). */
   retriesInFlight = 0
   requests = 0
+  /** The most requests it carried at once in the current window and the one before (see recentPeakInflight). */
+  #peak = 0
+  #peakBefore = 0
+  #peakSinceMs = 0
   /** Consecutive failures to connect; reset by any answer. */
   failures = 0
   /** Ejections in a row; the next ejection lasts twice as long. */
@@ -40,11 +42,31 @@ export class Endpoint {
     return this.instance.weight
   }
 
+  /** A request (or upgrade) starts on it. */
+  started (nowMs: number): void {
+    this.inflight++
+    this.requests++
+    if (nowMs - this.#peakSinceMs >= PEAK_WINDOW_MS) {
+      this.#peakBefore = this.#peak
+      this.#peak = 0
+      this.#peakSinceMs = nowMs
+    }
+    if (this.inflight > this.#peak) this.#peak = this.inflight
+  }
+
+  /** The most requests it carried at once over the last 10 to 20 s: what it takes down with it if it dies now. */
+  get recentPeakInflight (): number {
+    return Math.max(this.#peak, this.#peakBefore)
+  }
+
   state (nowMs: number): EndpointState {
     if (this.instance.state === 'draining') return 'draining'
     return this.ejectedUntilMs > nowMs ? 'ejected' : 'up'
   }
 }
+
+/** Window of Endpoint.recentPeakInflight. */
+const PEAK_WINDOW_MS = 10_000
 
 export function endpointKey (instance: Instance): string {
   return `${instance.id}@${instanceAddress(instance)}`
@@ -142,6 +164,7 @@ export class Pool {
     for (const endpoint of this.#endpoints.values()) if (endpoint.generation !== generation) removed.push(endpoint)
     for (const endpoint of removed) {
       this.#endpoints.delete(endpoint.key)
+      this.#byInstance.delete(endpoint.instance)
       this.#ejected.delete(endpoint)
     }
     this.#ordered = ordered

@@ -137,7 +137,6 @@ export function instanceAddress (instance: Pick<Instance, 'host' | 'port'>): str
   return isIP(instance.host) === 6 ? `[${instance.host}]:${instance.port}` : `${instance.host}:${instance.port}`
 }
 
-/** A canonical text of a whole set, used to emit only real changes. */
 /** Whether two lists (in the same order) hold the same instances. Unchanged instances are usually the very same objects. */
 export function sameInstances (a: readonly Instance[], b: readonly Instance[]): boolean {
   if (a.length !== b.length) return false

@@ -26,7 +26,10 @@ export interface ForwardContext {
   /** ...but a few are always allowed. */
   readonly retryBudgetMin: number
   inFlight: number
+  /** Retries on the shared budget... */
   retriesInFlight: number
+  /** ...and on failed instances' own allowances. */
+  instanceRetriesInFlight: number
 }
 
 /** Errors where the connection never carried the request: safe to send anywhere else. */
@@ -55,7 +58,7 @@ export class Exchange implements Dispatcher.DispatchHandler {
   #tries = 0
   #attemptOpen = false
   /** Whose allowance a retry of this request took: the instance that failed it, or the shared budget. */
-  #retryCharge: Endpoint | ForwardContext | undefined
+  #retryCharge: Endpoint | 'shared' | undefined
   #lastFailure: ErrorCode = 'FLEETGATE_ERR_UPSTREAM_CONNECT'
   #abort: ((reason?: Error) => void) | undefined
   #resume: (() => void) | undefined
@@ -89,8 +92,7 @@ export class Exchange implements Dispatcher.DispatchHandler {
     this.#endpoint = endpoint
     this.#abort = undefined
     this.#attemptOpen = true
-    if (++endpoint.inflight > endpoint.peakInflight) endpoint.peakInflight = endpoint.inflight
-    endpoint.requests++
+    endpoint.started(this.#startedAt)
     this.#headers ??= upstreamRequestHeaders(this.#req)
     this.#ctx.upstreams.get(endpoint).dispatch({
       path: this.#req.url ?? '/',
@@ -109,10 +111,15 @@ export class Exchange implements Dispatcher.DispatchHandler {
     // 1xx informational answers (103 Early Hints) are not passed on; the final answer follows.
     if (statusCode < 200) return true
     this.#ctx.pool.reportSuccess(this.#endpoint!)
-    this.#responded = true
-    if (this.#clientGone) return true
+    if (this.#clientGone) {
+      this.#responded = true
+      return true
+    }
     this.#resume = resume
+    // Should the head not pass Node's checks, this throws before anything reached the client: undici
+    // aborts the request and onError answers 502.
     this.#res.writeHead(statusCode, statusText, clientResponseHeaders(rawHeaders))
+    this.#responded = true
     return true
   }
 
@@ -180,23 +187,26 @@ export class Exchange implements Dispatcher.DispatchHandler {
   }
 
   /**
-   * Whether a request that may have reached `failed` can be sent again, and if so, whose allowance it
-   * takes. An instance that dies takes with it every request it was carrying, and each of its
-   * connections fails at most once: retries up to its peak concurrency are always allowed, so losing
-   * an instance fails no idempotent request. Beyond that, the shared budget (Envoy's retry budget)
-   * keeps retries to a share of all requests in flight.
+   * Whether a request that may have reached `failed` can be sent again, and whose allowance it takes.
+   * An instance that dies takes with it every request it was carrying, and each of its connections
+   * fails once: as many retries as it recently carried at once are allowed on its own account, so
+   * losing an instance fails no idempotent request. Those accounts together may not hold more than one
+   * instance's worth, so a fleet that resets everywhere (overload) gets no more than that plus the
+   * shared budget (Envoy's: a share of all requests in flight, with room for a few).
    */
   #chargeRetry (failed: Endpoint): boolean {
     if (this.#retryCharge !== undefined) return true
-    if (failed.retriesInFlight < failed.peakInflight) {
+    const ctx = this.#ctx
+    const allowance = failed.recentPeakInflight
+    if (failed.retriesInFlight < allowance && ctx.instanceRetriesInFlight < allowance) {
       failed.retriesInFlight++
+      ctx.instanceRetriesInFlight++
       this.#retryCharge = failed
       return true
     }
-    const ctx = this.#ctx
     if (ctx.retriesInFlight < Math.max(ctx.retryBudgetMin, (ctx.inFlight * ctx.retryBudgetPercent) / 100)) {
       ctx.retriesInFlight++
-      this.#retryCharge = ctx
+      this.#retryCharge = 'shared'
       return true
     }
     return false
@@ -220,10 +230,13 @@ export class Exchange implements Dispatcher.DispatchHandler {
   #finish (statusCode: number): void {
     if (this.#finished) return
     this.#finished = true
-    if (this.#retryCharge !== undefined) {
+    if (this.#retryCharge === 'shared') {
+      this.#ctx.retriesInFlight--
+    } else if (this.#retryCharge !== undefined) {
       this.#retryCharge.retriesInFlight--
-      this.#retryCharge = undefined
+      this.#ctx.instanceRetriesInFlight--
     }
+    this.#retryCharge = undefined
     const seconds = (performance.now() - this.#startedAt) / 1000
     this.#ctx.metrics.finished(this.#endpoint, this.#req.method ?? 'GET', statusCode, seconds)
     this.#ctx.inFlight--

@@ -9,8 +9,6 @@ const HOP_BY_HOP = new Set([
   'te', 'trailer', 'transfer-encoding', 'upgrade', 'expect',
 ])
 
-const HOP_BY_HOP_LENGTHS = new Set([...HOP_BY_HOP].map(name => name.length))
-
 const FORWARDED = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port'])
 
 /**
@@ -47,18 +45,16 @@ export function upstreamRequestHeaders (req: IncomingMessage, keepUpgrade = fals
 }
 
 /**
- * The response head for the client, from the instance's raw [name, value, ...] buffers: names as
- * the instance spelled them, hop-by-hop headers dropped, repeated headers (Set-Cookie) kept as lists. Bytes are read as
+ * The response head for the client, from the instance's raw [name, value, ...] buffers: lower-case
+ * names (as Node reads them), hop-by-hop headers dropped, repeated headers (Set-Cookie) kept as lists. Bytes are read as
  * latin1, which Node writes back unchanged, so a value is passed on byte for byte whatever its encoding.
  */
 export function clientResponseHeaders (raw: readonly Buffer[]): OutgoingHttpHeaders {
-  const out: Record<string, string | string[]> = {}
+  // No prototype: an instance may send a header named `constructor` or `__proto__`.
+  const out: Record<string, string | string[]> = Object.create(null)
   let connection: string | undefined
   for (let i = 0; i < raw.length; i += 2) {
-    const bytes = raw[i]!
-    // Names keep the instance's spelling; only a name as long as a hop-by-hop one needs a closer look.
-    let name = bytes.toString('latin1')
-    if (HOP_BY_HOP_LENGTHS.has(bytes.length)) name = name.toLowerCase()
+    const name = raw[i]!.toString('latin1').toLowerCase()
     const value = raw[i + 1]!.toString('latin1')
     if (HOP_BY_HOP.has(name)) {
       if (name === 'connection') connection = connection === undefined ? value : `${connection},${value}`
@@ -73,8 +69,8 @@ export function clientResponseHeaders (raw: readonly Buffer[]): OutgoingHttpHead
   // object into a slow dictionary, hence the copy, off the common path.)
   const dropped = connectionTokens(connection)
   if (dropped === undefined) return out
-  const kept: Record<string, string | string[]> = {}
-  for (const name in out) if (!dropped.has(name.toLowerCase())) kept[name] = out[name]!
+  const kept: Record<string, string | string[]> = Object.create(null)
+  for (const name in out) if (!dropped.has(name)) kept[name] = out[name]!
   return kept
 }
 

@@ -91,7 +91,7 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
   })
   const forward: ForwardContext = {
     service, pool, upstreams, metrics: instanceMetrics, log,
-    tries: options.tries, retryBudgetPercent: 20, retryBudgetMin: 10, inFlight: 0, retriesInFlight: 0,
+    tries: options.tries, retryBudgetPercent: 20, retryBudgetMin: 10, inFlight: 0, retriesInFlight: 0, instanceRetriesInFlight: 0,
   }
   const upgrades: UpgradeContext = {
     service, pool, metrics: instanceMetrics, log, tries: options.tries,

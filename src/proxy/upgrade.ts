@@ -39,8 +39,7 @@ export function proxyUpgrade (ctx: UpgradeContext, req: IncomingMessage, client:
       return tried.size === 0 ? fail('FLEETGATE_ERR_NO_LIVE_INSTANCE', undefined) : fail('FLEETGATE_ERR_UPSTREAM_CONNECT', [...tried].pop())
     }
     tried.add(endpoint)
-    endpoint.inflight++
-    endpoint.requests++
+    endpoint.started(performance.now())
     const upstream = connect({ host: endpoint.instance.host, port: endpoint.instance.port, timeout: ctx.connectTimeoutMs })
     let connected = false
     let ended = false

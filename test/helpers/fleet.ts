@@ -189,7 +189,7 @@ export interface LoadResult {
  * Sends GETs with `concurrency` workers until `stop()` resolves or `maxRequests` have been sent, whichever
  * comes first (always bounded by `maxMs`). A request fails on a network error or a non-2xx status.
  */
-export function loadLoop (url: string, options: { concurrency?: number, maxRequests?: number, maxMs?: number, path?: string } = {}): { result: LoadResult, stop(): Promise<LoadResult> } {
+export function loadLoop (url: string, options: { concurrency?: number, maxRequests?: number, maxMs?: number, path?: string, pauseMs?: number } = {}): { result: LoadResult, stop(): Promise<LoadResult> } {
   const result: LoadResult = { ok: 0, failed: 0, byInstance: {}, errors: [] }
   const deadline = Date.now() + (options.maxMs ?? 60_000)
   const maxRequests = options.maxRequests ?? 100_000
@@ -213,6 +213,8 @@ export function loadLoop (url: string, options: { concurrency?: number, maxReque
         result.failed++
         if (result.errors.length < 5) result.errors.push(String(err))
       }
+      // Paced, so a long run does not spend its request bound before the part that matters.
+      if (options.pauseMs) await new Promise(resolve => setTimeout(resolve, options.pauseMs))
     }
   }
   const workers = Promise.all(Array.from({ length: options.concurrency ?? 4 }, worker))

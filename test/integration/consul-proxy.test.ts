@@ -27,7 +27,7 @@ t.test('a 10 s Consul outage under traffic: every request succeeds, and /status 
   const proxy = await consulProxy(t, target, service)
   await eventually(async () => (await proxy.status()).instances.length === 2)
 
-  const load = loadLoop(proxy.url, { concurrency: 2, maxMs: 60_000 })
+  const load = loadLoop(proxy.url, { concurrency: 2, maxMs: 60_000, pauseMs: 1 })
   t.teardown(() => load.stop())
   await eventually(() => load.result.ok > 100)
   await double.stop()

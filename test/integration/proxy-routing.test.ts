@@ -111,6 +111,7 @@ t.test('forwarding: methods, bodies, query strings and headers reach the instanc
       res.setHeader('set-cookie', ['session=1; HttpOnly', 'csrf=2'])
       res.setHeader('connection', 'keep-alive, x-hop')
       res.setHeader('x-hop', 'must not pass')
+      res.setHeader('constructor', 'a header like any other')
       res.end(JSON.stringify({ method: req.method, url: req.url, headers: req.headers, body: Buffer.concat(chunks).toString() }))
     })
   })
@@ -148,6 +149,7 @@ t.test('forwarding: methods, bodies, query strings and headers reach the instanc
   t.notOk('keep-alive' in seen.headers, 'hop-by-hop headers are dropped')
   t.same(res.headers['set-cookie'], ['session=1; HttpOnly', 'csrf=2'], 'multiple Set-Cookie survive')
   t.notOk('x-hop' in res.headers, 'response headers named in Connection are dropped')
+  t.equal(res.headers.constructor, 'a header like any other', 'a header named like an object property passes')
 
   for (const method of ['PUT', 'PATCH', 'DELETE', 'OPTIONS']) {
     const r = await request(`${proxy.url}/m`, { method, body: method === 'DELETE' || method === 'OPTIONS' ? undefined : 'x' })

@@ -16,7 +16,7 @@ t.test('ZooKeeper stopped for 10 s under traffic: every request succeeds on the 
   const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'outage', '--session-timeout-ms', '2000'])
   await eventually(async () => (await proxy.status()).instances.length === 2)
 
-  const load = loadLoop(proxy.url, { concurrency: 2, maxMs: 60_000 })
+  const load = loadLoop(proxy.url, { concurrency: 2, maxMs: 60_000, pauseMs: 1 })
   await eventually(() => load.result.ok > 100)
   await server.stop()
   const outageStarted = Date.now()

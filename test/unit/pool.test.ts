@@ -88,3 +88,31 @@ t.test('same id at a new address is a new endpoint', async t => {
   pool.update(membership(inst('a', 2)))
   t.not([...pool.endpoints()][0], first)
 })
+
+t.test('an instance that leaves and comes back (the same object) joins again as a new endpoint', async t => {
+  const { pool } = build()
+  const a = inst('a', 1)
+  const b = inst('b', 2)
+  const events: string[] = []
+  pool.onEvent(event => { if (event.type !== 'changed') events.push(`${event.type} ${event.endpoint.instance.id}`) })
+  pool.update(membership(a, b))
+  const first = [...pool.endpoints()].find(e => e.instance.id === 'b')!
+  pool.update(membership(a))
+  t.same(ids(pool, 2), ['a', 'a'])
+  pool.update(membership(a, b))
+  t.same(events, ['added a', 'added b', 'removed b', 'added b'])
+  t.equal(pool.size, 2)
+  const again = [...pool.endpoints()].find(e => e.instance.id === 'b')!
+  t.not(again, first, 'a fresh endpoint: the old one was handed off as removed')
+  t.same(ids(pool, 4).sort(), ['a', 'a', 'b', 'b'])
+  pool.reportConnectFailure(again)
+  t.equal(pool.counts().ejected, 1, 'and it can be ejected like any other')
+})
+
+t.test('a weight change alone re-spreads the rotation', async t => {
+  const { pool } = build()
+  pool.update(membership(inst('a', 1), inst('b', 2)))
+  t.same(ids(pool, 4).sort(), ['a', 'a', 'b', 'b'])
+  pool.update(membership({ ...inst('a', 1), weight: 3 }, inst('b', 2)))
+  t.same(ids(pool, 8).sort(), ['a', 'a', 'a', 'a', 'a', 'a', 'b', 'b'])
+})
