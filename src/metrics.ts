@@ -127,6 +127,14 @@ export function createProxyMetrics (registry: Registry, collectors: ProxyCollect
   const { service } = collectors
   const source = { service, source: collectors.sourceKind }
   const { traffic } = collectors
+  /** A collect() that rebuilds a traffic metric from the plain counts at every scrape (nothing without traffic). */
+  const fromTraffic = <M extends { reset(): void }>(fill: (metric: M, traffic: Traffic) => void) =>
+    function (this: M): void {
+      if (!traffic) return
+      this.reset()
+      fill(this, traffic)
+    }
+  type ByInstance = Counter<'service' | 'instance'>
   return {
     registry,
     requests: new Counter({
@@ -134,14 +142,12 @@ export function createProxyMetrics (registry: Registry, collectors: ProxyCollect
       help: 'Requests answered, by the instance that answered (or "none") and the status code sent to the client',
       labelNames: ['service', 'instance', 'method', 'code'] as const,
       registers,
-      collect () {
-        if (!traffic) return
-        this.reset()
+      collect: fromTraffic<Counter<'service' | 'instance' | 'method' | 'code'>>((metric, traffic) => {
         for (const series of traffic.instances()) {
-          for (const { method, code, count } of series.requests()) this.inc({ service, instance: series.instance, method, code }, count)
+          for (const { method, code, count } of series.requests()) metric.inc({ service, instance: series.instance, method, code }, count)
         }
-        for (const { method, code, count } of traffic.unanswered()) this.inc({ service, instance: 'none', method, code }, count)
-      },
+        for (const { method, code, count } of traffic.unanswered()) metric.inc({ service, instance: 'none', method, code }, count)
+      }),
     }),
     requestDuration: new CollectedHistogram({
       name: 'fleetgate_request_duration_seconds',
@@ -158,55 +164,43 @@ export function createProxyMetrics (registry: Registry, collectors: ProxyCollect
       help: 'Requests being forwarded right now, by instance',
       labelNames: ['service', 'instance'] as const,
       registers,
-      collect () {
-        if (!traffic) return
-        this.reset()
-        for (const series of traffic.instances()) this.set({ service, instance: series.instance }, series.inFlight)
-      },
+      collect: fromTraffic<Gauge<'service' | 'instance'>>((metric, traffic) => {
+        for (const series of traffic.instances()) metric.set({ service, instance: series.instance }, series.inFlight)
+      }),
     }),
     connectFailures: new Counter({
       name: 'fleetgate_upstream_connect_failures_total',
       help: 'Failed connects to an instance (refused, unreachable, timed out)',
       labelNames: ['service', 'instance'] as const,
       registers,
-      collect () {
-        if (!traffic) return
-        this.reset()
-        for (const series of traffic.instances()) this.inc({ service, instance: series.instance }, series.connectFailures)
-      },
+      collect: fromTraffic<ByInstance>((metric, traffic) => {
+        for (const series of traffic.instances()) metric.inc({ service, instance: series.instance }, series.connectFailures)
+      }),
     }),
     retries: new Counter({
       name: 'fleetgate_retries_total',
       help: 'Requests sent again to another instance, by reason (connect_failure, reset_before_response)',
       labelNames: ['service', 'reason'] as const,
       registers,
-      collect () {
-        if (!traffic) return
-        this.reset()
-        for (const [reason, count] of Object.entries(traffic.retries)) this.inc({ service, reason }, count)
-      },
+      collect: fromTraffic<Counter<'service' | 'reason'>>((metric, traffic) => {
+        for (const [reason, count] of Object.entries(traffic.retries)) metric.inc({ service, reason }, count)
+      }),
     }),
     ejections: new Counter({
       name: 'fleetgate_ejections_total',
       help: 'Times an instance was ejected after failed connects (like envoy_cluster_outlier_detection_ejections_total)',
       labelNames: ['service', 'instance'] as const,
       registers,
-      collect () {
-        if (!traffic) return
-        this.reset()
-        for (const series of traffic.instances()) this.inc({ service, instance: series.instance }, series.ejections)
-      },
+      collect: fromTraffic<ByInstance>((metric, traffic) => {
+        for (const series of traffic.instances()) metric.inc({ service, instance: series.instance }, series.ejections)
+      }),
     }),
     noLiveInstance: new Counter({
       name: 'fleetgate_no_live_instance_total',
       help: 'Requests answered 503 because no instance was live',
       labelNames: ['service'] as const,
       registers,
-      collect () {
-        if (!traffic) return
-        this.reset()
-        this.inc({ service }, traffic.noLiveInstances)
-      },
+      collect: fromTraffic<Counter<'service'>>((metric, traffic) => metric.inc({ service }, traffic.noLiveInstances)),
     }),
     instances: new Gauge({
       name: 'fleetgate_instances',

@@ -65,13 +65,9 @@ export function clientResponseHeaders (raw: readonly Buffer[]): OutgoingHttpHead
     else if (typeof seen === 'string') out[name] = [seen, value]
     else seen.push(value)
   }
-  // Rare: headers the instance named in Connection are its own business too. (`delete` would turn the
-  // object into a slow dictionary, hence the copy, off the common path.)
-  const dropped = connectionTokens(connection)
-  if (dropped === undefined) return out
-  const kept: Record<string, string | string[]> = Object.create(null)
-  for (const name in out) if (!dropped.has(name)) kept[name] = out[name]!
-  return kept
+  // Rare: headers the instance named in Connection are its own business too.
+  for (const name of connectionTokens(connection) ?? []) delete out[name]
+  return out
 }
 
 /** `Connection: keep-alive` or `close`, nearly every answer's, names no other header. */

@@ -23,8 +23,8 @@ export interface UpgradeContext {
 
 export function proxyUpgrade (ctx: UpgradeContext, req: IncomingMessage, client: Duplex, head: Buffer): void {
   client.on('error', () => client.destroy())
-  const startedAt = process.hrtime.bigint()
-  const seconds = (): number => Number(process.hrtime.bigint() - startedAt) / 1e9
+  const startedAt = performance.now()
+  const seconds = (): number => (performance.now() - startedAt) / 1000
   const method = req.method ?? 'GET'
   const tried = new Set<Endpoint>()
   /** Answers the error and counts it like any other answer, against the last instance tried (if any). */
@@ -39,7 +39,7 @@ export function proxyUpgrade (ctx: UpgradeContext, req: IncomingMessage, client:
       return tried.size === 0 ? fail('FLEETGATE_ERR_NO_LIVE_INSTANCE', undefined) : fail('FLEETGATE_ERR_UPSTREAM_CONNECT', [...tried].pop())
     }
     tried.add(endpoint)
-    endpoint.started(performance.now())
+    endpoint.started(startedAt)
     const upstream = connect({ host: endpoint.instance.host, port: endpoint.instance.port, timeout: ctx.connectTimeoutMs })
     let connected = false
     let ended = false

@@ -160,6 +160,23 @@ t.test('forwarding: methods, bodies, query strings and headers reach the instanc
   t.equal(head.statusCode, 200)
 })
 
+t.test('an informational answer (103 Early Hints) is not taken for the final one', async t => {
+  const client = await zkClient(t, server.connectString)
+  const hints = await startBackend(t, 'hints')
+  hints.handle((_req, res) => {
+    res.writeEarlyHints({ link: '</static/app.css>; rel=preload; as=style' })
+    res.setHeader('content-type', 'text/plain')
+    res.end('final answer')
+  })
+  await registerCurator(client, { service: 'hints', id: 'hints', port: hints.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'hints'])
+  await eventually(() => proxy.ready())
+  const res = await request(`${proxy.url}/dashboard/`)
+  t.equal(res.statusCode, 200)
+  t.equal(res.headers['content-type'], 'text/plain')
+  t.equal(await res.body.text(), 'final answer')
+})
+
 t.test('an empty pool answers 503 at once with Retry-After and a JSON error', async t => {
   const client = await zkClient(t, server.connectString)
   const a = await startBackend(t, 'a')
