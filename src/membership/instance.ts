@@ -155,6 +155,37 @@ export function compareInstances (a: Instance, b: Instance): number {
   return a.id < b.id ? -1 : a.id > b.id ? 1 : 0
 }
 
+/**
+ * The instances sorted by id. `previous`, the last sorted set, saves the sort: the instances it shares
+ * with this set (the very same objects) keep their order, and only the new ones are sorted and merged
+ * in. A change to one instance of 10,000 then costs two identity passes, not a sort of 10,000.
+ */
+export function sortInstances (instances: Iterable<Instance>, previous: readonly Instance[] = []): Instance[] {
+  const incoming = new Set(instances)
+  const kept: Instance[] = []
+  for (const instance of previous) if (incoming.delete(instance)) kept.push(instance)
+  if (incoming.size === 0) return kept
+  const added = [...incoming].sort(compareInstances)
+  if (kept.length === 0) return added
+  // Each new instance finds its place by binary search: O(n + a log n) for a new ones, not n comparisons.
+  const merged: Instance[] = []
+  let from = 0
+  for (const instance of added) {
+    let lo = from
+    let hi = kept.length
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1
+      if (compareInstances(kept[mid]!, instance) <= 0) lo = mid + 1
+      else hi = mid
+    }
+    for (let i = from; i < lo; i++) merged.push(kept[i]!)
+    merged.push(instance)
+    from = lo
+  }
+  for (let i = from; i < kept.length; i++) merged.push(kept[i]!)
+  return merged
+}
+
 const HOSTNAME = /^[A-Za-z0-9]([A-Za-z0-9-]{0,62})?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62})?)*\.?$/
 
 function isUsableHost (host: unknown): host is string {

@@ -1,7 +1,7 @@
 // The discovery interface every source implements, and the shared logic behind it: full-set emission,
 // de-duplication, revisions, status and the stale flag.
 
-import { compareInstances, sameInstances, type Instance, type InvalidReason } from './instance.ts'
+import { sameInstances, sortInstances, type Instance, type InvalidReason } from './instance.ts'
 
 /** The live set of one service at one moment. Immutable. */
 export interface Membership {
@@ -102,7 +102,7 @@ export abstract class BaseSource implements MembershipSource {
 
   /** Offers the full current set. Emits only when it differs from the last one. Returns true if it did. */
   protected publish (instances: Iterable<Instance>): boolean {
-    const sorted = [...instances].sort(compareInstances)
+    const sorted = sortInstances(instances, this.#membership?.instances)
     if (this.#membership !== undefined && sameInstances(this.#membership.instances, sorted)) return false
     this.#membership = Object.freeze({
       service: this.service,

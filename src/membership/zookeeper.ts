@@ -146,18 +146,32 @@ export class ZooKeeperSource extends BaseSource {
         this.#dirty = true
         return
       }
-      if (this.#current(generation)) this.#commit([])
+      if (this.#current(generation)) {
+        this.#forget(new Set())
+        this.#commit()
+      }
       return
     }
     if (!this.#current(generation)) return
 
-    const listed = new Set(children)
-    for (const name of this.#cache.keys()) if (!listed.has(name)) this.#cache.delete(name)
-    for (const name of this.#reported.keys()) if (!listed.has(name)) this.#reported.delete(name)
-    const toRead = children.filter(name => full || this.#cache.get(name)?.stale !== false)
+    // One pass over the list, which at 10,000 children is most of a change's cost on this side.
+    const toRead: string[] = []
+    let cachedListed = 0
+    for (const name of children) {
+      const cached = this.#cache.get(name)
+      if (cached !== undefined) cachedListed++
+      if (full || cached?.stale !== false) toRead.push(name)
+    }
+    if (cachedListed < this.#cache.size) this.#forget(new Set(children))
     await this.#readChildren(client, generation, toRead, watcher)
     if (!this.#current(generation)) return
-    this.#commit(children)
+    this.#commit()
+  }
+
+  /** Drops what is cached for children that are no longer listed. */
+  #forget (listed: ReadonlySet<string>): void {
+    for (const name of this.#cache.keys()) if (!listed.has(name)) this.#cache.delete(name)
+    for (const name of this.#reported.keys()) if (!listed.has(name)) this.#reported.delete(name)
   }
 
   async #readChildren (client: Client, generation: number, names: string[], watcher: (event: ZkEvent) => void): Promise<void> {
@@ -168,7 +182,8 @@ export class ZooKeeperSource extends BaseSource {
         try {
           this.#reads++
           const { data } = await getData(client, `${this.path}/${name}`, watcher)
-          this.#store(name, decodeRegistration(name, data))
+          // A read that outlived its session must not land in the new session's cache.
+          if (this.#current(generation)) this.#store(name, decodeRegistration(name, data))
         } catch (err) {
           // Deleted between the list and the read: the child watch brings the new list.
           if (zkErrorCode(err) !== ZK.NO_NODE) throw err
@@ -191,12 +206,10 @@ export class ZooKeeperSource extends BaseSource {
     this.emit({ type: 'invalid', id: name, reason: result.reason, detail: result.detail })
   }
 
-  #commit (children: string[]): void {
+  /** Publishes the cache, which now holds exactly the listed children that could be read. */
+  #commit (): void {
     const instances: Instance[] = []
-    for (const name of children) {
-      const cached = this.#cache.get(name)
-      if (cached?.result.ok) instances.push(cached.result.instance)
-    }
+    for (const { result } of this.#cache.values()) if (result.ok) instances.push(result.instance)
     if (this.publish(instances)) {
       this.#log.info({ revision: this.current()?.revision, instances: instances.length }, 'membership changed')
     }

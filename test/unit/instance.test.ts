@@ -1,5 +1,5 @@
 import t from 'tap'
-import { decodeRegistration, encodeCurator, instanceAddress } from '../../src/membership/instance.ts'
+import { decodeRegistration, encodeCurator, instanceAddress, sortInstances, type Instance } from '../../src/membership/instance.ts'
 
 const curator = {
   name: 'superset', id: 'ca2f', address: '10.1.2.3', port: 8088, sslPort: null, payload: null,
@@ -66,4 +66,34 @@ t.test('encodeCurator writes what Curator requires and decodes back', async t =>
 t.test('instanceAddress brackets IPv6', async t => {
   t.equal(instanceAddress({ host: '::1', port: 80 }), '[::1]:80')
   t.equal(instanceAddress({ host: '10.0.0.1', port: 80 }), '10.0.0.1:80')
+})
+
+t.test('sortInstances sorts by id, and from a previous set gives the same order as a full sort', async t => {
+  const make = (id: string, port = 80): Instance => Object.freeze({ id, host: '10.0.0.1', port, state: 'up', weight: 1, labels: Object.freeze({}) })
+  const byId = (list: readonly Instance[]): string[] => list.map(i => `${i.id}:${i.port}`)
+  t.same(byId(sortInstances([make('c'), make('a'), make('b')])), ['a:80', 'b:80', 'c:80'])
+
+  // Random joins, leaves and replacements (a new object under a known id), checked against a plain sort.
+  let seed = 7
+  const random = (n: number): number => { seed = (seed * 1103515245 + 12345) % 2 ** 31; return seed % n }
+  let current = Array.from({ length: 200 }, (_, i) => make(`id-${String(i * 7 % 200).padStart(3, '0')}`))
+  let previous = sortInstances(current)
+  for (let round = 0; round < 300; round++) {
+    const next = current.slice()
+    const op = random(4)
+    if (op === 0 || next.length === 0) next.push(make(`id-${random(1000)}-${round}`))
+    else if (op === 1) next.splice(random(next.length), 1)
+    else if (op === 2) { const i = random(next.length); next[i] = make(next[i]!.id, 81) }
+    else for (let k = 0; k < 5; k++) next.push(make(`x-${random(100)}-${round}-${k}`))
+    const sorted = sortInstances(next, previous)
+    const expected = next.slice().sort((a, b) => a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
+    if (byId(sorted).join() !== byId(expected).join()) {
+      t.same(byId(sorted), byId(expected), `round ${round}, operation ${op}`)
+      return
+    }
+    t.ok(sorted.every((instance, i) => instance === expected[i]), 'the very same objects')
+    current = next
+    previous = sorted
+  }
+  t.equal(previous.length, current.length)
 })
