@@ -1,20 +1,84 @@
 // RemoteSource: a source fed by another process's source (the proxy's primary, which holds the one
-// ZooKeeper session per machine). It republishes each snapshot, so it keeps the same contract.
+// ZooKeeper session per machine). It republishes what it is sent, so it keeps the same contract.
+//
+// The primary sends the whole set once, when a worker says hello, and after that only what changed: a
+// change to one instance of 10,000 crosses the process boundary as one instance, not as a megabyte of
+// JSON that every worker parses and compares again.
 
 import type { Instance } from './instance.ts'
 import { BaseSource, type SourceStatus } from './source.ts'
 
-/** What the owner of the real source sends: the whole state, every time anything changed. */
-export interface SourceSnapshot {
+/** What the owner of the real source sends on every change of membership or status. */
+export interface SourceUpdate {
   readonly kind: string
   readonly status: SourceStatus
   readonly stale: boolean
-  /** Absent until the real source knows its first membership. */
+  /** Numbers the primary's membership lists; absent until the real source knows its first membership. */
+  readonly seq?: number
+  /** The whole list. */
   readonly instances?: readonly Instance[]
+  /** Or what changed since list `delta.from`. */
+  readonly delta?: InstancesDelta
+}
+
+/** How list `from` becomes the next one: positions in the old list that go, and new instances by their position in the new list. */
+export interface InstancesDelta {
+  readonly from: number
+  /** Ascending positions in the old list. */
+  readonly removed: readonly number[]
+  /** Ascending positions in the new list. */
+  readonly added: ReadonlyArray<readonly [position: number, instance: Instance]>
+}
+
+/**
+ * The delta from `previous` to `next` by object identity: an instance both lists share is the very same
+ * object (sources keep unchanged instances). Undefined when the shared instances are not in the same
+ * order in both, which a delta of positions cannot express; the whole list is sent then.
+ */
+export function diffInstances (previous: readonly Instance[], next: readonly Instance[], from: number): InstancesDelta | undefined {
+  const inNext = new Set(next)
+  const inPrevious = new Set(previous)
+  const removed: number[] = []
+  for (let i = 0; i < previous.length; i++) if (!inNext.has(previous[i]!)) removed.push(i)
+  const added: Array<readonly [number, Instance]> = []
+  let p = 0
+  let r = 0
+  for (let j = 0; j < next.length; j++) {
+    const instance = next[j]!
+    if (!inPrevious.has(instance)) {
+      added.push([j, instance])
+      continue
+    }
+    while (r < removed.length && removed[r] === p) { p++; r++ }
+    if (previous[p++] !== instance) return undefined
+  }
+  return { from, removed, added }
+}
+
+/** Applies a delta made by diffInstances to the list it was made from. */
+export function patchInstances (previous: readonly Instance[], delta: InstancesDelta): Instance[] {
+  const next: Instance[] = new Array(previous.length - delta.removed.length + delta.added.length)
+  let p = 0
+  let r = 0
+  let a = 0
+  for (let j = 0; j < next.length; j++) {
+    const add = delta.added[a]
+    if (add !== undefined && add[0] === j) {
+      next[j] = add[1]
+      a++
+      continue
+    }
+    while (r < delta.removed.length && delta.removed[r] === p) { p++; r++ }
+    next[j] = previous[p++]!
+  }
+  return next
 }
 
 export class RemoteSource extends BaseSource {
   kind: string
+  /** The primary's list as sent, in its order, and its number: what the next delta applies to. */
+  #list: readonly Instance[] | undefined
+  #seq = -1
 
   constructor (service: string, kind: string) {
     super(service)
@@ -29,9 +93,27 @@ export class RemoteSource extends BaseSource {
     this.releaseStart()
   }
 
-  apply (snapshot: SourceSnapshot): void {
-    this.kind = snapshot.kind
-    if (snapshot.instances) this.publish(snapshot.instances)
-    this.setStatus(snapshot.status, snapshot.stale)
+  /**
+   * Returns false when the update is a delta from a list this source does not hold (it came before the
+   * whole list, or one was lost): the sender should send the whole list again.
+   */
+  apply (update: SourceUpdate): boolean {
+    this.kind = update.kind
+    let applied = true
+    if (update.instances !== undefined && update.seq !== undefined) {
+      this.#list = update.instances
+      this.#seq = update.seq
+      this.publish(update.instances)
+    } else if (update.delta !== undefined && update.seq !== undefined) {
+      if (this.#list !== undefined && update.delta.from === this.#seq) {
+        this.#list = patchInstances(this.#list, update.delta)
+        this.#seq = update.seq
+        this.publish(this.#list)
+      } else {
+        applied = false
+      }
+    }
+    this.setStatus(update.status, update.stale)
+    return applied
   }
 }

@@ -7,7 +7,8 @@ import { randomUUID } from 'node:crypto'
 import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } from 'prom-client'
 import { splitHostPort, type ProxyConfig } from '../config.ts'
 import type { Logger } from '../logger.ts'
-import { RemoteSource, type SourceSnapshot } from '../membership/remote.ts'
+import type { Instance } from '../membership/instance.ts'
+import { diffInstances, RemoteSource, type SourceUpdate } from '../membership/remote.ts'
 import type { MembershipSource } from '../membership/source.ts'
 import { createProxyMetrics, createRegistry, DISCOVERY_METRICS } from '../metrics.ts'
 import { buildAdmin } from './admin.ts'
@@ -15,11 +16,12 @@ import { createProxy, describeSource, wireDiscoveryMetrics, type ProxyStatus } f
 import { renderStatusPage } from './status-page.ts'
 
 type ToWorker =
-  | { readonly fleetgate: 'source', readonly snapshot: SourceSnapshot }
+  | { readonly fleetgate: 'source', readonly update: SourceUpdate }
   | { readonly fleetgate: 'query', readonly id: string, readonly what: 'status' | 'metrics' }
   | { readonly fleetgate: 'shutdown' }
 
 type ToPrimary =
+  /** Sent at start, and again by a worker that got a delta it cannot apply: asks for the whole list. */
   | { readonly fleetgate: 'hello' }
   | { readonly fleetgate: 'listening', readonly port: number }
   | { readonly fleetgate: 'answer', readonly id: string, readonly value: unknown }
@@ -49,15 +51,27 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
   })
   wireDiscoveryMetrics(source, metrics, service, log)
 
-  const snapshot = (): SourceSnapshot => {
+  // The last membership list sent to the workers, and its number: each change goes out as a delta from it.
+  let sent: { seq: number, instances: readonly Instance[] } | undefined
+  const whole = (): SourceUpdate => {
     const state = source.state()
-    return { kind: state.kind, status: state.status, stale: state.stale, ...(state.membership ? { instances: state.membership.instances } : {}) }
+    return { kind: state.kind, status: state.status, stale: state.stale, ...(sent ? { seq: sent.seq, instances: sent.instances } : {}) }
   }
-  const broadcast = (): void => {
-    const message: ToWorker = { fleetgate: 'source', snapshot: snapshot() }
+  const broadcast = (update: SourceUpdate): void => {
+    const message: ToWorker = { fleetgate: 'source', update }
     for (const worker of Object.values(cluster.workers ?? {})) if (worker?.isConnected()) worker.send(message)
   }
-  source.onEvent(event => { if (event.type === 'membership' || event.type === 'status') broadcast() })
+  source.onEvent(event => {
+    if (event.type === 'status') {
+      const { kind, status, stale } = source.state()
+      broadcast({ kind, status, stale })
+    } else if (event.type === 'membership') {
+      const { instances } = event.membership
+      const delta = sent && diffInstances(sent.instances, instances, sent.seq)
+      sent = { seq: (sent?.seq ?? 0) + 1, instances }
+      broadcast(delta ? { ...whole(), instances: undefined, delta } : whole())
+    }
+  })
 
   const query = (what: 'status' | 'metrics'): Promise<unknown[]> => {
     const workers = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined && w.isConnected())
@@ -80,7 +94,7 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
     const worker = cluster.fork()
     worker.on('message', (message: ToPrimary) => {
       if (message?.fleetgate === 'hello') {
-        worker.send({ fleetgate: 'source', snapshot: snapshot() } satisfies ToWorker)
+        worker.send({ fleetgate: 'source', update: whole() } satisfies ToWorker)
       } else if (message?.fleetgate === 'listening') {
         listening.set(worker, message.port)
       } else if (message?.fleetgate === 'answer') {
@@ -158,10 +172,12 @@ export async function runWorker (config: ProxyConfig, logger: Logger): Promise<{
   let resolveClosed!: () => void
   const closed = new Promise<void>(resolve => { resolveClosed = resolve })
   const shutdown = (): void => { void proxy.close().then(resolveClosed, resolveClosed) }
+  // Deltas that come before the first hello are dropped: the answer to the hello is the whole list.
+  let helloed = false
   process.on('message', (message: ToWorker) => {
     switch (message?.fleetgate) {
       case 'source':
-        source.apply(message.snapshot)
+        if (!source.apply(message.update) && helloed) process.send?.({ fleetgate: 'hello' } satisfies ToPrimary)
         break
       case 'query':
         void answer(message.what).then(value => process.send?.({ fleetgate: 'answer', id: message.id, value } satisfies ToPrimary))
@@ -178,6 +194,7 @@ export async function runWorker (config: ProxyConfig, logger: Logger): Promise<{
   const answer = async (what: 'status' | 'metrics'): Promise<unknown> =>
     what === 'status' ? proxy.status() : proxy.metrics.registry.getMetricsAsJSON()
   const { port } = await proxy.listen()
+  helloed = true
   process.send?.({ fleetgate: 'hello' } satisfies ToPrimary)
   process.send?.({ fleetgate: 'listening', port } satisfies ToPrimary)
   return { closed }
