@@ -1,6 +1,8 @@
 // End to end: `--workers 2` serves the port from two processes that follow ONE ZooKeeper session held by
 // the primary; /status and /metrics add up what the workers did.
 
+import { readFileSync } from 'node:fs'
+import http from 'node:http'
 import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
 import { get, registerCurator, removeNode, sample, startBackend, startProxy, zkClient } from '../helpers/fleet.ts'
@@ -45,4 +47,49 @@ t.test('two workers, one ZooKeeper session, merged status and metrics', async t 
 
   proxy.kill('SIGTERM')
   t.same(await proxy.exited, { code: 0, signal: null }, 'a clean shutdown of primary and workers')
+})
+
+/** One GET on a connection of its own; the instance that answered. */
+const servedByOnNewConnection = (url: string): Promise<string> => new Promise((resolve, reject) => {
+  http.get(url, { agent: false }, res => {
+    res.resume()
+    res.on('end', () => resolve(String(res.headers['x-served-by'])))
+  }).on('error', reject)
+})
+
+/** The worker processes of a primary, from /proc (the primary's own children). */
+const workerPids = (primary: number): number[] =>
+  readFileSync(`/proc/${primary}/task/${primary}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number)
+
+t.test('a worker that dies is replaced, and the new one follows later changes', async t => {
+  const client = await zkClient(t, server.connectString)
+  const [a, b, c, d] = await Promise.all(['a', 'b', 'c', 'd'].map(n => startBackend(t, n)))
+  for (const backend of [a!, b!]) await registerCurator(client, { service: 'respawn', id: backend.name, port: backend.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'respawn', '--workers', '2'])
+  await eventually(() => proxy.ready(), { timeoutMs: 20_000 })
+  // A change before the kill, so the survivor holds a list the replacement never saw.
+  await registerCurator(client, { service: 'respawn', id: 'c', port: c!.port })
+  await eventually(async () => (await proxy.status()).instances.map(i => i.id).join() === 'a,b,c')
+
+  const [victim] = workerPids(proxy.pid)
+  t.ok(victim, 'the primary has workers')
+  process.kill(victim!, 'SIGKILL')
+  await eventually(() => { const pids = workerPids(proxy.pid); return pids.length === 2 && !pids.includes(victim!) }, { timeoutMs: 15_000 })
+  await proxy.waitForOutput(/proxy worker died; starting another/)
+
+  // Changes after the replacement: each worker applies them to the list it holds.
+  await registerCurator(client, { service: 'respawn', id: 'd', port: d!.port })
+  await removeNode(client, '/services/respawn/a')
+  await removeNode(client, '/services/respawn/b')
+  await eventually(async () => {
+    const status = await proxy.status()
+    return status.instances.map(i => i.id).join() === 'c,d'
+  }, { timeoutMs: 15_000 })
+  const served = new Set<string>()
+  // New connections each time, so the kernel spreads them over both workers.
+  for (let i = 0; i < 40; i++) served.add(await servedByOnNewConnection(proxy.url))
+  t.same([...served].sort(), ['c', 'd'], 'both workers route to the current membership only')
+
+  proxy.kill('SIGTERM')
+  t.same(await proxy.exited, { code: 0, signal: null })
 })
