@@ -172,12 +172,17 @@ export async function runWorker (config: ProxyConfig, logger: Logger): Promise<{
   let resolveClosed!: () => void
   const closed = new Promise<void>(resolve => { resolveClosed = resolve })
   const shutdown = (): void => { void proxy.close().then(resolveClosed, resolveClosed) }
-  // Deltas that come before the first hello are dropped: the answer to the hello is the whole list.
-  let helloed = false
+  // A delta that does not follow the list this worker holds (one sent before the whole list reached it)
+  // is dropped; the worker asks for the whole list once, unless it is waiting for one already.
+  let awaitingWhole = true
   process.on('message', (message: ToWorker) => {
     switch (message?.fleetgate) {
       case 'source':
-        if (!source.apply(message.update) && helloed) process.send?.({ fleetgate: 'hello' } satisfies ToPrimary)
+        if (message.update.instances !== undefined) awaitingWhole = false
+        if (!source.apply(message.update) && !awaitingWhole) {
+          awaitingWhole = true
+          process.send?.({ fleetgate: 'hello' } satisfies ToPrimary)
+        }
         break
       case 'query':
         void answer(message.what).then(value => process.send?.({ fleetgate: 'answer', id: message.id, value } satisfies ToPrimary))
@@ -193,9 +198,9 @@ export async function runWorker (config: ProxyConfig, logger: Logger): Promise<{
   process.on('disconnect', shutdown)
   const answer = async (what: 'status' | 'metrics'): Promise<unknown> =>
     what === 'status' ? proxy.status() : proxy.metrics.registry.getMetricsAsJSON()
-  const { port } = await proxy.listen()
-  helloed = true
+  // Hello first: the membership is on its way while the listener opens.
   process.send?.({ fleetgate: 'hello' } satisfies ToPrimary)
+  const { port } = await proxy.listen()
   process.send?.({ fleetgate: 'listening', port } satisfies ToPrimary)
   return { closed }
 }
