@@ -159,15 +159,28 @@ export function compareInstances (a: Instance, b: Instance): number {
  * The instances sorted by id. `previous`, the last sorted set, saves the sort: the instances it shares
  * with this set (the very same objects) keep their order, and only the new ones are sorted and merged
  * in. A change to one instance of 10,000 then costs two identity passes, not a sort of 10,000.
+ *
+ * A new object equal to one of `previous` (the same id and fields, read again) is replaced by that one,
+ * so an unchanged instance stays the same object however often its registry is read: the pool and the
+ * proxy's workers rely on that to treat a change as a change of one instance.
  */
 export function sortInstances (instances: Iterable<Instance>, previous: readonly Instance[] = []): Instance[] {
   const incoming = new Set(instances)
   const kept: Instance[] = []
-  for (const instance of previous) if (incoming.delete(instance)) kept.push(instance)
+  const gone: Instance[] = []
+  for (const instance of previous) (incoming.delete(instance) ? kept : gone).push(instance)
   if (incoming.size === 0) return kept
-  const added = [...incoming].sort(compareInstances)
+  let added = [...incoming]
+  if (gone.length > 0) {
+    const goneById = new Map(gone.map(instance => [instance.id, instance]))
+    added = added.map(instance => {
+      const before = goneById.get(instance.id)
+      return before !== undefined && sameInstance(before, instance) ? before : instance
+    })
+  }
+  added.sort(compareInstances)
   if (kept.length === 0) return added
-  // Each new instance finds its place by binary search: O(n + a log n) for a new ones, not n comparisons.
+  // Each new instance finds its place by binary search: O(n + a log n) for `a` new ones, not n comparisons.
   const merged: Instance[] = []
   let from = 0
   for (const instance of added) {

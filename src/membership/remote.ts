@@ -79,6 +79,8 @@ export class RemoteSource extends BaseSource {
   /** The primary's list as sent, in its order, and its number: what the next delta applies to. */
   #list: readonly Instance[] | undefined
   #seq = -1
+  /** Until a whole list arrives (the answer to the hello every worker sends at start), deltas are dropped. */
+  #awaitingWhole = true
 
   constructor (service: string, kind: string) {
     super(service)
@@ -94,13 +96,14 @@ export class RemoteSource extends BaseSource {
   }
 
   /**
-   * Returns false when the update is a delta from a list this source does not hold (it came before the
-   * whole list, or one was lost): the sender should send the whole list again.
+   * Applies what the primary sent. Returns true when the primary should be asked for the whole list: a
+   * delta did not follow the list held here, and no whole list is on its way yet.
    */
   apply (update: SourceUpdate): boolean {
     this.kind = update.kind
-    let applied = true
+    let askForWhole = false
     if (update.instances !== undefined && update.seq !== undefined) {
+      this.#awaitingWhole = false
       this.#list = update.instances
       this.#seq = update.seq
       this.publish(update.instances)
@@ -109,11 +112,12 @@ export class RemoteSource extends BaseSource {
         this.#list = patchInstances(this.#list, update.delta)
         this.#seq = update.seq
         this.publish(this.#list)
-      } else {
-        applied = false
+      } else if (!this.#awaitingWhole) {
+        this.#awaitingWhole = true
+        askForWhole = true
       }
     }
     this.setStatus(update.status, update.stale)
-    return applied
+    return askForWhole
   }
 }

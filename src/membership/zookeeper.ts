@@ -7,7 +7,7 @@ import {
   exists, getChildren, getData, ZK, zkErrorCode, ZooKeeperSession,
   type Client, type SessionEvent, type ZkEvent,
 } from '../zookeeper/session.ts'
-import { decodeRegistration, type DecodeResult, type Instance } from './instance.ts'
+import { decodeRegistration, sameInstance, type DecodeResult, type Instance } from './instance.ts'
 import { BaseSource } from './source.ts'
 
 export interface ZooKeeperSourceOptions {
@@ -21,7 +21,7 @@ export interface ZooKeeperSourceOptions {
 
 interface CachedChild {
   readonly result: DecodeResult
-  /** Set by a data watch: the next sync reads this child again. */
+  /** Set by a data watch or a new session: the next sync reads this child again. */
   stale: boolean
 }
 
@@ -83,8 +83,9 @@ export class ZooKeeperSource extends BaseSource {
     switch (event.type) {
       case 'connected':
         // Reconnected within the session: the client re-registers our watches, but a child list may
-        // have changed meanwhile. A new session has no watches at all: read everything again.
-        if (event.newSession) this.#cache.clear()
+        // have changed meanwhile. A new session has no watches at all: read everything again (what is
+        // cached stays until then, to be compared with what is read).
+        if (event.newSession) for (const cached of this.#cache.values()) cached.stale = true
         this.setStatus('connected', true)
         this.#requestSync()
         break
@@ -147,7 +148,7 @@ export class ZooKeeperSource extends BaseSource {
         return
       }
       if (this.#current(generation)) {
-        this.#forget(new Set())
+        this.#forget([])
         this.#commit()
       }
       return
@@ -162,14 +163,15 @@ export class ZooKeeperSource extends BaseSource {
       if (cached !== undefined) cachedListed++
       if (full || cached?.stale !== false) toRead.push(name)
     }
-    if (cachedListed < this.#cache.size) this.#forget(new Set(children))
+    if (cachedListed < this.#cache.size || this.#reported.size > 0) this.#forget(children)
     await this.#readChildren(client, generation, toRead, watcher)
     if (!this.#current(generation)) return
     this.#commit()
   }
 
-  /** Drops what is cached for children that are no longer listed. */
-  #forget (listed: ReadonlySet<string>): void {
+  /** Drops what is kept for children that are no longer listed. */
+  #forget (children: readonly string[]): void {
+    const listed = new Set(children)
     for (const name of this.#cache.keys()) if (!listed.has(name)) this.#cache.delete(name)
     for (const name of this.#reported.keys()) if (!listed.has(name)) this.#reported.delete(name)
   }
@@ -187,7 +189,10 @@ export class ZooKeeperSource extends BaseSource {
         } catch (err) {
           // Deleted between the list and the read: the child watch brings the new list.
           if (zkErrorCode(err) !== ZK.NO_NODE) throw err
-          this.#cache.delete(name)
+          if (this.#current(generation)) {
+            this.#cache.delete(name)
+            this.#reported.delete(name)
+          }
         }
       }
     }
@@ -195,6 +200,13 @@ export class ZooKeeperSource extends BaseSource {
   }
 
   #store (name: string, result: DecodeResult): void {
+    const cached = this.#cache.get(name)
+    if (cached?.result.ok && result.ok && sameInstance(cached.result.instance, result.instance)) {
+      // Read again (a resync, a new session) but unchanged: keep the object the membership holds, so
+      // the next change is still a change of one instance for the pool and the workers.
+      cached.stale = false
+      return
+    }
     this.#cache.set(name, { result, stale: false })
     if (result.ok) {
       this.#reported.delete(name)
@@ -206,7 +218,10 @@ export class ZooKeeperSource extends BaseSource {
     this.emit({ type: 'invalid', id: name, reason: result.reason, detail: result.detail })
   }
 
-  /** Publishes the cache, which now holds exactly the listed children that could be read. */
+  /**
+   * Publishes the cache: the listed children, each as last read (an entry whose re-read was cut short
+   * by a lost connection keeps its earlier result), less those deleted before they could be read.
+   */
   #commit (): void {
     const instances: Instance[] = []
     for (const { result } of this.#cache.values()) if (result.ok) instances.push(result.instance)

@@ -69,7 +69,13 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
       const { instances } = event.membership
       const delta = sent && diffInstances(sent.instances, instances, sent.seq)
       sent = { seq: (sent?.seq ?? 0) + 1, instances }
-      broadcast(delta ? { ...whole(), instances: undefined, delta } : whole())
+      // A delta that replaces most of the list is no cheaper than the list.
+      if (delta && delta.added.length < instances.length / 2) {
+        const { kind, status, stale } = source.state()
+        broadcast({ kind, status, stale, seq: sent.seq, delta })
+      } else {
+        broadcast(whole())
+      }
     }
   })
 
@@ -97,6 +103,7 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
         worker.send({ fleetgate: 'source', update: whole() } satisfies ToWorker)
       } else if (message?.fleetgate === 'listening') {
         listening.set(worker, message.port)
+        log.info({ pid: worker.process.pid, port: message.port }, 'proxy worker listening')
       } else if (message?.fleetgate === 'answer') {
         const entry = pending.get(message.id)
         if (!entry) return
@@ -172,17 +179,10 @@ export async function runWorker (config: ProxyConfig, logger: Logger): Promise<{
   let resolveClosed!: () => void
   const closed = new Promise<void>(resolve => { resolveClosed = resolve })
   const shutdown = (): void => { void proxy.close().then(resolveClosed, resolveClosed) }
-  // A delta that does not follow the list this worker holds (one sent before the whole list reached it)
-  // is dropped; the worker asks for the whole list once, unless it is waiting for one already.
-  let awaitingWhole = true
   process.on('message', (message: ToWorker) => {
     switch (message?.fleetgate) {
       case 'source':
-        if (message.update.instances !== undefined) awaitingWhole = false
-        if (!source.apply(message.update) && !awaitingWhole) {
-          awaitingWhole = true
-          process.send?.({ fleetgate: 'hello' } satisfies ToPrimary)
-        }
+        if (source.apply(message.update)) process.send?.({ fleetgate: 'hello' } satisfies ToPrimary)
         break
       case 'query':
         void answer(message.what).then(value => process.send?.({ fleetgate: 'answer', id: message.id, value } satisfies ToPrimary))

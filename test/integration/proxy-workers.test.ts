@@ -73,9 +73,15 @@ t.test('a worker that dies is replaced, and the new one follows later changes', 
 
   const [victim] = workerPids(proxy.pid)
   t.ok(victim, 'the primary has workers')
+  const listeningLines = (): number => proxy.output().split('\n').filter(line => line.includes('"msg":"proxy worker listening"')).length
+  t.equal(listeningLines(), 2)
   process.kill(victim!, 'SIGKILL')
-  await eventually(() => { const pids = workerPids(proxy.pid); return pids.length === 2 && !pids.includes(victim!) }, { timeoutMs: 15_000 })
   await proxy.waitForOutput(/proxy worker died; starting another/)
+  // Listening, so it holds the whole list: the changes below reach it as deltas.
+  await eventually(() => listeningLines() === 3, { timeoutMs: 15_000 })
+  const pids = workerPids(proxy.pid)
+  t.equal(pids.length, 2)
+  t.notOk(pids.includes(victim!), 'the dead worker was replaced')
 
   // Changes after the replacement: each worker applies them to the list it holds.
   await registerCurator(client, { service: 'respawn', id: 'd', port: d!.port })
