@@ -2,10 +2,11 @@
 // a different instance when that is safe (nothing was sent, or an idempotent request got no answer).
 
 import type { IncomingMessage, ServerResponse } from 'node:http'
-import type { Dispatcher } from 'undici'
+import { errors, type Dispatcher } from 'undici'
 import type { Endpoint, Pool } from '../balancer/pool.ts'
 import { ERRORS, type ErrorCode } from '../errors.ts'
 import type { Logger } from '../logger.ts'
+import type { Deadlines, Timed } from './deadlines.ts'
 import { clientResponseHeaders, upstreamRequestHeaders } from './headers.ts'
 import type { InstanceMetrics } from './instance-metrics.ts'
 import type { Upstreams } from './upstreams.ts'
@@ -18,6 +19,10 @@ export interface ForwardContext {
   readonly metrics: InstanceMetrics
   readonly log: Logger
   readonly tries: number
+  /** The instance's time to answer a sent request with its headers, and to send each next body chunk. */
+  readonly headersTimeoutMs: number
+  readonly idleTimeoutMs: number
+  readonly deadlines: Deadlines
   /**
    * Envoy-style retry budget for requests that may have reached an instance, beyond each failed
    * instance's own allowance: retries in flight may not exceed this share of requests in flight...
@@ -46,7 +51,7 @@ const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE'])
  * directly. The newer onResponse* interface is a wrapper over it that parses every response header
  * into an object, which the proxy would only have to rebuild.
  */
-export class Exchange implements Dispatcher.DispatchHandler {
+export class Exchange implements Dispatcher.DispatchHandler, Timed {
   readonly #ctx: ForwardContext
   readonly #req: IncomingMessage
   readonly #res: ServerResponse
@@ -65,6 +70,12 @@ export class Exchange implements Dispatcher.DispatchHandler {
   #responded = false
   #clientGone = false
   #finished = false
+  #onDrain: (() => void) | undefined
+  // Timed: the attempt's headers or idle deadline, kept by ctx.deadlines.
+  deadline = Infinity
+  previousTimed: Timed | undefined = undefined
+  nextTimed: Timed | undefined = undefined
+  watched = false
 
   constructor (ctx: ForwardContext, req: IncomingMessage, res: ServerResponse) {
     this.#ctx = ctx
@@ -104,12 +115,22 @@ export class Exchange implements Dispatcher.DispatchHandler {
 
   onConnect (abort: (reason?: Error) => void): void {
     this.#abort = abort
-    if (this.#clientGone) abort(new Error('client closed the connection'))
+    if (this.#clientGone) return abort(new Error('client closed the connection'))
+    // The request is being sent: the instance's time to answer starts.
+    this.#ctx.deadlines.watch(this, this.#ctx.headersTimeoutMs)
+  }
+
+  onDeadline (): void {
+    this.#abort?.(this.#responded ? new errors.BodyTimeoutError() : new errors.HeadersTimeoutError())
   }
 
   onHeaders (statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
     // 1xx informational answers (103 Early Hints) are not passed on; the final answer follows.
-    if (statusCode < 200) return true
+    if (statusCode < 200) {
+      this.#ctx.deadlines.watch(this, this.#ctx.headersTimeoutMs)
+      return true
+    }
+    this.#ctx.deadlines.watch(this, this.#ctx.idleTimeoutMs)
     this.#ctx.pool.reportSuccess(this.#endpoint!)
     if (this.#clientGone) {
       this.#responded = true
@@ -125,9 +146,18 @@ export class Exchange implements Dispatcher.DispatchHandler {
 
   onData (chunk: Buffer): boolean {
     if (this.#clientGone) return true
-    if (this.#res.write(chunk)) return true
+    if (this.#res.write(chunk)) {
+      this.deadline = performance.now() + this.#ctx.idleTimeoutMs
+      return true
+    }
     // The client reads slower than the instance sends: pause the instance until the client drains.
-    this.#res.once('drain', this.#resume!)
+    // Meanwhile the instance is not idle, it is held back: no deadline (the client has its own timeout).
+    this.deadline = Infinity
+    this.#onDrain ??= () => {
+      this.deadline = performance.now() + this.#ctx.idleTimeoutMs
+      this.#resume!()
+    }
+    this.#res.once('drain', this.#onDrain)
     return false
   }
 
@@ -180,6 +210,7 @@ export class Exchange implements Dispatcher.DispatchHandler {
   }
 
   #endAttempt (): void {
+    this.#ctx.deadlines.unwatch(this)
     if (!this.#attemptOpen) return
     this.#attemptOpen = false
     this.#endpoint!.inflight--

@@ -12,6 +12,7 @@ import type { Logger } from '../logger.ts'
 import type { MembershipSource, SourceState } from '../membership/source.ts'
 import { createProxyMetrics, createRegistry, type ProxyMetrics } from '../metrics.ts'
 import { buildAdmin } from './admin.ts'
+import { Deadlines } from './deadlines.ts'
 import { Exchange, type ForwardContext } from './forward.ts'
 import { InstanceMetrics } from './instance-metrics.ts'
 import { renderStatusPage } from './status-page.ts'
@@ -84,13 +85,13 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
   })
   const upstreams = new Upstreams({
     connectTimeoutMs: options.connectTimeoutMs,
-    headersTimeoutMs: options.headersTimeoutMs,
-    idleTimeoutMs: options.idleTimeoutMs,
     keepAliveTimeoutMs: UPSTREAM_KEEP_ALIVE_MS,
     maxHeaderBytes: options.maxHeaderBytes,
   })
+  const deadlines = new Deadlines(Deadlines.resolutionFor(options.headersTimeoutMs, options.idleTimeoutMs))
   const forward: ForwardContext = {
     service, pool, upstreams, metrics: instanceMetrics, log,
+    headersTimeoutMs: options.headersTimeoutMs, idleTimeoutMs: options.idleTimeoutMs, deadlines,
     tries: options.tries, retryBudgetPercent: 20, retryBudgetMin: 10, inFlight: 0, retriesInFlight: 0, instanceRetriesInFlight: 0,
   }
   const upgrades: UpgradeContext = {
@@ -199,6 +200,7 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
       await app.close()
       clearTimeout(deadline)
       await upstreams.close()
+      deadlines.close()
       await source.close()
       await admin.close()
     },

@@ -6,8 +6,6 @@ import type { Endpoint } from '../balancer/pool.ts'
 
 export interface UpstreamOptions {
   readonly connectTimeoutMs: number
-  readonly headersTimeoutMs: number
-  readonly idleTimeoutMs: number
   /** Below the instances' own keep-alive (gunicorn's default is 2 s), so an idle socket is never reused as it closes. */
   readonly keepAliveTimeoutMs: number
   readonly maxHeaderBytes: number
@@ -26,8 +24,9 @@ export class Upstreams {
     if (!pool) {
       pool = new UndiciPool(`http://${endpoint.address}`, {
         connect: { timeout: this.#options.connectTimeoutMs },
-        headersTimeout: this.#options.headersTimeoutMs,
-        bodyTimeout: this.#options.idleTimeoutMs,
+        // The proxy times headers and body itself (deadlines.ts), without a timer object per request.
+        headersTimeout: 0,
+        bodyTimeout: 0,
         keepAliveTimeout: this.#options.keepAliveTimeoutMs,
         keepAliveMaxTimeout: this.#options.keepAliveTimeoutMs,
         maxHeaderSize: this.#options.maxHeaderBytes,

@@ -76,6 +76,28 @@ t.test('a 200 MB download and a 200 MB upload stream through with bounded memory
   t.ok(growthMb < 100, `RSS grew by ${growthMb.toFixed(1)} MB`)
 })
 
+t.test('a client that stops reading for longer than the idle timeout is not cut: the instance is not idle', async t => {
+  const client = await zkClient(t, server.connectString)
+  const backend = await startBackend(t, 'held')
+  const total = 32 * MB
+  backend.handle((_req, res) => {
+    res.setHeader('content-type', 'application/octet-stream')
+    generated(total).pipe(res)
+  })
+  await registerCurator(client, { service: 'held', id: 'held', port: backend.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'held', '--idle-timeout-ms', '300'])
+  await eventually(() => proxy.ready())
+  const res = await request(`${proxy.url}/big`)
+  t.equal(res.statusCode, 200)
+  // Buffers fill on every hop and the proxy holds the instance back; then nothing moves for 1.5 s,
+  // five idle timeouts.
+  await new Promise(resolve => setTimeout(resolve, 1_500))
+  let received = 0
+  for await (const chunk of res.body) received += (chunk as Buffer).length
+  t.equal(received, total, 'all of it arrived')
+  t.notMatch(proxy.output(), /response cut off/)
+})
+
 t.test('a response that trickles for 90 s is not cut', async t => {
   const client = await zkClient(t, server.connectString)
   const backend = await startBackend(t, 'trickle')

@@ -1,0 +1,71 @@
+// The headers and idle timeouts of requests in flight. Each request holds its deadline as a plain
+// number; one periodic sweep ends those past theirs.
+//
+// undici's own per-request timeouts (headersTimeout, bodyTimeout) make two timer objects per request,
+// and each lives until undici's next half-second tick. At tens of thousands of requests a second that
+// is enough promoted garbage for a full garbage collection every second or two, and those pauses set the
+// proxy's p99. Here nothing is allocated per request: the requests are linked through fields of their own.
+
+/** Something with a deadline. The link fields belong to the Deadlines watching it; leave them alone. */
+export interface Timed {
+  /** In performance.now() milliseconds. Infinity: watched, but not timed for now. */
+  deadline: number
+  previousTimed: Timed | undefined
+  nextTimed: Timed | undefined
+  watched: boolean
+  /** Called once when the deadline passes; the item is no longer watched by then. */
+  onDeadline(): void
+}
+
+export class Deadlines {
+  #first: Timed | undefined
+  readonly #timer: NodeJS.Timeout
+
+  /** `resolutionMs`: how late a deadline may be noticed. */
+  constructor (resolutionMs: number) {
+    this.#timer = setInterval(() => this.#sweep(performance.now()), resolutionMs)
+    this.#timer.unref()
+  }
+
+  /** The sweep period for timeouts of these lengths: a quarter of the shortest, from 10 ms to 1 s. */
+  static resolutionFor (...timeoutsMs: number[]): number {
+    return Math.min(1000, Math.max(10, Math.floor(Math.min(...timeoutsMs) / 4)))
+  }
+
+  /** Watches `item` with a deadline `ms` from now (Infinity: no deadline until the next call). */
+  watch (item: Timed, ms: number): void {
+    item.deadline = ms === Infinity ? Infinity : performance.now() + ms
+    if (item.watched) return
+    item.watched = true
+    item.previousTimed = undefined
+    item.nextTimed = this.#first
+    if (this.#first) this.#first.previousTimed = item
+    this.#first = item
+  }
+
+  unwatch (item: Timed): void {
+    if (!item.watched) return
+    item.watched = false
+    if (item.previousTimed) item.previousTimed.nextTimed = item.nextTimed
+    else this.#first = item.nextTimed
+    if (item.nextTimed) item.nextTimed.previousTimed = item.previousTimed
+    item.previousTimed = undefined
+    item.nextTimed = undefined
+  }
+
+  close (): void {
+    clearInterval(this.#timer)
+  }
+
+  #sweep (now: number): void {
+    let expired: Timed[] | undefined
+    for (let item = this.#first; item !== undefined; item = item.nextTimed) {
+      if (item.deadline <= now) (expired ??= []).push(item)
+    }
+    // Unlinked before any is called: ending one request may unwatch others.
+    if (expired === undefined) return
+    for (const item of expired) this.unwatch(item)
+    // One watched again meanwhile (by another's ending) has a new deadline.
+    for (const item of expired) if (!item.watched) item.onDeadline()
+  }
+}
