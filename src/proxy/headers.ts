@@ -1,7 +1,7 @@
 // Header rewriting between client and instance: hop-by-hop headers go, X-Forwarded-* are set the way
 // Superset's ProxyFix (one trusted hop) reads them.
 
-import type { IncomingMessage, OutgoingHttpHeaders } from 'node:http'
+import type { IncomingMessage } from 'node:http'
 
 /** RFC 9110 7.6.1 connection-specific headers, plus `expect` (Node answers 100-continue itself). */
 const HOP_BY_HOP = new Set([
@@ -44,30 +44,36 @@ export function upstreamRequestHeaders (req: IncomingMessage, keepUpgrade = fals
   return out
 }
 
+/** The lengths of the hop-by-hop names: only a name of one of these lengths is lower-cased to be checked. */
+const HOP_BY_HOP_LENGTHS = new Set([...HOP_BY_HOP].map(name => name.length))
+
 /**
- * The response head for the client, from the instance's raw [name, value, ...] buffers: lower-case
- * names (as Node reads them), hop-by-hop headers dropped, repeated headers (Set-Cookie) kept as lists. Bytes are read as
- * latin1, which Node writes back unchanged, so a value is passed on byte for byte whatever its encoding.
+ * The response head for the client, from the instance's raw [name, value, ...] buffers, as a flat
+ * [name, value, ...] list that Node writes as it is: hop-by-hop headers dropped, everything else in
+ * order and in the instance's own spelling, repeated headers (Set-Cookie) as repeated lines. Bytes are
+ * read as latin1, which Node writes back unchanged, so a value passes byte for byte whatever its encoding.
  */
-export function clientResponseHeaders (raw: readonly Buffer[]): OutgoingHttpHeaders {
-  // No prototype: an instance may send a header named `constructor` or `__proto__`.
-  const out: Record<string, string | string[]> = Object.create(null)
+export function clientResponseHeaders (raw: readonly Buffer[]): string[] {
+  const out: string[] = []
   let connection: string | undefined
   for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i]!.toString('latin1').toLowerCase()
+    const name = raw[i]!.toString('latin1')
     const value = raw[i + 1]!.toString('latin1')
-    if (HOP_BY_HOP.has(name)) {
-      if (name === 'connection') connection = connection === undefined ? value : `${connection},${value}`
-      continue
+    if (HOP_BY_HOP_LENGTHS.has(name.length)) {
+      const lower = name.toLowerCase()
+      if (HOP_BY_HOP.has(lower)) {
+        if (lower === 'connection') connection = connection === undefined ? value : `${connection},${value}`
+        continue
+      }
     }
-    const seen = out[name]
-    if (seen === undefined) out[name] = value
-    else if (typeof seen === 'string') out[name] = [seen, value]
-    else seen.push(value)
+    out.push(name, value)
   }
   // Rare: headers the instance named in Connection are its own business too.
-  for (const name of connectionTokens(connection) ?? []) delete out[name]
-  return out
+  const named = connectionTokens(connection)
+  if (named === undefined) return out
+  const kept: string[] = []
+  for (let i = 0; i < out.length; i += 2) if (!named.has(out[i]!.toLowerCase())) kept.push(out[i]!, out[i + 1]!)
+  return kept
 }
 
 /** `Connection: keep-alive` or `close`, nearly every answer's, names no other header. */
