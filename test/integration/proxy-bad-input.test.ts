@@ -81,10 +81,24 @@ t.test('SIGTERM lets in-flight requests finish, then exits 0', async t => {
   const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, '--shutdown-timeout-ms', '10000'])
   await eventually(() => proxy.ready())
   const inFlight = get(proxy.url)
-  await eventually(() => backend.hits === 1)
+  // A second connection, busy too when the signal comes; it sends one more request while draining.
+  const socket = connect(Number(new URL(proxy.url).port), '127.0.0.1')
+  let answer = ''
+  socket.setEncoding('utf8').on('data', (s: string) => { answer += s })
+  const closed = new Promise(resolve => socket.on('close', resolve))
+  socket.write('GET /first HTTP/1.1\r\nHost: x\r\n\r\n')
+  await eventually(() => backend.hits === 2)
   proxy.kill('SIGTERM')
+  await proxy.waitForOutput(/shutting down: draining in-flight requests/)
+  socket.write('GET /second HTTP/1.1\r\nHost: x\r\n\r\n')
   const res = await inFlight
   t.equal(res.status, 200)
   t.equal(res.body, 'done')
+  await closed
+  const answers = answer.split(/(?=HTTP\/1\.1 )/)
+  t.equal(answers.length, 2, 'both requests on the busy connection were answered')
+  t.match(answers[0], /^HTTP\/1\.1 200 [^]*\r\n\r\ndone$/)
+  t.match(answers[1], /^HTTP\/1\.1 200 [^]*\r\nconnection: close\r\n[^]*\r\n\r\ndone$/i, 'a request that came while draining: served, with Connection: close')
+  t.equal(backend.hits, 3)
   t.same(await proxy.exited, { code: 0, signal: null })
 })
