@@ -19,12 +19,20 @@ export interface Timed {
 
 export class Deadlines {
   #first: Timed | undefined
+  #size = 0
+  readonly #now: () => number
   readonly #timer: NodeJS.Timeout
 
-  /** `resolutionMs`: how late a deadline may be noticed. */
-  constructor (resolutionMs: number) {
-    this.#timer = setInterval(() => this.#sweep(performance.now()), resolutionMs)
+  /** `resolutionMs`: how late a deadline may be noticed; `now`: the clock (tests give their own). */
+  constructor (resolutionMs: number, now: () => number = () => performance.now()) {
+    this.#now = now
+    this.#timer = setInterval(() => this.sweep(), resolutionMs)
     this.#timer.unref()
+  }
+
+  /** Items watched. */
+  get size (): number {
+    return this.#size
   }
 
   /** The sweep period for timeouts of these lengths: a quarter of the shortest, from 10 ms to 1 s. */
@@ -34,9 +42,10 @@ export class Deadlines {
 
   /** Watches `item` with a deadline `ms` from now (Infinity: no deadline until the next call). */
   watch (item: Timed, ms: number): void {
-    item.deadline = ms === Infinity ? Infinity : performance.now() + ms
+    item.deadline = ms === Infinity ? Infinity : this.#now() + ms
     if (item.watched) return
     item.watched = true
+    this.#size++
     item.previousTimed = undefined
     item.nextTimed = this.#first
     if (this.#first) this.#first.previousTimed = item
@@ -46,6 +55,7 @@ export class Deadlines {
   unwatch (item: Timed): void {
     if (!item.watched) return
     item.watched = false
+    this.#size--
     if (item.previousTimed) item.previousTimed.nextTimed = item.nextTimed
     else this.#first = item.nextTimed
     if (item.nextTimed) item.nextTimed.previousTimed = item.previousTimed
@@ -57,15 +67,23 @@ export class Deadlines {
     clearInterval(this.#timer)
   }
 
-  #sweep (now: number): void {
+  /** Ends every item past its deadline; the timer calls this. */
+  sweep (): void {
+    const now = this.#now()
     let expired: Timed[] | undefined
     for (let item = this.#first; item !== undefined; item = item.nextTimed) {
       if (item.deadline <= now) (expired ??= []).push(item)
     }
-    // Unlinked before any is called: ending one request may unwatch others.
     if (expired === undefined) return
-    for (const item of expired) this.unwatch(item)
-    // One watched again meanwhile (by another's ending) has a new deadline.
-    for (const item of expired) if (!item.watched) item.onDeadline()
+    for (const item of expired) {
+      // Ending one may have ended or re-timed another of these meanwhile.
+      if (!item.watched || item.deadline > now) continue
+      this.unwatch(item)
+      try {
+        item.onDeadline()
+      } catch (err) {
+        process.emitWarning(err instanceof Error ? err : new Error(String(err)))
+      }
+    }
   }
 }

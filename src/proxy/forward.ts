@@ -116,8 +116,18 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed {
   onConnect (abort: (reason?: Error) => void): void {
     this.#abort = abort
     if (this.#clientGone) return abort(new Error('client closed the connection'))
-    // The request is being sent: the instance's time to answer starts.
-    this.#ctx.deadlines.watch(this, this.#ctx.headersTimeoutMs)
+    // The request is being sent. A body being uploaded is timed like any body, by the idle timeout
+    // between chunks; the instance's time to answer starts once the whole request is sent.
+    this.#ctx.deadlines.watch(this, this.#hasBody ? this.#ctx.idleTimeoutMs : this.#ctx.headersTimeoutMs)
+  }
+
+  onBodySent (): void {
+    this.deadline = performance.now() + this.#ctx.idleTimeoutMs
+  }
+
+  onRequestSent (): void {
+    // An instance may answer before it has read the whole upload: then its body is being timed already.
+    if (this.#hasBody && !this.#responded) this.#ctx.deadlines.watch(this, this.#ctx.headersTimeoutMs)
   }
 
   onDeadline (): void {
@@ -139,7 +149,15 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed {
     this.#resume = resume
     // Should the head not pass Node's checks, this throws before anything reached the client: undici
     // aborts the request and onError answers 502.
-    this.#res.writeHead(statusCode, statusText, clientResponseHeaders(rawHeaders))
+    const headers = clientResponseHeaders(rawHeaders)
+    if (this.#res.getHeaderNames().length === 0) {
+      this.#res.writeHead(statusCode, statusText, headers)
+    } else {
+      // Headers set already (Connection: close while draining): Node would merge a list given to
+      // writeHead with setHeader, which keeps only the last of repeated headers such as Set-Cookie.
+      for (let i = 0; i < headers.length; i += 2) this.#res.appendHeader(headers[i]!, headers[i + 1]!)
+      this.#res.writeHead(statusCode, statusText)
+    }
     this.#responded = true
     return true
   }

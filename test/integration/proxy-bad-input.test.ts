@@ -77,7 +77,10 @@ t.test('bad configuration: clear error, exit code 2', async t => {
 
 t.test('SIGTERM lets in-flight requests finish, then exits 0', async t => {
   const backend = await startBackend(t, 'slow')
-  backend.handle((_req, res) => { setTimeout(() => res.end('done'), 1_000) })
+  backend.handle((_req, res) => {
+    res.setHeader('set-cookie', ['session=1', 'csrf=2'])
+    setTimeout(() => res.end('done'), 1_000)
+  })
   const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, '--shutdown-timeout-ms', '10000'])
   await eventually(() => proxy.ready())
   const inFlight = get(proxy.url)
@@ -99,6 +102,9 @@ t.test('SIGTERM lets in-flight requests finish, then exits 0', async t => {
   t.equal(answers.length, 2, 'both requests on the busy connection were answered')
   t.match(answers[0], /^HTTP\/1\.1 200 [^]*\r\n\r\ndone$/)
   t.match(answers[1], /^HTTP\/1\.1 200 [^]*\r\nconnection: close\r\n[^]*\r\n\r\ndone$/i, 'a request that came while draining: served, with Connection: close')
+  for (const [i, answer] of answers.entries()) {
+    t.same(answer.match(/^set-cookie: .*$/gim)?.map(line => line.trim()), ['set-cookie: session=1', 'set-cookie: csrf=2'], `answer ${i + 1}: both cookies`)
+  }
   t.equal(backend.hits, 3)
   t.same(await proxy.exited, { code: 0, signal: null })
 })

@@ -2,6 +2,7 @@
 
 import { spawn } from 'node:child_process'
 import type { ServerResponse } from 'node:http'
+import { Readable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import { request } from 'undici'
@@ -115,6 +116,48 @@ t.test('retries go to a different instance; with none left the answer is 502', a
   }
   const states = (await proxy.status()).instances.filter(i => i.id.startsWith('dead')).map(i => i.state)
   t.same(states, ['ejected', 'ejected'], 'instances that refused are ejected')
+})
+
+t.test('a slow upload does not count against the headers timeout, only the wait for the answer does', async t => {
+  const client = await zkClient(t, server.connectString)
+  const backend = await startBackend(t, 'upload')
+  backend.handle((req, res) => {
+    let received = 0
+    req.on('data', (c: Buffer) => { received += c.length })
+    req.on('end', () => res.end(String(received)))
+  })
+  await registerCurator(client, { service: 'upload', id: 'upload', port: backend.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'upload', '--headers-timeout-ms', '500'])
+  await eventually(() => proxy.ready())
+  // 2 s of upload, a chunk every 100 ms: four headers timeouts long, never idle for one.
+  const chunks = 20
+  const body = new Readable({ read () {} })
+  let sent = 0
+  const pump = setInterval(() => {
+    body.push(Buffer.alloc(1024, 'u'))
+    if (++sent === chunks) { clearInterval(pump); body.push(null) }
+  }, 100)
+  t.teardown(() => clearInterval(pump))
+  const res = await request(`${proxy.url}/upload`, { method: 'POST', body, headers: { 'content-length': String(chunks * 1024) } })
+  t.equal(res.statusCode, 200)
+  t.equal(await res.body.text(), String(chunks * 1024), 'the whole upload reached the instance')
+})
+
+t.test('a retried request gets the headers timeout on its second instance too', async t => {
+  const client = await zkClient(t, server.connectString)
+  const [reset, silent] = await Promise.all([startBackend(t, 'reset'), startBackend(t, 'silent')])
+  reset.handle(req => { req.socket.destroy() })
+  silent.handle(() => { /* never answers */ })
+  for (const b of [reset, silent]) await registerCurator(client, { service: 'retry-timeout', id: b.name, port: b.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'retry-timeout', '--headers-timeout-ms', '500'])
+  await eventually(async () => (await proxy.status()).instances.length === 2)
+  // In rotation, one of the two starts on the instance that resets and is retried on the silent one.
+  for (let i = 0; i < 2; i++) {
+    const res = await get(proxy.url)
+    t.equal(res.status, 504, `request ${i + 1}`)
+  }
+  t.equal(silent.hits, 2, 'both ended on the silent instance')
+  t.ok(reset.hits >= 1, `${reset.hits} of them retried from the instance that reset it, then timed out`)
 })
 
 t.test('an instance that does not answer in time gets 504', async t => {
