@@ -202,8 +202,9 @@ export class ZooKeeperSource extends BaseSource {
   #store (name: string, result: DecodeResult): void {
     const cached = this.#cache.get(name)
     if (cached?.result.ok && result.ok && sameInstance(cached.result.instance, result.instance)) {
-      // Read again (a resync, a new session) but unchanged: keep the object the membership holds, so
-      // the next change is still a change of one instance for the pool and the workers.
+      // Read again (a resync, a new session) but unchanged: keep the object the membership holds.
+      // publish() would map an equal new object back to it too, but only by matching every re-read
+      // child against the membership and sorting them, at every change until the next re-read.
       cached.stale = false
       return
     }

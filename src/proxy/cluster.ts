@@ -53,29 +53,24 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
 
   // The last membership list sent to the workers, and its number: each change goes out as a delta from it.
   let sent: { seq: number, instances: readonly Instance[] } | undefined
-  const whole = (): SourceUpdate => {
-    const state = source.state()
-    return { kind: state.kind, status: state.status, stale: state.stale, ...(sent ? { seq: sent.seq, instances: sent.instances } : {}) }
+  const sourceStatus = (): Pick<SourceUpdate, 'kind' | 'status' | 'stale'> => {
+    const { kind, status, stale } = source.state()
+    return { kind, status, stale }
   }
+  const whole = (): SourceUpdate => ({ ...sourceStatus(), ...(sent ? { seq: sent.seq, instances: sent.instances } : {}) })
   const broadcast = (update: SourceUpdate): void => {
     const message: ToWorker = { fleetgate: 'source', update }
     for (const worker of Object.values(cluster.workers ?? {})) if (worker?.isConnected()) worker.send(message)
   }
   source.onEvent(event => {
     if (event.type === 'status') {
-      const { kind, status, stale } = source.state()
-      broadcast({ kind, status, stale })
+      broadcast(sourceStatus())
     } else if (event.type === 'membership') {
       const { instances } = event.membership
       const delta = sent && diffInstances(sent.instances, instances, sent.seq)
       sent = { seq: (sent?.seq ?? 0) + 1, instances }
       // A delta that replaces most of the list is no cheaper than the list.
-      if (delta && delta.added.length < instances.length / 2) {
-        const { kind, status, stale } = source.state()
-        broadcast({ kind, status, stale, seq: sent.seq, delta })
-      } else {
-        broadcast(whole())
-      }
+      broadcast(delta && delta.added.length < instances.length / 2 ? { ...sourceStatus(), seq: sent.seq, delta } : whole())
     }
   })
 

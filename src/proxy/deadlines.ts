@@ -52,6 +52,11 @@ export class Deadlines {
     this.#first = item
   }
 
+  /** Moves the deadline of an item still watched (`ms` from now, or Infinity); one no longer watched is left alone. */
+  refresh (item: Timed, ms: number): void {
+    if (item.watched) item.deadline = ms === Infinity ? Infinity : this.#now() + ms
+  }
+
   unwatch (item: Timed): void {
     if (!item.watched) return
     item.watched = false

@@ -122,7 +122,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed {
   }
 
   onBodySent (): void {
-    this.deadline = performance.now() + this.#ctx.idleTimeoutMs
+    this.#ctx.deadlines.refresh(this, this.#ctx.idleTimeoutMs)
   }
 
   onRequestSent (): void {
@@ -165,14 +165,14 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed {
   onData (chunk: Buffer): boolean {
     if (this.#clientGone) return true
     if (this.#res.write(chunk)) {
-      this.deadline = performance.now() + this.#ctx.idleTimeoutMs
+      this.#ctx.deadlines.refresh(this, this.#ctx.idleTimeoutMs)
       return true
     }
     // The client reads slower than the instance sends: pause the instance until the client drains.
     // Meanwhile the instance is not idle, it is held back: no deadline (the client has its own timeout).
-    this.deadline = Infinity
+    this.#ctx.deadlines.refresh(this, Infinity)
     this.#onDrain ??= () => {
-      this.deadline = performance.now() + this.#ctx.idleTimeoutMs
+      this.#ctx.deadlines.refresh(this, this.#ctx.idleTimeoutMs)
       this.#resume!()
     }
     this.#res.once('drain', this.#onDrain)

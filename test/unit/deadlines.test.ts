@@ -29,7 +29,8 @@ t.test('a deadline that passes ends its item once; unwatched, refreshed and unti
   t.equal(deadlines.size, 5)
   deadlines.unwatch(c!) // from the middle of the list
   advance(20)
-  deadlines.watch(b!, 30) // refreshed: now due at 50
+  deadlines.refresh(b!, 30) // now due at 50
+  deadlines.refresh(c!, 1) // no longer watched: left alone
   t.same(fired, [])
   advance(10)
   t.same(fired, ['a'], 'a at its deadline')
@@ -41,6 +42,7 @@ t.test('a deadline that passes ends its item once; unwatched, refreshed and unti
   advance(1_000_000)
   t.same(fired, ['a', 'e', 'b'], 'each ends once; c was unwatched; d is untimed')
   t.ok(d!.watched)
+  t.equal(c!.deadline, 1_030, 'refresh did not touch the unwatched c')
   t.equal(deadlines.size, 1)
   deadlines.unwatch(d!)
   deadlines.unwatch(d!)
