@@ -59,6 +59,12 @@ export const ProxyConfigSchema = Type.Object({
   connectTimeoutMs: Milliseconds('Upstream connect timeout', 5_000),
   headersTimeoutMs: Milliseconds('Upstream response headers timeout (above Superset\'s 60 s)', 120_000),
   idleTimeoutMs: Milliseconds('Idle timeout while a body streams, either way', 300_000),
+  maxConnectionsPerInstance: Type.Integer({
+    minimum: 0, maximum: 100_000, default: 128,
+    description: 'Requests (connections) an instance carries at once, per proxy process (HAProxy\'s maxconn); more wait in a queue. 0: no limit',
+    expected: 'an integer from 0 to 100000',
+  }),
+  queueTimeoutMs: Milliseconds('How long a request may wait for an instance under its connection limit; then 503', 5_000),
   tries: Type.Integer({ minimum: 1, maximum: 10, default: 3, description: 'Tries per request, each on a different instance', expected: 'an integer from 1 to 10' }),
   ejectBaseMs: Milliseconds('First ejection of an instance that refused a connection; doubles in a row', 1_000),
   ejectMaxMs: Milliseconds('Longest ejection', 30_000),

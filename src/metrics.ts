@@ -120,6 +120,8 @@ export interface ProxyCollectors {
   discovery(): { connected: boolean, stale: boolean }
   /** Absent where no requests are served (the primary of a multi-process proxy). */
   readonly traffic?: Traffic
+  /** Requests waiting for an instance under its connection limit; absent like traffic. */
+  readonly queue?: { readonly size: number, readonly timeouts: number }
 }
 
 export function createProxyMetrics (registry: Registry, collectors: ProxyCollectors) {
@@ -201,6 +203,26 @@ export function createProxyMetrics (registry: Registry, collectors: ProxyCollect
       labelNames: ['service'] as const,
       registers,
       collect: fromTraffic<Counter<'service'>>((metric, traffic) => metric.inc({ service }, traffic.noLiveInstances)),
+    }),
+    queued: new Gauge({
+      name: 'fleetgate_queued_requests',
+      help: 'Requests waiting because every instance they may use is at --max-connections-per-instance (HAProxy\'s qcur)',
+      labelNames: ['service'] as const,
+      registers,
+      collect () {
+        if (collectors.queue) this.set({ service }, collectors.queue.size)
+      },
+    }),
+    queueTimeouts: new Counter({
+      name: 'fleetgate_queue_timeouts_total',
+      help: 'Requests answered 503 after waiting --queue-timeout-ms for an instance under its connection limit',
+      labelNames: ['service'] as const,
+      registers,
+      collect () {
+        if (!collectors.queue) return
+        this.reset()
+        this.inc({ service }, collectors.queue.timeouts)
+      },
     }),
     instances: new Gauge({
       name: 'fleetgate_instances',

@@ -86,6 +86,11 @@ export interface PoolOptions {
   readonly ejectMaxMs: number
   /** Below this share of healthy instances, ejection is ignored and all non-draining ones get traffic. */
   readonly panicThresholdPercent: number
+  /**
+   * The most requests an instance carries at once (HAProxy's server `maxconn`); 0 for no limit. An
+   * instance at the limit is skipped, and when all are, pick() finds none and atLimit() says why.
+   */
+  readonly maxInflight?: number
   readonly now?: () => number
 }
 
@@ -93,6 +98,8 @@ export class Pool {
   readonly service: string
   readonly #options: PoolOptions
   readonly #now: () => number
+  readonly #limit: number
+  readonly #hasRoom = (endpoint: Endpoint): boolean => endpoint.inflight < this.#limit
   readonly #endpoints = new Map<string, Endpoint>()
   /** The endpoints in membership order (by id). */
   #ordered: readonly Endpoint[] = []
@@ -109,6 +116,7 @@ export class Pool {
     this.service = options.service
     this.#options = options
     this.#now = options.now ?? Date.now
+    this.#limit = options.maxInflight ?? 0
   }
 
   get membership (): Membership | undefined {
@@ -176,20 +184,32 @@ export class Pool {
   }
 
   /**
-   * The next endpoint for a new request, skipping `exclude` (those already tried for it). Ejected
-   * endpoints are skipped unless too few are healthy (panic: better a likely failure than none).
+   * The next endpoint for a new request, skipping `exclude` (those already tried for it) and, when
+   * `limited`, those at the connection limit. Ejected endpoints are skipped unless too few are
+   * healthy (panic: better a likely failure than none).
    */
-  pick (exclude?: ReadonlySet<Endpoint>): Endpoint | undefined {
+  pick (exclude?: ReadonlySet<Endpoint>, limited = true): Endpoint | undefined {
+    return this.#choose(exclude !== undefined && exclude.size > 0 ? exclude : undefined, limited ? this.#limit : 0)
+  }
+
+  /** Whether pick() found no endpoint only because every one it could pick is at the connection limit. */
+  atLimit (exclude?: ReadonlySet<Endpoint>): boolean {
+    return this.#limit > 0 && this.pick(exclude, false) !== undefined
+  }
+
+  #choose (exclude: ReadonlySet<Endpoint> | undefined, limit: number): Endpoint | undefined {
     const now = this.#now()
     if (this.#ejected.size > 0) this.#expireEjections(now)
     if (this.#ejected.size === 0) {
-      return exclude && exclude.size > 0 ? this.#picker.next(e => !exclude.has(e)) : this.#picker.next(always)
+      if (limit === 0) return exclude ? this.#picker.next(e => !exclude.has(e)) : this.#picker.next(always)
+      return exclude ? this.#picker.next(e => e.inflight < limit && !exclude.has(e)) : this.#picker.next(this.#hasRoom)
     }
+    const eligible = (e: Endpoint): boolean => !exclude?.has(e) && (limit === 0 || e.inflight < limit)
     const healthyPercent = ((this.#upCount - this.#ejected.size) / this.#upCount) * 100
     const panic = healthyPercent < this.#options.panicThresholdPercent
-    const chosen = this.#picker.next(e => !this.#ejected.has(e) && !exclude?.has(e))
+    const chosen = this.#picker.next(e => !this.#ejected.has(e) && eligible(e))
     if (chosen || !panic) return chosen
-    return this.#picker.next(e => !exclude?.has(e))
+    return this.#picker.next(eligible)
   }
 
   /** An answer came back (any status): the endpoint is reachable. */

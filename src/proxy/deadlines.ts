@@ -1,5 +1,5 @@
-// The headers and idle timeouts of requests in flight. Each request holds its deadline as a plain
-// number; one periodic sweep ends those past theirs.
+// The queue, headers and idle timeouts of requests in flight. Each request holds its deadline as a
+// plain number; one periodic sweep ends those past theirs.
 //
 // undici's own per-request timeouts (headersTimeout, bodyTimeout) make two timer objects per request,
 // and each lives until undici's next half-second tick. At tens of thousands of requests a second that

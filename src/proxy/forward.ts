@@ -9,6 +9,7 @@ import type { Logger } from '../logger.ts'
 import type { Deadlines, Timed } from './deadlines.ts'
 import { clientResponseHeaders, upstreamRequestHeaders } from './headers.ts'
 import type { InstanceMetrics } from './instance-metrics.ts'
+import type { Waiter, WaitQueue } from './queue.ts'
 import type { Upstreams } from './upstreams.ts'
 
 /** Everything an exchange needs that outlives it; one per proxy. */
@@ -23,6 +24,9 @@ export interface ForwardContext {
   readonly headersTimeoutMs: number
   readonly idleTimeoutMs: number
   readonly deadlines: Deadlines
+  /** Requests waiting for an instance under its connection limit, and how long they may wait. */
+  readonly queue: WaitQueue
+  readonly queueTimeoutMs: number
   /**
    * Envoy-style retry budget for requests that may have reached an instance, beyond each failed
    * instance's own allowance: retries in flight may not exceed this share of requests in flight...
@@ -51,7 +55,7 @@ const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE'])
  * directly. The newer onResponse* interface is a wrapper over it that parses every response header
  * into an object, which the proxy would only have to rebuild.
  */
-export class Exchange implements Dispatcher.DispatchHandler, Timed {
+export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
   readonly #ctx: ForwardContext
   readonly #req: IncomingMessage
   readonly #res: ServerResponse
@@ -62,6 +66,8 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed {
   #tried: Set<Endpoint> | undefined
   #tries = 0
   #attemptOpen = false
+  /** Waiting in ctx.queue: every instance it may use is at its connection limit. */
+  queued = false
   /** Whose allowance a retry of this request took: the instance that failed it, or the shared budget. */
   #retryCharge: Endpoint | 'shared' | undefined
   #lastFailure: ErrorCode = 'FLEETGATE_ERR_UPSTREAM_CONNECT'
@@ -71,7 +77,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed {
   #clientGone = false
   #finished = false
   #onDrain: (() => void) | undefined
-  // Timed: the attempt's headers or idle deadline, kept by ctx.deadlines.
+  // Timed: the queue timeout, or the attempt's headers or idle deadline, kept by ctx.deadlines.
   deadline = Infinity
   previousTimed: Timed | undefined = undefined
   nextTimed: Timed | undefined = undefined
@@ -87,9 +93,22 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed {
     res.on('close', this.#onClientClose)
   }
 
-  /** Sends the request to the next instance not tried yet, or answers the error if none is left. */
+  /**
+   * Sends the request to the next instance not tried yet, waits in the queue if all of those are at
+   * their connection limit, or answers the error if none is left.
+   */
   start (): void {
-    const endpoint = this.#ctx.pool.pick(this.#tried)
+    const ctx = this.#ctx
+    const endpoint = ctx.pool.pick(this.#tried)
+    if (!endpoint && ctx.pool.atLimit(this.#tried)) {
+      if (!this.queued) {
+        this.queued = true
+        ctx.queue.add(this)
+        ctx.deadlines.watch(this, ctx.queueTimeoutMs)
+      }
+      return
+    }
+    if (this.queued) this.#leaveQueue()
     if (!endpoint) {
       if (this.#tries === 0) {
         this.#ctx.metrics.noLiveInstance()
@@ -105,7 +124,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed {
     this.#attemptOpen = true
     endpoint.started(this.#startedAt)
     this.#headers ??= upstreamRequestHeaders(this.#req)
-    this.#ctx.upstreams.get(endpoint).dispatch({
+    ctx.upstreams.get(endpoint).dispatch({
       path: this.#req.url ?? '/',
       method: this.#req.method as Dispatcher.HttpMethod,
       headers: this.#headers,
@@ -130,7 +149,16 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed {
     if (this.#hasBody && !this.#responded) this.#ctx.deadlines.watch(this, this.#ctx.headersTimeoutMs)
   }
 
+  get restricted (): boolean {
+    return this.#tried !== undefined
+  }
+
   onDeadline (): void {
+    if (this.queued) {
+      this.#leaveQueue()
+      this.#ctx.queue.timeouts++
+      return this.#fail('FLEETGATE_ERR_QUEUE_TIMEOUT')
+    }
     this.#abort?.(this.#responded ? new errors.BodyTimeoutError() : new errors.HeadersTimeoutError())
   }
 
@@ -228,11 +256,19 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed {
   }
 
   #endAttempt (): void {
-    this.#ctx.deadlines.unwatch(this)
+    const ctx = this.#ctx
+    ctx.deadlines.unwatch(this)
     if (!this.#attemptOpen) return
     this.#attemptOpen = false
     this.#endpoint!.inflight--
-    this.#ctx.metrics.ended(this.#endpoint!)
+    ctx.metrics.ended(this.#endpoint!)
+    if (ctx.queue.size > 0) ctx.queue.serve()
+  }
+
+  #leaveQueue (): void {
+    this.queued = false
+    this.#ctx.queue.delete(this)
+    this.#ctx.deadlines.unwatch(this)
   }
 
   /**
@@ -295,6 +331,10 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed {
   readonly #onClientClose = (): void => {
     if (this.#finished || this.#res.writableFinished) return
     this.#clientGone = true
+    if (this.queued) {
+      this.#leaveQueue()
+      return this.#finish(499)
+    }
     this.#abort?.(new Error('client closed the connection'))
   }
 }

@@ -15,13 +15,15 @@ import { buildAdmin } from './admin.ts'
 import { Deadlines } from './deadlines.ts'
 import { Exchange, type ForwardContext } from './forward.ts'
 import { InstanceMetrics } from './instance-metrics.ts'
+import { WaitQueue } from './queue.ts'
 import { renderStatusPage } from './status-page.ts'
 import { proxyUpgrade, type UpgradeContext } from './upgrade.ts'
 import { Upstreams } from './upstreams.ts'
 
 export type ProxyOptions = Pick<ProxyConfig,
   'service' | 'listen' | 'connectTimeoutMs' | 'headersTimeoutMs' | 'idleTimeoutMs' | 'tries' |
-  'ejectBaseMs' | 'ejectMaxMs' | 'panicThresholdPercent' | 'shutdownTimeoutMs' | 'maxHeaderBytes'> & {
+  'ejectBaseMs' | 'ejectMaxMs' | 'panicThresholdPercent' | 'shutdownTimeoutMs' | 'maxHeaderBytes' |
+  'maxConnectionsPerInstance' | 'queueTimeoutMs'> & {
   /** Without one, no admin listener (a worker of a multi-process proxy: the primary has it). */
   readonly adminListen: string | undefined
 }
@@ -66,7 +68,9 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
     ejectBaseMs: options.ejectBaseMs,
     ejectMaxMs: options.ejectMaxMs,
     panicThresholdPercent: options.panicThresholdPercent,
+    maxInflight: options.maxConnectionsPerInstance,
   })
+  const queue = new WaitQueue()
   const registry = createRegistry()
   const instanceMetrics = new InstanceMetrics()
   const metrics = createProxyMetrics(registry, {
@@ -82,21 +86,24 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
       return { connected: state.status === 'connected', stale: state.stale }
     },
     traffic: instanceMetrics,
+    queue,
   })
   const upstreams = new Upstreams({
     connectTimeoutMs: options.connectTimeoutMs,
     keepAliveTimeoutMs: UPSTREAM_KEEP_ALIVE_MS,
     maxHeaderBytes: options.maxHeaderBytes,
+    maxConnections: options.maxConnectionsPerInstance,
   })
-  const deadlines = new Deadlines(Deadlines.resolutionFor(options.headersTimeoutMs, options.idleTimeoutMs))
+  const deadlines = new Deadlines(Deadlines.resolutionFor(options.headersTimeoutMs, options.idleTimeoutMs, options.queueTimeoutMs))
   const forward: ForwardContext = {
     service, pool, upstreams, metrics: instanceMetrics, log,
     headersTimeoutMs: options.headersTimeoutMs, idleTimeoutMs: options.idleTimeoutMs, deadlines,
+    queue, queueTimeoutMs: options.queueTimeoutMs,
     tries: options.tries, retryBudgetPercent: 20, retryBudgetMin: 10, inFlight: 0, retriesInFlight: 0, instanceRetriesInFlight: 0,
   }
   const upgrades: UpgradeContext = {
     service, pool, metrics: instanceMetrics, log, tries: options.tries,
-    connectTimeoutMs: options.connectTimeoutMs, sockets: new Set<Duplex>(),
+    connectTimeoutMs: options.connectTimeoutMs, queue, sockets: new Set<Duplex>(),
   }
   let closing = false
 
@@ -108,6 +115,9 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
     } else if (event.type === 'removed') {
       instanceMetrics.removed(event.endpoint)
       void upstreams.release(event.endpoint)
+    } else if (event.type === 'changed') {
+      // New instances have room for requests waiting; removed ones fail those that had no other.
+      queue.serve()
     } else if (event.type === 'ejected') {
       instanceMetrics.ejected(event.endpoint)
       log.warn({ instance: event.endpoint.address, durationMs: event.durationMs }, 'instance ejected after a failed connect')

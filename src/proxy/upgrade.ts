@@ -9,6 +9,7 @@ import { ERRORS, type ErrorCode } from '../errors.ts'
 import type { Logger } from '../logger.ts'
 import { upstreamRequestHeaders } from './headers.ts'
 import type { InstanceMetrics } from './instance-metrics.ts'
+import type { WaitQueue } from './queue.ts'
 
 export interface UpgradeContext {
   readonly service: string
@@ -17,6 +18,8 @@ export interface UpgradeContext {
   readonly log: Logger
   readonly tries: number
   readonly connectTimeoutMs: number
+  /** Requests waiting for a connection: an upgrade that ends frees one. */
+  readonly queue: WaitQueue
   /** Sockets of upgraded connections, so shutdown can end them after its deadline. */
   readonly sockets: Set<Duplex>
 }
@@ -34,7 +37,9 @@ export function proxyUpgrade (ctx: UpgradeContext, req: IncomingMessage, client:
     ctx.metrics.finished(last, method, ERRORS[code].statusCode, seconds())
   }
   const attempt = (): void => {
-    const endpoint = ctx.pool.pick(tried)
+    // An upgrade is not queued behind the connection limit (a WebSocket may stay open for hours, and
+    // queued requests would time out behind it), but it counts toward it while it lasts.
+    const endpoint = ctx.pool.pick(tried, false)
     if (!endpoint) {
       return tried.size === 0 ? fail('FLEETGATE_ERR_NO_LIVE_INSTANCE', undefined) : fail('FLEETGATE_ERR_UPSTREAM_CONNECT', [...tried].pop())
     }
@@ -49,6 +54,7 @@ export function proxyUpgrade (ctx: UpgradeContext, req: IncomingMessage, client:
       endpoint.inflight--
       ctx.metrics.ended(endpoint)
       ctx.sockets.delete(client)
+      ctx.queue.serve()
     }
     upstream.once('timeout', () => upstream.destroy(Object.assign(new Error('connect timeout'), { code: 'UND_ERR_CONNECT_TIMEOUT' })))
     upstream.once('error', err => {

@@ -9,6 +9,8 @@ export interface UpstreamOptions {
   /** Below the instances' own keep-alive (gunicorn's default is 2 s), so an idle socket is never reused as it closes. */
   readonly keepAliveTimeoutMs: number
   readonly maxHeaderBytes: number
+  /** Connections per instance at most (0: no limit); the pool never lets more requests start. */
+  readonly maxConnections: number
 }
 
 export class Upstreams {
@@ -31,6 +33,7 @@ export class Upstreams {
         keepAliveMaxTimeout: this.#options.keepAliveTimeoutMs,
         maxHeaderSize: this.#options.maxHeaderBytes,
         pipelining: 1,
+        connections: this.#options.maxConnections || null,
       })
       this.#pools.set(endpoint, pool)
     }

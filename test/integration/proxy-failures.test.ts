@@ -172,3 +172,87 @@ t.test('an instance that does not answer in time gets 504', async t => {
   t.equal(JSON.parse(res.body).error, 'FLEETGATE_ERR_UPSTREAM_TIMEOUT')
   t.equal(slow.hits, 1, 'a request that was sent is not retried')
 })
+
+/** A backend whose requests wait until released; it records the most it held at once, and each start in `started`. */
+async function holdingBackend (t: Parameters<typeof startBackend>[0], name: string, started: string[] = []) {
+  const backend = await startBackend(t, name)
+  const held: ServerResponse[] = []
+  let most = 0
+  backend.handle((req, res) => {
+    started.push(req.url!)
+    held.push(res)
+    most = Math.max(most, held.length)
+    res.on('close', () => held.splice(held.indexOf(res), 1))
+  })
+  return {
+    backend,
+    get held () { return held.length },
+    get most () { return most },
+    releaseOne: () => held[0]?.end(name),
+  }
+}
+
+t.test('at --max-connections-per-instance, requests wait in arrival order and all are served', async t => {
+  const client = await zkClient(t, server.connectString)
+  const started: string[] = []
+  const a = await holdingBackend(t, 'limit-a', started)
+  const b = await holdingBackend(t, 'limit-b', started)
+  for (const h of [a, b]) await registerCurator(client, { service: 'limit', id: h.backend.name, port: h.backend.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'limit', '--max-connections-per-instance', '1'])
+  await eventually(async () => (await proxy.status()).instances.length === 2)
+  const queued = async () => sample(await proxy.metrics(), 'fleetgate_queued_requests', { service: 'limit' })
+
+  // Sent one by one, so their arrival order is known: two start, four wait.
+  const answers: Array<ReturnType<typeof get>> = []
+  for (let i = 0; i < 6; i++) {
+    answers.push(get(proxy.url, `/r${i}`))
+    await eventually(async () => started.length + await queued() === i + 1)
+  }
+  t.equal(started.length, 2, 'one request on each instance')
+  t.equal(await queued(), 4, 'four queued')
+
+  // Each answer frees a connection, and the longest-waiting request takes it.
+  for (let released = 1; released <= 6; released++) {
+    ;(a.held > 0 ? a : b).releaseOne()
+    await eventually(() => started.length === Math.min(6, 2 + released) && a.held + b.held === Math.min(2, 6 - released))
+  }
+  const results = await Promise.all(answers)
+  t.same(results.map(r => r.status), [200, 200, 200, 200, 200, 200], 'every request served')
+  t.equal(a.most, 1, 'instance a never carried more than one')
+  t.equal(b.most, 1, 'instance b never carried more than one')
+  t.same(started.slice(2), ['/r2', '/r3', '/r4', '/r5'], 'the queued ones started in arrival order')
+  t.equal(await queued(), 0)
+})
+
+t.test('a request that waits out --queue-timeout-ms gets 503 and never reaches an instance; one whose client leaves is dropped', async t => {
+  const client = await zkClient(t, server.connectString)
+  const started: string[] = []
+  const busy = await holdingBackend(t, 'queue-timeout', started)
+  await registerCurator(client, { service: 'queue-timeout', id: 'busy', port: busy.backend.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'queue-timeout', '--max-connections-per-instance', '1', '--queue-timeout-ms', '300'])
+  await eventually(() => proxy.ready())
+  const queued = async () => sample(await proxy.metrics(), 'fleetgate_queued_requests', { service: 'queue-timeout' })
+
+  const first = get(proxy.url, '/first')
+  await eventually(() => busy.held === 1)
+  const waited = await get(proxy.url, '/second')
+  t.equal(waited.status, 503)
+  t.equal(JSON.parse(waited.body).error, 'FLEETGATE_ERR_QUEUE_TIMEOUT')
+  t.equal(sample(await proxy.metrics(), 'fleetgate_queue_timeouts_total', { service: 'queue-timeout' }), 1)
+
+  // A client that gives up while queued leaves the queue; its request is never sent.
+  const controller = new AbortController()
+  const abandoned = request(`${proxy.url}/abandoned`, { signal: controller.signal }).catch((err: Error) => err)
+  await eventually(async () => await queued() === 1)
+  controller.abort()
+  t.ok(await abandoned instanceof Error)
+  await eventually(async () => await queued() === 0)
+
+  busy.releaseOne()
+  t.equal((await first).status, 200, 'the request on the instance was never disturbed')
+  const after = get(proxy.url, '/after')
+  await eventually(() => busy.held === 1)
+  busy.releaseOne()
+  t.equal((await after).status, 200, 'the freed connection serves the next request')
+  t.same(started, ['/first', '/after'], 'neither the timed-out nor the abandoned request reached the instance')
+})

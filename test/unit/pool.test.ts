@@ -116,3 +116,30 @@ t.test('a weight change alone re-spreads the rotation', async t => {
   pool.update(membership({ ...inst('a', 1), weight: 3 }, inst('b', 2)))
   t.same(ids(pool, 8).sort(), ['a', 'a', 'a', 'a', 'a', 'a', 'b', 'b'])
 })
+
+t.test('connection limit: an instance at the limit is skipped; all at it is "at limit", not "none"', async t => {
+  const pool = new Pool({ service: 's', ejectBaseMs: 1000, ejectMaxMs: 8000, panicThresholdPercent: 50, maxInflight: 2 })
+  pool.update(membership(inst('a', 1), inst('b', 2)))
+  const [a, b] = [...pool.endpoints()] as [Endpoint, Endpoint]
+  a.inflight = 2
+  t.same(ids(pool, 3), ['b', 'b', 'b'], 'a is full')
+  b.inflight = 2
+  t.equal(pool.pick(), undefined, 'both full')
+  t.ok(pool.atLimit(), 'because of the limit')
+  t.ok(pool.pick(undefined, false), 'an upgrade may still pick one')
+  t.ok(pool.atLimit(new Set([a])), 'a retry that may only use b waits for b')
+  t.notOk(pool.atLimit(new Set([a, b])), 'one that tried both has nothing to wait for')
+  b.inflight = 1
+  t.equal(pool.pick(new Set([a]))?.instance.id, 'b')
+  t.equal(pool.pick(new Set([b])), undefined, 'a retry excluding b does not overfill a')
+
+  // With an ejection, the limit still holds, in panic or not.
+  a.inflight = 0
+  b.inflight = 0
+  pool.reportConnectFailure(a)
+  t.same(ids(pool, 2), ['b', 'b'])
+  b.inflight = 2
+  t.equal(pool.pick(), undefined, 'the healthy one is full: 1 of 2 healthy is not below 50 %, so no panic')
+  t.ok(pool.atLimit())
+  t.equal(new Pool({ service: 's', ejectBaseMs: 1, ejectMaxMs: 1, panicThresholdPercent: 50 }).atLimit(), false, 'no limit: never at it')
+})
