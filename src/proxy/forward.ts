@@ -209,6 +209,11 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
 
   onComplete (): void {
     this.#endAttempt()
+    // Once the response finishes, Node "dumps" a request nobody read: it resumes the stream so that
+    // unread body bytes are drained, and 'end' and 'close' follow over the next ticks. A request without
+    // a body that is parsed to its end has nothing to drain, and nothing here waits for those events,
+    // yet that was a seventh of the proxy's time on small GETs. Node skips requests marked dumped.
+    if (!this.#hasBody && this.#req.complete) (this.#req as IncomingMessage & { _dumped?: boolean })._dumped = true
     if (!this.#clientGone) this.#res.end()
     this.#finish(this.#res.statusCode)
   }

@@ -2,7 +2,7 @@
 
 import { request as httpRequest, type IncomingHttpHeaders } from 'node:http'
 import t from 'tap'
-import { request } from 'undici'
+import { Client, request } from 'undici'
 import WebSocket, { WebSocketServer } from 'ws'
 import { eventually } from '../helpers/eventually.ts'
 import {
@@ -158,6 +158,35 @@ t.test('forwarding: methods, bodies, query strings and headers reach the instanc
   const head = await request(`${proxy.url}/h`, { method: 'HEAD' })
   await head.body.dump()
   t.equal(head.statusCode, 200)
+})
+
+t.test('one keep-alive connection carries GETs, POSTs and DELETEs in turn, each answered in full', async t => {
+  const client = await zkClient(t, server.connectString)
+  const a = await startBackend(t, 'one-connection')
+  a.handle((req, res) => {
+    const chunks: Buffer[] = []
+    req.on('data', c => chunks.push(c))
+    req.on('end', () => res.end(`${req.method} ${req.url} ${Buffer.concat(chunks).length}`))
+  })
+  await registerCurator(client, { service: 'one-connection', id: 'a', port: a.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'one-connection'])
+  await eventually(() => proxy.ready())
+
+  const connection = new Client(proxy.url, { pipelining: 1 })
+  t.teardown(() => connection.close())
+  let sockets = 0
+  connection.on('connect', () => sockets++)
+  const answers: string[] = []
+  for (let i = 0; i < 30; i++) {
+    const method = (['GET', 'POST', 'DELETE'] as const)[i % 3]!
+    const res = await connection.request({ path: `/r${i}`, method, body: method === 'POST' ? 'x'.repeat(i * 100) : undefined })
+    answers.push(`${res.statusCode} ${await res.body.text()}`)
+  }
+  t.same(answers, Array.from({ length: 30 }, (_, i) => {
+    const method = ['GET', 'POST', 'DELETE'][i % 3]
+    return `200 ${method} /r${i} ${method === 'POST' ? i * 100 : 0}`
+  }))
+  t.equal(sockets, 1, `all on one connection (${sockets})`)
 })
 
 t.test('an informational answer (103 Early Hints) is not taken for the final one', async t => {
