@@ -289,10 +289,10 @@ function scaleSection (results, resync) {
     const deletes = r.changes.filter(c => c.kind === 'delete')
     const fmt = (xs, key, d = 0) => xs.length === 0 ? '—' : `${median(xs.map(x => x[key])).toFixed(d)} (${Math.min(...xs.map(x => x[key])).toFixed(d)}–${Math.max(...xs.map(x => x[key])).toFixed(d)})`
     return [num(r.size), num(r.known), num(r.firstMembershipMs), num(r.readyMs), (r.rssAfterReady / 1048576).toFixed(0), (r.peakRss / 1048576).toFixed(0),
-      fmt(creates, 'ms'), fmt(creates, 'reads'), fmt(deletes, 'ms'), fmt(deletes, 'reads'), `${num(r.metricsMs)} ms, ${num(r.metricsBytes / 1024)} KB`]
+      fmt(creates, 'ms'), fmt(creates, 'ackMs'), fmt(creates, 'reads'), fmt(deletes, 'ms'), fmt(deletes, 'ackMs'), fmt(deletes, 'reads'), `${num(r.metricsMs)} ms, ${num(r.metricsBytes / 1024)} KB`]
   })
   const resyncLine = resync ? `\n\nA periodic full resync (\`--resync-interval-ms\`, 30 s by default) at ${num(resync.size)} instances cost about **${num(resync.packetsPerResync)} ZooKeeper requests** each (measured with a 4 s period over 3 periods).` : ''
-  return `### Discovery: scale on a real ZooKeeper\n\nInstances registered as Curator JSON before fleetgate starts (nothing listens on their ports; no traffic). First membership: from spawning \`fleetgate proxy\` to its log line for the first published membership (node's own startup included), and to \`/readyz\` answering 200. One change: from the create/delete call to the published membership's log timestamp (the proxy runs with \`--log-level info\` here, so the change is observed without polling the proxy), median (min–max) of ${(results[0]?.changes.length ?? 0) / 2} samples each; its ZooKeeper requests are the change in \`mntr\`'s zk_packets_received less the harness's own 2 requests (a ping can add 1). The last column is one \`/metrics\` scrape after the changes.${resyncLine}\n\n${table(['instances', 'in first membership', 'first membership ms', '/readyz ms', 'RSS MB at ready', 'peak RSS MB', 'create: ms', 'create: ZK requests', 'delete: ms', 'delete: ZK requests', '/metrics scrape'], rows)}\n`
+  return `### Discovery: scale on a real ZooKeeper\n\nInstances registered as Curator JSON before fleetgate starts (nothing listens on their ports; no traffic). First membership: from spawning \`fleetgate proxy\` to its log line for the first published membership (node's own startup included), and to \`/readyz\` answering 200. One change: from the create/delete call to the published membership's log timestamp (the proxy runs with \`--log-level info\` here, so the change is observed without polling the proxy), median (min–max) of ${(results[0]?.changes.length ?? 0) / 2} samples each, and of it the time ZooKeeper took to acknowledge the write (it logs the write to disk first; the watch fires once it is applied); its ZooKeeper requests are the change in \`mntr\`'s zk_packets_received less the harness's own 2 requests (a ping can add 1). The last column is one \`/metrics\` scrape after the changes.${resyncLine}\n\n${table(['instances', 'in first membership', 'first membership ms', '/readyz ms', 'RSS MB at ready', 'peak RSS MB', 'create: ms', 'of which ZK ack ms', 'create: ZK requests', 'delete: ms', 'of which ZK ack ms', 'delete: ZK requests', '/metrics scrape'], rows)}\n`
 }
 
 /** Issue 6's targets, each checked against this run's figures. */
@@ -319,12 +319,13 @@ function targetsSection (s) {
   }
   const big = s.scale?.find(r => r.size === 10_000)
   if (big) {
-    const ms = max(big.changes.map(c => c.ms))
+    const slowest = big.changes.reduce((a, b) => (b.ms > a.ms ? b : a))
+    const ms = slowest.ms
     const reads = median(big.changes.map(c => c.reads))
     const small = s.scale.find(r => r.size === 1000)
     const smallReads = small ? median(small.changes.map(c => c.reads)) : NaN
     rows.push(['10,000 instances: first membership ≤ 5 s', `${num(big.firstMembershipMs)} ms from spawn (${big.known} instances)`, verdict(big.firstMembershipMs <= 5000 && big.known === 10_000)])
-    rows.push(['10,000 instances: one change ≤ 50 ms', `${ms.toFixed(1)} ms (slowest sample)`, verdict(ms <= 50)])
+    rows.push(['10,000 instances: one change ≤ 50 ms', `${ms.toFixed(1)} ms (slowest sample, from the call; ZooKeeper's acknowledgement took ${slowest.ackMs} ms of it)`, verdict(ms <= 50)])
     rows.push(['10,000 instances: one change costs O(1) reads', `${reads} ZooKeeper requests (${smallReads} at 1,000)`, verdict(reads <= 4 && (!Number.isFinite(smallReads) || reads <= smallReads + 1))])
   }
   if (s.failover) {

@@ -250,11 +250,13 @@ async function scaleOne ({ zk, zc, dir, backends, size, service, path, samples, 
         const t0 = Date.now()
         if (kind === 'create') await zc.create(child, curatorRegistration(service, `extra-${i}`, 9_000 + i))
         else await zc.remove(child)
+        // ZooKeeper's own part: the write is logged (fsync) and applied before the watch fires.
+        const ackMs = Date.now() - t0
         const applied = await changes.after(revision)
         revision = applied.revision
         await sleep(100) // reads still in flight after the publish are counted too
         const p1 = await zk.packetsReceived()
-        samplesOut.push({ kind, ms: Math.max(0, applied.atMs - t0), reads: p1 - p0 - 2, instances: applied.instances })
+        samplesOut.push({ kind, ms: Math.max(0, applied.atMs - t0), ackMs, reads: p1 - p0 - 2, instances: applied.instances })
       }
     }
     // One scrape, after the changes: what a Prometheus scrape costs at this size.
