@@ -192,24 +192,35 @@ export class Pool {
     return this.#choose(exclude !== undefined && exclude.size > 0 ? exclude : undefined, limited ? this.#limit : 0)
   }
 
-  /** Whether pick() found no endpoint only because every one it could pick is at the connection limit. */
+  /**
+   * Whether pick() found no endpoint only because every one it could pick is at the connection limit:
+   * the request should wait rather than fail. The rotation does not move.
+   */
   atLimit (exclude?: ReadonlySet<Endpoint>): boolean {
-    return this.#limit > 0 && this.pick(exclude, false) !== undefined
+    if (this.#limit === 0) return false
+    const open = (e: Endpoint): boolean => !exclude?.has(e)
+    if (this.#ejected.size === 0) return this.#picker.some(open)
+    return this.#picker.some(e => !this.#ejected.has(e) && open(e)) || (this.#panic() && this.#picker.some(open))
   }
 
   #choose (exclude: ReadonlySet<Endpoint> | undefined, limit: number): Endpoint | undefined {
-    const now = this.#now()
-    if (this.#ejected.size > 0) this.#expireEjections(now)
+    if (this.#ejected.size > 0) this.#expireEjections(this.#now())
     if (this.#ejected.size === 0) {
       if (limit === 0) return exclude ? this.#picker.next(e => !exclude.has(e)) : this.#picker.next(always)
       return exclude ? this.#picker.next(e => e.inflight < limit && !exclude.has(e)) : this.#picker.next(this.#hasRoom)
     }
-    const eligible = (e: Endpoint): boolean => !exclude?.has(e) && (limit === 0 || e.inflight < limit)
+    const open = (e: Endpoint): boolean => !exclude?.has(e)
+    const chosen = this.#picker.next(e => !this.#ejected.has(e) && open(e) && (limit === 0 || e.inflight < limit))
+    if (chosen || !this.#panic()) return chosen
+    // Panic: ejected instances are tried when no healthy one is left, not when healthy ones are busy.
+    if (limit > 0 && this.#picker.some(e => !this.#ejected.has(e) && open(e))) return undefined
+    return this.#picker.next(e => open(e) && (limit === 0 || e.inflight < limit))
+  }
+
+  /** Too few healthy instances for ejection to be honoured. */
+  #panic (): boolean {
     const healthyPercent = ((this.#upCount - this.#ejected.size) / this.#upCount) * 100
-    const panic = healthyPercent < this.#options.panicThresholdPercent
-    const chosen = this.#picker.next(e => !this.#ejected.has(e) && eligible(e))
-    if (chosen || !panic) return chosen
-    return this.#picker.next(eligible)
+    return healthyPercent < this.#options.panicThresholdPercent
   }
 
   /** An answer came back (any status): the endpoint is reachable. */

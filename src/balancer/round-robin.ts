@@ -20,6 +20,11 @@ export class RoundRobin<T extends Weighted> {
     return this.#sequence.length
   }
 
+  /** Whether any member is acceptable; the rotation does not move. */
+  some (accept: (member: T) => boolean): boolean {
+    return this.#sequence.some(accept)
+  }
+
   /** The next acceptable member, or undefined when none is acceptable. */
   next (accept: (member: T) => boolean): T | undefined {
     const sequence = this.#sequence

@@ -66,8 +66,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
   #tried: Set<Endpoint> | undefined
   #tries = 0
   #attemptOpen = false
-  /** Waiting in ctx.queue: every instance it may use is at its connection limit. */
-  queued = false
+  #queued = false
   /** Whose allowance a retry of this request took: the instance that failed it, or the shared budget. */
   #retryCharge: Endpoint | 'shared' | undefined
   #lastFailure: ErrorCode = 'FLEETGATE_ERR_UPSTREAM_CONNECT'
@@ -99,16 +98,15 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
    */
   start (): void {
     const ctx = this.#ctx
+    // A new request queues behind those already waiting, even if room has just opened (an ejection ran
+    // out): they go first.
+    if (!this.#queued && this.#tries === 0 && ctx.queue.size > 0) return this.#enqueue()
     const endpoint = ctx.pool.pick(this.#tried)
     if (!endpoint && ctx.pool.atLimit(this.#tried)) {
-      if (!this.queued) {
-        this.queued = true
-        ctx.queue.add(this)
-        ctx.deadlines.watch(this, ctx.queueTimeoutMs)
-      }
+      if (!this.#queued) this.#enqueue()
       return
     }
-    if (this.queued) this.#leaveQueue()
+    if (this.#queued) this.#leaveQueue()
     if (!endpoint) {
       if (this.#tries === 0) {
         this.#ctx.metrics.noLiveInstance()
@@ -149,15 +147,21 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     if (this.#hasBody && !this.#responded) this.#ctx.deadlines.watch(this, this.#ctx.headersTimeoutMs)
   }
 
+  /** Waiting in ctx.queue: every instance it may use is at its connection limit. */
+  get queued (): boolean {
+    return this.#queued
+  }
+
   get restricted (): boolean {
     return this.#tried !== undefined
   }
 
   onDeadline (): void {
-    if (this.queued) {
+    if (this.#queued) {
       this.#leaveQueue()
       this.#ctx.queue.timeouts++
-      return this.#fail('FLEETGATE_ERR_QUEUE_TIMEOUT')
+      // A retry that waited in vain answers what failed it: it was sent before.
+      return this.#fail(this.#tries > 0 ? this.#lastFailure : 'FLEETGATE_ERR_QUEUE_TIMEOUT')
     }
     this.#abort?.(this.#responded ? new errors.BodyTimeoutError() : new errors.HeadersTimeoutError())
   }
@@ -212,7 +216,8 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     // Once the response finishes, Node "dumps" a request nobody read: it resumes the stream so that
     // unread body bytes are drained, and 'end' and 'close' follow over the next ticks. A request without
     // a body that is parsed to its end has nothing to drain, and nothing here waits for those events,
-    // yet that was a seventh of the proxy's time on small GETs. Node skips requests marked dumped.
+    // yet that was a seventh of the proxy's time on small GETs. Node skips requests marked dumped, and
+    // such a request then never emits 'end' or 'close': listen on the response instead.
     if (!this.#hasBody && this.#req.complete) (this.#req as IncomingMessage & { _dumped?: boolean })._dumped = true
     if (!this.#clientGone) this.#res.end()
     this.#finish(this.#res.statusCode)
@@ -267,11 +272,19 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     this.#attemptOpen = false
     this.#endpoint!.inflight--
     ctx.metrics.ended(this.#endpoint!)
-    if (ctx.queue.size > 0) ctx.queue.serve()
+    ctx.queue.serveSoon()
+  }
+
+  #enqueue (): void {
+    const ctx = this.#ctx
+    this.#queued = true
+    ctx.queue.add(this)
+    ctx.deadlines.watch(this, ctx.queueTimeoutMs)
+    ctx.queue.serveSoon()
   }
 
   #leaveQueue (): void {
-    this.queued = false
+    this.#queued = false
     this.#ctx.queue.delete(this)
     this.#ctx.deadlines.unwatch(this)
   }
@@ -336,7 +349,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
   readonly #onClientClose = (): void => {
     if (this.#finished || this.#res.writableFinished) return
     this.#clientGone = true
-    if (this.queued) {
+    if (this.#queued) {
       this.#leaveQueue()
       return this.#finish(499)
     }

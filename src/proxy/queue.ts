@@ -14,8 +14,7 @@ export interface Waiter {
 
 export class WaitQueue {
   readonly #waiters = new Set<Waiter>()
-  #serving = false
-  #again = false
+  #scheduled = false
   /** Requests that waited out the queue timeout, for the metrics. */
   timeouts = 0
 
@@ -32,28 +31,29 @@ export class WaitQueue {
   }
 
   /**
-   * Room may have freed up (a request ended, the membership changed): start waiters in arrival order
-   * until one finds none. One that only some instances may take does not hold up those behind it.
+   * Room may have freed up (a request ended, an ejection ran out, the membership changed): serve the
+   * queue on the next turn of the event loop. Never at once: room frees up inside undici's callbacks,
+   * where starting another request on the same connections is not safe, and the instance that failed
+   * a request is ejected only after the failure is handled.
    */
-  serve (): void {
-    if (this.#waiters.size === 0) return
-    // A waiter that starts can end at once (a closed pool fails it synchronously) and free room again:
-    // that is served by this loop, not by a nested one.
-    if (this.#serving) {
-      this.#again = true
-      return
-    }
-    this.#serving = true
-    try {
-      do {
-        this.#again = false
-        for (const waiter of this.#waiters) {
-          waiter.start()
-          if (waiter.queued && !waiter.restricted) break
-        }
-      } while (this.#again)
-    } finally {
-      this.#serving = false
+  serveSoon (): void {
+    if (this.#scheduled || this.#waiters.size === 0) return
+    this.#scheduled = true
+    setImmediate(this.#serve)
+  }
+
+  /** Starts waiters in arrival order until one finds no room; one that only some instances may take does not hold up those behind it. */
+  readonly #serve = (): void => {
+    this.#scheduled = false
+    for (const waiter of this.#waiters) {
+      try {
+        waiter.start()
+      } catch (err) {
+        this.#waiters.delete(waiter)
+        process.emitWarning(err instanceof Error ? err : new Error(String(err)))
+        continue
+      }
+      if (waiter.queued && !waiter.restricted) break
     }
   }
 }

@@ -117,8 +117,11 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
       void upstreams.release(event.endpoint)
     } else if (event.type === 'changed') {
       // New instances have room for requests waiting; removed ones fail those that had no other.
-      queue.serve()
+      queue.serveSoon()
     } else if (event.type === 'ejected') {
+      // Which instances waiting requests may use changes with an ejection (panic), and when it runs out.
+      queue.serveSoon()
+      setTimeout(() => queue.serveSoon(), event.durationMs + 1).unref()
       instanceMetrics.ejected(event.endpoint)
       log.warn({ instance: event.endpoint.address, durationMs: event.durationMs }, 'instance ejected after a failed connect')
     }

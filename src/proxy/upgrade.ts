@@ -54,7 +54,7 @@ export function proxyUpgrade (ctx: UpgradeContext, req: IncomingMessage, client:
       endpoint.inflight--
       ctx.metrics.ended(endpoint)
       ctx.sockets.delete(client)
-      ctx.queue.serve()
+      ctx.queue.serveSoon()
     }
     upstream.once('timeout', () => upstream.destroy(Object.assign(new Error('connect timeout'), { code: 'UND_ERR_CONNECT_TIMEOUT' })))
     upstream.once('error', err => {

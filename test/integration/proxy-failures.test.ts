@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import { request } from 'undici'
 import { eventually } from '../helpers/eventually.ts'
-import { createChild, get, loadLoop, registerCurator, sample, startBackend, startProxy, zkClient } from '../helpers/fleet.ts'
+import { createChild, get, loadLoop, registerCurator, removeNode, sample, startBackend, startProxy, zkClient } from '../helpers/fleet.ts'
 import { isRunning, track } from '../helpers/reaper.ts'
 import { freePort, startZooKeeper } from '../helpers/zookeeper.ts'
 
@@ -247,6 +247,7 @@ t.test('a request that waits out --queue-timeout-ms gets 503 and never reaches a
   controller.abort()
   t.ok(await abandoned instanceof Error)
   await eventually(async () => await queued() === 0)
+  t.equal(sample(await proxy.metrics(), 'fleetgate_queue_timeouts_total', { service: 'queue-timeout' }), 1, 'it left the queue at once, not by timing out')
 
   busy.releaseOne()
   t.equal((await first).status, 200, 'the request on the instance was never disturbed')
@@ -255,4 +256,25 @@ t.test('a request that waits out --queue-timeout-ms gets 503 and never reaches a
   busy.releaseOne()
   t.equal((await after).status, 200, 'the freed connection serves the next request')
   t.same(started, ['/first', '/after'], 'neither the timed-out nor the abandoned request reached the instance')
+})
+
+t.test('requests waiting for an instance that leaves the membership get 503 at once, not after the queue timeout', async t => {
+  const client = await zkClient(t, server.connectString)
+  const busy = await holdingBackend(t, 'queue-leaves')
+  const path = await registerCurator(client, { service: 'queue-leaves', id: 'busy', port: busy.backend.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'queue-leaves', '--max-connections-per-instance', '1', '--queue-timeout-ms', '60000'])
+  await eventually(() => proxy.ready())
+
+  const first = get(proxy.url, '/first')
+  await eventually(() => busy.held === 1)
+  const waiting = get(proxy.url, '/waiting')
+  await eventually(async () => sample(await proxy.metrics(), 'fleetgate_queued_requests', { service: 'queue-leaves' }) === 1)
+  const startedAt = Date.now()
+  await removeNode(client, path)
+  const answer = await waiting
+  t.equal(answer.status, 503)
+  t.equal(JSON.parse(answer.body).error, 'FLEETGATE_ERR_NO_LIVE_INSTANCE')
+  t.ok(Date.now() - startedAt < 30_000, 'well before the 60 s queue timeout')
+  busy.releaseOne()
+  t.equal((await first).status, 200, 'the request already on the instance finishes')
 })

@@ -143,3 +143,31 @@ t.test('connection limit: an instance at the limit is skipped; all at it is "at 
   t.ok(pool.atLimit())
   t.equal(new Pool({ service: 's', ejectBaseMs: 1, ejectMaxMs: 1, panicThresholdPercent: 50 }).atLimit(), false, 'no limit: never at it')
 })
+
+t.test('connection limit in panic: a busy healthy instance is waited for, not passed over for ejected ones', async t => {
+  const pool = new Pool({ service: 's', ejectBaseMs: 1000, ejectMaxMs: 8000, panicThresholdPercent: 50, maxInflight: 1 })
+  pool.update(membership(inst('a', 1), inst('b', 2), inst('c', 3)))
+  const [a, b, c] = [...pool.endpoints()] as [Endpoint, Endpoint, Endpoint]
+  pool.reportConnectFailure(a)
+  pool.reportConnectFailure(b)
+  t.equal(pool.pick()?.instance.id, 'c', '1 of 3 healthy: panic, and the healthy one first')
+  c.inflight = 1
+  t.equal(pool.pick(), undefined, 'c is busy: nothing is picked...')
+  t.ok(pool.atLimit(), '...and the request waits for c')
+  t.equal(pool.pick(new Set([c]))?.instance.id !== undefined, true, 'a retry that failed on c may still try an ejected one')
+  t.notOk(pool.atLimit(new Set([a, b, c])), 'one that tried all has nothing to wait for')
+})
+
+t.test('asking atLimit() does not move the rotation', async t => {
+  const pool = new Pool({ service: 's', ejectBaseMs: 1000, ejectMaxMs: 8000, panicThresholdPercent: 50, maxInflight: 1 })
+  pool.update(membership(inst('a', 1), inst('b', 2)))
+  const [a, b] = [...pool.endpoints()] as [Endpoint, Endpoint]
+  t.equal(pool.pick()?.instance.id, 'a')
+  a.inflight = 1
+  b.inflight = 1
+  t.equal(pool.pick(), undefined)
+  for (let i = 0; i < 3; i++) t.ok(pool.atLimit())
+  a.inflight = 0
+  b.inflight = 0
+  t.same(ids(pool, 2), ['b', 'a'], 'b is next, as before the requests waited')
+})
