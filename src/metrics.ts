@@ -215,7 +215,7 @@ export function createProxyMetrics (registry: Registry, collectors: ProxyCollect
     }),
     queueTimeouts: new Counter({
       name: 'fleetgate_queue_timeouts_total',
-      help: 'Requests answered 503 after waiting --queue-timeout-ms for an instance under its connection limit',
+      help: 'Requests that waited --queue-timeout-ms for an instance under its connection limit in vain (503, or a retry\'s first failure)',
       labelNames: ['service'] as const,
       registers,
       collect () {

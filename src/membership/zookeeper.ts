@@ -23,6 +23,8 @@ interface CachedChild {
   readonly result: DecodeResult
   /** Set by a data watch or a new session: the next sync reads this child again. */
   stale: boolean
+  /** The last sync pass whose child list named it. */
+  listed: number
 }
 
 /** How many getData calls one sync keeps in flight, so a 10,000-child first read neither floods nor crawls. */
@@ -43,6 +45,8 @@ export class ZooKeeperSource extends BaseSource {
   #fullResync = false
   #resyncTimer: NodeJS.Timeout | undefined
   #reads = 0
+  /** Numbers the child lists read, for CachedChild.listed. */
+  #pass = 0
   #watcher: { generation: number, fn: (event: ZkEvent) => void } | undefined
 
   constructor (options: ZooKeeperSourceOptions) {
@@ -148,32 +152,36 @@ export class ZooKeeperSource extends BaseSource {
         return
       }
       if (this.#current(generation)) {
-        this.#forget([])
+        this.#forgetUnlisted(++this.#pass)
         this.#commit()
       }
       return
     }
     if (!this.#current(generation)) return
 
-    // One pass over the list, which at 10,000 children is most of a change's cost on this side.
+    // One pass over the list, which at 10,000 children is most of a change's cost on this side. It
+    // marks what is still listed, so what is not can be dropped without a set of 10,000 names.
+    const pass = ++this.#pass
     const toRead: string[] = []
     let cachedListed = 0
     for (const name of children) {
       const cached = this.#cache.get(name)
-      if (cached !== undefined) cachedListed++
+      if (cached !== undefined) {
+        cachedListed++
+        cached.listed = pass
+      }
       if (full || cached?.stale !== false) toRead.push(name)
     }
-    if (cachedListed < this.#cache.size || this.#reported.size > 0) this.#forget(children)
+    if (cachedListed < this.#cache.size || this.#reported.size > 0) this.#forgetUnlisted(pass)
     await this.#readChildren(client, generation, toRead, watcher)
     if (!this.#current(generation)) return
     this.#commit()
   }
 
-  /** Drops what is kept for children that are no longer listed. */
-  #forget (children: readonly string[]): void {
-    const listed = new Set(children)
-    for (const name of this.#cache.keys()) if (!listed.has(name)) this.#cache.delete(name)
-    for (const name of this.#reported.keys()) if (!listed.has(name)) this.#reported.delete(name)
+  /** Drops what is kept for children the list of `pass` did not name. */
+  #forgetUnlisted (pass: number): void {
+    for (const [name, cached] of this.#cache) if (cached.listed !== pass) this.#cache.delete(name)
+    for (const name of this.#reported.keys()) if (this.#cache.get(name)?.listed !== pass) this.#reported.delete(name)
   }
 
   async #readChildren (client: Client, generation: number, names: string[], watcher: (event: ZkEvent) => void): Promise<void> {
@@ -208,7 +216,7 @@ export class ZooKeeperSource extends BaseSource {
       cached.stale = false
       return
     }
-    this.#cache.set(name, { result, stale: false })
+    this.#cache.set(name, { result, stale: false, listed: this.#pass })
     if (result.ok) {
       this.#reported.delete(name)
       return

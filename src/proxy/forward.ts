@@ -100,8 +100,12 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     const ctx = this.#ctx
     // A new request queues behind those already waiting, even if room has just opened (an ejection ran
     // out): they go first.
-    if (!this.#queued && this.#tries === 0 && ctx.queue.size > 0) return this.#enqueue()
+    if (!this.#queued && this.#tries === 0 && ctx.queue.size > 0) {
+      this.#enqueue()
+      return ctx.queue.serveSoon()
+    }
     const endpoint = ctx.pool.pick(this.#tried)
+    // Room comes back when a request ends or an ejection runs out, and each wakes the queue.
     if (!endpoint && ctx.pool.atLimit(this.#tried)) {
       if (!this.#queued) this.#enqueue()
       return
@@ -116,13 +120,15 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
       }
       return
     }
+    // What could throw comes before the attempt is counted.
+    this.#headers ??= upstreamRequestHeaders(this.#req)
+    const upstream = ctx.upstreams.get(endpoint)
     this.#tries++
     this.#endpoint = endpoint
     this.#abort = undefined
     this.#attemptOpen = true
     endpoint.started(this.#startedAt)
-    this.#headers ??= upstreamRequestHeaders(this.#req)
-    ctx.upstreams.get(endpoint).dispatch({
+    upstream.dispatch({
       path: this.#req.url ?? '/',
       method: this.#req.method as Dispatcher.HttpMethod,
       headers: this.#headers,
@@ -280,7 +286,6 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     this.#queued = true
     ctx.queue.add(this)
     ctx.deadlines.watch(this, ctx.queueTimeoutMs)
-    ctx.queue.serveSoon()
   }
 
   #leaveQueue (): void {

@@ -1,7 +1,7 @@
 // The queue of requests waiting for a free connection, when every instance they may use carries
 // --max-connections-per-instance requests already (HAProxy's `maxconn` and `timeout queue`). A request
 // waits here in arrival order and starts on the first connection that frees up; one that waits longer
-// than the queue timeout is answered 503 by its owner.
+// than the queue timeout is answered by its owner (503, or a retry's first failure).
 
 export interface Waiter {
   /** Tries to start: on success (or a final failure) the waiter leaves the queue itself. */
@@ -42,18 +42,25 @@ export class WaitQueue {
     setImmediate(this.#serve)
   }
 
-  /** Starts waiters in arrival order until one finds no room; one that only some instances may take does not hold up those behind it. */
+  /**
+   * Starts waiters in arrival order. Once one that may use any instance finds no room, those like it
+   * behind it would not either; restricted ones (retries) may still fit where it cannot (in panic, an
+   * ejected instance), so they are still tried.
+   */
   readonly #serve = (): void => {
     this.#scheduled = false
+    let blocked = false
     for (const waiter of this.#waiters) {
+      if (blocked && !waiter.restricted) continue
       try {
         waiter.start()
       } catch (err) {
+        // Its deadline still answers it; it is not tried again.
         this.#waiters.delete(waiter)
         process.emitWarning(err instanceof Error ? err : new Error(String(err)))
         continue
       }
-      if (waiter.queued && !waiter.restricted) break
+      if (waiter.queued && !waiter.restricted) blocked = true
     }
   }
 }

@@ -5,7 +5,7 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { Duplex } from 'node:stream'
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
-import { Pool } from '../balancer/pool.ts'
+import { Pool, type Endpoint } from '../balancer/pool.ts'
 import type { ProxyConfig } from '../config.ts'
 import { splitHostPort } from '../config.ts'
 import type { Logger } from '../logger.ts'
@@ -106,6 +106,12 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
     connectTimeoutMs: options.connectTimeoutMs, queue, sockets: new Set<Duplex>(),
   }
   let closing = false
+  /** Serves the queue once `endpoint`'s ejection has run out (by the pool's clock, which may step). */
+  const wakeQueueAfterEjection = (endpoint: Endpoint): void => {
+    const ms = endpoint.ejectedUntilMs - Date.now()
+    if (ms <= 0) return queue.serveSoon()
+    setTimeout(wakeQueueAfterEjection, ms + 1, endpoint).unref()
+  }
 
   source.subscribe(membership => pool.update(membership))
   wireDiscoveryMetrics(source, metrics, service, log)
@@ -121,7 +127,7 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
     } else if (event.type === 'ejected') {
       // Which instances waiting requests may use changes with an ejection (panic), and when it runs out.
       queue.serveSoon()
-      setTimeout(() => queue.serveSoon(), event.durationMs + 1).unref()
+      wakeQueueAfterEjection(event.endpoint)
       instanceMetrics.ejected(event.endpoint)
       log.warn({ instance: event.endpoint.address, durationMs: event.durationMs }, 'instance ejected after a failed connect')
     }

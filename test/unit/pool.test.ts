@@ -154,7 +154,7 @@ t.test('connection limit in panic: a busy healthy instance is waited for, not pa
   c.inflight = 1
   t.equal(pool.pick(), undefined, 'c is busy: nothing is picked...')
   t.ok(pool.atLimit(), '...and the request waits for c')
-  t.equal(pool.pick(new Set([c]))?.instance.id !== undefined, true, 'a retry that failed on c may still try an ejected one')
+  t.ok(pool.pick(new Set([c])), 'a retry that failed on c may still try an ejected one')
   t.notOk(pool.atLimit(new Set([a, b, c])), 'one that tried all has nothing to wait for')
 })
 

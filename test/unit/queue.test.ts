@@ -45,6 +45,25 @@ t.test('waiters start in arrival order, as many as there is room for, on the nex
   t.equal(queue.size, 0)
 })
 
+t.test('behind a waiter that finds no room, only restricted ones (retries) are still tried', async t => {
+  const queue = new WaitQueue()
+  const room = { n: 0 }
+  const log: string[] = []
+  const blocked = waiter(queue, 'blocked', room, log)
+  const plain = waiter(queue, 'plain', room, log)
+  // A retry that may use what the plain ones may not (in panic, an ejected instance).
+  const retry: TestWaiter = {
+    queued: true, restricted: true, starts: 0,
+    start () { retry.starts++; retry.queued = false; queue.delete(retry); log.push('retry') },
+  }
+  queue.add(retry)
+  queue.serveSoon()
+  await nextTurn()
+  t.same(log, ['retry'])
+  t.equal(blocked.starts, 1)
+  t.equal(plain.starts, 0, 'not tried: it would find no room either')
+})
+
 t.test('a waiter that may not use the free room does not hold up those behind it', async t => {
   const queue = new WaitQueue()
   const room = { n: 1 }
