@@ -1,7 +1,7 @@
 // End to end: crashed instances, malformed registrations and unanswered requests, on a real ZooKeeper.
 
 import { spawn } from 'node:child_process'
-import type { ServerResponse } from 'node:http'
+import { createServer, type ServerResponse } from 'node:http'
 import { Readable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
@@ -277,4 +277,35 @@ t.test('requests waiting for an instance that leaves the membership get 503 at o
   t.ok(Date.now() - startedAt < 30_000, 'well before the 60 s queue timeout')
   busy.releaseOne()
   t.equal((await first).status, 200, 'the request already on the instance finishes')
+})
+
+t.test('a request waiting behind a busy instance starts on another as soon as that one\'s ejection runs out', async t => {
+  const client = await zkClient(t, server.connectString)
+  const busy = await holdingBackend(t, 'eject-wake-b')
+  // Nothing listens on a's port yet: the first request is refused there, ejecting it, and ends up held on b.
+  const portA = await freePort()
+  await registerCurator(client, { service: 'eject-wake', id: 'a', port: portA })
+  await registerCurator(client, { service: 'eject-wake', id: 'b', port: busy.backend.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'eject-wake',
+    '--max-connections-per-instance', '1', '--eject-base-ms', '1500', '--queue-timeout-ms', '20000'])
+  await eventually(async () => (await proxy.status()).instances.length === 2)
+
+  const first = get(proxy.url, '/first')
+  await eventually(() => busy.held === 1)
+  t.equal((await proxy.status()).instances.find(i => i.id === 'a')?.state, 'ejected')
+  const waiting = get(proxy.url, '/waiting')
+  await eventually(async () => sample(await proxy.metrics(), 'fleetgate_queued_requests', { service: 'eject-wake' }) === 1)
+
+  // a comes up while ejected; nothing ends on b, so only the end of the ejection can start the waiter.
+  const a = createServer((_req, res) => { res.setHeader('x-served-by', 'a'); res.end('a') })
+  await new Promise<void>(resolve => a.listen(portA, '127.0.0.1', resolve))
+  t.teardown(() => new Promise<void>(resolve => { a.closeAllConnections(); a.close(() => resolve()) }))
+  const startedAt = Date.now()
+  const answer = await waiting
+  t.equal(answer.status, 200)
+  t.equal(answer.servedBy, 'a', 'served by the instance whose ejection ran out')
+  t.ok(Date.now() - startedAt < 10_000, 'long before the 20 s queue timeout')
+  t.equal(busy.held, 1, 'while b still holds the first request')
+  busy.releaseOne()
+  t.equal((await first).status, 200)
 })
