@@ -152,7 +152,7 @@ export class ZooKeeperSource extends BaseSource {
         return
       }
       if (this.#current(generation)) {
-        this.#forgetUnlisted(++this.#pass)
+        this.#forgetUnlisted(++this.#pass, this.#cache.size)
         this.#commit()
       }
       return
@@ -172,15 +172,18 @@ export class ZooKeeperSource extends BaseSource {
       }
       if (full || cached?.stale !== false) toRead.push(name)
     }
-    if (cachedListed < this.#cache.size || this.#reported.size > 0) this.#forgetUnlisted(pass)
+    this.#forgetUnlisted(pass, this.#cache.size - cachedListed)
     await this.#readChildren(client, generation, toRead, watcher)
     if (!this.#current(generation)) return
     this.#commit()
   }
 
-  /** Drops what is kept for children the list of `pass` did not name. */
-  #forgetUnlisted (pass: number): void {
-    for (const [name, cached] of this.#cache) if (cached.listed !== pass) this.#cache.delete(name)
+  /**
+   * Drops what is kept for children the list of `pass` did not name: `unlisted` cached ones (the cache
+   * is walked only if there are any), and the records of invalid ones reported.
+   */
+  #forgetUnlisted (pass: number, unlisted: number): void {
+    if (unlisted > 0) for (const [name, cached] of this.#cache) if (cached.listed !== pass) this.#cache.delete(name)
     for (const name of this.#reported.keys()) if (this.#cache.get(name)?.listed !== pass) this.#reported.delete(name)
   }
 
