@@ -12,7 +12,7 @@ import { diffInstances, RemoteSource, type SourceUpdate } from '../membership/re
 import type { MembershipSource } from '../membership/source.ts'
 import { createProxyMetrics, createRegistry, DISCOVERY_METRICS } from '../metrics.ts'
 import { buildAdmin } from './admin.ts'
-import { createProxy, describeSource, wireDiscoveryMetrics, type ProxyStatus } from './server.ts'
+import { createProxy, describeQueue, describeSource, wireDiscoveryMetrics, type ProxyStatus } from './server.ts'
 import { renderStatusPage } from './status-page.ts'
 
 type ToWorker =
@@ -114,7 +114,7 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
     })
   }
 
-  const status = async (): Promise<ProxyStatus> => mergeStatus(service, source, (await query('status')) as ProxyStatus[], !closing && listening.size > 0)
+  const status = async (): Promise<ProxyStatus> => mergeStatus(config, source, (await query('status')) as ProxyStatus[], !closing && listening.size > 0)
   const admin = buildAdmin({
     registry,
     logger: log,
@@ -201,7 +201,7 @@ export async function runWorker (config: ProxyConfig, logger: Logger): Promise<{
 }
 
 /** One view of every worker's pool: counts add up; an instance ejected by any worker shows as ejected. */
-function mergeStatus (service: string, source: MembershipSource, parts: ProxyStatus[], ready: boolean): ProxyStatus {
+function mergeStatus (config: ProxyConfig, source: MembershipSource, parts: ProxyStatus[], ready: boolean): ProxyStatus {
   const byKey = new Map<string, ProxyStatus['instances'][number]>()
   for (const part of parts) {
     for (const instance of part.instances) {
@@ -221,11 +221,17 @@ function mergeStatus (service: string, source: MembershipSource, parts: ProxySta
     }
   }
   return {
-    service,
+    service: config.service,
     ready,
     source: describeSource(source.state()),
     instances: [...byKey.values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)),
+    // The limit stays per process: with N workers an instance may carry N times it.
+    queue: describeQueue(config, sum(parts, p => p.queue.waiting), sum(parts, p => p.queue.timedOut)),
   }
+}
+
+function sum<T> (items: readonly T[], of: (item: T) => number): number {
+  return items.reduce((total, item) => total + of(item), 0)
 }
 
 function max (a: number | null, b: number | null): number | null {

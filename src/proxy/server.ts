@@ -49,6 +49,17 @@ export interface ProxyStatus {
     id: string, address: string, state: string, weight: number, labels: Record<string, string>,
     inflight: number, requests: number, errors: number, p50Ms: number | null, p99Ms: number | null, changedAt: string
   }>
+  /**
+   * The connection limit per instance and process (null: none), and the requests waiting under it now and
+   * that waited out the queue timeout (HAProxy's `maxconn`, `qcur` and `timeout queue`).
+   */
+  queue: { limitPerInstance: number | null, timeoutMs: number, waiting: number, timedOut: number }
+}
+
+/** The queue part of /status, before its counts. */
+export function describeQueue (options: Pick<ProxyOptions, 'maxConnectionsPerInstance' | 'queueTimeoutMs'>, waiting: number, timedOut: number): ProxyStatus['queue'] {
+  const limit = options.maxConnectionsPerInstance
+  return { limitPerInstance: limit === 0 ? null : limit, timeoutMs: options.queueTimeoutMs, waiting, timedOut }
 }
 
 /**
@@ -184,6 +195,7 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
           changedAt: new Date(endpoint.changedAtMs).toISOString(),
         }
       }),
+      queue: describeQueue(options, queue.size, queue.timeouts),
     }
   }
   const admin = buildAdmin({

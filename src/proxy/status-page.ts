@@ -28,7 +28,7 @@ header { padding-top: 20px; }
 h1 { font-size: 1.5rem; margin: 0 0 4px; font-weight: 650; }
 h1 .product { color: var(--muted); font-weight: 500; }
 h2 { font-size: 1.05rem; margin: 24px 0 8px; }
-.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(170px, 1fr)); gap: 12px; margin-top: 16px; }
+.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(145px, 1fr)); gap: 12px; margin-top: 16px; }
 .card { background: var(--card); border: 1px solid var(--line); border-radius: 10px; padding: 12px 14px; }
 .card dt { color: var(--muted); font-size: .8rem; text-transform: uppercase; letter-spacing: .04em; }
 .card dd { margin: 4px 0 0; font-size: 1.15rem; font-weight: 600; font-variant-numeric: tabular-nums; }
@@ -209,6 +209,10 @@ const SCRIPT = `
     $('count-up').textContent = String(counts.up);
     $('count-other').textContent = counts.draining + ' draining \\u00b7 ' + counts.ejected + ' ejected';
     $('total-rate').textContent = anyRate ? fmtRate(total) : '\\u2014';
+    var q = status.queue;
+    $('queue-waiting').textContent = String(q.waiting);
+    $('queue-limit').textContent = (q.limitPerInstance === null ? 'no connection limit' : 'limit ' + q.limitPerInstance + ' per instance')
+      + ' \\u00b7 ' + q.timedOut + ' timed out';
     first = false;
   }
 
@@ -305,6 +309,7 @@ export function renderStatusPage (status: ProxyStatus, options: StatusPageOption
     <div class="card"><dt>Proxy</dt><dd id="ready"></dd></div>
     <div class="card"><dt>Instances up</dt><dd><span id="count-up"></span><small id="count-other"></small></dd></div>
     <div class="card"><dt>Requests/s</dt><dd><span id="total-rate"></span><small>all instances, last 10 s</small></dd></div>
+    <div class="card"><dt>Queued</dt><dd><span id="queue-waiting"></span><small id="queue-limit"></small></dd></div>
   </dl>
 </header>
 <main>
@@ -331,6 +336,7 @@ export function renderStatusPage (status: ProxyStatus, options: StatusPageOption
 <footer>
   <p id="table-note">Requests/s and errors (5xx answers and failed connects, as a share of requests) are measured
   by this page over the last 10 s, from successive counts; p50 and p99 cover each instance's last 256 requests.
+  Queued requests wait for a connection under the limit per instance, which each proxy process applies on its own.
   Machine-readable: /status (JSON) and /metrics (Prometheus).</p>
 </footer>
 <script type="application/json" id="initial-status">${scriptJson(status)}</script>

@@ -210,6 +210,7 @@ t.test('at --max-connections-per-instance, requests wait in arrival order and al
   }
   t.equal(started.length, 2, 'one request on each instance')
   t.equal(await queued(), 4, 'four queued')
+  t.same((await proxy.status()).queue, { limitPerInstance: 1, timeoutMs: 5000, waiting: 4, timedOut: 0 }, '/status shows the limit and the queue')
 
   // Each answer frees a connection, and the longest-waiting request takes it.
   for (let released = 1; released <= 6; released++) {
@@ -239,6 +240,7 @@ t.test('a request that waits out --queue-timeout-ms gets 503 and never reaches a
   t.equal(waited.status, 503)
   t.equal(JSON.parse(waited.body).error, 'FLEETGATE_ERR_QUEUE_TIMEOUT')
   t.equal(sample(await proxy.metrics(), 'fleetgate_queue_timeouts_total', { service: 'queue-timeout' }), 1)
+  t.same((await proxy.status()).queue, { limitPerInstance: 1, timeoutMs: 300, waiting: 0, timedOut: 1 }, '/status counts it too')
 
   // A client that gives up while queued leaves the queue; its request is never sent.
   const controller = new AbortController()
