@@ -56,7 +56,7 @@ export interface ProxyStatus {
   queue: { limitPerInstance: number | null, timeoutMs: number, waiting: number, timedOut: number }
 }
 
-/** The queue part of /status, before its counts. */
+/** The queue part of /status: the configured limit and timeout, and the counts given. */
 export function describeQueue (options: Pick<ProxyOptions, 'maxConnectionsPerInstance' | 'queueTimeoutMs'>, waiting: number, timedOut: number): ProxyStatus['queue'] {
   const limit = options.maxConnectionsPerInstance
   return { limitPerInstance: limit === 0 ? null : limit, timeoutMs: options.queueTimeoutMs, waiting, timedOut }
