@@ -311,3 +311,36 @@ t.test('a request waiting behind a busy instance starts on another as soon as th
   busy.releaseOne()
   t.equal((await first).status, 200)
 })
+
+t.test('an instance that crashes mid-request at the connection limit: its request and the queued ones are all served by the other, one at a time', async t => {
+  const client = await zkClient(t, server.connectString)
+  const onA: string[] = []
+  const onB: string[] = []
+  const a = await holdingBackend(t, 'crash-a', onA)
+  const b = await holdingBackend(t, 'crash-b', onB)
+  for (const h of [a, b]) await registerCurator(client, { service: 'crash', id: h.backend.name, port: h.backend.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'crash', '--max-connections-per-instance', '1'])
+  await eventually(async () => (await proxy.status()).instances.length === 2)
+
+  // One request on each instance, two waiting.
+  const answers: Array<ReturnType<typeof get>> = []
+  for (let i = 0; i < 4; i++) {
+    answers.push(get(proxy.url, `/c${i}`))
+    await eventually(async () => onA.length + onB.length + (await proxy.status()).queue.waiting === i + 1)
+  }
+  t.same([a.held, b.held], [1, 1])
+
+  // a dies: its request is reset before any answer, and its port refuses connections from now on.
+  await a.backend.close()
+  // b takes the three others one by one as each answer frees its only connection.
+  for (let k = 1; k <= 4; k++) {
+    await eventually(() => onB.length === k && b.held === 1, { message: `request ${k} on b` })
+    b.releaseOne()
+  }
+  const results = await Promise.all(answers)
+  t.same(results.map(r => r.status), [200, 200, 200, 200], 'no request failed')
+  t.same(results.map(r => r.servedBy), ['crash-b', 'crash-b', 'crash-b', 'crash-b'], 'all answered by the survivor')
+  t.equal(onA.length, 1, 'the crashed instance got only the request it was holding')
+  t.equal(b.most, 1, 'the limit held on the survivor throughout')
+  t.same((await proxy.status()).queue, { limitPerInstance: 1, timeoutMs: 5000, waiting: 0, timedOut: 0 })
+})
