@@ -1,8 +1,8 @@
 // Pool: the proxy's view of one service. It holds the membership's instances as endpoints with their
 // health state (ejected after connect failures, draining from the registry) and picks the next one.
 
-import { instanceAddress, type Instance } from '../membership/instance.ts'
-import type { Membership } from '../membership/source.ts'
+import { insertionPoint, instanceAddress, positionOf, type Instance } from '../membership/instance.ts'
+import type { Membership, MembershipChange } from '../membership/source.ts'
 import { RoundRobin } from './round-robin.ts'
 
 export type EndpointState = 'up' | 'draining' | 'ejected'
@@ -137,11 +137,19 @@ export class Pool {
   }
 
   /**
-   * Applies a full membership: new instances join, missing ones leave, known ones keep their health.
-   * A source hands unchanged instances over as the very same objects, so at 10,000 instances a change
-   * costs a pass of identity lookups, not a rebuild of every key.
+   * Applies a membership: new instances join, missing ones leave, known ones keep their health. When
+   * the membership says what changed since the one applied last, only that is applied. Otherwise the
+   * whole set is walked: a source hands unchanged instances over as the very same objects, so at 10,000
+   * instances that is a pass of identity lookups, not a rebuild of every key.
    */
   update (membership: Membership): void {
+    const previous = this.#membership
+    const change = membership.change
+    if (change !== undefined && previous !== undefined && membership.revision === previous.revision + 1 &&
+      membership.service === previous.service && this.#applies(change)) {
+      this.#applyChange(membership, change)
+      return
+    }
     const now = this.#now()
     const generation = ++this.#generation
     const ordered: Endpoint[] = []
@@ -176,6 +184,71 @@ export class Pool {
       this.#ejected.delete(endpoint)
     }
     this.#ordered = ordered
+    this.#settle(membership, added, removed, reshuffled)
+  }
+
+  /**
+   * Whether `change` fits what the pool holds: each removed instance is one of its endpoints', and each
+   * added one takes a key that is free or that a removed one frees. Otherwise (an instance listed twice,
+   * say) the whole membership is walked instead.
+   */
+  #applies (change: MembershipChange): boolean {
+    const freed = new Set<string>()
+    for (const instance of change.removed) {
+      const endpoint = this.#byInstance.get(instance)
+      if (endpoint === undefined || endpoint.instance !== instance || positionOf(this.#ordered, endpoint, instanceOf) < 0) return false
+      freed.add(endpoint.key)
+    }
+    const taken = new Set<string>()
+    for (const instance of change.added) {
+      const key = endpointKey(instance)
+      if (taken.has(key) || (this.#endpoints.has(key) && !freed.has(key))) return false
+      taken.add(key)
+    }
+    return true
+  }
+
+  /** Applies a change that #applies() accepted: O(changes) lookups and one copy of the ordered list. */
+  #applyChange (membership: Membership, change: MembershipChange): void {
+    const now = this.#now()
+    const ordered = this.#ordered.slice()
+    const leaving = new Map<string, Endpoint>()
+    for (const instance of change.removed) {
+      const endpoint = this.#byInstance.get(instance)!
+      leaving.set(endpoint.key, endpoint)
+      this.#byInstance.delete(instance)
+      ordered.splice(positionOf(ordered, endpoint, instanceOf), 1)
+    }
+    const added: Endpoint[] = []
+    let reshuffled = false
+    for (const instance of change.added) {
+      const key = endpointKey(instance)
+      let endpoint = leaving.get(key)
+      if (endpoint !== undefined) {
+        // Registered again with other data: the same endpoint, keeping its health and counters.
+        leaving.delete(key)
+        const before = endpoint.instance
+        if (before.state !== instance.state) endpoint.changedAtMs = now
+        if (before.state !== instance.state || before.weight !== instance.weight) reshuffled = true
+        endpoint.instance = instance
+      } else {
+        endpoint = new Endpoint(instance, now)
+        this.#endpoints.set(key, endpoint)
+        added.push(endpoint)
+      }
+      this.#byInstance.set(instance, endpoint)
+      ordered.splice(insertionPoint(ordered, instance, instanceOf), 0, endpoint)
+    }
+    const removed = [...leaving.values()]
+    for (const endpoint of removed) {
+      this.#endpoints.delete(endpoint.key)
+      this.#ejected.delete(endpoint)
+    }
+    this.#ordered = ordered
+    this.#settle(membership, added, removed, reshuffled)
+  }
+
+  #settle (membership: Membership, added: readonly Endpoint[], removed: readonly Endpoint[], reshuffled: boolean): void {
     this.#membership = membership
     if (added.length > 0 || removed.length > 0 || reshuffled) this.#rebuild()
     for (const endpoint of added) this.#emit({ type: 'added', endpoint })
@@ -271,6 +344,10 @@ export class Pool {
   #emit (event: PoolEvent): void {
     for (const listener of this.#listeners) listener(event)
   }
+}
+
+function instanceOf (endpoint: Endpoint): Instance {
+  return endpoint.instance
 }
 
 function always (): boolean {

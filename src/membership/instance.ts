@@ -199,6 +199,41 @@ export function sortInstances (instances: Iterable<Instance>, previous: readonly
   return merged
 }
 
+/** Where `item` (by identity) is in `sorted`, a list sorted by its instances' ids; -1 if it is not there. */
+export function positionOf (sorted: readonly Instance[], item: Instance): number
+export function positionOf<T> (sorted: readonly T[], item: T, instanceOf: (item: T) => Instance): number
+export function positionOf<T> (sorted: readonly T[], item: T, instanceOf = itself as (item: T) => Instance): number {
+  const instance = instanceOf(item)
+  for (let i = lowerBound(sorted, instance, instanceOf); i < sorted.length && instanceOf(sorted[i]!).id === instance.id; i++) {
+    if (sorted[i] === item) return i
+  }
+  return -1
+}
+
+/** Where an item for `instance` goes in `sorted` to keep it sorted by id: after those with the same id, as sortInstances merges. */
+export function insertionPoint (sorted: readonly Instance[], instance: Instance): number
+export function insertionPoint<T> (sorted: readonly T[], instance: Instance, instanceOf: (item: T) => Instance): number
+export function insertionPoint<T> (sorted: readonly T[], instance: Instance, instanceOf = itself as (item: T) => Instance): number {
+  let at = lowerBound(sorted, instance, instanceOf)
+  while (at < sorted.length && instanceOf(sorted[at]!).id === instance.id) at++
+  return at
+}
+
+function itself (instance: Instance): Instance {
+  return instance
+}
+
+function lowerBound<T> (sorted: readonly T[], instance: Instance, instanceOf: (item: T) => Instance): number {
+  let lo = 0
+  let hi = sorted.length
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1
+    if (compareInstances(instanceOf(sorted[mid]!), instance) < 0) lo = mid + 1
+    else hi = mid
+  }
+  return lo
+}
+
 const HOSTNAME = /^[A-Za-z0-9]([A-Za-z0-9-]{0,62})?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62})?)*\.?$/
 
 function isUsableHost (host: unknown): host is string {

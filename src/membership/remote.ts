@@ -5,8 +5,8 @@
 // change to one instance of 10,000 crosses the process boundary as one instance, not as a megabyte of
 // JSON that every worker parses and compares again.
 
-import type { Instance } from './instance.ts'
-import { BaseSource, type SourceStatus } from './source.ts'
+import { positionOf, type Instance } from './instance.ts'
+import { BaseSource, type MembershipChange, type SourceStatus } from './source.ts'
 
 /** What the owner of the real source sends on every change of membership or status. */
 export interface SourceUpdate {
@@ -55,7 +55,31 @@ export function diffInstances (previous: readonly Instance[], next: readonly Ins
   return { from, removed, added }
 }
 
-/** Applies a delta made by diffInstances to the list it was made from. */
+/**
+ * The same delta, read off a change the source reported (see Membership.change) between two lists sorted
+ * by id, as memberships are: a binary search per changed instance, with no pass over the lists. Undefined
+ * if the change does not fit the two lists.
+ */
+export function deltaFromChange (previous: readonly Instance[], next: readonly Instance[], change: MembershipChange, from: number): InstancesDelta | undefined {
+  const removed: number[] = []
+  for (const instance of change.removed) {
+    const at = positionOf(previous, instance)
+    if (at < 0) return undefined
+    removed.push(at)
+  }
+  const added: Array<readonly [number, Instance]> = []
+  for (const instance of change.added) {
+    const at = positionOf(next, instance)
+    if (at < 0) return undefined
+    added.push([at, instance])
+  }
+  if (previous.length - removed.length + added.length !== next.length) return undefined
+  removed.sort((a, b) => a - b)
+  added.sort((a, b) => a[0] - b[0])
+  return { from, removed, added }
+}
+
+/** Applies a delta made by diffInstances or deltaFromChange to the list it was made from. */
 export function patchInstances (previous: readonly Instance[], delta: InstancesDelta): Instance[] {
   const next: Instance[] = new Array(previous.length - delta.removed.length + delta.added.length)
   let p = 0
@@ -109,9 +133,15 @@ export class RemoteSource extends BaseSource {
       this.publish(update.instances)
     } else if (update.delta !== undefined && update.seq !== undefined) {
       if (this.#list !== undefined && update.delta.from === this.#seq) {
-        this.#list = patchInstances(this.#list, update.delta)
+        const list = this.#list
+        const removed = update.delta.removed.map(position => list[position]!)
+        const added = update.delta.added.map(([, instance]) => instance)
+        const next = patchInstances(list, update.delta)
+        this.#list = next
         this.#seq = update.seq
-        this.publish(this.#list)
+        // The objects are the membership's own unless a whole list came after the first: then this
+        // finds one missing and compares the whole list.
+        this.publishChange(added, removed, () => next)
       } else if (!this.#awaitingWhole) {
         this.#awaitingWhole = true
         askForWhole = true

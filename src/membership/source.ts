@@ -1,7 +1,7 @@
-// The discovery interface every source implements, and the shared logic behind it: full-set emission,
-// de-duplication, revisions, status and the stale flag.
+// The discovery interface every source implements, and the shared logic behind it: full-set emission
+// (with the change, when a source knows it), de-duplication, revisions, status and the stale flag.
 
-import { sameInstances, sortInstances, type Instance, type InvalidReason } from './instance.ts'
+import { insertionPoint, positionOf, sameInstances, sortInstances, type Instance, type InvalidReason } from './instance.ts'
 
 /** The live set of one service at one moment. Immutable. */
 export interface Membership {
@@ -12,6 +12,18 @@ export interface Membership {
   readonly revision: number
   /** Epoch ms of the change. */
   readonly changedAtMs: number
+  /**
+   * What changed from revision - 1, when the source knew it without comparing the whole set. A consumer
+   * can apply it in O(changes) rather than walk 10,000 instances for one that came or went.
+   */
+  readonly change?: MembershipChange
+}
+
+export interface MembershipChange {
+  /** Instances of this membership that revision - 1 did not hold. A re-registered instance is in both lists. */
+  readonly added: readonly Instance[]
+  /** Instances of revision - 1 (the very objects) that this membership no longer holds. */
+  readonly removed: readonly Instance[]
 }
 
 /**
@@ -38,8 +50,9 @@ export interface SourceState {
 }
 
 /**
- * A discovery backend. Emits the FULL live set of one service, never a delta, and only when it changed.
- * Trouble with the registry never empties the set: the last membership is kept and marked stale.
+ * A discovery backend. Emits the FULL live set of one service, and only when it changed; a source that
+ * knows what changed says so too (Membership.change). Trouble with the registry never empties the set:
+ * the last membership is kept and marked stale.
  */
 export interface MembershipSource {
   readonly kind: string
@@ -104,15 +117,41 @@ export abstract class BaseSource implements MembershipSource {
   protected publish (instances: Iterable<Instance>): boolean {
     const sorted = sortInstances(instances, this.#membership?.instances)
     if (this.#membership !== undefined && sameInstances(this.#membership.instances, sorted)) return false
+    this.#advance(sorted, undefined)
+    return true
+  }
+
+  /**
+   * Offers a change the source knows exactly: `removed` are objects of the current membership, `added`
+   * new ones. It costs a binary search per instance and one copy of the list, where publish() compares
+   * every instance, and the membership carries the change for its consumers to do the same. A large
+   * change, or one that does not fit the current membership, publishes `whole()` instead: the full set.
+   */
+  protected publishChange (added: readonly Instance[], removed: readonly Instance[], whole: () => Iterable<Instance>): boolean {
+    const previous = this.#membership?.instances
+    if (previous === undefined || added.length + removed.length > MAX_CHANGE) return this.publish(whole())
+    if (added.length === 0 && removed.length === 0) return false
+    const instances = previous.slice()
+    for (const instance of removed) {
+      const at = positionOf(instances, instance)
+      if (at < 0) return this.publish(whole())
+      instances.splice(at, 1)
+    }
+    for (const instance of added) instances.splice(insertionPoint(instances, instance), 0, instance)
+    this.#advance(instances, Object.freeze({ added: Object.freeze([...added]), removed: Object.freeze([...removed]) }))
+    return true
+  }
+
+  #advance (sorted: Instance[], change: MembershipChange | undefined): void {
     this.#membership = Object.freeze({
       service: this.service,
       instances: Object.freeze(sorted),
       revision: (this.#membership?.revision ?? 0) + 1,
       changedAtMs: Date.now(),
+      ...(change === undefined ? {} : { change }),
     })
     this.emit({ type: 'membership', membership: this.#membership })
     this.#resolveFirst()
-    return true
   }
 
   protected setStatus (status: SourceStatus, stale: boolean): void {
@@ -133,3 +172,6 @@ export abstract class BaseSource implements MembershipSource {
     }
   }
 }
+
+/** The largest change publishChange() applies by binary search; past it, the whole set is compared. */
+const MAX_CHANGE = 256

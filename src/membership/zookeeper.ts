@@ -47,6 +47,14 @@ export class ZooKeeperSource extends BaseSource {
   #reads = 0
   /** Numbers the child lists read, for CachedChild.listed. */
   #pass = 0
+  /**
+   * What the cache gained and lost since the last commit, which publishes just that change. The first
+   * commit, and one after a full resync or a new session, publishes the whole cache instead, which
+   * heals any drift between the two.
+   */
+  readonly #gained = new Set<Instance>()
+  readonly #lost = new Set<Instance>()
+  #commitWhole = true
   #watcher: { generation: number, fn: (event: ZkEvent) => void } | undefined
 
   constructor (options: ZooKeeperSourceOptions) {
@@ -89,7 +97,10 @@ export class ZooKeeperSource extends BaseSource {
         // Reconnected within the session: the client re-registers our watches, but a child list may
         // have changed meanwhile. A new session has no watches at all: read everything again (what is
         // cached stays until then, to be compared with what is read).
-        if (event.newSession) for (const cached of this.#cache.values()) cached.stale = true
+        if (event.newSession) {
+          for (const cached of this.#cache.values()) cached.stale = true
+          this.#commitWhole = true
+        }
         this.setStatus('connected', true)
         this.#requestSync()
         break
@@ -137,6 +148,7 @@ export class ZooKeeperSource extends BaseSource {
 
   async #syncOnce (client: Client, generation: number, full: boolean): Promise<void> {
     const watcher = this.#watcherFor(generation)
+    if (full) this.#commitWhole = true
     let children: string[]
     try {
       this.#reads++
@@ -183,7 +195,7 @@ export class ZooKeeperSource extends BaseSource {
    * is walked only if there are any), and the records of invalid ones reported.
    */
   #forgetUnlisted (pass: number, unlisted: number): void {
-    if (unlisted > 0) for (const [name, cached] of this.#cache) if (cached.listed !== pass) this.#cache.delete(name)
+    if (unlisted > 0) for (const [name, cached] of this.#cache) if (cached.listed !== pass) this.#drop(name)
     for (const name of this.#reported.keys()) if (this.#cache.get(name)?.listed !== pass) this.#reported.delete(name)
   }
 
@@ -201,7 +213,7 @@ export class ZooKeeperSource extends BaseSource {
           // Deleted between the list and the read: the child watch brings the new list.
           if (zkErrorCode(err) !== ZK.NO_NODE) throw err
           if (this.#current(generation)) {
-            this.#cache.delete(name)
+            this.#drop(name)
             this.#reported.delete(name)
           }
         }
@@ -219,8 +231,10 @@ export class ZooKeeperSource extends BaseSource {
       cached.stale = false
       return
     }
+    if (cached?.result.ok) this.#lose(cached.result.instance)
     this.#cache.set(name, { result, stale: false, listed: this.#pass })
     if (result.ok) {
+      this.#gained.add(result.instance)
       this.#reported.delete(name)
       return
     }
@@ -230,15 +244,34 @@ export class ZooKeeperSource extends BaseSource {
     this.emit({ type: 'invalid', id: name, reason: result.reason, detail: result.detail })
   }
 
+  #drop (name: string): void {
+    const cached = this.#cache.get(name)
+    if (cached === undefined) return
+    this.#cache.delete(name)
+    if (cached.result.ok) this.#lose(cached.result.instance)
+  }
+
+  #lose (instance: Instance): void {
+    if (!this.#gained.delete(instance)) this.#lost.add(instance)
+  }
+
   /**
    * Publishes the cache: the listed children, each as last read (an entry whose re-read was cut short
    * by a lost connection keeps its earlier result), less those deleted before they could be read.
    */
   #commit (): void {
-    const instances: Instance[] = []
-    for (const { result } of this.#cache.values()) if (result.ok) instances.push(result.instance)
-    if (this.publish(instances)) {
-      this.#log.info({ revision: this.current()?.revision, instances: instances.length }, 'membership changed')
+    const whole = (): Instance[] => {
+      const instances: Instance[] = []
+      for (const { result } of this.#cache.values()) if (result.ok) instances.push(result.instance)
+      return instances
+    }
+    const changed = this.#commitWhole ? this.publish(whole()) : this.publishChange([...this.#gained], [...this.#lost], whole)
+    this.#gained.clear()
+    this.#lost.clear()
+    this.#commitWhole = false
+    if (changed) {
+      const membership = this.current()
+      this.#log.info({ revision: membership?.revision, instances: membership?.instances.length }, 'membership changed')
     }
     this.setStatus('connected', false)
   }

@@ -8,7 +8,7 @@ import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } fro
 import { splitHostPort, type ProxyConfig } from '../config.ts'
 import type { Logger } from '../logger.ts'
 import type { Instance } from '../membership/instance.ts'
-import { diffInstances, RemoteSource, type SourceUpdate } from '../membership/remote.ts'
+import { deltaFromChange, diffInstances, RemoteSource, type SourceUpdate } from '../membership/remote.ts'
 import type { MembershipSource } from '../membership/source.ts'
 import { createProxyMetrics, createRegistry, DISCOVERY_METRICS } from '../metrics.ts'
 import { buildAdmin } from './admin.ts'
@@ -52,7 +52,7 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
   wireDiscoveryMetrics(source, metrics, service, log)
 
   // The last membership list sent to the workers, and its number: each change goes out as a delta from it.
-  let sent: { seq: number, instances: readonly Instance[] } | undefined
+  let sent: { seq: number, revision: number, instances: readonly Instance[] } | undefined
   const sourceStatus = (): Pick<SourceUpdate, 'kind' | 'status' | 'stale'> => {
     const { kind, status, stale } = source.state()
     return { kind, status, stale }
@@ -66,9 +66,13 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
     if (event.type === 'status') {
       broadcast(sourceStatus())
     } else if (event.type === 'membership') {
-      const { instances } = event.membership
-      const delta = sent && diffInstances(sent.instances, instances, sent.seq)
-      sent = { seq: (sent?.seq ?? 0) + 1, instances }
+      const { instances, change, revision } = event.membership
+      // The source's own account of the change, when it follows the list sent last; else a diff of the two.
+      const reported = sent && change !== undefined && revision === sent.revision + 1
+        ? deltaFromChange(sent.instances, instances, change, sent.seq)
+        : undefined
+      const delta = sent && (reported ?? diffInstances(sent.instances, instances, sent.seq))
+      sent = { seq: (sent?.seq ?? 0) + 1, revision, instances }
       // A delta that replaces most of the list is no cheaper than the list.
       broadcast(delta && delta.added.length < instances.length / 2 ? { ...sourceStatus(), seq: sent.seq, delta } : whole())
     }

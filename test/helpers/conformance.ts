@@ -85,7 +85,11 @@ async function startWatched (t: Test, driver: SourceDriver, initial: readonly Dr
   return { source, emitted, emissions }
 }
 
-/** Every emission is a full set that differs from the one before, and revisions count up by one. */
+/**
+ * Every emission is a full set that differs from the one before, and revisions count up by one. An
+ * emission that says what changed says it exactly: the set before, less what it removed (objects of
+ * that set), plus what it added, is the new set, object for object.
+ */
 function checkEmissions (t: Test, watched: Watched): void {
   for (let i = 1; i < watched.emitted.length; i++) {
     if (watched.emitted[i] === watched.emitted[i - 1]) t.fail(`emission ${i + 1} repeats the one before: ${watched.emitted[i]}`)
@@ -93,7 +97,20 @@ function checkEmissions (t: Test, watched: Watched): void {
   watched.emissions.forEach((m, i) => {
     if (m.revision !== i + 1) t.fail(`emission ${i + 1} has revision ${m.revision}`)
   })
-  t.pass(`${watched.emitted.length} emissions, each a change: ${watched.emitted.join(' | ')}`)
+  let described = 0
+  for (let i = 1; i < watched.emissions.length; i++) {
+    const { change, instances } = watched.emissions[i]!
+    if (change === undefined) continue
+    described++
+    const before = watched.emissions[i - 1]!.instances
+    if (change.removed.some(instance => !before.includes(instance))) t.fail(`emission ${i + 1} removes an instance the one before did not hold`)
+    const gone = new Set(change.removed)
+    const expected = new Set([...before.filter(instance => !gone.has(instance)), ...change.added])
+    if (expected.size !== instances.length || instances.some(instance => !expected.has(instance))) {
+      t.fail(`emission ${i + 1}: the one before with its change applied is not the set it emits`)
+    }
+  }
+  t.pass(`${watched.emitted.length} emissions, each a change (${described} saying which): ${watched.emitted.join(' | ')}`)
 }
 
 const WAIT = { timeoutMs: 20_000 }

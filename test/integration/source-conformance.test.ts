@@ -6,10 +6,13 @@ import t from 'tap'
 import { ConsulClient, consulConnection } from '../../src/consul/client.ts'
 import { silentLogger } from '../../src/logger.ts'
 import { ConsulSource } from '../../src/membership/consul.ts'
+import type { Instance } from '../../src/membership/instance.ts'
+import type { Membership } from '../../src/membership/source.ts'
 import { parseStaticInstances, StaticSource } from '../../src/membership/static.ts'
 import { ZooKeeperSource } from '../../src/membership/zookeeper.ts'
 import { consulTarget, REAL_CONSUL, uniqueService } from '../helpers/consul.ts'
 import { runConformance, type SourceDriverSpec } from '../helpers/conformance.ts'
+import { eventually } from '../helpers/eventually.ts'
 import { curatorData, registerCurator, removeNode, zk, zkClient } from '../helpers/fleet.ts'
 import { startRelay } from '../helpers/tcp-relay.ts'
 import { startZooKeeper } from '../helpers/zookeeper.ts'
@@ -129,3 +132,39 @@ const staticList: SourceDriverSpec = {
 }
 
 for (const spec of [zookeeper, consul, staticList]) runConformance(t, spec)
+
+t.test('zookeeper: each change names the instances it added and removed, so consumers need not compare the whole set', async t => {
+  const writer = await zkClient(t, server.connectString, 30_000)
+  const service = uniqueService('change')
+  const path = (id: string): string => `/services/${service}/${id}`
+  for (const id of ['a', 'b']) await registerCurator(writer, { service, id, port: id === 'a' ? 21001 : 21002 })
+  // No periodic resync within the test: each change below is published from the watches alone.
+  const source = new ZooKeeperSource({
+    connectString: server.connectString, basePath: '/services', service,
+    sessionTimeoutMs: 6_000, resyncIntervalMs: 600_000, logger: silentLogger,
+  })
+  const emissions: Membership[] = []
+  source.subscribe(m => emissions.push(m))
+  t.teardown(() => source.close())
+  await source.start()
+  const byId = (m: Membership | undefined, id: string): Instance | undefined => m?.instances.find(i => i.id === id)
+  const changeOf = (m: Membership): string =>
+    m.change ? `+${m.change.added.map(i => `${i.id}:${i.state}`).join(',')} -${m.change.removed.map(i => `${i.id}:${i.state}`).join(',')}` : 'none'
+  t.equal(emissions[0]!.change, undefined, 'the first membership is the whole set, with no change')
+
+  await registerCurator(writer, { service, id: 'c', port: 21003 })
+  await eventually(() => emissions.length === 2, { timeoutMs: 20_000, message: 'add' })
+  t.equal(changeOf(emissions[1]!), '+c:up -')
+  t.equal(emissions[1]!.change!.added[0], byId(emissions[1], 'c'), 'the added object is the one in the set')
+
+  await zk(cb => writer.setData(path('a'), curatorData({ service, id: 'a', port: 21001, state: 'draining' }), -1, cb))
+  await eventually(() => emissions.length === 3, { timeoutMs: 20_000, message: 'drain' })
+  t.equal(changeOf(emissions[2]!), '+a:draining -a:up', 'new data replaces the instance')
+  t.equal(emissions[2]!.change!.removed[0], byId(emissions[1], 'a'), 'the removed object is the one the set before held')
+
+  await removeNode(writer, path('b'))
+  await eventually(() => emissions.length === 4, { timeoutMs: 20_000, message: 'remove' })
+  t.equal(changeOf(emissions[3]!), '+ -b:up')
+  t.same(emissions[3]!.instances.map(i => `${i.id}:${i.state}`), ['a:draining', 'c:up'], 'sorted by id, as a full set is')
+  t.equal(byId(emissions[3], 'c'), byId(emissions[1], 'c'), 'an untouched instance stays the same object')
+})

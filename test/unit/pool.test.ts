@@ -1,7 +1,8 @@
 import t from 'tap'
 import { Pool, type Endpoint } from '../../src/balancer/pool.ts'
 import type { Instance } from '../../src/membership/instance.ts'
-import type { Membership } from '../../src/membership/source.ts'
+import { BaseSource, type Membership } from '../../src/membership/source.ts'
+import { seededRandom } from '../helpers/random.ts'
 
 const inst = (id: string, port: number, state: Instance['state'] = 'up'): Instance =>
   ({ id, host: '127.0.0.1', port, state, weight: 1, labels: {} })
@@ -170,4 +171,103 @@ t.test('asking atLimit() does not move the rotation', async t => {
   a.inflight = 0
   b.inflight = 0
   t.same(ids(pool, 2), ['b', 'a'], 'b is next, as before the requests waited')
+})
+
+/** A source driven by hand, to make memberships that carry their change as a real source does. */
+class HandSource extends BaseSource {
+  readonly kind = 'hand'
+  async start (): Promise<void> {}
+  async close (): Promise<void> {}
+  set (instances: Instance[]): boolean {
+    return this.publish(instances)
+  }
+
+  change (added: Instance[], removed: Instance[], whole: () => Instance[]): boolean {
+    return this.publishChange(added, removed, whole)
+  }
+}
+
+t.test('a membership that carries its change leaves the pool as walking the whole set would', async t => {
+  const random = seededRandom(7)
+  const source = new HandSource('s')
+  const clock = { ms: 1_000_000 }
+  const byChange = build(clock).pool
+  const byWalk = build(clock).pool
+  // Each update's added and removed events, in any order.
+  const logEvents = (pool: Pool): string[] => {
+    const updates: string[] = []
+    let batch: string[] = []
+    pool.onEvent(e => {
+      if (e.type === 'added' || e.type === 'removed') batch.push(`${e.type} ${e.endpoint.key}`)
+      if (e.type === 'changed') { updates.push(batch.sort().join(', ')); batch = [] }
+    })
+    return updates
+  }
+  const log = { byChange: logEvents(byChange), byWalk: logEvents(byWalk) }
+  let carried = 0
+  source.subscribe(m => {
+    if (m.change) carried++
+    byChange.update(m)
+    const { change: _change, ...whole } = m
+    byWalk.update(whole)
+  })
+  const live = new Map<string, Instance>()
+  const make = (id: string): Instance => ({
+    id, host: '127.0.0.1', port: 1000 + random(4), state: random(4) === 0 ? 'draining' : 'up', weight: 1 + random(2), labels: {},
+  })
+  for (let i = 0; i < 40; i++) live.set(`i${i}`, make(`i${i}`))
+  source.set([...live.values()])
+  const view = (pool: Pool): string => [...pool.endpoints()].map(e => `${e.key}:${e.state(clock.ms)}:${e.weight}:${e.ejections}`).join(' ')
+  for (let round = 0; round < 300; round++) {
+    const added: Instance[] = []
+    const removed: Instance[] = []
+    for (let k = 0, n = 1 + random(3); k < n; k++) {
+      const id = `i${random(60)}`
+      const before = live.get(id)
+      if (before && random(2) === 0) {
+        live.delete(id)
+        removed.push(before)
+      } else {
+        // New, or registered again with other data (perhaps another address: another endpoint).
+        const instance = make(id)
+        live.set(id, instance)
+        if (before) removed.push(before)
+        added.push(instance)
+      }
+    }
+    // Drop what was added and removed again in the same round: a source never reports it.
+    const net = { added: added.filter(i => live.get(i.id) === i), removed: removed.filter(i => !added.includes(i)) }
+    source.change(net.added, net.removed, () => [...live.values()])
+    // Health is the pool's own: eject the same endpoint in both, for a time that runs out a few rounds on.
+    clock.ms += 400
+    const victim = [...byChange.endpoints()][random(byChange.size || 1)]
+    if (victim) {
+      byChange.reportConnectFailure(victim)
+      byWalk.reportConnectFailure([...byWalk.endpoints()].find(e => e.key === victim.key)!)
+    }
+    if (view(byChange) !== view(byWalk)) return t.equal(view(byChange), view(byWalk), `round ${round}: the endpoints`)
+    if (ids(byChange, 7).join() !== ids(byWalk, 7).join()) return t.same(ids(byChange, 7), ids(byWalk, 7), `round ${round}: the picks`)
+  }
+  t.same(log.byChange, log.byWalk, `the same added and removed events at each of ${log.byChange.length} updates`)
+  t.same(byChange.counts(), byWalk.counts())
+  t.ok(carried > 250, `most memberships carried their change (${carried} of 300)`)
+})
+
+t.test('the pool applies the change it is given, and walks the set when the change does not follow what it holds', async t => {
+  const { pool } = build()
+  const [a, b, c, d] = [inst('a', 1), inst('b', 2), inst('c', 3), inst('d', 4)]
+  pool.update(membership(a, b))
+  const keys = (): string[] => [...pool.endpoints()].map(e => e.instance.id)
+  // The source vouches for the change, so the pool does not look past it: here, at a d the change leaves out.
+  pool.update({ ...membership(a, b, c, d), change: { added: [c], removed: [] } })
+  t.same(keys(), ['a', 'b', 'c'], 'the change alone is applied')
+  pool.update({ ...membership(a, c, d), change: { added: [], removed: [b] } })
+  t.same(keys(), ['a', 'c'])
+  revision++
+  pool.update({ ...membership(c, d), change: { added: [], removed: [a] } })
+  t.same(keys(), ['c', 'd'], 'a revision was skipped: the whole set is walked')
+  pool.update({ ...membership(a, d), change: { added: [a], removed: [b] } })
+  t.same(keys(), ['a', 'd'], 'b is not in the pool: the whole set is walked')
+  pool.update({ ...membership(a, inst('a', 1), d), change: { added: [inst('a', 1)], removed: [] } })
+  t.same(keys(), ['a', 'd'], 'a second a@127.0.0.1:1 (listed twice): the whole set is walked, and it is one endpoint')
 })
