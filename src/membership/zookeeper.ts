@@ -55,6 +55,8 @@ export class ZooKeeperSource extends BaseSource {
   readonly #gained = new Set<Instance>()
   readonly #lost = new Set<Instance>()
   #commitWhole = true
+  /** Children a data watch saw deleted since the last list was read. */
+  readonly #deleted = new Set<string>()
   #watcher: { generation: number, fn: (event: ZkEvent) => void } | undefined
 
   constructor (options: ZooKeeperSourceOptions) {
@@ -191,10 +193,19 @@ export class ZooKeeperSource extends BaseSource {
   }
 
   /**
-   * Drops what is kept for children the list of `pass` did not name: `unlisted` cached ones (the cache
-   * is walked only if there are any), and the records of invalid ones reported.
+   * Drops what is kept for children the list of `pass` did not name: `unlisted` cached ones, and the
+   * records of invalid ones reported. The children whose deletion a data watch reported are looked at
+   * first; the cache is walked only for any left, which at 10,000 children is the one pass that costs.
    */
   #forgetUnlisted (pass: number, unlisted: number): void {
+    for (const name of this.#deleted) {
+      const cached = this.#cache.get(name)
+      if (cached !== undefined && cached.listed !== pass && unlisted > 0) {
+        this.#drop(name)
+        unlisted--
+      }
+    }
+    this.#deleted.clear()
     if (unlisted > 0) for (const [name, cached] of this.#cache) if (cached.listed !== pass) this.#drop(name)
     for (const name of this.#reported.keys()) if (this.#cache.get(name)?.listed !== pass) this.#reported.delete(name)
   }
@@ -289,9 +300,19 @@ export class ZooKeeperSource extends BaseSource {
 
   #onWatch (generation: number, event: ZkEvent): void {
     if (!this.#current(generation)) return
-    if (event.type === ZK.NODE_DATA_CHANGED && event.path !== this.path) {
-      const cached = this.#cache.get(posix.basename(event.path))
-      if (cached) cached.stale = true
+    if (event.path !== this.path) {
+      const name = posix.basename(event.path)
+      if (event.type === ZK.NODE_DELETED) {
+        // The service node's child watch fires for the same delete and brings the sync (a second one
+        // from here would list all children again). This says which child went, so that sync need not
+        // search the cache for it.
+        this.#deleted.add(name)
+        return
+      }
+      if (event.type === ZK.NODE_DATA_CHANGED) {
+        const cached = this.#cache.get(name)
+        if (cached) cached.stale = true
+      }
     }
     this.#requestSync()
   }

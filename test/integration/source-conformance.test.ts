@@ -162,9 +162,16 @@ t.test('zookeeper: each change names the instances it added and removed, so cons
   t.equal(changeOf(emissions[2]!), '+a:draining -a:up', 'new data replaces the instance')
   t.equal(emissions[2]!.change!.removed[0], byId(emissions[1], 'a'), 'the removed object is the one the set before held')
 
+  const readsBefore = source.reads
   await removeNode(writer, path('b'))
   await eventually(() => emissions.length === 4, { timeoutMs: 20_000, message: 'remove' })
   t.equal(changeOf(emissions[3]!), '+ -b:up')
   t.same(emissions[3]!.instances.map(i => `${i.id}:${i.state}`), ['a:draining', 'c:up'], 'sorted by id, as a full set is')
   t.equal(byId(emissions[3], 'c'), byId(emissions[1], 'c'), 'an untouched instance stays the same object')
+
+  // A delete fires the child's data watch and the service's child watch: one list read, not one for each.
+  // The add after it is read once the delete's reads are done: its list and its data.
+  await registerCurator(writer, { service, id: 'd', port: 21004 })
+  await eventually(() => emissions.length === 5, { timeoutMs: 20_000, message: 'add after the remove' })
+  t.equal(source.reads - readsBefore, 3, 'the remove and the add cost 1 and 2 reads')
 })
