@@ -107,19 +107,24 @@ export async function startZooKeeper(opts: StartZooKeeperOptions = {}): Promise<
   const logFile = path.join(tmp, 'zookeeper.log')
   const configFile = path.join(tmp, 'zoo.cfg')
   await mkdir(dataDir)
-  const port = await freePort()
-  const config = [
-    `tickTime=${opts.tickTimeMs ?? 500}`,
-    `minSessionTimeout=${opts.minSessionTimeoutMs ?? 1000}`,
-    `maxSessionTimeout=${opts.maxSessionTimeoutMs ?? 10_000}`,
-    `dataDir=${dataDir}`,
-    `clientPort=${port}`,
-    'clientPortAddress=127.0.0.1',
-    'admin.enableServer=false',
-    '4lw.commands.whitelist=srvr,ruok,mntr,stat,cons',
-    '',
-  ].join('\n')
-  await writeFile(configFile, config)
+  let port = 0
+  /** Picks a port and writes the configuration for it. */
+  const configure = async (): Promise<void> => {
+    port = await freePort()
+    const config = [
+      `tickTime=${opts.tickTimeMs ?? 500}`,
+      `minSessionTimeout=${opts.minSessionTimeoutMs ?? 1000}`,
+      `maxSessionTimeout=${opts.maxSessionTimeoutMs ?? 10_000}`,
+      `dataDir=${dataDir}`,
+      `clientPort=${port}`,
+      'clientPortAddress=127.0.0.1',
+      'admin.enableServer=false',
+      '4lw.commands.whitelist=srvr,ruok,mntr,stat,cons',
+      '',
+    ].join('\n')
+    await writeFile(configFile, config)
+    await writeFile(logFile, '')
+  }
 
   let child: ChildProcess | undefined
   let exited: Promise<void> = Promise.resolve()
@@ -219,6 +224,19 @@ export async function startZooKeeper(opts: StartZooKeeperOptions = {}): Promise<
     if (paused) waitUntilStopped(child.pid)
   }
 
+  // The port was free when picked, but the JVM binds it a second later: meanwhile another test, or
+  // an outgoing connection given it as its ephemeral port, may take it. Then another port is tried.
+  for (let attempt = 1; ; attempt++) {
+    await configure()
+    try {
+      await start()
+      break
+    } catch (err) {
+      await stop().catch(() => {})
+      if (attempt === 3 || !logTail().includes('java.net.BindException')) throw err
+    }
+  }
+
   const server: ZooKeeperServer = {
     connectString: `127.0.0.1:${port}`,
     port,
@@ -244,13 +262,6 @@ export async function startZooKeeper(opts: StartZooKeeperOptions = {}): Promise<
     },
     expireSession: (sessionId, password) => expireSession(`127.0.0.1:${port}`, sessionId, password),
     logTail,
-  }
-
-  try {
-    await start()
-  } catch (err) {
-    await stop().catch(() => {})
-    throw err
   }
   return server
 }
