@@ -295,7 +295,7 @@ function scaleSection (results, resync) {
   return `### Discovery: scale on a real ZooKeeper\n\nInstances registered as Curator JSON before fleetgate starts (nothing listens on their ports; no traffic). First membership: from spawning \`fleetgate proxy\` to its log line for the first published membership (node's own startup included), and to \`/readyz\` answering 200. One change: from the create/delete call to the published membership's log timestamp (the proxy runs with \`--log-level info\` here, so the change is observed without polling the proxy), median (min–max) of ${(results[0]?.changes.length ?? 0) / 2} samples each, and of it the time ZooKeeper took to acknowledge the write (it logs the write to disk first; the watch fires once it is applied); its ZooKeeper requests are the change in \`mntr\`'s zk_packets_received less the harness's own 2 requests (a ping can add 1). The last column is one \`/metrics\` scrape after the changes.${resyncLine}\n\n${table(['instances', 'in first membership', 'first membership ms', '/readyz ms', 'RSS MB at ready', 'peak RSS MB', 'create: ms', 'of which ZK ack ms', 'create: ZK requests', 'delete: ms', 'of which ZK ack ms', 'delete: ZK requests', '/metrics scrape'], rows)}\n`
 }
 
-/** Issue 6's targets, each checked against this run's figures. */
+/** The performance targets, each checked against this run's figures. */
 function targetsSection (s) {
   const rows = []
   const get = id => s.throughput.find(t => t.scenario.id === id)
@@ -342,7 +342,7 @@ function targetsSection (s) {
     const w2 = median(s.workers.runs['fleetgate-w2'].map(r => r.rps))
     rows.push(['scaling 1 → 2 workers (indicative)', `${(w2 / w1).toFixed(2)}×`, 'reported'])
   }
-  return `### Issue 6 targets, from this run\n\n${table(['target', 'measured', ''], rows)}\n`
+  return `### Targets, from this run\n\n${table(['target', 'measured', ''], rows)}\n`
 }
 
 main().then(cleanup, async err => {
