@@ -28,7 +28,7 @@ export class Endpoint {
   ejectedUntilMs = 0
   /** Epoch ms of the last change of state (joined, draining, ejected, back). */
   changedAtMs: number
-  /** The pool's last update that listed it. */
+  /** The pool's last walk of a whole membership that listed it. */
   generation = 0
 
   constructor (instance: Instance, nowMs: number) {
@@ -143,10 +143,8 @@ export class Pool {
    * instances that is a pass of identity lookups, not a rebuild of every key.
    */
   update (membership: Membership): void {
-    const previous = this.#membership
     const change = membership.change
-    if (change !== undefined && previous !== undefined && membership.revision === previous.revision + 1 &&
-      membership.service === previous.service && this.#applies(change)) {
+    if (change !== undefined && this.#applies(membership, change)) {
       this.#applyChange(membership, change)
       return
     }
@@ -188,11 +186,16 @@ export class Pool {
   }
 
   /**
-   * Whether `change` fits what the pool holds: each removed instance is one of its endpoints', and each
-   * added one takes a key that is free or that a removed one frees. Otherwise (an instance listed twice,
-   * say) the whole membership is walked instead.
+   * Whether `change` fits what the pool holds: it follows the membership applied last, which had one
+   * endpoint per instance (an instance listed twice is one endpoint: only the walk handles that), each
+   * removed instance is one of its endpoints', and each added one takes a key that is free or that a
+   * removed one frees. Otherwise the whole membership is walked instead.
    */
-  #applies (change: MembershipChange): boolean {
+  #applies (membership: Membership, change: MembershipChange): boolean {
+    const previous = this.#membership
+    if (previous === undefined || membership.revision !== previous.revision + 1 || membership.service !== previous.service) return false
+    if (this.#ordered.length !== previous.instances.length) return false
+    if (membership.instances.length !== previous.instances.length - change.removed.length + change.added.length) return false
     const freed = new Set<string>()
     for (const instance of change.removed) {
       const endpoint = this.#byInstance.get(instance)
@@ -208,7 +211,7 @@ export class Pool {
     return true
   }
 
-  /** Applies a change that #applies() accepted: O(changes) lookups and one copy of the ordered list. */
+  /** Applies a change that #applies() accepted: lookups for the changed instances only, and one copy of the ordered list. */
   #applyChange (membership: Membership, change: MembershipChange): void {
     const now = this.#now()
     const ordered = this.#ordered.slice()

@@ -5,7 +5,7 @@
 // change to one instance of 10,000 crosses the process boundary as one instance, not as a megabyte of
 // JSON that every worker parses and compares again.
 
-import { positionOf, type Instance } from './instance.ts'
+import { positionOf, sameInstances, type Instance } from './instance.ts'
 import { BaseSource, type MembershipChange, type SourceStatus } from './source.ts'
 
 /** What the owner of the real source sends on every change of membership or status. */
@@ -128,9 +128,12 @@ export class RemoteSource extends BaseSource {
     let askForWhole = false
     if (update.instances !== undefined && update.seq !== undefined) {
       this.#awaitingWhole = false
-      this.#list = update.instances
       this.#seq = update.seq
       this.publish(update.instances)
+      // The set keeps its own objects for instances sent again unchanged. Where it lines up with the
+      // list, the list takes them, so that the deltas that follow name the set's objects.
+      const held = this.current()?.instances
+      this.#list = held !== undefined && sameInstances(held, update.instances) ? held : update.instances
     } else if (update.delta !== undefined && update.seq !== undefined) {
       if (this.#list !== undefined && update.delta.from === this.#seq) {
         const list = this.#list
@@ -139,8 +142,6 @@ export class RemoteSource extends BaseSource {
         const next = patchInstances(list, update.delta)
         this.#list = next
         this.#seq = update.seq
-        // The objects are the membership's own unless a whole list came after the first: then this
-        // finds one missing and compares the whole list.
         this.publishChange(added, removed, () => next)
       } else if (!this.#awaitingWhole) {
         this.#awaitingWhole = true

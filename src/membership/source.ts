@@ -14,7 +14,7 @@ export interface Membership {
   readonly changedAtMs: number
   /**
    * What changed from revision - 1, when the source knew it without comparing the whole set. A consumer
-   * can apply it in O(changes) rather than walk 10,000 instances for one that came or went.
+   * can apply it by looking up the changed instances only, rather than walk 10,000 for one that came or went.
    */
   readonly change?: MembershipChange
 }

@@ -50,10 +50,11 @@ export class ZooKeeperSource extends BaseSource {
   /**
    * What the cache gained and lost since the last commit, which publishes just that change. The first
    * commit, and one after a full resync or a new session, publishes the whole cache instead, which
-   * heals any drift between the two.
+   * heals any drift between the cache and the set.
    */
   readonly #gained = new Set<Instance>()
-  readonly #lost = new Set<Instance>()
+  /** By id (the child's name): a child dropped and read again unchanged before the commit gets its object back. */
+  readonly #lost = new Map<string, Instance>()
   #commitWhole = true
   /** Children a data watch saw deleted since the last list was read. */
   readonly #deleted = new Set<string>()
@@ -243,6 +244,13 @@ export class ZooKeeperSource extends BaseSource {
       return
     }
     if (cached?.result.ok) this.#lose(cached.result.instance)
+    const lost = result.ok ? this.#lost.get(result.instance.id) : undefined
+    if (result.ok && lost !== undefined && sameInstance(lost, result.instance)) {
+      // Dropped (a list that missed it, say) and back unchanged since the last commit: no change at all.
+      this.#lost.delete(lost.id)
+      this.#cache.set(name, { result: { ...result, instance: lost }, stale: false, listed: this.#pass })
+      return
+    }
     this.#cache.set(name, { result, stale: false, listed: this.#pass })
     if (result.ok) {
       this.#gained.add(result.instance)
@@ -263,7 +271,7 @@ export class ZooKeeperSource extends BaseSource {
   }
 
   #lose (instance: Instance): void {
-    if (!this.#gained.delete(instance)) this.#lost.add(instance)
+    if (!this.#gained.delete(instance)) this.#lost.set(instance.id, instance)
   }
 
   /**
@@ -276,7 +284,7 @@ export class ZooKeeperSource extends BaseSource {
       for (const { result } of this.#cache.values()) if (result.ok) instances.push(result.instance)
       return instances
     }
-    const changed = this.#commitWhole ? this.publish(whole()) : this.publishChange([...this.#gained], [...this.#lost], whole)
+    const changed = this.#commitWhole ? this.publish(whole()) : this.publishChange([...this.#gained], [...this.#lost.values()], whole)
     this.#gained.clear()
     this.#lost.clear()
     this.#commitWhole = false
@@ -305,8 +313,11 @@ export class ZooKeeperSource extends BaseSource {
       if (event.type === ZK.NODE_DELETED) {
         // The service node's child watch fires for the same delete and brings the sync (a second one
         // from here would list all children again). This says which child went, so that sync need not
-        // search the cache for it.
+        // search the cache for it, and reads it again if it is back by then: created anew, perhaps
+        // with other data, and without the data watch this event used up.
         this.#deleted.add(name)
+        const cached = this.#cache.get(name)
+        if (cached) cached.stale = true
         return
       }
       if (event.type === ZK.NODE_DATA_CHANGED) {

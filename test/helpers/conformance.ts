@@ -86,9 +86,9 @@ async function startWatched (t: Test, driver: SourceDriver, initial: readonly Dr
 }
 
 /**
- * Every emission is a full set that differs from the one before, and revisions count up by one. An
- * emission that says what changed says it exactly: the set before, less what it removed (objects of
- * that set), plus what it added, is the new set, object for object.
+ * Every emission is a full set, sorted by id, that differs from the one before, and revisions count up
+ * by one. An emission that says what changed says it exactly: the set before, less what it removed
+ * (objects of that set), plus what it added (objects it did not hold), is the new set, object for object.
  */
 function checkEmissions (t: Test, watched: Watched): void {
   for (let i = 1; i < watched.emitted.length; i++) {
@@ -96,6 +96,7 @@ function checkEmissions (t: Test, watched: Watched): void {
   }
   watched.emissions.forEach((m, i) => {
     if (m.revision !== i + 1) t.fail(`emission ${i + 1} has revision ${m.revision}`)
+    if (m.instances.some((instance, j) => j > 0 && m.instances[j - 1]!.id > instance.id)) t.fail(`emission ${i + 1} is not sorted by id`)
   })
   let described = 0
   for (let i = 1; i < watched.emissions.length; i++) {
@@ -104,6 +105,7 @@ function checkEmissions (t: Test, watched: Watched): void {
     described++
     const before = watched.emissions[i - 1]!.instances
     if (change.removed.some(instance => !before.includes(instance))) t.fail(`emission ${i + 1} removes an instance the one before did not hold`)
+    if (change.added.some(instance => before.includes(instance))) t.fail(`emission ${i + 1} adds an instance the one before held`)
     const gone = new Set(change.removed)
     const expected = new Set([...before.filter(instance => !gone.has(instance)), ...change.added])
     if (expected.size !== instances.length || instances.some(instance => !expected.has(instance))) {

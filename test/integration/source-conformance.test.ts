@@ -2,6 +2,7 @@
 // Consul (the double, or a real agent with CONSUL_HTTP_ADDR) and Static. Each source is reached through a
 // TCP relay, so an outage cuts the source off while its registry keeps running and changing.
 
+import { CreateMode } from 'node-zookeeper-client'
 import t from 'tap'
 import { ConsulClient, consulConnection } from '../../src/consul/client.ts'
 import { silentLogger } from '../../src/logger.ts'
@@ -174,4 +175,13 @@ t.test('zookeeper: each change names the instances it added and removed, so cons
   await registerCurator(writer, { service, id: 'd', port: 21004 })
   await eventually(() => emissions.length === 5, { timeoutMs: 20_000, message: 'add after the remove' })
   t.equal(source.reads - readsBefore, 3, 'the remove and the add cost 1 and 2 reads')
+
+  // Deleted and created anew in one transaction (its agent back on another port, say): the list still
+  // names it, so only the delete's data watch can tell that it must be read again.
+  await zk(cb => writer.transaction()
+    .remove(path('c'), -1)
+    .create(path('c'), curatorData({ service, id: 'c', port: 21013 }), CreateMode.EPHEMERAL)
+    .commit(cb))
+  await eventually(() => byId(source.current(), 'c')?.port === 21013, { timeoutMs: 10_000, message: 'c read again after its re-creation' })
+  t.equal(changeOf(emissions.at(-1)!), '+c:up -c:up')
 })
