@@ -20,7 +20,7 @@ export interface Instance {
 
 export type RegistrationFormat = 'curator' | 'serverset' | 'nerve' | 'consul'
 
-export type InvalidReason = 'too_large' | 'not_json' | 'unknown_format' | 'no_host' | 'bad_port'
+export type InvalidReason = 'too_large' | 'not_json' | 'unknown_format' | 'no_host' | 'bad_port' | 'unreadable'
 
 export type DecodeResult =
   | { readonly ok: true, readonly instance: Instance, readonly format: RegistrationFormat }

@@ -213,18 +213,30 @@ export class ZooKeeperSource extends BaseSource {
 
   async #readChildren (client: Client, generation: number, names: string[], watcher: (event: ZkEvent) => void): Promise<void> {
     let next = 0
+    // Once one read fails, the sync is over: the others stop rather than fill the cache behind the retry.
+    let failed = false
     const worker = async (): Promise<void> => {
-      while (next < names.length && this.#current(generation)) {
+      while (next < names.length && !failed && this.#current(generation)) {
         const name = names[next++]!
         try {
           this.#reads++
           const { data } = await getData(client, `${this.path}/${name}`, watcher)
-          // A read that outlived its session must not land in the new session's cache.
-          if (this.#current(generation)) this.#store(name, decodeRegistration(name, data))
+          // A read that outlived its session, or its sync, must not land in the cache.
+          if (this.#current(generation) && !failed) this.#store(name, decodeRegistration(name, data))
         } catch (err) {
+          const code = zkErrorCode(err)
+          if (code === ZK.NO_AUTH) {
+            // Its ACL does not let fleetgate read it: skipped and reported like a malformed registration,
+            // rather than failing every sync and holding back every other change.
+            if (this.#current(generation) && !failed) this.#store(name, { ok: false, reason: 'unreadable', detail: 'ZooKeeper denied the read (NO_AUTH): the znode\'s ACL does not grant READ' })
+            continue
+          }
           // Deleted between the list and the read: the child watch brings the new list.
-          if (zkErrorCode(err) !== ZK.NO_NODE) throw err
-          if (this.#current(generation)) {
+          if (code !== ZK.NO_NODE) {
+            failed = true
+            throw err
+          }
+          if (this.#current(generation) && !failed) {
             this.#drop(name)
             this.#reported.delete(name)
           }

@@ -210,6 +210,7 @@ export function zkErrorCode (err: unknown): number | undefined {
 
 export const ZK = {
   NO_NODE: zookeeper.Exception.NO_NODE,
+  NO_AUTH: zookeeper.Exception.NO_AUTH,
   NODE_EXISTS: zookeeper.Exception.NODE_EXISTS,
   BAD_VERSION: zookeeper.Exception.BAD_VERSION,
   CONNECTION_LOSS: zookeeper.Exception.CONNECTION_LOSS,

@@ -4,10 +4,11 @@ import { spawn } from 'node:child_process'
 import { createServer, type ServerResponse } from 'node:http'
 import { Readable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
+import { ACL, CreateMode, Id, Permission } from 'node-zookeeper-client'
 import t from 'tap'
 import { request } from 'undici'
 import { eventually } from '../helpers/eventually.ts'
-import { createChild, get, loadLoop, registerCurator, removeNode, sample, startBackend, startProxy, zkClient } from '../helpers/fleet.ts'
+import { createChild, curatorData, get, loadLoop, registerCurator, removeNode, sample, startBackend, startProxy, zk, zkClient } from '../helpers/fleet.ts'
 import { isRunning, track } from '../helpers/reaper.ts'
 import { freePort, startZooKeeper } from '../helpers/zookeeper.ts'
 
@@ -96,6 +97,24 @@ t.test('malformed children are skipped and counted; good instances keep their tr
   t.same(status.instances.map(i => i.id), ['good'])
   for (let i = 0; i < 10; i++) t.equal((await get(proxy.url)).servedBy, 'good')
   t.match(proxy.output(), /skipping invalid registration/)
+})
+
+t.test('a child fleetgate may not read (its ACL) is skipped and counted; changes after it still arrive', async t => {
+  const client = await zkClient(t, server.connectString)
+  const [a, hidden, c] = [await startBackend(t, 'a'), await startBackend(t, 'hidden'), await startBackend(t, 'c')]
+  await registerCurator(client, { service: 'locked', id: 'a', port: a.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'locked'])
+  await eventually(async () => (await get(proxy.url)).servedBy === 'a')
+
+  // Anyone may write or delete it, no one may read it: getData answers NO_AUTH.
+  const noRead = [new ACL(Permission.WRITE | Permission.DELETE | Permission.ADMIN, new Id('world', 'anyone'))]
+  await zk(cb => client.create('/services/locked/hidden', curatorData({ service: 'locked', id: 'hidden', port: hidden.port }), noRead, CreateMode.EPHEMERAL, cb))
+  await registerCurator(client, { service: 'locked', id: 'c', port: c.port })
+  await eventually(async () => (await proxy.status()).instances.map(i => i.id).join() === 'a,c', { message: 'c joins despite the unreadable child' })
+  const metrics = await proxy.metrics()
+  t.equal(sample(metrics, 'fleetgate_invalid_registrations_total', { reason: 'unreadable' }), 1)
+  for (let i = 0; i < 6; i++) t.not((await get(proxy.url)).servedBy, 'hidden')
+  t.equal(hidden.hits, 0)
 })
 
 t.test('retries go to a different instance; with none left the answer is 502', async t => {
