@@ -158,16 +158,8 @@ export class Pool {
       if (endpoint === undefined || endpoint.instance !== instance) {
         const key = endpointKey(instance)
         endpoint = this.#endpoints.get(key)
-        if (endpoint) {
-          const before = endpoint.instance
-          if (before.state !== instance.state) endpoint.changedAtMs = now
-          if (before.state !== instance.state || before.weight !== instance.weight) reshuffled = true
-          endpoint.instance = instance
-        } else {
-          endpoint = new Endpoint(instance, now)
-          this.#endpoints.set(key, endpoint)
-          added.push(endpoint)
-        }
+        if (endpoint) reshuffled = renew(endpoint, instance, now) || reshuffled
+        else endpoint = this.#join(instance, key, now, added)
         this.#byInstance.set(instance, endpoint)
       }
       if (endpoint.generation === generation) continue // listed twice
@@ -228,16 +220,10 @@ export class Pool {
       const key = endpointKey(instance)
       let endpoint = leaving.get(key)
       if (endpoint !== undefined) {
-        // Registered again with other data: the same endpoint, keeping its health and counters.
         leaving.delete(key)
-        const before = endpoint.instance
-        if (before.state !== instance.state) endpoint.changedAtMs = now
-        if (before.state !== instance.state || before.weight !== instance.weight) reshuffled = true
-        endpoint.instance = instance
+        reshuffled = renew(endpoint, instance, now) || reshuffled
       } else {
-        endpoint = new Endpoint(instance, now)
-        this.#endpoints.set(key, endpoint)
-        added.push(endpoint)
+        endpoint = this.#join(instance, key, now, added)
       }
       this.#byInstance.set(instance, endpoint)
       ordered.splice(insertionPoint(ordered, instance, instanceOf), 0, endpoint)
@@ -249,6 +235,14 @@ export class Pool {
     }
     this.#ordered = ordered
     this.#settle(membership, added, removed, reshuffled)
+  }
+
+  /** A new endpoint for `instance`, listed in `added`. */
+  #join (instance: Instance, key: string, now: number, added: Endpoint[]): Endpoint {
+    const endpoint = new Endpoint(instance, now)
+    this.#endpoints.set(key, endpoint)
+    added.push(endpoint)
+    return endpoint
   }
 
   #settle (membership: Membership, added: readonly Endpoint[], removed: readonly Endpoint[], reshuffled: boolean): void {
@@ -347,6 +341,17 @@ export class Pool {
   #emit (event: PoolEvent): void {
     for (const listener of this.#listeners) listener(event)
   }
+}
+
+/**
+ * The endpoint's instance registered again with other data: the same endpoint, keeping its health and
+ * counters. Returns whether the rotation must be rebuilt (a new state or weight).
+ */
+function renew (endpoint: Endpoint, instance: Instance, now: number): boolean {
+  const before = endpoint.instance
+  endpoint.instance = instance
+  if (before.state !== instance.state) endpoint.changedAtMs = now
+  return before.state !== instance.state || before.weight !== instance.weight
 }
 
 function instanceOf (endpoint: Endpoint): Instance {
