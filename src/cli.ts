@@ -4,7 +4,6 @@
 
 import cluster from 'node:cluster'
 import { readFileSync } from 'node:fs'
-import { setFlagsFromString } from 'node:v8'
 import type { TObject } from '@sinclair/typebox'
 import { AgentConfigSchema, kebab, loadConfig, ProxyConfigSchema, snake, type ProxyConfig } from './config.ts'
 import { FleetgateError, isFleetgateError } from './errors.ts'
@@ -15,7 +14,6 @@ import type { MembershipSource } from './membership/source.ts'
 import { parseStaticInstances, StaticSource } from './membership/static.ts'
 import { ZooKeeperSource } from './membership/zookeeper.ts'
 import { runPrimary, runWorker } from './proxy/cluster.ts'
-import { heapGrowthFlag } from './proxy/heap.ts'
 import { createProxy } from './proxy/server.ts'
 
 const USAGE = `Usage:
@@ -64,8 +62,6 @@ async function runProxy (argv: readonly string[], env: Readonly<Record<string, s
     return 0
   }
   const { config } = loadConfig(ProxyConfigSchema, { argv, env })
-  const heapFlag = heapGrowthFlag(process.execArgv)
-  if (heapFlag !== undefined) setFlagsFromString(heapFlag)
   const logger = createLogger({ level: config.logLevel, name: 'fleetgate-proxy' })
   if (cluster.isWorker) {
     const worker = await runWorker(config, logger)
