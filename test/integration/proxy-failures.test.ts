@@ -211,14 +211,20 @@ async function holdingBackend (t: Parameters<typeof startBackend>[0], name: stri
   }
 }
 
-t.test('at --max-connections-per-instance, requests wait in arrival order and all are served', async t => {
+/** Two holding backends registered as `service`, behind a proxy that lets each carry one request at a time. */
+async function limitedPair (t: Parameters<typeof startBackend>[0], service: string, startedOnA: string[], startedOnB: string[]) {
   const client = await zkClient(t, server.connectString)
-  const started: string[] = []
-  const a = await holdingBackend(t, 'limit-a', started)
-  const b = await holdingBackend(t, 'limit-b', started)
-  for (const h of [a, b]) await registerCurator(client, { service: 'limit', id: h.backend.name, port: h.backend.port })
-  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'limit', '--max-connections-per-instance', '1'])
+  const a = await holdingBackend(t, `${service}-a`, startedOnA)
+  const b = await holdingBackend(t, `${service}-b`, startedOnB)
+  for (const h of [a, b]) await registerCurator(client, { service, id: h.backend.name, port: h.backend.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', service, '--max-connections-per-instance', '1'])
   await eventually(async () => (await proxy.status()).instances.length === 2)
+  return { a, b, proxy }
+}
+
+t.test('at --max-connections-per-instance, requests wait in arrival order and all are served', async t => {
+  const started: string[] = []
+  const { a, b, proxy } = await limitedPair(t, 'limit', started, started)
   const queued = async () => sample(await proxy.metrics(), 'fleetgate_queued_requests', { service: 'limit' })
 
   // Sent one by one, so their arrival order is known: two start, four wait.
@@ -332,14 +338,9 @@ t.test('a request waiting behind a busy instance starts on another as soon as th
 })
 
 t.test('an instance that crashes mid-request at the connection limit: its request and the queued ones are all served by the other, one at a time', async t => {
-  const client = await zkClient(t, server.connectString)
   const onA: string[] = []
   const onB: string[] = []
-  const a = await holdingBackend(t, 'crash-a', onA)
-  const b = await holdingBackend(t, 'crash-b', onB)
-  for (const h of [a, b]) await registerCurator(client, { service: 'crash', id: h.backend.name, port: h.backend.port })
-  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'crash', '--max-connections-per-instance', '1'])
-  await eventually(async () => (await proxy.status()).instances.length === 2)
+  const { a, b, proxy } = await limitedPair(t, 'crash', onA, onB)
 
   // One request on each instance, two waiting.
   const answers: Array<ReturnType<typeof get>> = []
