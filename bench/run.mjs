@@ -10,7 +10,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { cpus, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
-import { LOAD_CPU, PROXY_CPU, ROOT, startBackend } from './lib/competitors.mjs'
+import { LOAD_CPU, PROXY_CPU, PROXY_NODE_FLAGS, ROOT, startBackend } from './lib/competitors.mjs'
 import { convergence, resyncCost, scale, startBenchZooKeeper } from './lib/discovery.mjs'
 import { failover } from './lib/failover.mjs'
 import { killAllSync, loadAverage, reniceAllThreads, stopAll, stopProcess } from './lib/proc.mjs'
@@ -233,7 +233,8 @@ async function main () {
       ['niceness of everything measured', config.nice === undefined ? 'unchanged (0)' : String(config.nice)],
     ]),
     '',
-    `Method: the proxy under test runs pinned to core ${PROXY_CPU} (\`taskset -c ${PROXY_CPU}\`), single-process;`,
+    `Method: the proxy under test runs pinned to core ${PROXY_CPU} (\`taskset -c ${PROXY_CPU}\`), single-process (fleetgate as`,
+    `its image starts it, \`node ${PROXY_NODE_FLAGS.join(' ')} dist/cli.js proxy\`; the Node peer with node's defaults);`,
     `wrk (\`-t1\`), the ${config.backend === 'nginx' ? 'NGINX (one process each)' : 'node:http'} backends and this harness share core ${LOAD_CPU}. Every competitor is started fresh per`,
     `scenario; each row is ${config.repeats} run(s) of ${config.durationS} s after a ${config.warmupS} s warm-up, the order of competitors rotating`,
     'between rounds. Cells show the median and (min–max). Ratios are of median req/s. "req/s per proxy core" is req/s',

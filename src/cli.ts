@@ -14,6 +14,7 @@ import type { MembershipSource } from './membership/source.ts'
 import { parseStaticInstances, StaticSource } from './membership/static.ts'
 import { ZooKeeperSource } from './membership/zookeeper.ts'
 import { runPrimary, runWorker } from './proxy/cluster.ts'
+import { missingNodeFlags } from './proxy/node-flags.ts'
 import { createProxy } from './proxy/server.ts'
 
 const USAGE = `Usage:
@@ -74,6 +75,8 @@ async function runProxy (argv: readonly string[], env: Readonly<Record<string, s
     await untilSignal(logger, () => primary.close())
     return 0
   }
+  const missing = missingNodeFlags(process.execArgv)
+  if (missing.length > 0) logger.info({ missing }, 'node runs without the flags a serving proxy wants (README: Memory)')
   const proxy = createProxy(config, source, logger)
   await proxy.listen()
   await untilSignal(logger, () => proxy.close())

@@ -6,8 +6,10 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { request } from 'undici'
+import { PROXY_NODE_FLAGS } from '../../dist/proxy/node-flags.js'
 import { eventually, startProcess } from './proc.mjs'
 
+export { PROXY_NODE_FLAGS }
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const BENCH = join(ROOT, 'bench')
 
@@ -188,8 +190,9 @@ export async function startCompetitor (spec, { dir, backends }) {
       const source = spec.zookeeper
         ? ['--zookeeper', spec.zookeeper, '--service', spec.service ?? 'superset', '--base-path', spec.basePath ?? '/services']
         : ['--static', backends.map(b => b.url).join(',')]
+      // Started the way the image starts it: with the node flags a serving proxy wants.
       entry = startProcess(spec.id, process.execPath, [
-        ...(spec.nodeArgs ?? []),
+        ...PROXY_NODE_FLAGS, ...(spec.nodeArgs ?? []),
         join(ROOT, 'dist', 'cli.js'), 'proxy', ...source,
         '--listen', `127.0.0.1:${port}`, '--admin-listen', `127.0.0.1:${adminPort}`, '--log-level', 'warn',
         ...(spec.fleetgateArgs ?? []),

@@ -12,6 +12,7 @@ import { deltaFromChange, diffInstances, RemoteSource, type SourceUpdate } from 
 import type { MembershipSource } from '../membership/source.ts'
 import { createProxyMetrics, createRegistry, DISCOVERY_METRICS } from '../metrics.ts'
 import { buildAdmin } from './admin.ts'
+import { missingNodeFlags } from './node-flags.ts'
 import { createProxy, describeQueue, describeSource, wireDiscoveryMetrics, type ProxyStatus } from './server.ts'
 import { renderStatusPage } from './status-page.ts'
 
@@ -133,7 +134,7 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
     },
   })
 
-  cluster.setupPrimary({ silent: false })
+  cluster.setupPrimary({ silent: false, execArgv: [...process.execArgv, ...missingNodeFlags(process.execArgv)] })
   // Let the kernel spread connections over the workers instead of handing each one through the primary.
   cluster.schedulingPolicy = cluster.SCHED_NONE
   source.start().catch(err => log.error({ err }, 'discovery failed to start'))

@@ -70,7 +70,7 @@ async function runContainer (name: string, env: Record<string, string>, args: st
 
 t.test('the image runs as the node user, and says how big it is', async t => {
   t.equal(await inspect(IMAGE, '{{.Config.User}}'), 'node', 'USER node')
-  t.same(JSON.parse(await inspect(IMAGE, '{{json .Config.Entrypoint}}')), ['node', '/app/dist/cli.js'], 'entrypoint is the CLI')
+  t.same(JSON.parse(await inspect(IMAGE, '{{json .Config.Entrypoint}}')), ['node', '--no-memory-reducer', '/app/dist/cli.js'], 'entrypoint is the CLI, with the proxy\'s node flags')
   t.match(await inspect(IMAGE, '{{json .Config.Healthcheck.Test}}'), /healthcheck\.mjs/, 'HEALTHCHECK probes the admin listener')
   const size = Number(await inspect(IMAGE, '{{.Size}}'))
   const base = Number(await inspect(NODE_BASE_IMAGE, '{{.Size}}'))

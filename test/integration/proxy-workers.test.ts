@@ -62,6 +62,12 @@ const servedByOnNewConnection = (url: string): Promise<string> => new Promise((r
 const workerPids = (primary: number): number[] =>
   readFileSync(`/proc/${primary}/task/${primary}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number)
 
+/** A process's node flags: its arguments before the script. */
+const nodeArgs = (pid: number): string[] => {
+  const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')
+  return argv.slice(1, argv.findIndex(arg => arg.endsWith('cli.js')))
+}
+
 t.test('a worker that dies is replaced, and the new one follows later changes', async t => {
   const client = await zkClient(t, server.connectString)
   const [a, b, c, d] = await Promise.all(['a', 'b', 'c', 'd'].map(n => startBackend(t, n)))
@@ -83,6 +89,9 @@ t.test('a worker that dies is replaced, and the new one follows later changes', 
   const pids = workerPids(proxy.pid)
   t.equal(pids.length, 2)
   t.notOk(pids.includes(victim!), 'the dead worker was replaced')
+  // The primary is started without them (by node itself here), and hands them to every worker it forks.
+  t.notOk(nodeArgs(proxy.pid).includes('--no-memory-reducer'))
+  for (const pid of pids) t.ok(nodeArgs(pid).includes('--no-memory-reducer'), `worker ${pid} runs with the proxy's node flags`)
 
   // Changes after the replacement: each worker applies them to the list it holds.
   await registerCurator(client, { service: 'respawn', id: 'd', port: d!.port })
