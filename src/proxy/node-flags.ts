@@ -4,11 +4,10 @@
 
 /**
  * `--no-memory-reducer`: V8's memory reducer shrinks the heap of a process that has gone idle, then
- * keeps it growing slowly for as long as the process stays busy. A proxy's old generation is small and
- * its young one churns fast, so the headroom left is less than the young generation, and V8 then runs a
- * full collection after nearly every young one. After an idle spell of half a minute, 256 KB responses
- * were served at half the rate, and at 1,000 connections p99 went from 140 ms to 700 ms. A proxy is
- * meant to stay ready for the next burst; it keeps the heap it grew instead.
+ * keeps it growing slowly for as long as the process stays busy. With a proxy's small old generation
+ * under a fast young one, V8 then ran a full collection after nearly every young one: after half a
+ * minute idle, 256 KB responses were served at half the rate. A proxy is meant to stay ready for the
+ * next burst, so it keeps the heap it grew instead.
  */
 export const PROXY_NODE_FLAGS: readonly string[] = ['--no-memory-reducer']
 
