@@ -1,5 +1,6 @@
 // End to end: `--workers 2` serves the port from two processes that follow ONE ZooKeeper session held by
-// the primary; /status and /metrics add up what the workers did.
+// the primary; /status and /metrics add up what the workers did. Workers run with the node flags a
+// serving proxy wants, which a single process started without them names.
 
 import { readFileSync } from 'node:fs'
 import http from 'node:http'
@@ -108,4 +109,13 @@ t.test('a worker that dies is replaced, and the new one follows later changes', 
 
   proxy.kill('SIGTERM')
   t.same(await proxy.exited, { code: 0, signal: null })
+})
+
+t.test('a single process started without the proxy\'s node flags says which are missing', async t => {
+  const backend = await startBackend(t, 'single')
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, '--workers', '1'])
+  const [line] = await proxy.waitForOutput(/.*node runs without the flags a serving proxy wants.*/)
+  t.same(JSON.parse(line).missing, ['--no-memory-reducer'], 'names the flag')
+  t.equal(proxy.output().split('\n').filter(l => l.includes('node runs without')).length, 1, 'once')
+  t.equal((await get(proxy.url)).servedBy, 'single', 'and serves all the same')
 })
