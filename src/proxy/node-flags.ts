@@ -11,7 +11,16 @@
  */
 export const PROXY_NODE_FLAGS: readonly string[] = ['--no-memory-reducer']
 
-/** The proxy's flags that `execArgv` (node's own arguments) lacks. */
+/**
+ * The proxy's flags whose option `execArgv` (node's own arguments) does not set either way: an operator
+ * who starts node with `--memory-reducer` (or `--memory_reducer=true`) keeps it.
+ */
 export function missingNodeFlags (execArgv: readonly string[]): string[] {
-  return PROXY_NODE_FLAGS.filter(flag => !execArgv.includes(flag))
+  const given = new Set(execArgv.map(optionName))
+  return PROXY_NODE_FLAGS.filter(flag => !given.has(optionName(flag)))
+}
+
+/** `--no-memory_reducer=…` → `memory-reducer`: V8 reads `_` as `-` and `--no-x` as `--x=false`. */
+function optionName (arg: string): string {
+  return arg.replace(/^--?/, '').split('=')[0]!.replaceAll('_', '-').replace(/^no-/, '')
 }

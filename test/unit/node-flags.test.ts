@@ -1,0 +1,23 @@
+// Which of the proxy's node flags a process still needs: the primary adds them to its workers' node
+// arguments, and a single process names the missing ones.
+
+import t from 'tap'
+import { missingNodeFlags, PROXY_NODE_FLAGS } from '../../src/proxy/node-flags.ts'
+
+t.test('a node started without them needs all of them', async t => {
+  t.same(missingNodeFlags([]), PROXY_NODE_FLAGS)
+  t.same(missingNodeFlags(['--max-old-space-size=512', '--enable-source-maps']), ['--no-memory-reducer'], 'other flags do not count')
+})
+
+t.test('a flag given in any of the spellings V8 reads is not added again', async t => {
+  for (const spelling of ['--no-memory-reducer', '--no-memory_reducer', '--no_memory_reducer']) {
+    t.same(missingNodeFlags([spelling]), [], spelling)
+  }
+})
+
+t.test('an operator who sets the option the other way keeps it', async t => {
+  for (const spelling of ['--memory-reducer', '--memory_reducer', '--memory-reducer=true']) {
+    t.same(missingNodeFlags([spelling]), [], spelling)
+  }
+  t.same(missingNodeFlags(['--memory-reducer-for-small-heaps']), ['--no-memory-reducer'], 'but a longer option is another option')
+})
