@@ -13,14 +13,17 @@ export const PROXY_NODE_FLAGS: readonly string[] = ['--no-memory-reducer']
 
 /**
  * The proxy's flags whose option `execArgv` (node's own arguments) does not set either way: an operator
- * who starts node with `--memory-reducer` (or `--memory_reducer=true`) keeps it.
+ * who starts node with `--memory-reducer` keeps it.
  */
 export function missingNodeFlags (execArgv: readonly string[]): string[] {
   const given = new Set(execArgv.map(optionName))
   return PROXY_NODE_FLAGS.filter(flag => !given.has(optionName(flag)))
 }
 
-/** `--no-memory_reducer=…` → `memory-reducer`: V8 reads `_` as `-` and `--no-x` as `--x=false`. */
+/**
+ * `--no-memory_reducer` → `memory-reducer`: V8 reads `_` as `-`, and `--no-x` or `--nox` as x turned off.
+ * (Only the proxy's own options are looked up, so a name that merely starts with "no" does no harm.)
+ */
 function optionName (arg: string): string {
-  return arg.replace(/^--?/, '').split('=')[0]!.replaceAll('_', '-').replace(/^no-/, '')
+  return arg.replace(/^--?/, '').split('=')[0]!.replaceAll('_', '-').replace(/^no-?/, '')
 }

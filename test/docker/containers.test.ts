@@ -17,6 +17,7 @@ import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import { request } from 'undici'
 import { parse } from 'yaml'
+import { PROXY_NODE_FLAGS } from '../../src/proxy/node-flags.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { get, loadLoop, sample } from '../helpers/fleet.ts'
 import { freePort, startZooKeeper } from '../helpers/zookeeper.ts'
@@ -70,7 +71,7 @@ async function runContainer (name: string, env: Record<string, string>, args: st
 
 t.test('the image runs as the node user, and says how big it is', async t => {
   t.equal(await inspect(IMAGE, '{{.Config.User}}'), 'node', 'USER node')
-  t.same(JSON.parse(await inspect(IMAGE, '{{json .Config.Entrypoint}}')), ['node', '--no-memory-reducer', '/app/dist/cli.js'], 'entrypoint is the CLI, with the proxy\'s node flags')
+  t.same(JSON.parse(await inspect(IMAGE, '{{json .Config.Entrypoint}}')), ['node', ...PROXY_NODE_FLAGS, '/app/dist/cli.js'], 'entrypoint is the CLI, under the proxy\'s node flags')
   t.match(await inspect(IMAGE, '{{json .Config.Healthcheck.Test}}'), /healthcheck\.mjs/, 'HEALTHCHECK probes the admin listener')
   const size = Number(await inspect(IMAGE, '{{.Size}}'))
   const base = Number(await inspect(NODE_BASE_IMAGE, '{{.Size}}'))

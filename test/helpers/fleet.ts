@@ -26,9 +26,9 @@ export interface FleetgateProcess {
   readonly exited: Promise<{ code: number | null, signal: NodeJS.Signals | null }>
 }
 
-/** Runs `node dist/cli.js <args>`; killed at teardown if still running. */
-export function runFleetgate (t: Test, args: string[], env: Record<string, string> = {}): FleetgateProcess {
-  const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+/** Runs `node [nodeArgs] dist/cli.js <args>`; killed at teardown if still running. */
+export function runFleetgate (t: Test, args: string[], env: Record<string, string> = {}, nodeArgs: string[] = []): FleetgateProcess {
+  const child = spawn(process.execPath, [...nodeArgs, CLI, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
   track(child)
   let output = ''
   child.stdout!.setEncoding('utf8').on('data', (s: string) => { output += s })
@@ -66,9 +66,9 @@ export interface ProxyProcess extends FleetgateProcess {
  * Starts `fleetgate proxy` on free loopback ports and waits until it listens (not until it is ready).
  * One process unless the test asks for `--workers`: the pid is then the one serving, for signals and RSS.
  */
-export async function startProxy (t: Test, args: string[], env: Record<string, string> = {}): Promise<ProxyProcess> {
+export async function startProxy (t: Test, args: string[], env: Record<string, string> = {}, nodeArgs: string[] = []): Promise<ProxyProcess> {
   const workers = args.includes('--workers') ? [] : ['--workers', '1']
-  const proc = runFleetgate(t, ['proxy', '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', ...workers, ...args], env)
+  const proc = runFleetgate(t, ['proxy', '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', ...workers, ...args], env, nodeArgs)
   const line = await proc.waitForOutput(/"listen":"127\.0\.0\.1:(\d+)","admin":"127\.0\.0\.1:(\d+)"/, 30_000)
   const url = `http://127.0.0.1:${line[1]}`
   const adminUrl = `http://127.0.0.1:${line[2]}`

@@ -66,7 +66,9 @@ const workerPids = (primary: number): number[] =>
 /** A process's node flags: its arguments before the script. */
 const nodeArgs = (pid: number): string[] => {
   const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')
-  return argv.slice(1, argv.findIndex(arg => arg.endsWith('cli.js')))
+  const script = argv.findIndex(arg => arg.endsWith('cli.js'))
+  if (script < 0) throw new Error(`process ${pid} does not run the CLI: ${argv.join(' ')}`)
+  return argv.slice(1, script)
 }
 
 t.test('a worker that dies is replaced, and the new one follows later changes', async t => {
@@ -90,9 +92,9 @@ t.test('a worker that dies is replaced, and the new one follows later changes', 
   const pids = workerPids(proxy.pid)
   t.equal(pids.length, 2)
   t.notOk(pids.includes(victim!), 'the dead worker was replaced')
-  // The primary is started without them (by node itself here), and hands them to every worker it forks.
-  t.notOk(nodeArgs(proxy.pid).includes('--no-memory-reducer'))
-  for (const pid of pids) t.ok(nodeArgs(pid).includes('--no-memory-reducer'), `worker ${pid} runs with the proxy's node flags`)
+  // The primary was started without them, and hands them to every worker it forks.
+  t.same(nodeArgs(proxy.pid), [], 'the primary runs on node\'s defaults')
+  for (const pid of pids) t.same(nodeArgs(pid), ['--no-memory-reducer'], `worker ${pid} runs with the proxy's node flags`)
 
   // Changes after the replacement: each worker applies them to the list it holds.
   await registerCurator(client, { service: 'respawn', id: 'd', port: d!.port })
@@ -116,6 +118,20 @@ t.test('a single process started without the proxy\'s node flags says which are 
   const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, '--workers', '1'])
   const [line] = await proxy.waitForOutput(/.*node runs without the flags a serving proxy wants.*/)
   t.same(JSON.parse(line).missing, ['--no-memory-reducer'], 'names the flag')
-  t.equal(proxy.output().split('\n').filter(l => l.includes('node runs without')).length, 1, 'once')
   t.equal((await get(proxy.url)).servedBy, 'single', 'and serves all the same')
+})
+
+t.test('an operator who starts node with the option set either way keeps that choice', async t => {
+  const backend = await startBackend(t, 'chosen')
+  const target = `http://127.0.0.1:${backend.port}`
+  // The line is logged before the port is bound, so it would be in the output by now.
+  const single = await startProxy(t, ['--static', target, '--workers', '1'], {}, ['--no-memory-reducer'])
+  t.notMatch(single.output(), /node runs without/, 'a single process given the flag does not ask for it')
+  t.equal((await get(single.url)).servedBy, 'chosen')
+
+  const primary = await startProxy(t, ['--static', target, '--workers', '2'], {}, ['--memory-reducer'])
+  const pids = workerPids(primary.pid)
+  t.equal(pids.length, 2, 'the workers are up once the primary listens')
+  for (const pid of pids) t.same(nodeArgs(pid), ['--memory-reducer'], `worker ${pid} keeps the operator's --memory-reducer`)
+  t.equal((await get(primary.url)).servedBy, 'chosen')
 })
