@@ -215,20 +215,21 @@ export class ZooKeeperSource extends BaseSource {
     let next = 0
     // Once one read fails, the sync is over: the others stop rather than fill the cache behind the retry.
     let failed = false
+    // A read that outlived its session, or its sync, must not land in the cache.
+    const live = (): boolean => !failed && this.#current(generation)
     const worker = async (): Promise<void> => {
-      while (next < names.length && !failed && this.#current(generation)) {
+      while (next < names.length && live()) {
         const name = names[next++]!
         try {
           this.#reads++
           const { data } = await getData(client, `${this.path}/${name}`, watcher)
-          // A read that outlived its session, or its sync, must not land in the cache.
-          if (this.#current(generation) && !failed) this.#store(name, decodeRegistration(name, data))
+          if (live()) this.#store(name, decodeRegistration(name, data))
         } catch (err) {
           const code = zkErrorCode(err)
           if (code === ZK.NO_AUTH) {
             // Its ACL does not let fleetgate read it: skipped and reported like a malformed registration,
             // rather than failing every sync and holding back every other change.
-            if (this.#current(generation) && !failed) this.#store(name, { ok: false, reason: 'unreadable', detail: 'ZooKeeper denied the read (NO_AUTH): the znode\'s ACL does not grant READ' })
+            if (live()) this.#store(name, { ok: false, reason: 'unreadable', detail: 'ZooKeeper denied the read (NO_AUTH): the znode\'s ACL does not grant READ' })
             continue
           }
           // Deleted between the list and the read: the child watch brings the new list.
@@ -236,7 +237,7 @@ export class ZooKeeperSource extends BaseSource {
             failed = true
             throw err
           }
-          if (this.#current(generation) && !failed) {
+          if (live()) {
             this.#drop(name)
             this.#reported.delete(name)
           }
