@@ -64,16 +64,6 @@ export class CollectedHistogram<T extends string> extends Histogram<T> {
   }
 }
 
-/** Kept by whoever holds the source; a multi-process proxy takes them from its primary alone. */
-export const DISCOVERY_METRICS: ReadonlySet<string> = new Set([
-  'fleetgate_membership_changes_total',
-  'fleetgate_membership_last_change_timestamp_seconds',
-  'fleetgate_discovery_connected',
-  'fleetgate_discovery_stale',
-  'fleetgate_zookeeper_session_expirations_total',
-  'fleetgate_invalid_registrations_total',
-])
-
 const INSTANCE_STATES = ['up', 'draining', 'ejected'] as const
 
 export type RetryReason = 'connect_failure' | 'reset_before_response'
@@ -115,7 +105,10 @@ export interface ProxyCollectors {
   readonly service: string
   readonly sourceKind: string
   instanceCounts(): Record<string, number>
-  /** Each instance in the membership (its `instance` label) with its state. */
+  /**
+   * Each instance in the membership (its `instance` label) with its state. An instance listed more than
+   * once is 1 in each state given: the workers of a multi-process proxy may see it in different ones.
+   */
   instanceStates(): Iterable<readonly [instance: string, state: string]>
   discovery(): { connected: boolean, stale: boolean }
   /** Absent where no requests are served (the primary of a multi-process proxy). */
@@ -245,7 +238,11 @@ export function createProxyMetrics (registry: Registry, collectors: ProxyCollect
         // Rebuilt from the pool at every scrape: an instance that left has no series at all.
         this.reset()
         for (const [instance, current] of collectors.instanceStates()) {
-          for (const state of INSTANCE_STATES) this.set({ service, instance, state }, state === current ? 1 : 0)
+          // inc() by 0 makes the series without lowering a 1 an earlier listing of the instance set.
+          for (const state of INSTANCE_STATES) {
+            if (state === current) this.set({ service, instance, state }, 1)
+            else this.inc({ service, instance, state }, 0)
+          }
         }
       },
     }),

@@ -4,17 +4,18 @@
 
 import cluster, { type Worker } from 'node:cluster'
 import { randomUUID } from 'node:crypto'
-import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } from 'prom-client'
+import { AggregatorRegistry, Registry, type MetricObjectWithValues, type MetricValue } from 'prom-client'
 import { splitHostPort, type ProxyConfig } from '../config.ts'
 import type { Logger } from '../logger.ts'
 import type { Instance } from '../membership/instance.ts'
 import { deltaFromChange, diffInstances, RemoteSource, type SourceUpdate } from '../membership/remote.ts'
 import type { MembershipSource } from '../membership/source.ts'
-import { createProxyMetrics, createRegistry, DISCOVERY_METRICS } from '../metrics.ts'
+import { createProxyMetrics } from '../metrics.ts'
 import { buildAdmin } from './admin.ts'
 import { missingNodeFlags } from './node-flags.ts'
 import { createProxy, describeQueue, describeSource, wireDiscoveryMetrics, type ProxyStatus } from './server.ts'
 import { renderStatusPage } from './status-page.ts'
+import { MergedTraffic, type TrafficReport } from './traffic-report.ts'
 
 type ToWorker =
   | { readonly fleetgate: 'source', readonly update: SourceUpdate }
@@ -26,6 +27,15 @@ type ToPrimary =
   | { readonly fleetgate: 'hello' }
   | { readonly fleetgate: 'listening', readonly port: number }
   | { readonly fleetgate: 'answer', readonly id: string, readonly value: unknown }
+
+/**
+ * A worker's answer to a metrics query: the process's own metrics (node's and the process's, a few dozen
+ * series) as prom-client JSON, and its traffic as a report the primary renders.
+ */
+interface WorkerMetrics {
+  readonly process: MetricObjectWithValues<MetricValue<string>>[]
+  readonly traffic: TrafficReport
+}
 
 /** How long the primary waits for a worker's answer to /status or /metrics before leaving it out. */
 const QUERY_TIMEOUT_MS = 2_000
@@ -39,16 +49,21 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
   const pending = new Map<string, { answers: unknown[], expected: number, resolve: (answers: unknown[]) => void }>()
   const listening = new Map<Worker, number>()
 
-  const registry = createRegistry()
+  // fleetgate's metrics only: the discovery ones are the primary's own, the rest add up the workers' last
+  // reports. The process metrics come from the workers, which serve the traffic.
+  const registry = new Registry()
+  const traffic = new MergedTraffic()
   const metrics = createProxyMetrics(registry, {
     service,
     sourceKind: source.kind,
-    instanceCounts: () => ({}),
-    instanceStates: () => [],
+    instanceCounts: () => traffic.instanceCounts(),
+    instanceStates: () => traffic.instanceStates(),
     discovery: () => {
       const state = source.state()
       return { connected: state.status === 'connected', stale: state.stale }
     },
+    traffic,
+    queue: traffic.queue,
   })
   wireDiscoveryMetrics(source, metrics, service, log)
 
@@ -119,6 +134,12 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
     })
   }
 
+  const scrape = async (): Promise<string> => {
+    const answers = (await query('metrics')) as WorkerMetrics[]
+    traffic.update(answers.map(answer => answer.traffic))
+    return Registry.merge([registry, AggregatorRegistry.aggregate(answers.map(answer => answer.process))]).metrics()
+  }
+  let scraping: Promise<string> = Promise.resolve('')
   const status = async (): Promise<ProxyStatus> => mergeStatus(config, source, (await query('status')) as ProxyStatus[], !closing && listening.size > 0)
   const admin = buildAdmin({
     registry,
@@ -126,12 +147,8 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
     ready: () => !closing && source.current() !== undefined && listening.size > 0,
     status,
     statusPage: async () => renderStatusPage(await status()),
-    metrics: async () => {
-      const fromWorkers = (await query('metrics')) as MetricObjectWithValues<MetricValue<string>>[][]
-      const own = (await registry.getMetricsAsJSON()).filter(m => DISCOVERY_METRICS.has(m.name))
-      const traffic = fromWorkers.map(list => list.filter(m => !DISCOVERY_METRICS.has(m.name)))
-      return AggregatorRegistry.aggregate([own, ...traffic]).metrics()
-    },
+    // One scrape at a time: each renders the reports it asked for.
+    metrics: () => (scraping = scraping.then(scrape, scrape)),
   })
 
   cluster.setupPrimary({ silent: false, execArgv: [...process.execArgv, ...missingNodeFlags(process.execArgv)] })
@@ -196,8 +213,13 @@ export async function runWorker (config: ProxyConfig, logger: Logger): Promise<{
   process.on('SIGINT', () => undefined)
   process.on('SIGTERM', shutdown)
   process.on('disconnect', shutdown)
-  const answer = async (what: 'status' | 'metrics'): Promise<unknown> =>
-    what === 'status' ? proxy.status() : proxy.metrics.registry.getMetricsAsJSON()
+  const answer = async (what: 'status' | 'metrics'): Promise<unknown> => {
+    if (what === 'status') return proxy.status()
+    const { registry } = proxy.metrics
+    const own = registry.getMetricsAsArray().filter(metric => !metric.name.startsWith('fleetgate_'))
+    const processMetrics = await Promise.all(own.map(metric => registry.getSingleMetric(metric.name)!.get()))
+    return { process: processMetrics, traffic: proxy.report() } satisfies WorkerMetrics
+  }
   // Hello first: the membership is on its way while the listener opens.
   process.send?.({ fleetgate: 'hello' } satisfies ToPrimary)
   const { port } = await proxy.listen()

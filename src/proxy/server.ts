@@ -17,6 +17,7 @@ import { Exchange, type ForwardContext } from './forward.ts'
 import { InstanceMetrics } from './instance-metrics.ts'
 import { WaitQueue } from './queue.ts'
 import { renderStatusPage } from './status-page.ts'
+import { reportTraffic, type ReportedCollectors, type TrafficReport } from './traffic-report.ts'
 import { proxyUpgrade, type UpgradeContext } from './upgrade.ts'
 import { Upstreams } from './upstreams.ts'
 
@@ -39,6 +40,8 @@ export interface Proxy {
   /** Stops accepting, lets in-flight requests finish until shutdownTimeoutMs, then closes the source. */
   close(): Promise<void>
   status(): ProxyStatus
+  /** Traffic and pool as plain numbers, for a multi-process proxy's primary to add up (traffic-report.ts). */
+  report(): TrafficReport
 }
 
 export interface ProxyStatus {
@@ -84,20 +87,23 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
   const queue = new WaitQueue()
   const registry = createRegistry()
   const instanceMetrics = new InstanceMetrics()
-  const metrics = createProxyMetrics(registry, {
-    service,
-    sourceKind: source.kind,
+  const collectors: ReportedCollectors = {
     instanceCounts: () => pool.counts(),
     instanceStates: function * () {
       const now = Date.now()
       for (const endpoint of pool.endpoints()) yield [endpoint.address, endpoint.state(now)] as const
     },
+    traffic: instanceMetrics,
+    queue,
+  }
+  const metrics = createProxyMetrics(registry, {
+    ...collectors,
+    service,
+    sourceKind: source.kind,
     discovery: () => {
       const state = source.state()
       return { connected: state.status === 'connected', stale: state.stale }
     },
-    traffic: instanceMetrics,
-    queue,
   })
   const upstreams = new Upstreams({
     connectTimeoutMs: options.connectTimeoutMs,
@@ -205,6 +211,7 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
 
   return {
     app, admin, pool, source, metrics, status,
+    report: () => reportTraffic(collectors),
     async listen () {
       source.start().catch(err => log.error({ err }, 'discovery failed to start'))
       const main = splitHostPort(options.listen)

@@ -38,7 +38,7 @@ for (const workers of [1, 2]) {
     const answered = backends.map(answerCodes)
     const service = `counting-${workers}`
     for (const b of backends) await registerCurator(client, { service, id: b.name, port: b.port })
-    // With workers, /metrics is the primary's merge of every worker's registry.
+    // With workers, /metrics is the primary's rendering of every worker's traffic report.
     const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', service, '--workers', String(workers)])
     await eventually(async () => (await proxy.status()).instances.length === 3, { message: '3 instances in the pool' })
 

@@ -39,6 +39,9 @@ t.test('two workers, one ZooKeeper session, merged status and metrics', async t 
   t.equal(sample(metrics, 'fleetgate_requests_total', { code: '200' }), 60, '/metrics adds up every worker')
   t.equal(sample(metrics, 'fleetgate_membership_changes_total'), 1, 'discovery metrics come from the primary alone')
   t.equal(sample(metrics, 'fleetgate_instances', { state: 'up' }), 2, 'membership gauges are not multiplied by workers')
+  t.ok(sample(metrics, 'process_cpu_user_seconds_total') > 0, 'the workers\' process metrics are there too')
+  const families = metrics.split('\n').filter(line => line.startsWith('# TYPE ')).map(line => line.split(' ')[2])
+  t.equal(new Set(families).size, families.length, `each of the ${families.length} metric families once`)
 
   await registerCurator(client, { service: 'workers', id: 'c', port: c!.port })
   await removeNode(client, '/services/workers/a')

@@ -1,0 +1,110 @@
+import t from 'tap'
+import { AggregatorRegistry, Registry } from 'prom-client'
+import { Endpoint } from '../../src/balancer/pool.ts'
+import type { Instance } from '../../src/membership/instance.ts'
+import { createProxyMetrics, createRegistry, type ProxyCollectors } from '../../src/metrics.ts'
+import { InstanceMetrics } from '../../src/proxy/instance-metrics.ts'
+import { MergedTraffic, reportTraffic, type ReportedCollectors } from '../../src/proxy/traffic-report.ts'
+
+const endpoint = (id: string, port: number): Endpoint =>
+  new Endpoint({ id, host: '127.0.0.1', port, state: 'up', weight: 1, labels: {} } satisfies Instance, Date.now())
+
+const discovery = { service: 's', sourceKind: 'static', discovery: () => ({ connected: true, stale: false }) }
+
+/** One worker's side: its instance metrics, the pool's view given as plain lists, and a queue. */
+function worker (states: Array<readonly [string, string]>, counts: Record<string, number>, queue = { size: 0, timeouts: 0 }) {
+  const traffic = new InstanceMetrics()
+  const collectors: ReportedCollectors = { traffic, queue, instanceCounts: () => counts, instanceStates: () => states }
+  return { traffic, collectors }
+}
+
+function serve (m: InstanceMetrics, e: Endpoint, method: string, code: number, seconds: number): void {
+  e.inflight++
+  e.inflight--
+  m.ended(e)
+  m.finished(e, method, code, seconds)
+}
+
+/** The fleetgate_ sample lines of a text exposition, sorted: the order of series is no part of the format. */
+async function samples (registry: { metrics(): Promise<string> }, except: ReadonlySet<string> = new Set()): Promise<string[]> {
+  return (await registry.metrics()).split('\n')
+    .filter(line => line.startsWith('fleetgate_') && !except.has(line.split(/[{ ]/)[0]!))
+    .sort()
+}
+
+t.test('a report leaves out what is zero, and an idle instance is its name alone', async t => {
+  const a = endpoint('a', 1001)
+  const b = endpoint('b', 1002)
+  const { traffic, collectors } = worker([['127.0.0.1:1001', 'up'], ['127.0.0.1:1002', 'up']], { up: 2 })
+  traffic.added(a)
+  traffic.added(b)
+  serve(traffic, a, 'GET', 200, 0.003)
+  traffic.connectFailure(a)
+  const report = reportTraffic(collectors)
+  const byName = new Map(report.instances.map(i => [i.instance, i]))
+  t.same(byName.get('127.0.0.1:1002'), { instance: '127.0.0.1:1002' }, 'idle: no counts sent')
+  const busy = byName.get('127.0.0.1:1001')!
+  t.same(busy.requests, [{ method: 'GET', code: '200', count: 1 }])
+  t.equal(busy.connectFailures, 1)
+  t.equal(busy.duration?.count, 1)
+  t.equal(busy.duration?.buckets.reduce((x, y) => x + y, 0), 1, 'one observation in one bucket')
+  t.equal(busy.inFlight, undefined, 'nothing in flight')
+  t.same(JSON.parse(JSON.stringify(report)), report, 'it survives the JSON of the IPC channel unchanged')
+})
+
+t.test('the primary renders the workers\' reports as prom-client would have merged their series', async t => {
+  const [a1, b1, a2, c2] = [endpoint('a', 1001), endpoint('b', 1002), endpoint('a', 1001), endpoint('c', 1003)]
+  // Worker 1 has ejected b; worker 2 has c, which worker 1 has not heard of yet, and requests queued.
+  const one = worker([['127.0.0.1:1001', 'up'], ['127.0.0.1:1002', 'ejected']], { up: 1, draining: 0, ejected: 1 }, { size: 0, timeouts: 2 })
+  const two = worker([['127.0.0.1:1001', 'up'], ['127.0.0.1:1002', 'up'], ['127.0.0.1:1003', 'up']], { up: 3, draining: 0, ejected: 0 }, { size: 4, timeouts: 1 })
+  for (const e of [a1, b1]) one.traffic.added(e)
+  for (const e of [a2, c2]) two.traffic.added(e)
+  serve(one.traffic, a1, 'GET', 200, 0.002)
+  serve(one.traffic, a1, 'POST', 502, 0.4)
+  serve(two.traffic, a2, 'GET', 200, 0.02)
+  serve(two.traffic, c2, 'GET', 200, 7)
+  one.traffic.finished(undefined, 'GET', 503, 0.001)
+  two.traffic.finished(undefined, 'GET', 503, 0.001)
+  one.traffic.connectFailure(b1)
+  one.traffic.ejected(b1)
+  one.traffic.retry('connect_failure')
+  two.traffic.noLiveInstance()
+  a2.inflight = 3 // in flight on worker 2 right now
+
+  // What a worker answered before: its whole registry as JSON, merged by prom-client's aggregator.
+  const registries = [one, two].map(w => {
+    const registry = createRegistry()
+    createProxyMetrics(registry, { ...discovery, ...w.collectors } satisfies ProxyCollectors)
+    return registry
+  })
+  const expected = AggregatorRegistry.aggregate(await Promise.all(registries.map(r => r.getMetricsAsJSON())))
+
+  const merged = new MergedTraffic()
+  const registry = new Registry()
+  createProxyMetrics(registry, {
+    ...discovery,
+    instanceCounts: () => merged.instanceCounts(),
+    instanceStates: () => merged.instanceStates(),
+    traffic: merged,
+    queue: merged.queue,
+  })
+  merged.update([reportTraffic(one.collectors), reportTraffic(two.collectors)])
+
+  // The discovery gauges are the primary's own, never the workers' (prom-client would add up 1 + 1).
+  const primaryOnly = new Set(['fleetgate_discovery_connected', 'fleetgate_discovery_stale'])
+  const got = await samples(registry, primaryOnly)
+  t.same(got, await samples(expected, primaryOnly), 'the same series and values')
+  t.ok(got.includes('fleetgate_instance_state{service="s",instance="127.0.0.1:1002",state="ejected"} 1'), 'ejected by one worker shows')
+  t.ok(got.includes('fleetgate_instance_state{service="s",instance="127.0.0.1:1002",state="up"} 1'), 'as does up in the other')
+  t.ok(got.includes('fleetgate_in_flight_requests{service="s",instance="127.0.0.1:1001"} 3'), 'in flight on worker 2')
+  t.ok(got.includes('fleetgate_queued_requests{service="s"} 4'), 'queues add up')
+
+  merged.update([reportTraffic(two.collectors)])
+  const again = await samples(registry, primaryOnly)
+  t.ok(again.includes('fleetgate_requests_total{service="s",instance="127.0.0.1:1001",method="GET",code="200"} 1'),
+    'a new scrape replaces the last reports rather than adding to them')
+  t.notOk(again.some(line => line.includes('instance="127.0.0.1:1002",state="ejected"} 1')), 'and forgets what only they said')
+
+  merged.update([])
+  t.notOk((await samples(registry, primaryOnly)).some(line => line.includes('instance="')), 'no workers answering: no instance series')
+})
