@@ -25,10 +25,18 @@ function serve (m: InstanceMetrics, e: Endpoint, method: string, code: number, s
   m.finished(e, method, code, seconds)
 }
 
-/** The fleetgate_ sample lines of a text exposition, sorted: the order of series is no part of the format. */
+/**
+ * The fleetgate_ samples of a text exposition, each with its labels in name order, sorted: neither the
+ * order of series nor that of labels is part of the format.
+ */
 async function samples (registry: { metrics(): Promise<string> }, except: ReadonlySet<string> = new Set()): Promise<string[]> {
   return (await registry.metrics()).split('\n')
     .filter(line => line.startsWith('fleetgate_') && !except.has(line.split(/[{ ]/)[0]!))
+    .map(line => {
+      const name = line.split(/[{ ]/)[0]!
+      const labels = [...line.matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map(([label]) => label).sort()
+      return `${name}{${labels.join(',')}} ${line.slice(line.lastIndexOf(' ') + 1)}`
+    })
     .sort()
 }
 
@@ -94,16 +102,16 @@ t.test('the primary renders the workers\' reports as prom-client would have merg
   const primaryOnly = new Set(['fleetgate_discovery_connected', 'fleetgate_discovery_stale'])
   const got = await samples(registry, primaryOnly)
   t.same(got, await samples(expected, primaryOnly), 'the same series and values')
-  t.ok(got.includes('fleetgate_instance_state{service="s",instance="127.0.0.1:1002",state="ejected"} 1'), 'ejected by one worker shows')
-  t.ok(got.includes('fleetgate_instance_state{service="s",instance="127.0.0.1:1002",state="up"} 1'), 'as does up in the other')
-  t.ok(got.includes('fleetgate_in_flight_requests{service="s",instance="127.0.0.1:1001"} 3'), 'in flight on worker 2')
+  t.ok(got.includes('fleetgate_instance_state{instance="127.0.0.1:1002",service="s",state="ejected"} 1'), 'ejected by one worker shows')
+  t.ok(got.includes('fleetgate_instance_state{instance="127.0.0.1:1002",service="s",state="up"} 1'), 'as does up in the other')
+  t.ok(got.includes('fleetgate_in_flight_requests{instance="127.0.0.1:1001",service="s"} 3'), 'in flight on worker 2')
   t.ok(got.includes('fleetgate_queued_requests{service="s"} 4'), 'queues add up')
 
   merged.update([reportTraffic(two.collectors)])
   const again = await samples(registry, primaryOnly)
-  t.ok(again.includes('fleetgate_requests_total{service="s",instance="127.0.0.1:1001",method="GET",code="200"} 1'),
+  t.ok(again.includes('fleetgate_requests_total{code="200",instance="127.0.0.1:1001",method="GET",service="s"} 1'),
     'a new scrape replaces the last reports rather than adding to them')
-  t.notOk(again.some(line => line.includes('instance="127.0.0.1:1002",state="ejected"} 1')), 'and forgets what only they said')
+  t.notOk(again.some(line => line === 'fleetgate_instance_state{instance="127.0.0.1:1002",service="s",state="ejected"} 1'), 'and forgets what only they said')
 
   merged.update([])
   t.notOk((await samples(registry, primaryOnly)).some(line => line.includes('instance="')), 'no workers answering: no instance series')
