@@ -53,6 +53,8 @@ export class CollectedHistogram<T extends string> extends Histogram<T> {
    * the labels object lives, instead of once per bucket: at 10,000 instances, most of a scrape.
    */
   async getForPromString (): Promise<MetricObjectWithValues<HistogramValue>> {
+    // prom-client's types leave `sharedLabels` out; its text format (and its own histograms) use it.
+    // test/unit/traffic-report.test.ts compares this text with that of get()'s values.
     return this.#export((labels, le, value, metricName) =>
       ({ labels: le === undefined ? NO_LABELS : this.#leLabels.get(le)!, sharedLabels: labels, value, metricName }) as HistogramValue)
   }
@@ -248,12 +250,13 @@ export function createProxyMetrics (registry: Registry, collectors: ProxyCollect
       // Every worker of a multi-process proxy holds the same membership: merge, don't add.
       aggregator: 'max',
       collect () {
+        this.reset()
         for (const [state, count] of Object.entries(collectors.instanceCounts())) this.set({ service, state }, count)
       },
     }),
     instanceState: new Gauge({
       name: 'fleetgate_instance_state',
-      help: 'Each instance in the membership: 1 for its state (up, draining, ejected), 0 for the others (like haproxy_server_status)',
+      help: 'Each instance in the membership: 1 for each state it is in (up, draining, ejected; two where workers disagree), 0 for the others (like haproxy_server_status)',
       labelNames: ['service', 'instance', 'state'] as const,
       registers,
       aggregator: 'max',

@@ -37,6 +37,11 @@ interface WorkerMetrics {
   readonly traffic: TrafficReport
 }
 
+function isWorkerMetrics (value: unknown): value is WorkerMetrics {
+  const answer = value as Partial<WorkerMetrics> | null
+  return Array.isArray(answer?.process) && Array.isArray(answer?.traffic?.instances)
+}
+
 /** How long the primary waits for a worker's answer to /status or /metrics before leaving it out. */
 const QUERY_TIMEOUT_MS = 2_000
 /** A worker that dies is replaced; one that keeps dying is replaced no faster than this. */
@@ -135,20 +140,23 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
   }
 
   const scrape = async (): Promise<string> => {
-    const answers = (await query('metrics')) as WorkerMetrics[]
+    const answers = (await query('metrics')).filter(isWorkerMetrics)
+    // From here to the text, nothing waits on I/O (prom-client's awaits are of settled promises), so a
+    // second scrape cannot update the reports while this one renders them.
     traffic.update(answers.map(answer => answer.traffic))
     return Registry.merge([registry, AggregatorRegistry.aggregate(answers.map(answer => answer.process))]).metrics()
   }
-  let scraping: Promise<string> = Promise.resolve('')
-  const status = async (): Promise<ProxyStatus> => mergeStatus(config, source, (await query('status')) as ProxyStatus[], !closing && listening.size > 0)
+  const status = async (): Promise<ProxyStatus> => {
+    const parts = (await query('status')).filter((part): part is ProxyStatus => Array.isArray((part as ProxyStatus | null)?.instances))
+    return mergeStatus(config, source, parts, !closing && listening.size > 0)
+  }
   const admin = buildAdmin({
     registry,
     logger: log,
     ready: () => !closing && source.current() !== undefined && listening.size > 0,
     status,
     statusPage: async () => renderStatusPage(await status()),
-    // One scrape at a time: each renders the reports it asked for.
-    metrics: () => (scraping = scraping.then(scrape, scrape)),
+    metrics: scrape,
   })
 
   cluster.setupPrimary({ silent: false, execArgv: [...process.execArgv, ...missingNodeFlags(process.execArgv)] })
@@ -202,7 +210,13 @@ export async function runWorker (config: ProxyConfig, logger: Logger): Promise<{
         if (source.apply(message.update)) process.send?.({ fleetgate: 'hello' } satisfies ToPrimary)
         break
       case 'query':
-        void answer(message.what).then(value => process.send?.({ fleetgate: 'answer', id: message.id, value } satisfies ToPrimary))
+        void answer(message.what)
+          .catch(err => {
+            // Answered all the same, so the primary need not wait out its timeout: it leaves a null out.
+            log.warn({ err, what: message.what }, 'could not answer the primary')
+            return null
+          })
+          .then(value => process.send?.({ fleetgate: 'answer', id: message.id, value } satisfies ToPrimary))
         break
       case 'shutdown':
         shutdown()

@@ -69,9 +69,14 @@ export class MergedTraffic implements Traffic {
   #states: Array<readonly [string, string]> = []
   readonly queue = { size: 0, timeouts: 0 }
 
-  /** Replaces what the last reports said with what these say. */
+  /**
+   * Replaces what the last reports said with what these say. An instance's object lives on from scrape
+   * to scrape while some report names it, so the labels the metrics keep for it (and prom-client's text
+   * of them) are made once.
+   */
   update (reports: readonly TrafficReport[]): void {
-    this.#instances = new Map()
+    for (const merged of this.#instances.values()) merged.clear()
+    const named = new Set<string>()
     this.#unanswered = new Map()
     this.#retries = { connect_failure: 0, reset_before_response: 0 }
     this.#noLiveInstances = 0
@@ -87,6 +92,7 @@ export class MergedTraffic implements Traffic {
           this.#instances.set(part.instance, merged)
         }
         merged.add(part)
+        named.add(part.instance)
       }
       addCounts(this.#unanswered, report.unanswered)
       for (const reason of Object.keys(this.#retries) as RetryReason[]) this.#retries[reason] += report.retries[reason] ?? 0
@@ -100,6 +106,7 @@ export class MergedTraffic implements Traffic {
         seen.add(state)
       }
     }
+    for (const instance of this.#instances.keys()) if (!named.has(instance)) this.#instances.delete(instance)
     this.#states = []
     for (const [instance, seen] of states) for (const state of seen) this.#states.push([instance, state])
   }
@@ -138,6 +145,16 @@ class MergedInstance implements InstanceTraffic {
   readonly #requests = new Map<string, RequestCount>()
 
   constructor (readonly instance: string) {}
+
+  clear (): void {
+    this.inFlight = 0
+    this.connectFailures = 0
+    this.ejections = 0
+    this.duration.buckets.fill(0)
+    this.duration.sum = 0
+    this.duration.count = 0
+    this.#requests.clear()
+  }
 
   add (part: InstanceReport): void {
     this.inFlight += part.inFlight ?? 0

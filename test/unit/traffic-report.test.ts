@@ -26,13 +26,15 @@ function serve (m: InstanceMetrics, e: Endpoint, method: string, code: number, s
 }
 
 /**
- * The fleetgate_ samples of a text exposition, each with its labels in name order, sorted: neither the
- * order of series nor that of labels is part of the format.
+ * The fleetgate_ lines of a text exposition (HELP, TYPE and samples, each sample's labels in name order),
+ * sorted: neither the order of series nor that of labels is part of the format.
  */
 async function samples (registry: { metrics(): Promise<string> }, except: ReadonlySet<string> = new Set()): Promise<string[]> {
+  const nameOf = (line: string): string => line.startsWith('# ') ? line.split(' ')[2]! : line.split(/[{ ]/)[0]!
   return (await registry.metrics()).split('\n')
-    .filter(line => line.startsWith('fleetgate_') && !except.has(line.split(/[{ ]/)[0]!))
+    .filter(line => /^(# (HELP|TYPE) )?fleetgate_/.test(line) && !except.has(nameOf(line).replace(/_(bucket|sum|count)$/, '')))
     .map(line => {
+      if (line.startsWith('# ')) return line
       const name = line.split(/[{ ]/)[0]!
       const labels = [...line.matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map(([label]) => label).sort()
       return `${name}{${labels.join(',')}} ${line.slice(line.lastIndexOf(' ') + 1)}`
@@ -85,7 +87,8 @@ t.test('the primary renders the workers\' reports as prom-client would have merg
     createProxyMetrics(registry, { ...discovery, ...w.collectors } satisfies ProxyCollectors)
     return registry
   })
-  const expected = AggregatorRegistry.aggregate(await Promise.all(registries.map(r => r.getMetricsAsJSON())))
+  const aggregated = async (): Promise<{ metrics(): Promise<string> }> =>
+    AggregatorRegistry.aggregate(await Promise.all(registries.map(r => r.getMetricsAsJSON())))
 
   const merged = new MergedTraffic()
   const registry = new Registry()
@@ -96,23 +99,32 @@ t.test('the primary renders the workers\' reports as prom-client would have merg
     traffic: merged,
     queue: merged.queue,
   })
-  merged.update([reportTraffic(one.collectors), reportTraffic(two.collectors)])
-
   // The discovery gauges are the primary's own, never the workers' (prom-client would add up 1 + 1).
   const primaryOnly = new Set(['fleetgate_discovery_connected', 'fleetgate_discovery_stale'])
-  const got = await samples(registry, primaryOnly)
-  t.same(got, await samples(expected, primaryOnly), 'the same series and values')
+  /** A scrape of the primary: each worker's report, through the JSON of the IPC channel. */
+  const scrape = async (...workers: Array<typeof one>): Promise<string[]> => {
+    merged.update(workers.map(w => JSON.parse(JSON.stringify(reportTraffic(w.collectors)))))
+    return samples(registry, primaryOnly)
+  }
+
+  const got = await scrape(one, two)
+  t.same(got, await samples(await aggregated(), primaryOnly), 'the same series, values, help and types')
   t.ok(got.includes('fleetgate_instance_state{instance="127.0.0.1:1002",service="s",state="ejected"} 1'), 'ejected by one worker shows')
   t.ok(got.includes('fleetgate_instance_state{instance="127.0.0.1:1002",service="s",state="up"} 1'), 'as does up in the other')
   t.ok(got.includes('fleetgate_in_flight_requests{instance="127.0.0.1:1001",service="s"} 3'), 'in flight on worker 2')
   t.ok(got.includes('fleetgate_queued_requests{service="s"} 4'), 'queues add up')
 
-  merged.update([reportTraffic(two.collectors)])
-  const again = await samples(registry, primaryOnly)
+  serve(one.traffic, a1, 'GET', 200, 0.03)
+  serve(two.traffic, c2, 'DELETE', 204, 0.001)
+  t.same(await scrape(one, two), await samples(await aggregated(), primaryOnly), 'and again at the next scrape, with more traffic')
+
+  const again = await scrape(two)
   t.ok(again.includes('fleetgate_requests_total{code="200",instance="127.0.0.1:1001",method="GET",service="s"} 1'),
     'a new scrape replaces the last reports rather than adding to them')
-  t.notOk(again.some(line => line === 'fleetgate_instance_state{instance="127.0.0.1:1002",service="s",state="ejected"} 1'), 'and forgets what only they said')
+  t.notOk(again.includes('fleetgate_instance_state{instance="127.0.0.1:1002",service="s",state="ejected"} 1'), 'and forgets what only they said')
+  t.ok(again.includes('fleetgate_instances{service="s",state="ejected"} 0'), 'counts included')
 
-  merged.update([])
-  t.notOk((await samples(registry, primaryOnly)).some(line => line.includes('instance="')), 'no workers answering: no instance series')
+  const none = await scrape()
+  t.notOk(none.some(line => line.includes('instance="')), 'no workers answering: no instance series')
+  t.notOk(none.some(line => line.startsWith('fleetgate_instances{')), 'and no counts of instances')
 })
