@@ -27,7 +27,7 @@ export class CollectedHistogram<T extends string> extends Histogram<T> {
   readonly #help: string
   readonly #upperBounds: readonly number[]
   readonly #series: () => Iterable<readonly [labels: Record<T, string>, counts: HistogramCounts]>
-  /** The `le` label of each bucket, one object each for every scrape. */
+  /** The `le` label of each bucket: one object each, the same at every scrape. */
   readonly #leLabels = new Map<number | string, Readonly<{ le: number | string }>>()
 
   constructor (config: ConstructorParameters<typeof Histogram<T>>[0] & {
@@ -264,7 +264,7 @@ export function createProxyMetrics (registry: Registry, collectors: ProxyCollect
         // Rebuilt from the pool at every scrape: an instance that left has no series at all.
         this.reset()
         for (const [instance, current] of collectors.instanceStates()) {
-          // inc() by 0 makes the series without lowering a 1 an earlier listing of the instance set.
+          // inc() by 0 creates the series at 0, and keeps a 1 that an earlier listing of the instance set.
           for (const state of INSTANCE_STATES) {
             if (state === current) this.set({ service, instance, state }, 1)
             else this.inc({ service, instance, state }, 0)
