@@ -20,7 +20,8 @@ type HistogramValue = MetricValueWithName<string>
 /**
  * A prom-client Histogram whose counts are kept elsewhere, in plain numbers, and read at scrape time.
  * prom-client's own observe() hashes the label values on every call; this one is never called per
- * request. Everything else (registration, text format, merging across workers) is prom-client's.
+ * request. Registration and the text format are prom-client's; across workers, the primary adds the
+ * counts up itself (traffic-report.ts).
  */
 export class CollectedHistogram<T extends string> extends Histogram<T> {
   readonly #name: string
@@ -247,7 +248,8 @@ export function createProxyMetrics (registry: Registry, collectors: ProxyCollect
       help: 'Instances in the membership, by state (up, draining, ejected)',
       labelNames: ['service', 'state'] as const,
       registers,
-      // Every worker of a multi-process proxy holds the same membership: merge, don't add.
+      // Every worker of a multi-process proxy holds the same membership: merge, don't add. MergedTraffic
+      // does that; the aggregator states the same rule in prom-client's terms (its test compares the two).
       aggregator: 'max',
       collect () {
         this.reset()
