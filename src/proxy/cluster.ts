@@ -15,7 +15,7 @@ import { buildAdmin } from './admin.ts'
 import { missingNodeFlags } from './node-flags.ts'
 import { createProxy, describeQueue, describeSource, wireDiscoveryMetrics, type ProxyStatus } from './server.ts'
 import { renderStatusPage } from './status-page.ts'
-import { MergedTraffic, type TrafficReport } from './traffic-report.ts'
+import { isTrafficReport, MergedTraffic, type TrafficReport } from './traffic-report.ts'
 
 type ToWorker =
   | { readonly fleetgate: 'source', readonly update: SourceUpdate }
@@ -32,14 +32,15 @@ type ToPrimary =
  * A worker's answer to a metrics query: the process's own metrics (node's and the process's, a few dozen
  * series) as prom-client JSON, and its traffic as a report the primary renders.
  */
-interface WorkerMetrics {
+export interface WorkerMetrics {
   readonly process: MetricObjectWithValues<MetricValue<string>>[]
   readonly traffic: TrafficReport
 }
 
-function isWorkerMetrics (value: unknown): value is WorkerMetrics {
+/** Whether a worker's answer has that shape; a worker that could not answer sends null, which has not. */
+export function isWorkerMetrics (value: unknown): value is WorkerMetrics {
   const answer = value as Partial<WorkerMetrics> | null
-  return Array.isArray(answer?.process) && Array.isArray(answer?.traffic?.instances)
+  return Array.isArray(answer?.process) && isTrafficReport(answer?.traffic)
 }
 
 /** How long the primary waits for a worker's answer to /status or /metrics before leaving it out. */

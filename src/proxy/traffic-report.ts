@@ -26,6 +26,17 @@ export interface InstanceReport {
   readonly ejections?: number
 }
 
+/** Whether a value has every part of a report that MergedTraffic reads (an instance's counts may be left out). */
+export function isTrafficReport (value: unknown): value is TrafficReport {
+  const isObject = (part: unknown): part is object => typeof part === 'object' && part !== null
+  if (!isObject(value)) return false
+  const report = value as Partial<TrafficReport>
+  return Array.isArray(report.instances) && report.instances.every(part => typeof part?.instance === 'string') &&
+    Array.isArray(report.unanswered) && Array.isArray(report.instanceStates) &&
+    isObject(report.retries) && isObject(report.queue) && isObject(report.instanceCounts) &&
+    typeof report.noLiveInstances === 'number'
+}
+
 export type ReportedCollectors = Required<Pick<ProxyCollectors, 'traffic' | 'queue' | 'instanceCounts' | 'instanceStates'>>
 
 /** A worker's report, read from the collectors its own metrics use. */

@@ -4,7 +4,8 @@ import { Endpoint } from '../../src/balancer/pool.ts'
 import type { Instance } from '../../src/membership/instance.ts'
 import { createProxyMetrics, createRegistry, type ProxyCollectors } from '../../src/metrics.ts'
 import { InstanceMetrics } from '../../src/proxy/instance-metrics.ts'
-import { MergedTraffic, reportTraffic, type ReportedCollectors } from '../../src/proxy/traffic-report.ts'
+import { isWorkerMetrics } from '../../src/proxy/cluster.ts'
+import { isTrafficReport, MergedTraffic, reportTraffic, type ReportedCollectors, type TrafficReport } from '../../src/proxy/traffic-report.ts'
 
 const endpoint = (id: string, port: number): Endpoint =>
   new Endpoint({ id, host: '127.0.0.1', port, state: 'up', weight: 1, labels: {} } satisfies Instance, Date.now())
@@ -127,4 +128,41 @@ t.test('the primary renders the workers\' reports as prom-client would have merg
   const none = await scrape()
   t.notOk(none.some(line => line.includes('instance="')), 'no workers answering: no instance series')
   t.notOk(none.some(line => line.startsWith('fleetgate_instances{')), 'and no counts of instances')
+})
+
+t.test('the primary keeps a worker\'s answer only when it has every part the merge reads', async t => {
+  const a = endpoint('a', 1001)
+  const { traffic, collectors } = worker([['127.0.0.1:1001', 'up']], { up: 1 })
+  traffic.added(a)
+  serve(traffic, a, 'GET', 200, 0.003)
+  const registry = createRegistry()
+  const answer = JSON.parse(JSON.stringify({ process: await registry.getMetricsAsJSON(), traffic: reportTraffic(collectors) }))
+  t.ok(isWorkerMetrics(answer), 'a worker\'s answer, through the JSON of the IPC channel')
+  t.ok(isTrafficReport(answer.traffic))
+  /** Whether the merge reads a report without throwing and with numbers for every count. */
+  const mergesCleanly = (report: unknown): boolean => {
+    try {
+      const merged = new MergedTraffic()
+      merged.update([report as TrafficReport])
+      return Number.isFinite(merged.noLiveInstances) && Object.values(merged.retries).every(Number.isFinite)
+    } catch {
+      return false
+    }
+  }
+  t.ok(mergesCleanly(answer.traffic), 'which the merge reads')
+
+  // A worker that could not answer sends null; anything else malformed must not throw in the merge either.
+  for (const bad of [null, undefined, 'metrics', [], {}, { process: answer.process }, { traffic: answer.traffic }, { process: {}, traffic: answer.traffic }]) {
+    t.notOk(isWorkerMetrics(bad), `left out: ${JSON.stringify(bad)?.slice(0, 40)}`)
+  }
+  for (const part of Object.keys(answer.traffic)) {
+    const { [part]: _, ...without } = answer.traffic
+    t.notOk(isTrafficReport(without), `a report without ${part} is left out`)
+    t.notOk(mergesCleanly(without), `which the merge cannot read (${part})`)
+  }
+  t.notOk(isTrafficReport({ ...answer.traffic, instances: [{ requests: [] }] }), 'an instance without its name is left out')
+
+  const merged = new MergedTraffic()
+  merged.update([answer, null, { process: [] }].filter(isWorkerMetrics).map(kept => kept.traffic))
+  t.same([...merged.instances()].map(i => [i.instance, i.duration.count]), [['127.0.0.1:1001', 1]], 'the well-formed answer alone is merged')
 })
