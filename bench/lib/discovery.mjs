@@ -259,14 +259,19 @@ async function scaleOne ({ zk, zc, dir, backends, size, service, path, samples, 
         samplesOut.push({ kind, ms: Math.max(0, applied.atMs - t0), ackMs, reads: p1 - p0 - 2, instances: applied.instances })
       }
     }
-    // One scrape, after the changes: what a Prometheus scrape costs at this size.
-    const t = performance.now()
-    const res = await request(`${proxy.admin}/metrics`, { headersTimeout: 30_000, bodyTimeout: 30_000 })
-    const metricsBytes = (await res.body.arrayBuffer()).byteLength
-    const metricsMs = performance.now() - t
+    // One scrape, after the changes: what a Prometheus scrape costs at this size; then one /status.
+    const timedGet = async (path) => {
+      const t = performance.now()
+      const res = await request(`${proxy.admin}${path}`, { headersTimeout: 30_000, bodyTimeout: 30_000 })
+      const bytes = (await res.body.arrayBuffer()).byteLength
+      if (res.statusCode !== 200) throw new Error(`${path} answered ${res.statusCode}`)
+      return { ms: performance.now() - t, bytes }
+    }
+    const { ms: metricsMs, bytes: metricsBytes } = await timedGet('/metrics')
+    const { ms: statusMs, bytes: statusBytes } = await timedGet('/status')
     const rss = memory([proxy.entry.pid])
     log(`  scale ${size}: ready in ${readyMs} ms with ${first.instances} instances, RSS ${(rss.rss / 1048576).toFixed(0)} MB, change ${median(samplesOut.map(c => c.ms))} ms`)
-    return { size, readyMs, firstMembershipMs: first.atMs - spawnedAt, known: first.instances, rssAfterReady: afterReady.rss, peakRss: rss.peak, changes: samplesOut, metricsBytes, metricsMs }
+    return { size, readyMs, firstMembershipMs: first.atMs - spawnedAt, known: first.instances, rssAfterReady: afterReady.rss, peakRss: rss.peak, changes: samplesOut, metricsBytes, metricsMs, statusBytes, statusMs }
   } finally {
     await stopProcess(proxy?.entry)
   }
