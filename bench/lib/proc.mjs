@@ -69,15 +69,21 @@ export function killAllSync () {
 }
 
 /** user+system CPU seconds of one process (all its threads). */
-export function cpuSeconds (pid) {
+/** CPU seconds a process has used, in user space and in the kernel (utime, stime: fields 14 and 15). */
+export function cpuTimes (pid) {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
     // The command name can hold spaces and parentheses; fields start after the last ')'.
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-    return (Number(fields[11]) + Number(fields[12])) / CLK_TCK // utime, stime (fields 14 and 15)
+    return { user: Number(fields[11]) / CLK_TCK, kernel: Number(fields[12]) / CLK_TCK }
   } catch {
-    return 0
+    return { user: 0, kernel: 0 }
   }
+}
+
+export function cpuSeconds (pid) {
+  const { user, kernel } = cpuTimes(pid)
+  return user + kernel
 }
 
 /** The PID and every live descendant (for a proxy that forks workers). */
@@ -104,6 +110,10 @@ export function processTree (pid) {
 
 export function treeCpuSeconds (pids) {
   return pids.reduce((sum, pid) => sum + cpuSeconds(pid), 0)
+}
+
+export function treeCpuTimes (pids) {
+  return pids.map(cpuTimes).reduce((sum, t) => ({ user: sum.user + t.user, kernel: sum.kernel + t.kernel }), { user: 0, kernel: 0 })
 }
 
 /** VmHWM (peak RSS) and VmRSS in bytes, summed over `pids`. */

@@ -25,12 +25,13 @@ export function throughputTable ({ scenario, runs }, labels) {
       ratio(rps, peer),
       spread(pick(rs, 'rpsPerCore')),
       spread(pick(rs, 'proxyCores').map(c => c * 100)),
+      id === 'direct' ? '—' : `${num(median(pick(rs, 'userUsPerRequest')), 1)} / ${num(median(pick(rs, 'kernelUsPerRequest')), 1)}`,
       mb(max(pick(rs, 'peakRss'))),
       errors === 0 ? '0' : `${num(errors)} (${kinds.map(([k, n]) => `${k} ${num(n)}`).join(', ')})`,
       `${(median(pick(rs, 'loadCoreBusy')) * 100).toFixed(0)} (${(median(pick(rs, 'backendCores')) * 100).toFixed(0)}) / ${(max(pick(rs, 'foreignOnProxyCore')) * 100).toFixed(0)}`,
     ]
   })
   const header = ['', 'req/s', 'p50 ms', 'p99 ms', '÷ direct', '÷ HAProxy', '÷ Node peer', 'req/s per proxy core',
-    'proxy CPU %', 'peak RSS MB', 'errors', 'load core % (backends) / other load on proxy core %']
+    'proxy CPU %', 'proxy CPU µs per request: user / kernel', 'peak RSS MB', 'errors', 'load core % (backends) / other load on proxy core %']
   return `### ${scenario.title}\n\n${table(header, rows)}\n`
 }

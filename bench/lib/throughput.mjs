@@ -1,10 +1,11 @@
 // Throughput scenarios: every competitor, fresh per scenario, measured with wrk in interleaved
-// repeats. Each measured run records wrk's summary and, from /proc, the proxy's CPU and peak RSS,
-// how busy the load core was, and how much CPU other processes took on the proxy's core (noise).
+// repeats. Each measured run records wrk's summary and, from /proc, the proxy's CPU (in user space and in
+// the kernel) and peak RSS, how busy the load core was, and how much CPU other processes took on the
+// proxy's core (noise).
 
 import { setTimeout as sleep } from 'node:timers/promises'
 import { startCompetitor, LOAD_CPU, PROXY_CPU } from './competitors.mjs'
-import { coreTimes, memory, processTree, resetPeak, stopProcess, treeCpuSeconds } from './proc.mjs'
+import { coreTimes, memory, processTree, resetPeak, stopProcess, treeCpuSeconds, treeCpuTimes } from './proc.mjs'
 import { runWrk } from './wrk.mjs'
 
 export const SCENARIOS = [
@@ -25,7 +26,7 @@ export async function measure (competitor, scenario, { durationS, warmupS, backe
   const pids = competitor.entry ? processTree(competitor.entry.pid) : []
   const peakReset = pids.length > 0 && resetPeak(pids)
   const backendPids = backends.map(b => b.entry.pid)
-  const cpu0 = treeCpuSeconds(pids)
+  const cpu0 = treeCpuTimes(pids)
   const backendCpu0 = treeCpuSeconds(backendPids)
   const cores0 = coreTimes()
   const t0 = performance.now()
@@ -33,7 +34,10 @@ export async function measure (competitor, scenario, { durationS, warmupS, backe
   const wallS = (performance.now() - t0) / 1000
   const cores1 = coreTimes()
   const treeNow = competitor.entry ? processTree(competitor.entry.pid) : []
-  const proxyCores = (treeCpuSeconds(treeNow) - cpu0) / wallS
+  const cpu1 = treeCpuTimes(treeNow)
+  const proxyCores = (cpu1.user + cpu1.kernel - cpu0.user - cpu0.kernel) / wallS
+  /** The proxy's CPU per request answered, in µs. */
+  const perRequest = seconds => pids.length > 0 && wrk.requests > 0 ? seconds * 1e6 / wrk.requests : NaN
   const { peak } = memory(treeNow)
   const core = id => ({ task: (cores1[id].task - cores0[id].task) / wallS, busy: (cores1[id].busy - cores0[id].busy) / wallS })
   return {
@@ -42,6 +46,8 @@ export async function measure (competitor, scenario, { durationS, warmupS, backe
     errorsTotal: wrk.socketErrors + wrk.statusErrors,
     proxyCores: pids.length > 0 ? proxyCores : NaN,
     rpsPerCore: pids.length > 0 && proxyCores > 0 ? wrk.rps / proxyCores : NaN,
+    userUsPerRequest: perRequest(cpu1.user - cpu0.user),
+    kernelUsPerRequest: perRequest(cpu1.kernel - cpu0.kernel),
     peakRss: pids.length > 0 ? peak : NaN,
     peakIsPerRun: peakReset,
     backendCores: (treeCpuSeconds(backendPids) - backendCpu0) / wallS,
