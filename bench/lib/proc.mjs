@@ -68,8 +68,7 @@ export function killAllSync () {
   }
 }
 
-/** user+system CPU seconds of one process (all its threads). */
-/** CPU seconds a process has used, in user space and in the kernel (utime, stime: fields 14 and 15). */
+/** CPU seconds a process (all its threads) has used, in user space and in the kernel (utime, stime: fields 14 and 15). */
 export function cpuTimes (pid) {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
@@ -81,6 +80,7 @@ export function cpuTimes (pid) {
   }
 }
 
+/** user+system CPU seconds of one process (all its threads). */
 export function cpuSeconds (pid) {
   const { user, kernel } = cpuTimes(pid)
   return user + kernel

@@ -141,7 +141,13 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
   }
 
   const scrape = async (): Promise<string> => {
-    const answers = (await query('metrics')).filter(isWorkerMetrics)
+    const answers: WorkerMetrics[] = []
+    let malformed = 0
+    for (const answer of await query('metrics')) {
+      if (isWorkerMetrics(answer)) answers.push(answer)
+      else if (answer !== null) malformed++ // null: a worker that could not answer, and logged why
+    }
+    if (malformed > 0) log.warn({ malformed }, 'left out worker metrics of an unknown shape')
     // From here to the text, nothing waits on I/O (prom-client's awaits are of settled promises), so a
     // second scrape cannot update the reports while this one renders them.
     traffic.update(answers.map(answer => answer.traffic))

@@ -26,15 +26,43 @@ export interface InstanceReport {
   readonly ejections?: number
 }
 
-/** Whether a value has every part of a report that MergedTraffic reads (an instance's counts may be left out). */
+/**
+ * Whether a value is a report MergedTraffic can add up: every part it reads is there, and every count in
+ * it is a number. A worker forked after the code on disk changed may send another shape; its answer is
+ * then left out rather than failing the scrape, or adding strings.
+ */
 export function isTrafficReport (value: unknown): value is TrafficReport {
-  const isObject = (part: unknown): part is object => typeof part === 'object' && part !== null
-  if (!isObject(value)) return false
-  const report = value as Partial<TrafficReport>
-  return Array.isArray(report.instances) && report.instances.every(part => typeof part?.instance === 'string') &&
-    Array.isArray(report.unanswered) && Array.isArray(report.instanceStates) &&
-    isObject(report.retries) && isObject(report.queue) && isObject(report.instanceCounts) &&
-    typeof report.noLiveInstances === 'number'
+  if (!isRecord(value)) return false
+  const { instances, unanswered, retries, noLiveInstances, queue, instanceCounts, instanceStates } = value
+  return Array.isArray(instances) && instances.every(isInstanceReport) &&
+    isRequestCounts(unanswered) &&
+    isRecord(retries) && Object.values(retries).every(isCount) &&
+    isCount(noLiveInstances) &&
+    isRecord(queue) && isCount(queue.size) && isCount(queue.timeouts) &&
+    isRecord(instanceCounts) && Object.values(instanceCounts).every(isCount) &&
+    Array.isArray(instanceStates) && instanceStates.every(pair => Array.isArray(pair) && typeof pair[0] === 'string' && typeof pair[1] === 'string')
+}
+
+function isInstanceReport (part: unknown): part is InstanceReport {
+  if (!isRecord(part) || typeof part.instance !== 'string') return false
+  const { inFlight, requests, duration, connectFailures, ejections } = part
+  return [inFlight, connectFailures, ejections].every(count => count === undefined || isCount(count)) &&
+    (requests === undefined || isRequestCounts(requests)) &&
+    (duration === undefined || (isRecord(duration) && Array.isArray(duration.buckets) && duration.buckets.every(isCount) &&
+      isCount(duration.sum) && isCount(duration.count)))
+}
+
+function isRequestCounts (value: unknown): value is RequestCount[] {
+  return Array.isArray(value) &&
+    value.every(entry => isRecord(entry) && typeof entry.method === 'string' && typeof entry.code === 'string' && isCount(entry.count))
+}
+
+function isRecord (value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value)
+}
+
+function isCount (value: unknown): value is number {
+  return typeof value === 'number' && Number.isFinite(value)
 }
 
 export type ReportedCollectors = Required<Pick<ProxyCollectors, 'traffic' | 'queue' | 'instanceCounts' | 'instanceStates'>>

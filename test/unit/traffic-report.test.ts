@@ -130,39 +130,56 @@ t.test('the primary renders the workers\' reports as prom-client would have merg
   t.notOk(none.some(line => line.startsWith('fleetgate_instances{')), 'and no counts of instances')
 })
 
-t.test('the primary keeps a worker\'s answer only when it has every part the merge reads', async t => {
+t.test('the primary keeps a worker\'s answer only when its report has every part, and numbers for its counts', async t => {
   const a = endpoint('a', 1001)
-  const { traffic, collectors } = worker([['127.0.0.1:1001', 'up']], { up: 1 })
+  const { traffic, collectors } = worker([['127.0.0.1:1001', 'up']], { up: 1 }, { size: 1, timeouts: 2 })
   traffic.added(a)
   serve(traffic, a, 'GET', 200, 0.003)
+  traffic.connectFailure(a)
+  traffic.finished(undefined, 'GET', 503, 0.001)
+  a.inflight = 1
   const registry = createRegistry()
   const answer = JSON.parse(JSON.stringify({ process: await registry.getMetricsAsJSON(), traffic: reportTraffic(collectors) }))
   t.ok(isWorkerMetrics(answer), 'a worker\'s answer, through the JSON of the IPC channel')
-  t.ok(isTrafficReport(answer.traffic))
-  /** Whether the merge reads a report without throwing and with numbers for every count. */
-  const mergesCleanly = (report: unknown): boolean => {
-    try {
-      const merged = new MergedTraffic()
-      merged.update([report as TrafficReport])
-      return Number.isFinite(merged.noLiveInstances) && Object.values(merged.retries).every(Number.isFinite)
-    } catch {
-      return false
-    }
-  }
-  t.ok(mergesCleanly(answer.traffic), 'which the merge reads')
+  const report: TrafficReport = answer.traffic
+  const [busy] = report.instances
+  t.ok(busy?.requests && busy.duration && busy.inFlight && busy.connectFailures, 'with every optional count of an instance present')
+  t.equal(report.unanswered.length, 1)
 
-  // A worker that could not answer sends null; anything else malformed must not throw in the merge either.
-  for (const bad of [null, undefined, 'metrics', [], {}, { process: answer.process }, { traffic: answer.traffic }, { process: {}, traffic: answer.traffic }]) {
+  // A worker that could not answer sends null.
+  for (const bad of [null, undefined, 'metrics', [], {}, { process: answer.process }, { traffic: report }, { process: {}, traffic: report }]) {
     t.notOk(isWorkerMetrics(bad), `left out: ${JSON.stringify(bad)?.slice(0, 40)}`)
   }
-  for (const part of Object.keys(answer.traffic)) {
-    const { [part]: _, ...without } = answer.traffic
-    t.notOk(isTrafficReport(without), `a report without ${part} is left out`)
-    t.notOk(mergesCleanly(without), `which the merge cannot read (${part})`)
+  const instance = (part: object): object => ({ ...report, instances: [{ ...busy, ...part }] })
+  const malformed: Record<string, object> = {
+    'an instance without its name': { ...report, instances: [{ requests: [] }] },
+    'an instance that is null': { ...report, instances: [null] },
+    'a count given as text': instance({ inFlight: '1' }),
+    'requests that are not a list': instance({ requests: {} }),
+    'a request count without its method': instance({ requests: [{ code: '200', count: 1 }] }),
+    'a duration without buckets': instance({ duration: { sum: 1, count: 1 } }),
+    'a bucket that is not a number': instance({ duration: { ...busy!.duration, buckets: [null] } }),
+    'an unanswered entry that is null': { ...report, unanswered: [null] },
+    'a queue without its size': { ...report, queue: { timeouts: 0 } },
+    'a queue given as a list': { ...report, queue: [] },
+    'a retry count given as text': { ...report, retries: { connect_failure: '1' } },
+    'a count by state that is not a number': { ...report, instanceCounts: { up: null } },
+    'a state that is not a pair': { ...report, instanceStates: [null] },
   }
-  t.notOk(isTrafficReport({ ...answer.traffic, instances: [{ requests: [] }] }), 'an instance without its name is left out')
+  for (const part of Object.keys(report)) {
+    const { [part]: _, ...without } = report as unknown as Record<string, unknown>
+    malformed[`a report without ${part}`] = without
+  }
+  for (const [what, bad] of Object.entries(malformed)) {
+    t.notOk(isTrafficReport(bad), `left out: ${what}`)
+    t.notOk(isWorkerMetrics({ process: answer.process, traffic: bad }), `and the answer holding it: ${what}`)
+  }
 
   const merged = new MergedTraffic()
-  merged.update([answer, null, { process: [] }].filter(isWorkerMetrics).map(kept => kept.traffic))
-  t.same([...merged.instances()].map(i => [i.instance, i.duration.count]), [['127.0.0.1:1001', 1]], 'the well-formed answer alone is merged')
+  const answers = [answer, null, { process: [] }, { process: answer.process, traffic: malformed['a queue without its size'] }]
+  merged.update(answers.filter(isWorkerMetrics).map(kept => kept.traffic))
+  t.same([...merged.instances()].map(i => [i.instance, i.duration.count, i.inFlight, i.connectFailures]), [['127.0.0.1:1001', 1, 1, 1]],
+    'the well-formed answer alone is merged')
+  t.same(merged.queue, { size: 1, timeouts: 2 }, 'its queue, not NaN')
+  t.same([...merged.unanswered()], [{ method: 'GET', code: '503', count: 1 }])
 })
