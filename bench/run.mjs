@@ -294,7 +294,7 @@ function scaleSection (results, resync) {
       fmt(creates, 'ms'), fmt(creates, 'ackMs'), fmt(creates, 'reads'), fmt(deletes, 'ms'), fmt(deletes, 'ackMs'), fmt(deletes, 'reads'), `${num(r.metricsMs)} ms, ${num(r.metricsBytes / 1024)} KB`, `${num(r.statusMs)} ms, ${num(r.statusBytes / 1024)} KB`]
   })
   const resyncLine = resync ? `\n\nA periodic full resync (\`--resync-interval-ms\`, 30 s by default) at ${num(resync.size)} instances cost about **${num(resync.packetsPerResync)} ZooKeeper requests** each (measured with a 4 s period over 3 periods).` : ''
-  return `### Discovery: scale on a real ZooKeeper\n\nInstances registered as Curator JSON before fleetgate starts (nothing listens on their ports; no traffic). First membership: from spawning \`fleetgate proxy\` to its log line for the first published membership (node's own startup included), and to \`/readyz\` answering 200. One change: from the create/delete call to the published membership's log timestamp (the proxy runs with \`--log-level info\` here, so the change is observed without polling the proxy), median (min–max) of ${(results[0]?.changes.length ?? 0) / 2} samples each, and of it the time ZooKeeper took to acknowledge the write (it logs the write to disk first; the watch fires once it is applied); its ZooKeeper requests are the change in \`mntr\`'s zk_packets_received less the harness's own 2 requests (a ping can add 1). The last columns are one \`/metrics\` scrape after the changes, then one \`/status\` (JSON).${resyncLine}\n\n${table(['instances', 'in first membership', 'first membership ms', '/readyz ms', 'RSS MB at ready', 'peak RSS MB', 'create: ms', 'of which ZK ack ms', 'create: ZK requests', 'delete: ms', 'of which ZK ack ms', 'delete: ZK requests', '/metrics scrape', '/status'], rows)}\n`
+  return `### Discovery: scale on a real ZooKeeper\n\nInstances registered as Curator JSON before fleetgate starts (nothing listens on their ports; no traffic). First membership: from spawning \`fleetgate proxy\` to its log line for the first published membership (node's own startup included), and to \`/readyz\` answering 200. One change: from the create/delete call to the published membership's log timestamp (the proxy runs with \`--log-level info\` here, so the change is observed without polling the proxy), median (min–max) of ${(results[0]?.changes.length ?? 0) / 2} samples each, and of it the time ZooKeeper took to acknowledge the write (it logs the write to disk first; the watch fires once it is applied); its ZooKeeper requests are the change in \`mntr\`'s zk_packets_received less the harness's own 2 requests (a ping can add 1). The last columns are one \`/metrics\` scrape and one \`/status\` (JSON, timed first) after the changes.${resyncLine}\n\n${table(['instances', 'in first membership', 'first membership ms', '/readyz ms', 'RSS MB at ready', 'peak RSS MB', 'create: ms', 'of which ZK ack ms', 'create: ZK requests', 'delete: ms', 'of which ZK ack ms', 'delete: ZK requests', '/metrics scrape', '/status'], rows)}\n`
 }
 
 /** The performance targets, each checked against this run's figures. */
@@ -302,8 +302,12 @@ function targetsSection (s) {
   const rows = []
   const get = id => s.throughput.find(t => t.scenario.id === id)
   const verdict = ok => (ok === undefined ? 'not measured' : ok ? 'met' : '**not met**')
-  /** A ratio to two places, or three where two would round it onto the other side of its target. */
-  const ratio = (x, meets) => meets(Math.round(x * 100) / 100) === meets(x) ? x.toFixed(2) : x.toFixed(3)
+  /** A ratio to two places, or to as many more as it takes not to round it onto the other side of its target. */
+  const ratio = (x, meets) => {
+    let digits = 2
+    while (digits < 6 && meets(Number(x.toFixed(digits))) !== meets(x)) digits++
+    return x.toFixed(digits)
+  }
   const perCore = (t, id) => median((t?.runs[id] ?? []).map(r => r.rpsPerCore))
   const p99 = (t, id) => median((t?.runs[id] ?? []).map(r => r.p99Ms))
   const g1k = get('get-1k')

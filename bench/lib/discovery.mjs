@@ -259,7 +259,8 @@ async function scaleOne ({ zk, zc, dir, backends, size, service, path, samples, 
         samplesOut.push({ kind, ms: Math.max(0, applied.atMs - t0), ackMs, reads: p1 - p0 - 2, instances: applied.instances })
       }
     }
-    // One scrape, after the changes: what a Prometheus scrape costs at this size; then one /status.
+    // After the changes, one /status and one Prometheus scrape: what each costs at this size. /status
+    // goes first, so that it does not pay for the collection of the scrape's 24 MB at 10,000.
     const timedGet = async (path) => {
       const t = performance.now()
       const res = await request(`${proxy.admin}${path}`, { headersTimeout: 30_000, bodyTimeout: 30_000 })
@@ -267,8 +268,8 @@ async function scaleOne ({ zk, zc, dir, backends, size, service, path, samples, 
       if (res.statusCode !== 200) throw new Error(`${path} answered ${res.statusCode}`)
       return { ms: performance.now() - t, bytes }
     }
-    const { ms: metricsMs, bytes: metricsBytes } = await timedGet('/metrics')
     const { ms: statusMs, bytes: statusBytes } = await timedGet('/status')
+    const { ms: metricsMs, bytes: metricsBytes } = await timedGet('/metrics')
     const rss = memory([proxy.entry.pid])
     log(`  scale ${size}: ready in ${readyMs} ms with ${first.instances} instances, RSS ${(rss.rss / 1048576).toFixed(0)} MB, change ${median(samplesOut.map(c => c.ms))} ms`)
     return { size, readyMs, firstMembershipMs: first.atMs - spawnedAt, known: first.instances, rssAfterReady: afterReady.rss, peakRss: rss.peak, changes: samplesOut, metricsBytes, metricsMs, statusBytes, statusMs }
