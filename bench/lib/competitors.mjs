@@ -152,6 +152,11 @@ ${backends.map(b => `    server 127.0.0.1:${b.port};`).join('\n')}
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
       proxy_buffering off;
       proxy_request_buffering off;
+      # Unbuffered, NGINX relays a response in reads of proxy_buffer_size, one page by default: a 256 KB
+      # response then cost it 410–590 µs of kernel time, against about 77 µs with 64 KB reads.
+      proxy_buffer_size 64k;
+      proxy_buffers 4 64k;
+      proxy_busy_buffers_size 128k;
     }
   }
 }
