@@ -4,7 +4,7 @@
 
 import cluster, { type Worker } from 'node:cluster'
 import { randomUUID } from 'node:crypto'
-import { AggregatorRegistry, Registry, type MetricObjectWithValues, type MetricValue } from 'prom-client'
+import { AggregatorRegistry, Registry, type Aggregator, type MetricObjectWithValues, type MetricValue } from 'prom-client'
 import { splitHostPort, type ProxyConfig } from '../config.ts'
 import type { Logger } from '../logger.ts'
 import type { Instance } from '../membership/instance.ts'
@@ -40,7 +40,20 @@ export interface WorkerMetrics {
 /** Whether a worker's answer has that shape; a worker that could not answer sends null, which has not. */
 export function isWorkerMetrics (value: unknown): value is WorkerMetrics {
   const answer = value as Partial<WorkerMetrics> | null
-  return Array.isArray(answer?.process) && isTrafficReport(answer?.traffic)
+  return Array.isArray(answer?.process) && answer.process.every(isProcessMetric) && isTrafficReport(answer?.traffic)
+}
+
+const AGGREGATORS: ReadonlySet<unknown> = new Set<Aggregator>(['omit', 'sum', 'first', 'min', 'max', 'average'])
+
+/**
+ * What AggregatorRegistry.aggregate reads of a metric, which it would otherwise throw on. A value may be
+ * null: the JSON of the IPC channel turns a NaN (a gauge not yet measured) into null.
+ */
+function isProcessMetric (metric: unknown): boolean {
+  const { name, help, type, aggregator, values } = (metric ?? {}) as Partial<Record<string, unknown>>
+  return typeof name === 'string' && typeof help === 'string' && typeof type === 'string' && AGGREGATORS.has(aggregator) &&
+    Array.isArray(values) && values.every(sample =>
+      (typeof sample?.value === 'number' || sample?.value === null) && typeof sample.labels === 'object' && sample.labels !== null)
 }
 
 /** How long the primary waits for a worker's answer to /status or /metrics before leaving it out. */

@@ -150,6 +150,21 @@ t.test('the primary keeps a worker\'s answer only when its report has every part
   for (const bad of [null, undefined, 'metrics', [], {}, { process: answer.process }, { traffic: report }, { process: {}, traffic: report }]) {
     t.notOk(isWorkerMetrics(bad), `left out: ${JSON.stringify(bad)?.slice(0, 40)}`)
   }
+  // The process metrics go to prom-client's AggregatorRegistry, which throws on what it cannot aggregate.
+  const [processMetric] = answer.process
+  t.ok(processMetric?.values.length > 0, 'a process metric with samples')
+  t.throws(() => AggregatorRegistry.aggregate([[{ ...processMetric, aggregator: 'median' }]]), /not a defined aggregator/)
+  for (const [what, bad] of Object.entries({
+    'a process metric that is empty': {},
+    'an aggregator prom-client does not have': { ...processMetric, aggregator: 'median' },
+    'a sample without labels': { ...processMetric, values: [{ value: 1 }] },
+    'a sample whose value is text': { ...processMetric, values: [{ labels: {}, value: '1' }] },
+  })) {
+    t.notOk(isWorkerMetrics({ process: [...answer.process, bad], traffic: report }), `left out: ${what}`)
+  }
+  t.ok(isWorkerMetrics({ process: [{ ...processMetric, values: [{ labels: {}, value: null }] }], traffic: report }),
+    'a value of null is kept: the JSON of the IPC channel turns NaN into null')
+
   const instance = (part: object): object => ({ ...report, instances: [{ ...busy, ...part }] })
   const malformed: Record<string, object> = {
     'an instance without its name': { ...report, instances: [{ requests: [] }] },
