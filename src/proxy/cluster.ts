@@ -15,7 +15,7 @@ import { buildAdmin } from './admin.ts'
 import { missingNodeFlags } from './node-flags.ts'
 import { createProxy, describeQueue, describeSource, wireDiscoveryMetrics, type ProxyStatus } from './server.ts'
 import { renderStatusPage } from './status-page.ts'
-import { isTrafficReport, MergedTraffic, type TrafficReport } from './traffic-report.ts'
+import { isCount, isRecord, isTrafficReport, MergedTraffic, type TrafficReport } from './traffic-report.ts'
 
 type ToWorker =
   | { readonly fleetgate: 'source', readonly update: SourceUpdate }
@@ -50,10 +50,22 @@ const AGGREGATORS: ReadonlySet<unknown> = new Set<Aggregator>(['omit', 'sum', 'f
  * null: the JSON of the IPC channel turns a NaN (a gauge not yet measured) into null.
  */
 function isProcessMetric (metric: unknown): boolean {
-  const { name, help, type, aggregator, values } = (metric ?? {}) as Partial<Record<string, unknown>>
+  if (!isRecord(metric)) return false
+  const { name, help, type, aggregator, values } = metric
   return typeof name === 'string' && typeof help === 'string' && typeof type === 'string' && AGGREGATORS.has(aggregator) &&
     Array.isArray(values) && values.every(sample =>
-      (typeof sample?.value === 'number' || sample?.value === null) && typeof sample.labels === 'object' && sample.labels !== null)
+      isRecord(sample) && (typeof sample.value === 'number' || sample.value === null) && isRecord(sample.labels))
+}
+
+/** Whether a worker's /status answer has what mergeStatus reads: its instances' counts, and its queue's. */
+export function isStatusPart (value: unknown): value is ProxyStatus {
+  if (!isRecord(value) || !isRecord(value.queue) || !isCount(value.queue.waiting) || !isCount(value.queue.timedOut)) return false
+  const latency = (ms: unknown): boolean => ms === null || isCount(ms)
+  return Array.isArray(value.instances) && value.instances.every(instance =>
+    isRecord(instance) && typeof instance.id === 'string' && typeof instance.address === 'string' &&
+    typeof instance.state === 'string' && typeof instance.changedAt === 'string' &&
+    isCount(instance.inflight) && isCount(instance.requests) && isCount(instance.errors) &&
+    latency(instance.p50Ms) && latency(instance.p99Ms))
 }
 
 /** How long the primary waits for a worker's answer to /status or /metrics before leaving it out. */
@@ -167,7 +179,7 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
     return Registry.merge([registry, AggregatorRegistry.aggregate(answers.map(answer => answer.process))]).metrics()
   }
   const status = async (): Promise<ProxyStatus> => {
-    const parts = (await query('status')).filter((part): part is ProxyStatus => Array.isArray((part as ProxyStatus | null)?.instances))
+    const parts = (await query('status')).filter(isStatusPart)
     return mergeStatus(config, source, parts, !closing && listening.size > 0)
   }
   const admin = buildAdmin({

@@ -57,11 +57,11 @@ function isRequestCounts (value: unknown): value is RequestCount[] {
     value.every(entry => isRecord(entry) && typeof entry.method === 'string' && typeof entry.code === 'string' && isCount(entry.count))
 }
 
-function isRecord (value: unknown): value is Record<string, unknown> {
+export function isRecord (value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value)
 }
 
-function isCount (value: unknown): value is number {
+export function isCount (value: unknown): value is number {
   return typeof value === 'number' && Number.isFinite(value)
 }
 

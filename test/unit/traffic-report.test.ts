@@ -4,7 +4,8 @@ import { Endpoint } from '../../src/balancer/pool.ts'
 import type { Instance } from '../../src/membership/instance.ts'
 import { createProxyMetrics, createRegistry, type ProxyCollectors } from '../../src/metrics.ts'
 import { InstanceMetrics } from '../../src/proxy/instance-metrics.ts'
-import { isWorkerMetrics } from '../../src/proxy/cluster.ts'
+import { isStatusPart, isWorkerMetrics } from '../../src/proxy/cluster.ts'
+import type { ProxyStatus } from '../../src/proxy/server.ts'
 import { isTrafficReport, MergedTraffic, reportTraffic, type ReportedCollectors, type TrafficReport } from '../../src/proxy/traffic-report.ts'
 
 const endpoint = (id: string, port: number): Endpoint =>
@@ -197,4 +198,31 @@ t.test('the primary keeps a worker\'s answer only when its report has every part
     'the well-formed answer alone is merged')
   t.same(merged.queue, { size: 1, timeouts: 2 }, 'its queue, not NaN')
   t.same([...merged.unanswered()], [{ method: 'GET', code: '503', count: 1 }])
+})
+
+t.test('the primary keeps a worker\'s /status only when it has what the merge reads', async t => {
+  const part = {
+    service: 's',
+    ready: true,
+    source: { kind: 'remote', status: 'connected', stale: false, revision: 3, changedAt: null },
+    instances: [{
+      id: 'a', address: '127.0.0.1:1001', state: 'up', weight: 1, labels: {},
+      inflight: 0, requests: 2, errors: 0, p50Ms: null, p99Ms: 1.5, changedAt: new Date(0).toISOString(),
+    }],
+    queue: { limitPerInstance: null, timeoutMs: 1000, waiting: 0, timedOut: 0 },
+  } satisfies ProxyStatus
+  t.ok(isStatusPart(JSON.parse(JSON.stringify(part))), 'a worker\'s status, through the JSON of the IPC channel')
+  const [instance] = part.instances
+  for (const [what, bad] of Object.entries({
+    null: null,
+    'a status without instances': { ...part, instances: undefined },
+    'a status without its queue': { ...part, queue: undefined },
+    'a queue count given as text': { ...part, queue: { ...part.queue, waiting: '0' } },
+    'an instance that is null': { ...part, instances: [null] },
+    'an instance without its address': { ...part, instances: [{ ...instance, address: undefined }] },
+    'a request count given as text': { ...part, instances: [{ ...instance, requests: '2' }] },
+    'a latency given as text': { ...part, instances: [{ ...instance, p99Ms: '1.5' }] },
+  })) {
+    t.notOk(isStatusPart(bad), `left out: ${what}`)
+  }
 })
