@@ -232,6 +232,8 @@ export class Agent {
   }
 
   #drainWait (): Promise<void> {
+    // A second signal, or the command's exit, while the draining write was pending has already cut it.
+    if (this.#drainCut) return Promise.resolve()
     return new Promise(resolve => {
       const timer = setTimeout(() => this.#endDrain(), this.#options.drainMs)
       this.#cutDrain = () => {

@@ -12,9 +12,14 @@ class RecordingRegistrar implements Registrar {
   calls: string[] = []
   desired: Desired = { kind: 'unset' }
   closed = false
+  /** While set, setState is recorded at once but its write resolves only when this does. */
+  hold: Promise<void> | undefined
   start (): void { this.calls.push('start') }
   async register (state: InstanceState): Promise<void> { this.#want(`register:${state}`, { kind: 'registered', state }) }
-  async setState (state: InstanceState): Promise<void> { this.#want(`state:${state}`, { kind: 'registered', state }) }
+  async setState (state: InstanceState): Promise<void> {
+    this.#want(`state:${state}`, { kind: 'registered', state })
+    await this.hold
+  }
   async deregister (): Promise<void> { this.#want('deregister', { kind: 'absent' }) }
   async close (): Promise<void> { this.closed = true; this.calls.push('close') }
   status (): RegistrarStatus {
@@ -113,5 +118,22 @@ t.test('a second signal cuts the drain short', async t => {
   t.equal(await first, 0)
   t.equal(await second, 0)
   t.ok(Date.now() - startedAt < 5000, 'did not wait the 60 s drain')
+  t.same(registrar.calls.slice(-3), ['state:draining', 'deregister', 'close'])
+})
+
+t.test('a second signal while the draining write is pending still cuts the drain short', async t => {
+  const { agent, registrar } = build('1', { drainMs: 10_000 })
+  agent.start()
+  await eventually(() => registrar.desired.kind === 'registered')
+  let release!: () => void
+  registrar.hold = new Promise(resolve => { release = resolve })
+  const startedAt = Date.now()
+  const first = agent.shutdown('SIGTERM')
+  await eventually(() => registrar.calls.includes('state:draining'))
+  const second = agent.shutdown('SIGINT')
+  release()
+  t.equal(await first, 0)
+  t.equal(await second, 0)
+  t.ok(Date.now() - startedAt < 5000, `did not wait the 10 s drain (took ${Date.now() - startedAt} ms)`)
   t.same(registrar.calls.slice(-3), ['state:draining', 'deregister', 'close'])
 })
