@@ -27,11 +27,15 @@ export interface ZooKeeperRegistrarOptions {
 
 /** ZooKeeper error codes the converge loop expects in a race; it just runs again. */
 const RACES: ReadonlySet<number | undefined> = new Set([ZK.NO_NODE, ZK.NODE_EXISTS, ZK.BAD_VERSION])
+/** Races lost in a row before the last one counts as a failure: something keeps undoing the write. */
+const MAX_RACES_IN_A_ROW = 10
 
 /** First "waiting for ZooKeeper" after 1 s, then doubling up to every 30 s. */
 const WAIT_LOG_FIRST_MS = 1_000
 const WAIT_LOG_MAX_MS = 30_000
+/** A failed write is retried after 250 ms, then after twice as long each time it fails again, up to 10 s. */
 const RETRY_MS = 250
+const RETRY_MAX_MS = 10_000
 
 export class ZooKeeperRegistrar implements Registrar {
   readonly path: string
@@ -47,6 +51,10 @@ export class ZooKeeperRegistrar implements Registrar {
   #conflict = false
   #loopGeneration: number | undefined
   #dirty = false
+  /** The ZooKeeper error of the race the last pass lost. */
+  #lostRace: unknown
+  /** Failed writes in a row, for the retry's back-off. */
+  #failures = 0
   #watcher: { generation: number, fn: (event: ZkEvent) => void } | undefined
   #verifyTimer: NodeJS.Timeout | undefined
   #waitLogTimer: NodeJS.Timeout | undefined
@@ -171,6 +179,7 @@ export class ZooKeeperRegistrar implements Registrar {
   /** One loop per client: a rebuilt client starts its own, and the old one's stops at its next step. */
   async #loop (generation: number): Promise<void> {
     this.#loopGeneration = generation
+    let races = 0
     try {
       do {
         this.#dirty = false
@@ -181,7 +190,10 @@ export class ZooKeeperRegistrar implements Registrar {
         if (!this.#current(generation)) return
         if (finished) {
           this.#lastError = undefined
+          this.#failures = 0
           this.#desired.reached(version)
+        } else if (++races >= MAX_RACES_IN_A_ROW) {
+          throw new Error(`lost ${races} races in a row, the last: ${String(this.#lostRace)}`, { cause: this.#lostRace })
         } else {
           this.#dirty = true
         }
@@ -191,8 +203,9 @@ export class ZooKeeperRegistrar implements Registrar {
       this.#lastError = err instanceof Error ? err.message : String(err)
       const wrapped = new FleetgateError('FLEETGATE_ERR_AGENT_REGISTRATION', this.path, { cause: err })
       // A lost connection is already reported by the session, and a reconnect converges again.
-      this.#log[code === ZK.CONNECTION_LOSS ? 'debug' : 'warn']({ err: wrapped }, 'registration write failed; will retry')
-      if (this.#current(generation)) setTimeout(() => this.#request(), RETRY_MS).unref()
+      const retryMs = Math.min(RETRY_MAX_MS, RETRY_MS * 2 ** this.#failures++)
+      this.#log[code === ZK.CONNECTION_LOSS ? 'debug' : 'warn']({ err: wrapped, retryMs }, 'registration write failed; will retry')
+      if (this.#current(generation)) setTimeout(() => this.#request(), retryMs).unref()
     } finally {
       if (this.#loopGeneration === generation) this.#loopGeneration = undefined
     }
@@ -252,8 +265,9 @@ export class ZooKeeperRegistrar implements Registrar {
       this.#markRegistered(desired.state, false)
       return true
     } catch (err) {
-      if (RACES.has(zkErrorCode(err))) return false
-      throw err
+      if (!RACES.has(zkErrorCode(err))) throw err
+      this.#lostRace = err
+      return false
     }
   }
 
@@ -263,7 +277,14 @@ export class ZooKeeperRegistrar implements Registrar {
     } catch (err) {
       if (zkErrorCode(err) !== ZK.NO_NODE) throw err
       // The service path is PERSISTENT and shared by every instance; create it on first use.
-      await mkdirp(client, posix.dirname(this.path))
+      const parent = posix.dirname(this.path)
+      try {
+        await mkdirp(client, parent)
+      } catch (mkdirErr) {
+        if (zkErrorCode(mkdirErr) !== ZK.NO_NODE) throw mkdirErr
+        // A node it may not create is missing above it: the connect string's chroot, which nobody made.
+        throw new Error(`cannot create ${parent}: a node above it is missing (the connect string's chroot?)`, { cause: mkdirErr })
+      }
       await create(client, this.path, data, ZK.EPHEMERAL)
     }
   }

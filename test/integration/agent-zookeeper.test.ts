@@ -4,8 +4,8 @@
 import t from 'tap'
 import { children, readNode, startAgent, startHealthBackend } from '../helpers/agent.ts'
 import { eventually } from '../helpers/eventually.ts'
-import { sample, zkClient } from '../helpers/fleet.ts'
-import { startZooKeeper } from '../helpers/zookeeper.ts'
+import { sample, zk, zkClient } from '../helpers/fleet.ts'
+import { fourLetterWord, startZooKeeper } from '../helpers/zookeeper.ts'
 
 t.test('after a 10 s ZooKeeper outage the znode is present again', async t => {
   const server = await startZooKeeper()
@@ -86,6 +86,31 @@ t.test('ZooKeeper down at start: the agent waits, says so, and registers once Zo
   const client = await zkClient(t, server.connectString)
   // Within a session timeout (10 s) even if the first handshake was caught by the restart and abandoned.
   await eventually(() => readNode(client, path), { timeoutMs: 30_000, message: 'registered once ZooKeeper is up' })
+  agent.kill('SIGTERM')
+  t.equal((await agent.exited).code, 0)
+})
+
+t.test('a chroot that does not exist: the agent says so, backs off, and registers once it is made', async t => {
+  const server = await startZooKeeper()
+  t.teardown(() => server.close())
+  const backend = await startHealthBackend(t, 'rooted')
+  const packets = async (): Promise<number> => Number(/zk_packets_received\s+(\d+)/.exec(await fourLetterWord(server.port, 'mntr'))?.[1])
+  const agent = await startAgent(t, { zookeeper: `${server.connectString}/prod`, service: 'rooted', port: backend.port })
+  await agent.waitForOutput(/"retryMs":250,.*"registration write failed; will retry"/, 30_000)
+  const atFirstFailure = await packets()
+  // Each retry waits twice as long as the one before: 250, 500, 1000, then 2000 ms.
+  await agent.waitForOutput(/"retryMs":2000,.*"registration write failed; will retry"/, 30_000)
+  const spent = await packets() - atFirstFailure
+  t.ok(spent < 60, `${spent} ZooKeeper requests over three retries, not a loop`)
+  t.match(agent.output(), /a node above it is missing \(the connect string's chroot\?\)/, 'the log names the likely cause')
+  t.match((await agent.status()).registration.lastError, /chroot/, 'and so does /status')
+
+  const client = await zkClient(t, server.connectString)
+  await zk<string>(cb => client.create('/prod', cb))
+  const path = `/prod/services/rooted/127.0.0.1-${backend.port}`
+  // The back-off is at most 10 s.
+  await eventually(() => readNode(client, path), { timeoutMs: 30_000, message: 'registered once the chroot exists' })
+  await eventually(async () => (await agent.status()).registration.lastError === undefined, { message: 'lastError cleared' })
   agent.kill('SIGTERM')
   t.equal((await agent.exited).code, 0)
 })
