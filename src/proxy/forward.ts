@@ -2,6 +2,7 @@
 // a different instance when that is safe (nothing was sent, or an idempotent request got no answer).
 
 import type { IncomingMessage, ServerResponse } from 'node:http'
+import type { Socket } from 'node:net'
 import { errors, type Dispatcher } from 'undici'
 import type { Endpoint, Pool } from '../balancer/pool.ts'
 import { ERRORS, type ErrorCode } from '../errors.ts'
@@ -90,6 +91,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     this.#hasBody = req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')
     ctx.inFlight++
     res.on('close', this.#onClientClose)
+    req.on('close', this.#onRequestClose)
   }
 
   /**
@@ -352,12 +354,23 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
 
   /** The client went away: stop the upstream request too. */
   readonly #onClientClose = (): void => {
-    if (this.#finished || this.#res.writableFinished) return
+    if (this.#clientGone || this.#finished || this.#res.writableFinished) return
     this.#clientGone = true
     if (this.#queued) {
       this.#leaveQueue()
       return this.#finish(499)
     }
     this.#abort?.(new Error('client closed the connection'))
+  }
+
+  /**
+   * A request also closes once its body has been read, so only a closed connection means the client
+   * left. That is the one sign Node gives of a pipelined request whose response waits behind another's:
+   * such a response is never attached to the connection, so it never closes, and, written to, it would
+   * hold its instance paused for a 'drain' that never comes.
+   */
+  readonly #onRequestClose = (): void => {
+    // Node detaches a request from its connection once the response is done (typed non-null, it is null).
+    if ((this.#req.socket as Socket | null)?.destroyed === true) this.#onClientClose()
   }
 }

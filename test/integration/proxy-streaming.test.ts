@@ -1,11 +1,12 @@
 // End to end: bodies stream both ways without buffering, long responses are not cut, stalled ones are.
 
 import { readFileSync } from 'node:fs'
+import { connect } from 'node:net'
 import { Readable } from 'node:stream'
 import t from 'tap'
 import { request } from 'undici'
 import { eventually } from '../helpers/eventually.ts'
-import { registerCurator, startBackend, startProxy, zkClient } from '../helpers/fleet.ts'
+import { registerCurator, sample, startBackend, startProxy, zkClient } from '../helpers/fleet.ts'
 import { startZooKeeper } from '../helpers/zookeeper.ts'
 
 const server = await startZooKeeper()
@@ -143,4 +144,29 @@ t.test('a configured idle timeout cuts a stalled response', async t => {
   t.ok(seconds >= 0.9 && seconds < 10, `cut after ${seconds.toFixed(1)} s`)
   // The log is written asynchronously: it may land just after the client saw the cut.
   t.ok(await eventually(() => /response cut off by the instance/.test(proxy.output())), 'the cut is logged')
+})
+
+t.test('a client that pipelines two large downloads and leaves: both instance requests end', async t => {
+  const client = await zkClient(t, server.connectString)
+  const backend = await startBackend(t, 'pipelined')
+  let closed = 0
+  backend.handle((_req, res) => {
+    res.on('close', () => closed++)
+    res.setHeader('content-type', 'application/octet-stream')
+    generated(32 * MB).pipe(res)
+  })
+  await registerCurator(client, { service: 'pipelined', id: 'pipelined', port: backend.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'pipelined'])
+  await eventually(() => proxy.ready())
+  const inFlight = async () => sample(await proxy.metrics(), 'fleetgate_in_flight_requests', { service: 'pipelined' })
+
+  // The second answer waits behind the first, which this client never reads.
+  const socket = connect(Number(new URL(proxy.url).port), '127.0.0.1')
+  t.teardown(() => socket.destroy())
+  socket.pause()
+  socket.write('GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n\r\n')
+  await eventually(async () => await inFlight() === 2, { message: 'both requests sent to the instance' })
+  socket.destroy()
+  await eventually(async () => await inFlight() === 0, { message: 'both instance requests ended' })
+  await eventually(() => closed === 2, { message: 'the instance saw both requests go' })
 })
