@@ -303,7 +303,8 @@ export class Pool {
   /** A connect failed: eject the endpoint for a growing time, so later requests skip it. */
   reportConnectFailure (endpoint: Endpoint): void {
     endpoint.failures++
-    if (!this.#endpoints.has(endpoint.key) || endpoint.instance.state !== 'up') return
+    // A late failure of a removed endpoint is not its successor's (same key, a new object).
+    if (this.#endpoints.get(endpoint.key) !== endpoint || endpoint.instance.state !== 'up') return
     const now = this.#now()
     if (endpoint.ejectedUntilMs > now) return
     const durationMs = Math.min(this.#options.ejectMaxMs, this.#options.ejectBaseMs * 2 ** endpoint.ejections)

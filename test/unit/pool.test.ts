@@ -106,8 +106,12 @@ t.test('an instance that leaves and comes back (the same object) joins again as 
   const again = [...pool.endpoints()].find(e => e.instance.id === 'b')!
   t.not(again, first, 'a fresh endpoint: the old one was handed off as removed')
   t.same(ids(pool, 4).sort(), ['a', 'a', 'b', 'b'])
+  // A request still on the old endpoint fails to connect late: the new one is not the old one.
+  pool.reportConnectFailure(first)
+  t.equal(pool.counts().ejected, 0, 'the removed endpoint is not ejected in its successor\'s place')
+  t.same(events, ['added a', 'added b', 'removed b', 'added b'], 'nor reported ejected')
   pool.reportConnectFailure(again)
-  t.equal(pool.counts().ejected, 1, 'and it can be ejected like any other')
+  t.equal(pool.counts().ejected, 1, 'and the new one can be ejected like any other')
 })
 
 t.test('a weight change alone re-spreads the rotation', async t => {
