@@ -56,9 +56,18 @@ export function proxyUpgrade (ctx: UpgradeContext, req: IncomingMessage, client:
       ctx.sockets.delete(client)
       ctx.queue.serveSoon()
     }
+    // A client that leaves while the connect is pending takes the attempt with it: connected later, it
+    // would hold its connection slot and a socket to the instance until the instance hung up.
+    const clientGone = (): void => {
+      upstream.destroy()
+      end()
+      ctx.metrics.finished(endpoint, method, 499, seconds())
+    }
+    client.once('close', clientGone)
     upstream.once('timeout', () => upstream.destroy(Object.assign(new Error('connect timeout'), { code: 'UND_ERR_CONNECT_TIMEOUT' })))
     upstream.once('error', err => {
       if (connected) return client.destroy()
+      client.off('close', clientGone)
       end()
       ctx.metrics.connectFailure(endpoint)
       ctx.pool.reportConnectFailure(endpoint)
@@ -67,6 +76,7 @@ export function proxyUpgrade (ctx: UpgradeContext, req: IncomingMessage, client:
       fail((err as NodeJS.ErrnoException).code === 'UND_ERR_CONNECT_TIMEOUT' ? 'FLEETGATE_ERR_UPSTREAM_TIMEOUT' : 'FLEETGATE_ERR_UPSTREAM_CONNECT', endpoint)
     })
     upstream.once('connect', () => {
+      client.off('close', clientGone)
       connected = true
       upstream.setTimeout(0)
       ctx.pool.reportSuccess(endpoint)

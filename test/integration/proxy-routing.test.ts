@@ -1,12 +1,15 @@
 // End to end: the real `fleetgate proxy` process follows a real ZooKeeper and round-robins to real backends.
 
+import { spawn } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 import { request as httpRequest, type IncomingHttpHeaders } from 'node:http'
+import { connect, type Socket } from 'node:net'
 import t from 'tap'
 import { Client, request } from 'undici'
 import WebSocket, { WebSocketServer } from 'ws'
 import { eventually } from '../helpers/eventually.ts'
 import {
-  createChild, curatorData, get, registerCurator, removeNode, startBackend, startProxy, zk, zkClient, type Backend,
+  createChild, curatorData, get, registerCurator, removeNode, sample, startBackend, startProxy, zk, zkClient, type Backend,
 } from '../helpers/fleet.ts'
 import { startZooKeeper } from '../helpers/zookeeper.ts'
 
@@ -254,4 +257,40 @@ t.test('WebSocket upgrades are proxied to the pool', async t => {
   ws.send('ping')
   await eventually(() => messages.length === 2)
   t.same(messages, ['hello from ws-a, xff=127.0.0.1', 'echo:ping'])
+})
+
+t.test('a WebSocket client that leaves while the instance connect is pending frees the instance\'s connection slot', async t => {
+  const client = await zkClient(t, server.connectString)
+  // An instance whose accept queue is full: its process is stopped, so a connect to it stays pending.
+  const listener = spawn(process.execPath, ['-e', `const s = require('node:net').createServer().listen({ host: '127.0.0.1', port: 0, backlog: 1 }, () => console.log(s.address().port))`], { stdio: ['ignore', 'pipe', 'inherit'] })
+  t.teardown(() => { listener.kill('SIGKILL') })
+  let out = ''
+  listener.stdout!.on('data', (chunk: Buffer) => { out += chunk })
+  const port = Number(await eventually(() => /^(\d+)\n/.exec(out)?.[1]))
+  listener.kill('SIGSTOP')
+  await eventually(() => readFileSync(`/proc/${listener.pid}/stat`, 'utf8').split(') ')[1]!.startsWith('T'), { message: 'listener stopped' })
+  const fillers: Socket[] = []
+  t.teardown(() => { for (const socket of fillers) socket.destroy() })
+  let accepted = 0
+  for (let i = 0; i < 4; i++) {
+    const socket = connect(port, '127.0.0.1')
+    socket.on('connect', () => accepted++).on('error', () => {})
+    fillers.push(socket)
+  }
+  await eventually(() => accepted >= 2, { message: 'the accept queue is full' })
+
+  await registerCurator(client, { service: 'ws-stalled', id: 'stalled', port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'ws-stalled', '--connect-timeout-ms', '60000'])
+  await eventually(() => proxy.ready())
+  const inFlight = async () => sample(await proxy.metrics(), 'fleetgate_in_flight_requests', { service: 'ws-stalled' })
+
+  const ws = connect(Number(new URL(proxy.url).port), '127.0.0.1')
+  t.teardown(() => ws.destroy())
+  ws.on('error', () => {})
+  ws.write('GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n')
+  await eventually(async () => await inFlight() === 1, { message: 'the upgrade is connecting to the instance' })
+  // A reset: a client's FIN is seen only once the proxy reads from it, which the splice does after connecting.
+  ws.resetAndDestroy()
+  await eventually(async () => await inFlight() === 0, { message: 'its slot is free once the client left' })
+  t.equal(sample(await proxy.metrics(), 'fleetgate_requests_total', { service: 'ws-stalled', code: '499' }), 1, 'counted as a client that left')
 })
