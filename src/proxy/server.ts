@@ -235,9 +235,13 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
         void upstreams.destroy()
       }, options.shutdownTimeoutMs)
       for (const socket of upgrades.sockets) socket.end()
+      // A response under way at the signal went out keep-alive: its connection is closed once it is
+      // done and idle, not after the client's idle timeout.
+      const closeIdle = setInterval(() => app.server.closeIdleConnections(), 100)
       await app.close()
-      clearTimeout(deadline)
+      clearInterval(closeIdle)
       await upstreams.close()
+      clearTimeout(deadline)
       deadlines.close()
       await source.close()
       await admin.close()

@@ -106,5 +106,8 @@ t.test('SIGTERM lets in-flight requests finish, then exits 0', async t => {
     t.same(answer.match(/^set-cookie: .*$/gim)?.map(line => line.trim()), ['set-cookie: session=1', 'set-cookie: csrf=2'], `answer ${i + 1}: both cookies`)
   }
   t.equal(backend.hits, 3)
+  // The first client's connection went idle keep-alive: it is closed, not waited on for its 5 s idle timeout.
+  const answeredAt = Date.now()
   t.same(await proxy.exited, { code: 0, signal: null })
+  t.ok(Date.now() - answeredAt < 2000, `exited ${Date.now() - answeredAt} ms after the last answer`)
 })
