@@ -82,7 +82,8 @@ export const AgentConfigSchema = Type.Object({
   ...Common,
   target: Type.String({ pattern: '^https?://[^\\s/]+$', default: 'http://127.0.0.1:8088', description: 'The local instance to health-check', expected: 'http://HOST:PORT' }),
   advertise: HostPort('Address the proxy should use for this instance'),
-  id: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9_.:-]{1,128}$', description: 'Instance id (znode name); defaults to one derived from --advertise', expected: 'letters, digits, "_", ".", ":" and "-"' })),
+  // "." and ".." are not znode names: joined to the service path they would name the service node or its parent.
+  id: Type.Optional(Type.String({ pattern: '^(?!\\.\\.?$)[A-Za-z0-9_.:-]{1,128}$', description: 'Instance id (znode name); defaults to one derived from --advertise', expected: 'letters, digits, "_", ".", ":" and "-", other than "." and ".."' })),
   healthCheck: Type.Union([Type.Literal('http'), Type.Literal('tcp')], { default: 'http', description: 'http: GET the health path; tcp: connect only', expected: '"http" or "tcp"' }),
   healthPath: Type.String({ pattern: '^/', default: '/health', description: 'Health check path', expected: 'a path starting with /' }),
   healthIntervalMs: Milliseconds('Health check period', 2_000, 10),

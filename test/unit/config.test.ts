@@ -80,6 +80,13 @@ t.test('agent: arguments after -- are the wrapped command', async t => {
   throwsConfig(t, () => loadConfig(AgentConfigSchema, { argv: [], env: {} }), 'FLEETGATE_ERR_CONFIG_INVALID', /advertise is required/)
 })
 
+t.test('agent: an id that is not a znode name is refused', async t => {
+  const agent = (id: string) => loadConfig(AgentConfigSchema, { argv: ['--advertise', '127.0.0.1:8088', '--id', id], env: {} }).config
+  t.equal(agent('web-1.prod:8088').id, 'web-1.prod:8088')
+  t.equal(agent('...').id, '...', 'only "." and ".." are special')
+  for (const id of ['.', '..', 'a/b', '']) throwsConfig(t, () => agent(id), 'FLEETGATE_ERR_CONFIG_INVALID', /id/)
+})
+
 t.test('splitHostPort handles IPv6 and rejects ports above 65535', async t => {
   t.same(splitHostPort('[::1]:8080'), { host: '::1', port: 8080 })
   t.same(splitHostPort('0.0.0.0:0'), { host: '0.0.0.0', port: 0 })
