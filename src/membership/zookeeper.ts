@@ -29,6 +29,9 @@ interface CachedChild {
 
 /** How many getData calls one sync keeps in flight, so a 10,000-child first read neither floods nor crawls. */
 const READ_CONCURRENCY = 128
+/** A failed sync is tried again after 250 ms, then after twice as long each time it fails again, up to 10 s. */
+const RETRY_MS = 250
+const RETRY_MAX_MS = 10_000
 
 export class ZooKeeperSource extends BaseSource {
   readonly kind = 'zookeeper'
@@ -42,6 +45,8 @@ export class ZooKeeperSource extends BaseSource {
   /** Generation of the client a sync is running under; a rebuilt client starts its own sync. */
   #syncingGeneration: number | undefined
   #dirty = false
+  /** Failed syncs in a row, for the retry's back-off. */
+  #syncFailures = 0
   #fullResync = false
   #resyncTimer: NodeJS.Timeout | undefined
   #reads = 0
@@ -138,11 +143,14 @@ export class ZooKeeperSource extends BaseSource {
         this.#fullResync = false
         await this.#syncOnce(client, generation, full)
       } while (this.#dirty && this.#session.generation === generation)
+      this.#syncFailures = 0
     } catch (err) {
-      // Connection loss and the like: the session reports it and a reconnect starts a new sync.
-      this.#log.warn({ err }, 'zookeeper sync failed; keeping the last membership')
+      // Connection loss and the like: the session reports it and a reconnect starts a new sync. What
+      // ZooKeeper refuses while connected (such as the service node's ACL) is tried again, ever less often.
+      const retryMs = Math.min(RETRY_MAX_MS, RETRY_MS * 2 ** this.#syncFailures++)
+      this.#log.warn({ err, retryMs }, 'zookeeper sync failed; keeping the last membership')
       if (this.#session.connected && this.#session.generation === generation) {
-        setTimeout(() => this.#requestSync(), 250).unref()
+        setTimeout(() => this.#requestSync(), retryMs).unref()
       }
     } finally {
       if (this.#syncingGeneration === generation) this.#syncingGeneration = undefined

@@ -117,6 +117,27 @@ t.test('a child fleetgate may not read (its ACL) is skipped and counted; changes
   t.equal(hidden.hits, 0)
 })
 
+t.test('a service node fleetgate may not list (its ACL): the last membership is kept and the list retried ever less often', async t => {
+  const client = await zkClient(t, server.connectString)
+  const [a, b] = [await startBackend(t, 'a'), await startBackend(t, 'b')]
+  await registerCurator(client, { service: 'sealed', id: 'a', port: a.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'sealed'])
+  await eventually(async () => (await get(proxy.url)).servedBy === 'a')
+
+  const acl = (permissions: number) => zk(cb => client.setACL('/services/sealed', [new ACL(permissions, new Id('world', 'anyone'))], -1, cb))
+  await acl(Permission.WRITE | Permission.CREATE | Permission.DELETE | Permission.ADMIN)
+  // ZooKeeper tells no one who may not read the node that a child came; a's data watch still fires,
+  // and the sync it brings answers NO_AUTH when it lists the children.
+  await registerCurator(client, { service: 'sealed', id: 'b', port: b.port })
+  await zk(cb => client.setData('/services/sealed/a', curatorData({ service: 'sealed', id: 'a', port: a.port }), -1, cb))
+  await proxy.waitForOutput(/"retryMs":2000,.*"zookeeper sync failed; keeping the last membership"/, 30_000)
+  t.equal(proxy.output().match(/zookeeper sync failed/g)?.length, 4, 'four tries in 1.75 s: after 250, 500, 1000 ms, then 2 s')
+  t.equal((await get(proxy.url)).servedBy, 'a', 'the last membership still serves')
+
+  await acl(Permission.ALL)
+  await eventually(async () => (await proxy.status()).instances.map(i => i.id).join() === 'a,b', { timeoutMs: 30_000, message: 'b joins once the list may be read' })
+})
+
 t.test('retries go to a different instance; with none left the answer is 502', async t => {
   const client = await zkClient(t, server.connectString)
   const deadPorts = [await freePort(), await freePort()]
