@@ -26,6 +26,13 @@ export interface ZooKeeperSessionOptions {
 const MAX_SPIN_DELAY_MS = 3_200
 /** How long a client may try for its first session before it is rebuilt (a handshake can hang: ZOOKEEPER-5051). */
 const FIRST_CONNECT_DEADLINE_MS = 10_000
+/** How long a replaced client may take to close its session before its socket is destroyed. */
+const CLOSE_GRACE_MS = 1_000
+
+/** The socket of a node-zookeeper-client client (not part of its API: the connection manager's own). */
+function socketOf (client: Client): { destroy (): void } | undefined {
+  return (client as unknown as { connectionManager?: { socket?: { destroy (): void } } }).connectionManager?.socket
+}
 
 export class ZooKeeperSession {
   readonly #options: ZooKeeperSessionOptions
@@ -155,6 +162,9 @@ export class ZooKeeperSession {
     if (old) {
       old.removeAllListeners('state')
       old.close()
+      // close() only queues closeSession, which a hung server never answers: its socket would stay open
+      // for as long as the server hangs, one more with every rebuild.
+      setTimeout(() => socketOf(old)?.destroy(), CLOSE_GRACE_MS).unref()
     }
     this.#connected = false
     this.#failedBuilds = hadSession ? 0 : this.#failedBuilds + 1

@@ -1,5 +1,6 @@
 // End to end: ZooKeeper outages, hung servers, expired sessions and a late ZooKeeper never empty the pool.
 
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs'
 import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
 import { createChild, curatorData, get, loadLoop, registerCurator, removeNode, sample, startBackend, startProxy, zkClient } from '../helpers/fleet.ts'
@@ -75,6 +76,9 @@ t.test('a hung ZooKeeper (SIGSTOP) is detected by the watchdog; membership is ke
   await eventually(async () => (await proxy.status()).source.stale, { timeoutMs: 5_000, message: 'stale within the session timeout' })
   t.match(proxy.output(), /zookeeper watchdog fired/)
   t.equal((await get(proxy.url)).servedBy, 'a', 'still serving the last membership')
+  // The new client's connection is taken by the stopped server's kernel; the old one's is let go,
+  // although the stopped server never answers its closeSession.
+  await eventually(() => connectionsTo(proxy.pid, server.port) === 1, { timeoutMs: 5_000, message: 'one connection to the hung server, not one per client' })
   server.resume()
   await eventually(async () => !(await proxy.status()).source.stale, { timeoutMs: 15_000 })
 })
@@ -98,3 +102,24 @@ t.test('ZooKeeper unreachable at start: not ready until it comes up', async t =>
   await eventually(() => proxy.ready(), { timeoutMs: 20_000, message: 'ready once ZooKeeper is up' })
   t.equal((await get(proxy.url)).servedBy, 'a')
 })
+
+/** The proxy's established TCP connections to a local port, from /proc. */
+function connectionsTo (pid: number, port: number): number {
+  const inodes = new Set<string>()
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      const inode = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`))?.[1]
+      if (inode) inodes.add(inode)
+    } catch {} // closed meanwhile
+  }
+  let count = 0
+  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    for (const line of readFileSync(table, 'utf8').split('\n').slice(1)) {
+      const fields = line.trim().split(/\s+/)
+      if (fields.length < 10) continue
+      const established = fields[3] === '01'
+      if (established && parseInt(fields[2]!.split(':')[1]!, 16) === port && inodes.has(fields[9]!)) count++
+    }
+  }
+  return count
+}
