@@ -120,7 +120,7 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
   }
   const upgrades: UpgradeContext = {
     service, pool, metrics: instanceMetrics, log, tries: options.tries,
-    connectTimeoutMs: options.connectTimeoutMs, queue, sockets: new Set<Duplex>(),
+    connectTimeoutMs: options.connectTimeoutMs, headersTimeoutMs: options.headersTimeoutMs, queue, sockets: new Set<Duplex>(),
   }
   let closing = false
   /** Serves the queue once `endpoint`'s ejection has run out (by the pool's clock, which may step). */

@@ -18,6 +18,8 @@ export interface UpgradeContext {
   readonly log: Logger
   readonly tries: number
   readonly connectTimeoutMs: number
+  /** How long the instance has to answer the handshake once it is sent. */
+  readonly headersTimeoutMs: number
   /** Requests waiting for a connection: an upgrade that ends frees one. */
   readonly queue: WaitQueue
   /** Sockets of upgraded connections, so shutdown can end them after its deadline. */
@@ -65,8 +67,9 @@ export function proxyUpgrade (ctx: UpgradeContext, req: IncomingMessage, client:
     }
     client.once('close', clientGone)
     upstream.once('timeout', () => upstream.destroy(Object.assign(new Error('connect timeout'), { code: 'UND_ERR_CONNECT_TIMEOUT' })))
-    upstream.once('error', err => {
-      if (connected) return client.destroy()
+    upstream.on('error', err => {
+      // Once connected, 'close' follows and ends the upgrade.
+      if (connected) return
       client.off('close', clientGone)
       end()
       ctx.metrics.connectFailure(endpoint)
@@ -83,9 +86,14 @@ export function proxyUpgrade (ctx: UpgradeContext, req: IncomingMessage, client:
       ctx.sockets.add(client)
       upstream.write(requestHead(req) + '\r\n')
       if (head.length > 0) upstream.write(head)
-      splice(client, upstream, end)
-      // The upgrade's duration is the time to the instance's socket; the session after it is not a request.
-      ctx.metrics.finished(endpoint, method, 101, seconds())
+      splice(client, upstream, ctx.headersTimeoutMs, {
+        // The upgrade counts with the status the instance answered (101, or a refusal such as 403), and
+        // lasts until then; the session after it is not a request.
+        answered: status => ctx.metrics.finished(endpoint, method, status, seconds()),
+        unanswered: code => fail(code, endpoint),
+        clientLeft: () => ctx.metrics.finished(endpoint, method, 499, seconds()),
+        closed: end,
+      })
     })
   }
   attempt()
@@ -98,18 +106,57 @@ function requestHead (req: IncomingMessage): string {
   return head
 }
 
-function splice (client: Duplex, upstream: Socket, onClose: () => void): void {
+interface SpliceEvents {
+  answered (status: number): void
+  unanswered (code: ErrorCode): void
+  clientLeft (): void
+  closed (): void
+}
+
+/**
+ * Joins the client and the instance, to which the handshake has been sent. Nothing goes to the client
+ * before the instance answers, so an instance that hangs up first, or stays silent for
+ * `headersTimeoutMs`, gets the client an error answer instead of a dropped connection.
+ */
+function splice (client: Duplex, upstream: Socket, headersTimeoutMs: number, on: SpliceEvents): void {
   upstream.setNoDelay(true)
   client.pipe(upstream)
-  upstream.pipe(client)
-  const close = (): void => {
-    client.destroy()
+  let answered = false
+  let timedOut = false
+  let closed = false
+  const timer = setTimeout(() => {
+    timedOut = true
     upstream.destroy()
-    onClose()
+  }, headersTimeoutMs)
+  upstream.once('data', (first: Buffer) => {
+    answered = true
+    clearTimeout(timer)
+    on.answered(statusOf(first))
+    client.write(first)
+    upstream.pipe(client)
+  })
+  const close = (): void => {
+    if (closed) return
+    closed = true
+    clearTimeout(timer)
+    if (answered) {
+      client.destroy()
+    } else if (client.destroyed) {
+      on.clientLeft()
+    } else {
+      client.unpipe(upstream)
+      on.unanswered(timedOut ? 'FLEETGATE_ERR_UPSTREAM_TIMEOUT' : 'FLEETGATE_ERR_UPSTREAM_RESET')
+    }
+    upstream.destroy()
+    on.closed()
   }
   client.once('close', close)
   upstream.once('close', close)
-  upstream.on('error', close)
+}
+
+/** The status of an answer from its first bytes; 502 when they are not an HTTP/1.x status line. */
+function statusOf (first: Buffer): number {
+  return Number(/^HTTP\/1\.[01] (\d{3}) /.exec(first.toString('latin1', 0, 13))?.[1] ?? 502)
 }
 
 function refuse (client: Duplex, code: ErrorCode, service: string): void {

@@ -3,6 +3,7 @@
 // (Churning instances: metrics-churn.test.ts.)
 
 import type { IncomingMessage, ServerResponse } from 'node:http'
+import { createServer, type Socket } from 'node:net'
 import t from 'tap'
 import { request } from 'undici'
 import WebSocket, { WebSocketServer } from 'ws'
@@ -103,6 +104,51 @@ t.test('WebSocket upgrades are counted like requests: 101 by instance, 503 with 
   metrics = await proxy.metrics()
   t.equal(sample(metrics, 'fleetgate_requests_total', { instance: 'none', code: '503' }), 1, 'and is counted in requests_total')
   t.equal(sample(metrics, 'fleetgate_no_live_instance_total', { service }), 1, 'and in no_live_instance_total')
+})
+
+t.test('an upgrade counts as the instance answered it: a refusal, a hang-up, silence past the headers timeout', async t => {
+  const client = await zkClient(t, server.connectString)
+  const open = async (url: string): Promise<{ status: number, body: string }> => await new Promise(resolve => {
+    const ws = new WebSocket(`${url.replace('http', 'ws')}/ws`)
+    ws.once('open', () => { ws.terminate(); resolve({ status: 101, body: '' }) })
+    ws.once('unexpected-response', (_req, res) => {
+      let body = ''
+      res.setEncoding('utf8').on('data', (s: string) => { body += s }).on('end', () => { ws.terminate(); resolve({ status: res.statusCode ?? 0, body }) })
+    })
+    ws.once('error', () => resolve({ status: 0, body: '' }))
+  })
+
+  // Superset refuses a socket without a session: the client gets that answer, and it is what counts.
+  const refusing = await startBackend(t, 'refusing')
+  refusing.handle((_req, res) => { res.statusCode = 403; res.end('no session') })
+  await registerCurator(client, { service: 'ws-refused', id: 'a', port: refusing.port })
+  const refused = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'ws-refused'])
+  await eventually(async () => (await refused.status()).instances.length === 1)
+  t.same(await open(refused.url), { status: 403, body: 'no session' })
+  const metrics = await refused.metrics()
+  t.equal(sample(metrics, 'fleetgate_requests_total', { service: 'ws-refused', code: '403' }), 1, 'counted as 403')
+  t.equal(sample(metrics, 'fleetgate_requests_total', { service: 'ws-refused', code: '101' }), 0, 'not as 101')
+
+  // Instances that take the connection, then hang up at once or never answer.
+  const sockets = new Set<Socket>()
+  const raw = async (onHandshake: (socket: Socket) => void): Promise<number> => {
+    const listener = createServer(socket => { sockets.add(socket); socket.once('data', () => onHandshake(socket)) })
+    t.teardown(() => { for (const socket of sockets) socket.destroy(); listener.close() })
+    await new Promise<void>(resolve => listener.listen(0, '127.0.0.1', resolve))
+    return (listener.address() as { port: number }).port
+  }
+  await registerCurator(client, { service: 'ws-hangup', id: 'a', port: await raw(socket => socket.destroy()) })
+  await registerCurator(client, { service: 'ws-silent', id: 'a', port: await raw(() => {}) })
+  for (const [service, status, error] of [['ws-hangup', 502, 'FLEETGATE_ERR_UPSTREAM_RESET'], ['ws-silent', 504, 'FLEETGATE_ERR_UPSTREAM_TIMEOUT']] as const) {
+    const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', service, '--headers-timeout-ms', '500'])
+    await eventually(async () => (await proxy.status()).instances.length === 1)
+    const answer = await open(proxy.url)
+    t.equal(answer.status, status, `${service}: ${status}`)
+    t.equal(JSON.parse(answer.body).error, error)
+    const metrics = await proxy.metrics()
+    t.equal(sample(metrics, 'fleetgate_requests_total', { service, code: String(status) }), 1, `${service}: counted as ${status}`)
+    t.equal(sample(metrics, 'fleetgate_in_flight_requests', { service }), 0, `${service}: its connection slot is free`)
+  }
 })
 
 t.test('invalid registrations are counted once each, by reason, and the valid ones still serve', async t => {
