@@ -42,6 +42,13 @@ export interface ForwardContext {
   instanceRetriesInFlight: number
 }
 
+/** The client sent no more of its request body for the idle timeout, while its instance was ready for more. */
+class ClientStalledError extends Error {
+  constructor () {
+    super('the client stopped sending its request body')
+  }
+}
+
 /** Errors where the connection never carried the request: safe to send anywhere else. */
 const CONNECT_FAILURES = new Set([
   'ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL', 'ENOTFOUND', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT',
@@ -171,7 +178,9 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
       // A retry that waited in vain answers what failed it: it was sent before.
       return this.#fail(this.#tries > 0 ? this.#lastFailure : 'FLEETGATE_ERR_QUEUE_TIMEOUT')
     }
-    this.#abort?.(this.#responded ? new errors.BodyTimeoutError() : new errors.HeadersTimeoutError())
+    // An upload that stalls while its instance would take more is the client's: 408, as HAProxy answers.
+    const clientStalled = !this.#responded && this.#hasBody && !this.#req.complete && !this.#req.isPaused()
+    this.#abort?.(clientStalled ? new ClientStalledError() : this.#responded ? new errors.BodyTimeoutError() : new errors.HeadersTimeoutError())
   }
 
   onHeaders (statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
@@ -235,6 +244,8 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     const endpoint = this.#endpoint!
     this.#endAttempt()
     if (this.#clientGone) return this.#finish(499)
+    // The rest of the body will not come: the connection cannot carry another request.
+    if (error instanceof ClientStalledError) return this.#fail('FLEETGATE_ERR_CLIENT_TIMEOUT', { connection: 'close' })
 
     const code = (error as NodeJS.ErrnoException).code ?? ''
     const connectFailure = CONNECT_FAILURES.has(code)

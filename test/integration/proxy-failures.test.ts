@@ -2,6 +2,7 @@
 
 import { spawn } from 'node:child_process'
 import { createServer, type ServerResponse } from 'node:http'
+import { connect } from 'node:net'
 import { Readable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
 import { ACL, CreateMode, Id, Permission } from 'node-zookeeper-client'
@@ -181,6 +182,46 @@ t.test('a slow upload does not count against the headers timeout, only the wait 
   const res = await request(`${proxy.url}/upload`, { method: 'POST', body, headers: { 'content-length': String(chunks * 1024) } })
   t.equal(res.statusCode, 200)
   t.equal(await res.body.text(), String(chunks * 1024), 'the whole upload reached the instance')
+})
+
+t.test('an upload the client stops sending gets 408; one the instance stops reading gets 504', async t => {
+  const client = await zkClient(t, server.connectString)
+  const backend = await startBackend(t, 'stalled-upload')
+  let received = 0
+  backend.handle((req, res) => {
+    // Neither ever answers: /reads takes what comes, /deaf reads nothing at all.
+    if (req.url === '/reads') req.on('data', (c: Buffer) => { received += c.length })
+  })
+  await registerCurator(client, { service: 'stalled-upload', id: 'a', port: backend.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'stalled-upload', '--idle-timeout-ms', '500', '--headers-timeout-ms', '500'])
+  await eventually(() => proxy.ready())
+  const answer = async (head: string, body: Buffer): Promise<string> => {
+    const socket = connect(Number(new URL(proxy.url).port), '127.0.0.1')
+    t.teardown(() => socket.destroy())
+    let text = ''
+    socket.setEncoding('latin1').on('data', (s: string) => { text += s }).on('error', () => {})
+    socket.write(head)
+    socket.write(body)
+    await eventually(() => /\r\n\r\n\{.*\}/.test(text), { message: 'an answer' })
+    return text
+  }
+
+  // 10 bytes of 1,000, then nothing.
+  const stalled = await answer('POST /reads HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n', Buffer.alloc(10, 'u'))
+  t.match(stalled, /^HTTP\/1\.1 408 /)
+  t.match(stalled, /\r\nconnection: close\r\n/i, 'the connection cannot carry another request')
+  t.match(stalled, /"error":"FLEETGATE_ERR_CLIENT_TIMEOUT"/)
+  t.equal(received, 10, 'the instance got what was sent')
+
+  // 64 MB that the instance never reads: the proxy holds the client back, and the wait is the instance's.
+  const MB = 1024 * 1024
+  const deaf = await answer(`POST /deaf HTTP/1.1\r\nHost: x\r\nContent-Length: ${64 * MB}\r\n\r\n`, Buffer.alloc(64 * MB, 'u'))
+  t.match(deaf, /^HTTP\/1\.1 504 /)
+  t.match(deaf, /"error":"FLEETGATE_ERR_UPSTREAM_TIMEOUT"/)
+
+  const metrics = await proxy.metrics()
+  t.equal(sample(metrics, 'fleetgate_requests_total', { service: 'stalled-upload', code: '408' }), 1)
+  t.equal(sample(metrics, 'fleetgate_requests_total', { service: 'stalled-upload', code: '504' }), 1)
 })
 
 t.test('a retried request gets the headers timeout on its second instance too', async t => {
