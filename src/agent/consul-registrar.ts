@@ -79,6 +79,8 @@ export class ConsulRegistrar implements Registrar {
   #retryTimer: NodeJS.Timeout | undefined
   #loopDone: Promise<void> = Promise.resolve()
   #closed = false
+  /** Consul answered a request of the current step (an error answer too: it is there). */
+  #answered = false
 
   constructor (options: ConsulRegistrarOptions) {
     this.#options = options
@@ -177,8 +179,10 @@ export class ConsulRegistrar implements Registrar {
         this.#dirty = false
         const version = this.#desired.version
         try {
+          this.#answered = false
           const settled = await this.#converge(this.#desired.current)
-          this.#noteReachable()
+          // A step with nothing to send proves nothing about Consul.
+          if (this.#answered) this.#noteReachable()
           if (settled) this.#desired.reached(version)
           if (!settled) this.#dirty = true
         } catch (err) {
@@ -199,6 +203,16 @@ export class ConsulRegistrar implements Registrar {
   async #converge (desired: Desired): Promise<boolean> {
     const tick = this.#tickDue
     this.#tickDue = false
+    try {
+      return await this.#step(desired, tick)
+    } catch (err) {
+      // The TTL pass (or the probe) that was due did not get through: the retry sends it again.
+      if (tick) this.#tickDue = true
+      throw err
+    }
+  }
+
+  async #step (desired: Desired, tick: boolean): Promise<boolean> {
     if (desired.kind === 'registered') {
       if (!this.#registered || this.#state !== desired.state) {
         await this.#register(desired.state)
@@ -284,9 +298,11 @@ export class ConsulRegistrar implements Registrar {
 
   async #send (method: 'GET' | 'PUT', path: string, body?: unknown, signal?: AbortSignal): Promise<ConsulResponse> {
     try {
-      return await this.#options.client.request({
+      const res = await this.#options.client.request({
         method, path, body, headersTimeoutMs: REQUEST_TIMEOUT_MS, signal: signal ?? this.#stop.signal,
       })
+      this.#answered = true
+      return res
     } catch (err) {
       throw requestError(method, path, err)
     }

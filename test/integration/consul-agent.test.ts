@@ -202,6 +202,27 @@ t.test('Consul down when the agent starts: it keeps trying and registers once Co
   await eventually(async () => (await agent.status()).registration.connected, { message: 'connected' })
 })
 
+t.test('Consul down while the agent is registered: it says so until Consul is back, then passes the TTL at once', { skip: needsDouble('the listener taken down') }, async t => {
+  const target = await consulTarget(t)
+  const double = doubleOf(target)
+  const service = uniqueService('outage')
+  const backend = await startHealthBackend(t, 'a')
+  // A TTL of 3 s, passed every second.
+  const agent = await startConsulAgent(t, target, service, backend.port, ['--session-timeout-ms', '3000'])
+  await eventually(() => double.checkStatus(`service:${agent.id}`) === 'passing', { timeoutMs: 30_000, message: 'registered, passing' })
+  await double.stop()
+  const from = agent.output().length
+  const failures = () => agent.output().slice(from).match(/consul registration step failed/g)?.length ?? 0
+  await eventually(() => failures() >= 3, { timeoutMs: 15_000, message: 'three failed steps' })
+  t.equal((await agent.status()).registration.connected, false, 'not connected')
+  t.notMatch(agent.output().slice(from), /consul reachable again/, 'a retry with nothing sent did not pass for Consul answering')
+
+  await double.start()
+  await eventually(() => /consul reachable again/.test(agent.output().slice(from)), { timeoutMs: 15_000, message: 'reachable again' })
+  t.equal((await agent.status()).registration.connected, true)
+  t.equal(double.checkStatus(`service:${agent.id}`), 'passing', 'still passing')
+})
+
 t.test('ACLs: the agent registers with its token and fails without one', { skip: needsDouble('ACLs switched on') }, async t => {
   const target = await consulTarget(t, { aclToken: 'agent-secret' })
   const double = doubleOf(target)
