@@ -3,6 +3,7 @@
 
 import type { ConsulClient, ConsulResponse } from '../consul/client.ts'
 import { answerError, goDuration, requestError } from '../consul/client.ts'
+import { FleetgateError } from '../errors.ts'
 import type { Logger } from '../logger.ts'
 import { validateInstance, type Instance, type InvalidReason } from './instance.ts'
 import { BaseSource } from './source.ts'
@@ -131,6 +132,11 @@ export class ConsulSource extends BaseSource {
       throw requestError('GET', this.#path, err)
     }
     if (res.status !== 200) throw answerError('GET', this.#path, res)
+    // Consul answers what the token may not read by leaving it out, not with 403: published, such an
+    // answer would drop every instance the token cannot see.
+    if (res.headers['x-consul-results-filtered-by-acls'] === 'true') {
+      throw new FleetgateError('FLEETGATE_ERR_CONSUL_REQUEST', `GET ${this.#path}: Consul left out entries this token may not read (X-Consul-Results-Filtered-By-ACLs); it needs service:read on the service and node:read on its nodes`)
+    }
     return res
   }
 

@@ -2,12 +2,13 @@
 // §5). It keeps a catalog of nodes, services and checks with Raft-like indexes, and serves the parts of
 // the API fleetgate uses with Consul's semantics: blocking queries (index, wait, jitter), `passing`, `tag`,
 // `dc`, the Node.Address fallback, agent register/deregister, TTL checks that pass and expire,
-// DeregisterCriticalServiceAfter reaping, maintenance mode, 400 for bad parameters and 403 with ACLs.
+// DeregisterCriticalServiceAfter reaping, maintenance mode, 400 for bad parameters, and ACLs (403 for an
+// unknown token or a write without one; health reads without one filtered, as Consul filters them).
 // Fault hooks: canned error answers, dropped long polls, the listener down and up, a lower index.
 //
 // Where it is knowingly simpler than Consul: only TTL checks (HTTP/TCP checks are refused with 400, not
-// run); one datacenter; no anti-entropy delay (a change is visible at once); an anonymous request with ACLs
-// on gets 403 (Consul would filter reads to what the anonymous token may see).
+// run); one datacenter; no anti-entropy delay (a change is visible at once); ACLs know one token, which
+// may do everything, and the anonymous token, which may read nothing.
 
 import { randomUUID } from 'node:crypto'
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
@@ -467,7 +468,8 @@ export async function startConsulDouble (options: ConsulDoubleOptions = {}): Pro
     Interval: '', Timeout: '', ExposedPort: 0, Definition: {}, CreateIndex: c.CreateIndex, ModifyIndex: c.ModifyIndex,
   })
 
-  const serveHealth = async (req: IncomingMessage, res: ServerResponse, url: URL, service: string): Promise<void> => {
+  /** `anonymous`: the request has no token while ACLs are on; like Consul, the answer leaves out what it may not read. */
+  const serveHealth = async (req: IncomingMessage, res: ServerResponse, url: URL, service: string, anonymous = false): Promise<void> => {
     const startedAt = Date.now()
     const indexParam = url.searchParams.get('index') ?? undefined
     const waitParam = url.searchParams.get('wait') ?? undefined
@@ -530,7 +532,12 @@ export async function startConsulDouble (options: ConsulDoubleOptions = {}): Pro
       }
     }
     record(200)
-    answer(res, 200, healthEntries(service, passing, tags), indexOf(service))
+    const entries = healthEntries(service, passing, tags)
+    if (anonymous && entries.length > 0) {
+      res.setHeader('X-Consul-Results-Filtered-By-ACLs', 'true')
+      return answer(res, 200, [], indexOf(service))
+    }
+    answer(res, 200, entries, indexOf(service))
   }
 
   // --- http --------------------------------------------------------------------------------------------
@@ -599,17 +606,19 @@ export async function startConsulDouble (options: ConsulDoubleOptions = {}): Pro
 
     if (path === '/v1/status/leader' && method === 'GET') return answer(res, 200, '"127.0.0.1:8300"')
 
+    let anonymous = false
     if (options.aclToken !== undefined) {
       const token = tokenOf(req, url)
-      if (token === undefined) return answer(res, 403, 'Permission denied')
-      if (token !== options.aclToken) return answer(res, 403, 'ACL not found')
+      if (token !== undefined && token !== options.aclToken) return answer(res, 403, 'ACL not found')
+      anonymous = token === undefined
     }
 
     let m: RegExpMatchArray | null
     if ((m = path.match(/^\/v1\/health\/service\/([^/]+)$/))) {
       if (method !== 'GET') return answer(res, 405, 'method not allowed')
-      return serveHealth(req, res, url, decodeURIComponent(m[1]!))
+      return serveHealth(req, res, url, decodeURIComponent(m[1]!), anonymous)
     }
+    if (anonymous) return answer(res, 403, 'Permission denied')
     if (method === 'GET' && path === '/v1/agent/self') {
       return answer(res, 200, { Config: { Datacenter: datacenter, NodeName: nodeName, NodeID: nodes.get(nodeName)!.ID, Version: '1.17.0-double' }, Member: { Name: nodeName, Addr: nodes.get(nodeName)!.Address } })
     }
