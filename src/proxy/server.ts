@@ -71,6 +71,9 @@ export function describeQueue (options: Pick<ProxyOptions, 'maxConnectionsPerIns
  */
 const LISTEN_BACKLOG = 4096
 
+/** While draining, how long a client connection whose response is done may wait for a next request. */
+const DRAIN_KEEP_ALIVE_MS = 500
+
 /** Upstream keep-alive, below gunicorn's 2 s default so an idle socket is not reused just as it closes. */
 const UPSTREAM_KEEP_ALIVE_MS = 1_500
 
@@ -235,11 +238,11 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
         void upstreams.destroy()
       }, options.shutdownTimeoutMs)
       for (const socket of upgrades.sockets) socket.end()
-      // A response under way at the signal went out keep-alive: its connection is closed once it is
-      // done and idle, not after the client's idle timeout.
-      const closeIdle = setInterval(() => app.server.closeIdleConnections(), 100)
+      // A response under way at the signal went out keep-alive. Once it has gone out whole, its
+      // connection waits for a next request only briefly (which is then served with Connection: close),
+      // not for the keep-alive timeout.
+      app.server.keepAliveTimeout = DRAIN_KEEP_ALIVE_MS
       await app.close()
-      clearInterval(closeIdle)
       await upstreams.close()
       clearTimeout(deadline)
       deadlines.close()
