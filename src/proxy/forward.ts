@@ -84,6 +84,8 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
   #clientGone = false
   #finished = false
   #onDrain: (() => void) | undefined
+  /** The connection this exchange's response waits on behind another's, watched until it finishes. */
+  #queuedOn: Socket | undefined
   // Timed: the queue timeout, or the attempt's headers or idle deadline, kept by ctx.deadlines.
   deadline = Infinity
   previousTimed: Timed | undefined = undefined
@@ -98,7 +100,13 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     this.#hasBody = req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')
     ctx.inFlight++
     res.on('close', this.#onClientClose)
-    req.on('close', this.#onRequestClose)
+    // A response queued behind another's on its connection (pipelining) is not attached to it yet, and
+    // would not close if the connection went; written to, it would hold its instance paused for a
+    // 'drain' that never comes. Meanwhile the connection itself is watched.
+    if (res.socket === null) {
+      this.#queuedOn = req.socket
+      req.socket.on('close', this.#onClientClose)
+    }
   }
 
   /**
@@ -351,6 +359,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
   #finish (statusCode: number): void {
     if (this.#finished) return
     this.#finished = true
+    this.#queuedOn?.off('close', this.#onClientClose)
     if (this.#retryCharge === 'shared') {
       this.#ctx.retriesInFlight--
     } else if (this.#retryCharge !== undefined) {
@@ -374,14 +383,4 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     this.#abort?.(new Error('client closed the connection'))
   }
 
-  /**
-   * A request also closes once its body has been read, so only a closed connection means the client
-   * left. That is the one sign Node gives of a pipelined request whose response waits behind another's:
-   * such a response is never attached to the connection, so it never closes, and, written to, it would
-   * hold its instance paused for a 'drain' that never comes.
-   */
-  readonly #onRequestClose = (): void => {
-    // Node detaches a request from its connection once the response is done (typed non-null, it is null).
-    if ((this.#req.socket as Socket | null)?.destroyed === true) this.#onClientClose()
-  }
 }
