@@ -55,6 +55,7 @@ export class ZooKeeperRegistrar implements Registrar {
   #lostRace: unknown
   /** Failed writes in a row, for the retry's back-off. */
   #failures = 0
+  #retryTimer: NodeJS.Timeout | undefined
   #watcher: { generation: number, fn: (event: ZkEvent) => void } | undefined
   #verifyTimer: NodeJS.Timeout | undefined
   #waitLogTimer: NodeJS.Timeout | undefined
@@ -76,7 +77,8 @@ export class ZooKeeperRegistrar implements Registrar {
   start (): void {
     if (this.#closed || this.#verifyTimer) return
     this.#session.start()
-    this.#verifyTimer = setInterval(() => this.#request(), this.#options.verifyIntervalMs)
+    // A failed write's retry, with its back-off, stands in for the ticks until it has run.
+    this.#verifyTimer = setInterval(() => { if (!this.#retryTimer) this.#request() }, this.#options.verifyIntervalMs)
     this.#verifyTimer.unref()
     this.#scheduleWaitLog(WAIT_LOG_FIRST_MS)
   }
@@ -98,6 +100,7 @@ export class ZooKeeperRegistrar implements Registrar {
     this.#closed = true
     clearInterval(this.#verifyTimer)
     clearTimeout(this.#waitLogTimer)
+    clearTimeout(this.#retryTimer)
     this.#desired.releaseAll()
     // Closing the session removes the ephemeral znode at once, whatever state it was in.
     await this.#session.close()
@@ -173,6 +176,9 @@ export class ZooKeeperRegistrar implements Registrar {
       this.#dirty = true
       return
     }
+    // Something asked for a pass (a change, a reconnect, the retry itself): a pending retry is it.
+    clearTimeout(this.#retryTimer)
+    this.#retryTimer = undefined
     void this.#loop(generation)
   }
 
@@ -189,6 +195,7 @@ export class ZooKeeperRegistrar implements Registrar {
         const finished = await this.#converge(client, generation, this.#desired.current)
         if (!this.#current(generation)) return
         if (finished) {
+          races = 0
           this.#lastError = undefined
           this.#failures = 0
           this.#desired.reached(version)
@@ -205,7 +212,13 @@ export class ZooKeeperRegistrar implements Registrar {
       // A lost connection is already reported by the session, and a reconnect converges again.
       const retryMs = Math.min(RETRY_MAX_MS, RETRY_MS * 2 ** this.#failures++)
       this.#log[code === ZK.CONNECTION_LOSS ? 'debug' : 'warn']({ err: wrapped, retryMs }, 'registration write failed; will retry')
-      if (this.#current(generation)) setTimeout(() => this.#request(), retryMs).unref()
+      if (this.#current(generation)) {
+        this.#retryTimer = setTimeout(() => {
+          this.#retryTimer = undefined
+          this.#request()
+        }, retryMs)
+        this.#retryTimer.unref()
+      }
     } finally {
       if (this.#loopGeneration === generation) this.#loopGeneration = undefined
     }

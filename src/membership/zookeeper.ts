@@ -47,6 +47,7 @@ export class ZooKeeperSource extends BaseSource {
   #dirty = false
   /** Failed syncs in a row, for the retry's back-off. */
   #syncFailures = 0
+  #retryTimer: NodeJS.Timeout | undefined
   #fullResync = false
   #resyncTimer: NodeJS.Timeout | undefined
   #reads = 0
@@ -87,7 +88,8 @@ export class ZooKeeperSource extends BaseSource {
     this.#session.start()
     this.#resyncTimer = setInterval(() => {
       this.#fullResync = true
-      this.#requestSync()
+      // A failed sync's retry, with its back-off, will be this resync.
+      if (!this.#retryTimer) this.#requestSync()
     }, this.#options.resyncIntervalMs)
     this.#resyncTimer.unref()
     return this.firstMembership()
@@ -95,6 +97,7 @@ export class ZooKeeperSource extends BaseSource {
 
   async close (): Promise<void> {
     clearInterval(this.#resyncTimer)
+    clearTimeout(this.#retryTimer)
     this.releaseStart()
     await this.#session.close()
   }
@@ -129,6 +132,9 @@ export class ZooKeeperSource extends BaseSource {
       this.#dirty = true
       return
     }
+    // A change, a reconnect or the retry itself: a pending retry is this sync.
+    clearTimeout(this.#retryTimer)
+    this.#retryTimer = undefined
     void this.#syncLoop(generation)
   }
 
@@ -150,7 +156,11 @@ export class ZooKeeperSource extends BaseSource {
       const retryMs = Math.min(RETRY_MAX_MS, RETRY_MS * 2 ** this.#syncFailures++)
       this.#log.warn({ err, retryMs }, 'zookeeper sync failed; keeping the last membership')
       if (this.#session.connected && this.#session.generation === generation) {
-        setTimeout(() => this.#requestSync(), retryMs).unref()
+        this.#retryTimer = setTimeout(() => {
+          this.#retryTimer = undefined
+          this.#requestSync()
+        }, retryMs)
+        this.#retryTimer.unref()
       }
     } finally {
       if (this.#syncingGeneration === generation) this.#syncingGeneration = undefined

@@ -98,10 +98,14 @@ t.test('a chroot that does not exist: the agent says so, backs off, and register
   const agent = await startAgent(t, { zookeeper: `${server.connectString}/prod`, service: 'rooted', port: backend.port })
   await agent.waitForOutput(/"retryMs":250,.*"registration write failed; will retry"/, 30_000)
   const atFirstFailure = await packets()
-  // Each retry waits twice as long as the one before: 250, 500, 1000, then 2000 ms.
+  // Each retry waits twice as long as the one before: 250, 500, 1000, then 2000 ms; the agent's checks
+  // of its znode (every 100 ms here) wait for the retry.
   await agent.waitForOutput(/"retryMs":2000,.*"registration write failed; will retry"/, 30_000)
   const spent = await packets() - atFirstFailure
   t.ok(spent < 60, `${spent} ZooKeeper requests over three retries, not a loop`)
+  const failures = agent.output().split('\n').filter(line => line.includes('"registration write failed; will retry"')).map(line => JSON.parse(line) as { time: number, retryMs: number })
+  t.same(failures.slice(0, 4).map(f => f.retryMs), [250, 500, 1000, 2000])
+  t.ok(failures[3]!.time - failures[0]!.time >= 1_700, `the fourth try came ${failures[3]!.time - failures[0]!.time} ms after the first: the back-off held`)
   t.match(agent.output(), /a node above it is missing \(the connect string's chroot\?\)/, 'the log names the likely cause')
   t.match((await agent.status()).registration.lastError, /chroot/, 'and so does /status')
 
