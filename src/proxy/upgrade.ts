@@ -68,8 +68,8 @@ export function proxyUpgrade (ctx: UpgradeContext, req: IncomingMessage, client:
     client.once('close', clientGone)
     upstream.once('timeout', () => upstream.destroy(Object.assign(new Error('connect timeout'), { code: 'UND_ERR_CONNECT_TIMEOUT' })))
     upstream.on('error', err => {
-      // Once connected, 'close' follows and ends the upgrade.
-      if (connected) return
+      // Once connected, 'close' follows and ends the upgrade; a client that left has ended it already.
+      if (connected || ended) return
       client.off('close', clientGone)
       end()
       ctx.metrics.connectFailure(endpoint)
@@ -131,7 +131,14 @@ function splice (client: Duplex, upstream: Socket, headersTimeoutMs: number, on:
   upstream.once('data', (first: Buffer) => {
     answered = true
     clearTimeout(timer)
-    on.answered(statusOf(first))
+    const status = statusOf(first)
+    on.answered(status)
+    if (status !== 101) {
+      // Refused: the answer goes to the client, but nothing more of the client's goes to the instance,
+      // which would take it as further requests past the proxy's header handling.
+      client.unpipe(upstream)
+      upstream.end()
+    }
     client.write(first)
     upstream.pipe(client)
   })

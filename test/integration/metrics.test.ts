@@ -3,7 +3,7 @@
 // (Churning instances: metrics-churn.test.ts.)
 
 import type { IncomingMessage, ServerResponse } from 'node:http'
-import { createServer, type Socket } from 'node:net'
+import { connect, createServer, type Socket } from 'node:net'
 import t from 'tap'
 import { request } from 'undici'
 import WebSocket, { WebSocketServer } from 'ws'
@@ -128,6 +128,17 @@ t.test('an upgrade counts as the instance answered it: a refusal, a hang-up, sil
   const metrics = await refused.metrics()
   t.equal(sample(metrics, 'fleetgate_requests_total', { service: 'ws-refused', code: '403' }), 1, 'counted as 403')
   t.equal(sample(metrics, 'fleetgate_requests_total', { service: 'ws-refused', code: '101' }), 0, 'not as 101')
+  // Whatever the client sends after the refusal does not reach the instance past the proxy.
+  const after = connect(Number(new URL(refused.url).port), '127.0.0.1')
+  t.teardown(() => after.destroy())
+  let text = ''
+  after.setEncoding('latin1').on('data', (s: string) => { text += s })
+  after.write('GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n')
+  await eventually(() => text.endsWith('no session'), { message: 'the refusal' })
+  const hits = refusing.hits
+  after.write('GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n')
+  await eventually(() => after.destroyed || after.readableEnded, { message: 'the connection ends after the refusal' })
+  t.equal(refusing.hits, hits, 'the request sent after it never reached the instance')
 
   // Instances that take the connection, then hang up at once or never answer.
   const sockets = new Set<Socket>()
