@@ -72,7 +72,8 @@ export const ProxyConfigSchema = Type.Object({
   shutdownTimeoutMs: Milliseconds('On SIGTERM, how long in-flight requests may finish', 30_000, 0),
   maxHeaderBytes: Type.Integer({ minimum: 1024, maximum: 1_048_576, default: 65_536, description: 'Largest request head accepted (Superset URLs can be long)', expected: 'bytes, from 1024 to 1048576' }),
   consulDatacenter: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9_.-]{1,64}$', description: 'Consul datacenter to follow (default: the agent\'s own)', expected: 'a datacenter name' })),
-  consulWaitMs: Milliseconds('Longest hold of a Consul blocking query (Consul caps it at 10 min)', 240_000, 100),
+  // Consul holds a query 10 min at most: a longer wait would only stretch the time to notice a dead connection.
+  consulWaitMs: Type.Integer({ minimum: 100, maximum: 600_000, default: 240_000, description: 'Longest hold of a Consul blocking query (Consul caps it at 10 min)', expected: 'milliseconds, from 100 to 600000' }),
   workers: Type.Integer({ minimum: 1, maximum: 256, default: availableParallelism(), description: 'Proxy processes serving the port (default: one per core); one discovery session for all', expected: 'an integer from 1 to 256' }),
 }, { additionalProperties: false })
 

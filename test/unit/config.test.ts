@@ -80,6 +80,11 @@ t.test('agent: arguments after -- are the wrapped command', async t => {
   throwsConfig(t, () => loadConfig(AgentConfigSchema, { argv: [], env: {} }), 'FLEETGATE_ERR_CONFIG_INVALID', /advertise is required/)
 })
 
+t.test('--consul-wait-ms stays within the 10 min Consul holds a query', async t => {
+  t.equal(load(['--discovery', 'consul', '--consul-wait-ms', '600000']).config.consulWaitMs, 600_000)
+  throwsConfig(t, () => load(['--discovery', 'consul', '--consul-wait-ms', '600001']), 'FLEETGATE_ERR_CONFIG_INVALID', /consul-wait-ms.*600000/)
+})
+
 t.test('agent: an id that is not a znode name is refused', async t => {
   const agent = (id: string) => loadConfig(AgentConfigSchema, { argv: ['--advertise', '127.0.0.1:8088', '--id', id], env: {} }).config
   t.equal(agent('web-1.prod:8088').id, 'web-1.prod:8088')
