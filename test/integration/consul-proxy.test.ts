@@ -136,7 +136,7 @@ t.test('bad Consul settings stop start-up with exit code 2, naming the setting',
     [['--consul', 'ftp://consul:21'], /--consul = "ftp:\/\/consul:21": expected http\(s\):\/\/HOST:PORT/],
     [['--consul', 'http://127.0.0.1:8500', '--consul-ca-file', '/etc/hostname'], /--consul-ca-file is given but --consul = "http:\/\/127.0.0.1:8500" is not https/],
     [['--consul', 'https://127.0.0.1:8501', '--consul-ca-file', '/no/such/ca.pem'], /FLEETGATE_ERR_CONFIG_FILE: .*--consul-ca-file \/no\/such\/ca.pem/],
-    [['--consul-wait-ms', '10'], /--consul-wait-ms = 10: expected milliseconds, an integer >= 100/],
+    [['--consul-wait-ms', '10'], /--consul-wait-ms = 10: expected milliseconds, from 100 to 600000/],
     [['--consul-tag', 'a,b'], /--consul-tag = "a,b": expected a tag without spaces or commas/],
   ] as Array<[string[], RegExp]>) {
     const proc = runFleetgate(t, ['proxy', '--discovery', 'consul', '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', ...args])
