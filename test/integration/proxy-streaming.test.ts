@@ -160,17 +160,13 @@ t.test('a client that pipelines two large downloads and leaves: both instance re
   await eventually(() => proxy.ready())
   const inFlight = async () => sample(await proxy.metrics(), 'fleetgate_in_flight_requests', { service: 'pipelined' })
 
-  // The second answer waits behind the first, which this client never reads. (A request whose body has
-  // been sent no longer has its connection: undici lets go of a body it has read.)
-  for (const [i, method] of ['GET', 'POST'].entries()) {
-    const socket = connect(Number(new URL(proxy.url).port), '127.0.0.1')
-    t.teardown(() => socket.destroy())
-    socket.pause()
-    const head = (path: string) => method === 'GET' ? `GET ${path} HTTP/1.1\r\nHost: x\r\n\r\n` : `POST ${path} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello`
-    socket.write(head('/one') + head('/two'))
-    await eventually(async () => await inFlight() === 2, { message: `${method}: both requests sent to the instance` })
-    socket.destroy()
-    await eventually(async () => await inFlight() === 0, { message: `${method}: both instance requests ended` })
-    await eventually(() => closed === 2 * (i + 1), { message: `${method}: the instance saw both requests go` })
-  }
+  // The second answer waits behind the first, which this client never reads.
+  const socket = connect(Number(new URL(proxy.url).port), '127.0.0.1')
+  t.teardown(() => socket.destroy())
+  socket.pause()
+  socket.write('GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n\r\n')
+  await eventually(async () => await inFlight() === 2, { message: 'both requests sent to the instance' })
+  socket.destroy()
+  await eventually(async () => await inFlight() === 0, { message: 'both instance requests ended' })
+  await eventually(() => closed === 2, { message: 'the instance saw both requests go' })
 })
