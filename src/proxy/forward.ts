@@ -49,6 +49,26 @@ class ClientStalledError extends Error {
   }
 }
 
+/** Exchanges whose responses wait on a connection behind another's; one 'close' listener per connection. */
+const waitingOn = new WeakMap<Socket, Set<() => void>>()
+
+function watchConnection (socket: Socket, onClose: () => void): void {
+  let waiting = waitingOn.get(socket)
+  if (!waiting) {
+    const set = waiting = new Set()
+    waitingOn.set(socket, set)
+    socket.once('close', () => {
+      waitingOn.delete(socket)
+      for (const callback of set) callback()
+    })
+  }
+  waiting.add(onClose)
+}
+
+function unwatchConnection (socket: Socket, onClose: () => void): void {
+  waitingOn.get(socket)?.delete(onClose)
+}
+
 /** Errors where the connection never carried the request: safe to send anywhere else. */
 const CONNECT_FAILURES = new Set([
   'ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL', 'ENOTFOUND', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT',
@@ -105,7 +125,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     // 'drain' that never comes. Meanwhile the connection itself is watched.
     if (res.socket === null) {
       this.#queuedOn = req.socket
-      req.socket.on('close', this.#onClientClose)
+      watchConnection(req.socket, this.#onClientClose)
     }
   }
 
@@ -359,7 +379,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
   #finish (statusCode: number): void {
     if (this.#finished) return
     this.#finished = true
-    this.#queuedOn?.off('close', this.#onClientClose)
+    if (this.#queuedOn) unwatchConnection(this.#queuedOn, this.#onClientClose)
     if (this.#retryCharge === 'shared') {
       this.#ctx.retriesInFlight--
     } else if (this.#retryCharge !== undefined) {

@@ -153,8 +153,9 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
     }
   })
 
-  // The client side waits as long as the instance may: the idle timeout, or headers plus connect.
-  const clientIdleMs = Math.max(options.idleTimeoutMs, options.headersTimeoutMs + options.connectTimeoutMs)
+  // A client connection may stay silent as long as the proxy may wait for it: the idle timeout, or the
+  // queue, the connect and the instance's answer. Then it is closed, and its request with it.
+  const clientIdleMs = Math.max(options.idleTimeoutMs, options.queueTimeoutMs + options.connectTimeoutMs + options.headersTimeoutMs)
   const app = Fastify({
     loggerInstance: log.child({ component: 'proxy' }) as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }),
@@ -164,9 +165,13 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
     // While draining, requests on open connections are still served, each with `Connection: close`.
     return503OnClosing: false,
     forceCloseConnections: 'idle',
-    connectionTimeout: clientIdleMs,
     requestTimeout: 0,
-    serverFactory: handler => createServer({ maxHeaderSize: options.maxHeaderBytes, requestTimeout: 0 }, handler),
+    serverFactory: handler => {
+      const server = createServer({ maxHeaderSize: options.maxHeaderBytes, requestTimeout: 0 }, handler)
+      // Fastify applies its connectionTimeout only to a server it makes itself.
+      server.setTimeout(clientIdleMs)
+      return server
+    },
   })
   app.removeAllContentTypeParsers()
   // Bodies are never parsed: the route streams the raw request on.

@@ -77,9 +77,13 @@ t.test('bad configuration: clear error, exit code 2', async t => {
 
 t.test('SIGTERM lets in-flight requests finish, then exits 0', async t => {
   const backend = await startBackend(t, 'slow')
-  backend.handle((_req, res) => {
+  backend.handle((req, res) => {
     res.setHeader('set-cookie', ['session=1', 'csrf=2'])
-    setTimeout(() => res.end('done'), 1_000)
+    if (req.url !== '/third') return setTimeout(() => res.end('done'), 1_000)
+    // Its head goes out before the signal, the rest after.
+    res.writeHead(200, { 'content-length': 4 })
+    res.write('do')
+    setTimeout(() => res.end('ne'), 1_000)
   })
   const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, '--shutdown-timeout-ms', '5000'])
   await eventually(() => proxy.ready())
@@ -90,13 +94,13 @@ t.test('SIGTERM lets in-flight requests finish, then exits 0', async t => {
   socket.setEncoding('utf8').on('data', (s: string) => { answer += s })
   const closed = new Promise(resolve => socket.on('close', resolve))
   socket.write('GET /first HTTP/1.1\r\nHost: x\r\n\r\n')
-  // A third, busy too, that sends nothing more and never closes its side.
+  // A third, busy too, whose answer has begun; it sends nothing more and never closes its side.
   const idle = connect(Number(new URL(proxy.url).port), '127.0.0.1')
   let idleAnswer = ''
   idle.setEncoding('utf8').on('data', (s: string) => { idleAnswer += s })
   const idleClosed = new Promise(resolve => idle.on('close', resolve))
   idle.write('GET /third HTTP/1.1\r\nHost: x\r\n\r\n')
-  await eventually(() => backend.hits === 3)
+  await eventually(() => backend.hits === 3 && idleAnswer.endsWith('do'))
   proxy.kill('SIGTERM')
   await proxy.waitForOutput(/shutting down: draining in-flight requests/)
   socket.write('GET /second HTTP/1.1\r\nHost: x\r\n\r\n')
@@ -112,10 +116,11 @@ t.test('SIGTERM lets in-flight requests finish, then exits 0', async t => {
     t.same(answer.match(/^set-cookie: .*$/gim)?.map(line => line.trim()), ['set-cookie: session=1', 'set-cookie: csrf=2'], `answer ${i + 1}: both cookies`)
   }
   t.equal(backend.hits, 4)
-  // Its answer went out keep-alive before the drain began; then the proxy closed the idle connection
-  // itself, before the 5 s shutdown deadline (Node's keep-alive timeout alone would take 6 s).
+  // Its answer's head went out keep-alive before the drain began; then the proxy closed the idle
+  // connection itself, before the 5 s shutdown deadline (Node's keep-alive timeout alone would take 6 s).
   await idleClosed
   t.match(idleAnswer, /^HTTP\/1\.1 200 [^]*\r\n\r\ndone$/)
+  t.notMatch(idleAnswer, /connection: close/i)
   t.same(await proxy.exited, { code: 0, signal: null })
   t.notMatch(proxy.output(), /shutdown deadline passed/, 'nothing was left for the deadline to close')
 })

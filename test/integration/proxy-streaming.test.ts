@@ -170,3 +170,31 @@ t.test('a client that pipelines two large downloads and leaves: both instance re
   await eventually(async () => await inFlight() === 0, { message: 'both instance requests ended' })
   await eventually(() => closed === 2, { message: 'the instance saw both requests go' })
 })
+
+t.test('a client connection silent past the client idle timeout is closed, and its instance request with it', async t => {
+  const client = await zkClient(t, server.connectString)
+  const backend = await startBackend(t, 'abandoned')
+  let closed = 0
+  backend.handle((_req, res) => {
+    res.on('close', () => closed++)
+    res.setHeader('content-type', 'application/octet-stream')
+    generated(32 * MB).pipe(res)
+  })
+  await registerCurator(client, { service: 'abandoned', id: 'abandoned', port: backend.port })
+  // The client may stay silent for max(idle, queue + connect + headers): 1.2 s here.
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'abandoned',
+    '--idle-timeout-ms', '1200', '--queue-timeout-ms', '100', '--connect-timeout-ms', '100', '--headers-timeout-ms', '100'])
+  await eventually(() => proxy.ready())
+  const inFlight = async () => sample(await proxy.metrics(), 'fleetgate_in_flight_requests', { service: 'abandoned' })
+
+  // A client that asks for a large answer, then neither reads it nor goes away.
+  // (Paused, it would not see the proxy close the connection either.)
+  const socket = connect(Number(new URL(proxy.url).port), '127.0.0.1')
+  t.teardown(() => socket.destroy())
+  socket.on('error', () => {})
+  socket.pause()
+  socket.write('GET /export.csv HTTP/1.1\r\nHost: x\r\n\r\n')
+  await eventually(async () => await inFlight() === 1, { message: 'the request reached the instance' })
+  await eventually(async () => await inFlight() === 0, { message: 'its instance request ended' })
+  await eventually(() => closed === 1, { message: 'the instance saw it go' })
+})
