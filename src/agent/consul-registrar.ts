@@ -188,6 +188,8 @@ export class ConsulRegistrar implements Registrar {
         } catch (err) {
           if (this.#closed) return
           this.#noteFailure(err)
+          // An error answer (a failure without a network cause) is Consul answering: it is there.
+          if ((err as { cause?: unknown }).cause === undefined) this.#noteAnswered()
           const capped = Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** Math.min(this.#failures - 1, 20))
           this.#retryTimer = setTimeout(() => this.#request(), capped / 2 + Math.random() * capped / 2)
           this.#retryTimer.unref()
@@ -312,6 +314,10 @@ export class ConsulRegistrar implements Registrar {
     if (this.#failures > 0) this.#log.info({ failures: this.#failures }, 'consul reachable again')
     this.#failures = 0
     this.#lastError = undefined
+    this.#noteAnswered()
+  }
+
+  #noteAnswered (): void {
     if (!this.#connected) {
       this.#connected = true
       this.#emit({ type: 'connected', newSession: false })

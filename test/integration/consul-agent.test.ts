@@ -217,7 +217,12 @@ t.test('Consul down while the agent is registered: it says so until Consul is ba
   t.equal((await agent.status()).registration.connected, false, 'not connected')
   t.notMatch(agent.output().slice(from), /consul reachable again/, 'a retry with nothing sent did not pass for Consul answering')
 
+  // Back, but refusing: Consul is there, and the agent says so, with the refusal as its last error.
+  double.fault({ match: /^\/v1\/agent\//, status: 500, body: 'rpc error making call: No cluster leader' })
   await double.start()
+  await eventually(async () => (await agent.status()).registration.connected, { timeoutMs: 15_000, message: 'connected while refused' })
+  t.match((await agent.status()).registration.lastError, /500/)
+  double.fault(undefined)
   await eventually(() => /consul reachable again/.test(agent.output().slice(from)), { timeoutMs: 15_000, message: 'reachable again' })
   t.equal((await agent.status()).registration.connected, true)
   t.equal(double.checkStatus(`service:${agent.id}`), 'passing', 'still passing')
