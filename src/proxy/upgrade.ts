@@ -147,7 +147,7 @@ function splice (client: Duplex, upstream: Socket, headersTimeoutMs: number, on:
     closed = true
     clearTimeout(timer)
     if (answered) {
-      client.destroy()
+      endSoon(client)
     } else if (client.destroyed) {
       on.clientLeft()
     } else {
@@ -159,6 +159,17 @@ function splice (client: Duplex, upstream: Socket, headersTimeoutMs: number, on:
   }
   client.once('close', close)
   upstream.once('close', close)
+}
+
+/** How long a client may take to read what the instance sent before it hung up. */
+const CLOSE_GRACE_MS = 5_000
+
+/** Ends the client once what is queued for it has gone out (a refusal's body, a last frame), or after CLOSE_GRACE_MS. */
+function endSoon (client: Duplex): void {
+  const socket = client as Duplex & { destroySoon?: () => void }
+  if (typeof socket.destroySoon !== 'function') return void client.destroy()
+  socket.destroySoon()
+  setTimeout(() => client.destroy(), CLOSE_GRACE_MS).unref()
 }
 
 /** The status of an answer from its first bytes; 502 when they are not an HTTP/1.x status line. */

@@ -294,3 +294,29 @@ t.test('a WebSocket client that leaves while the instance connect is pending fre
   await eventually(async () => await inFlight() === 0, { message: 'its slot is free once the client left' })
   t.equal(sample(await proxy.metrics(), 'fleetgate_requests_total', { service: 'ws-stalled', code: '499' }), 1, 'counted as a client that left')
 })
+
+t.test('a refused upgrade reaches a slow client whole, though the instance hangs up at once', async t => {
+  const client = await zkClient(t, server.connectString)
+  const refusing = await startBackend(t, 'ws-refusing')
+  const body = 'x'.repeat(4 * 1024 * 1024)
+  refusing.handle((_req, res) => {
+    res.writeHead(403, { 'content-length': body.length, connection: 'close' })
+    res.end(body)
+  })
+  await registerCurator(client, { service: 'ws-refusing', id: 'a', port: refusing.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'ws-refusing'])
+  await eventually(() => proxy.ready())
+  const socket = connect(Number(new URL(proxy.url).port), '127.0.0.1')
+  t.teardown(() => socket.destroy())
+  socket.pause()
+  socket.write('GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n')
+  // The instance has answered and hung up before this client reads a byte.
+  await eventually(() => refusing.hits === 1)
+  await eventually(async () => sample(await proxy.metrics(), 'fleetgate_in_flight_requests', { service: 'ws-refusing' }) === 0, { message: 'the instance side is done' })
+  let received = 0
+  const ended = new Promise(resolve => socket.on('end', resolve))
+  socket.on('data', (chunk: Buffer) => { received += chunk.length })
+  socket.resume()
+  await ended
+  t.ok(received > body.length, `all of the refusal arrived (${received} bytes with its head)`)
+})
