@@ -3,12 +3,13 @@
 // the API fleetgate uses with Consul's semantics: blocking queries (index, wait, jitter), `passing`, `tag`,
 // `dc`, the Node.Address fallback, agent register/deregister, TTL checks that pass and expire,
 // DeregisterCriticalServiceAfter reaping, maintenance mode, 400 for bad parameters, and ACLs (403 for an
-// unknown token or a write without one; health reads without one filtered, as Consul filters them).
+// unknown token or a write it may not make; health reads filtered to what the token may see, as Consul
+// filters them, with X-Consul-Results-Filtered-By-ACLs for a token but not for a request without one).
 // Fault hooks: canned error answers, dropped long polls, the listener down and up, a lower index.
 //
 // Where it is knowingly simpler than Consul: only TTL checks (HTTP/TCP checks are refused with 400, not
-// run); one datacenter; no anti-entropy delay (a change is visible at once); ACLs know one token, which
-// may do everything, and the anonymous token, which may read nothing.
+// run); one datacenter; no anti-entropy delay (a change is visible at once); ACLs know a token that may
+// do everything, optionally one that may read nothing, and the anonymous token, which may read nothing.
 
 import { randomUUID } from 'node:crypto'
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
@@ -27,6 +28,8 @@ export interface ConsulDoubleOptions {
   readonly startIndex?: number
   /** Turns ACLs on: requests need this token (X-Consul-Token, Authorization: Bearer, or ?token=). */
   readonly aclToken?: string
+  /** With ACLs on, a known token that may read nothing and write nothing. */
+  readonly restrictedToken?: string
   /** Consul's floor for DeregisterCriticalServiceAfter is one minute; tests may lower it. */
   readonly deregisterMinimumMs?: number
   /** How often the reaper looks for services critical for too long. Consul: 30 s. */
@@ -468,8 +471,11 @@ export async function startConsulDouble (options: ConsulDoubleOptions = {}): Pro
     Interval: '', Timeout: '', ExposedPort: 0, Definition: {}, CreateIndex: c.CreateIndex, ModifyIndex: c.ModifyIndex,
   })
 
-  /** `anonymous`: the request has no token while ACLs are on; like Consul, the answer leaves out what it may not read. */
-  const serveHealth = async (req: IncomingMessage, res: ServerResponse, url: URL, service: string, anonymous = false): Promise<void> => {
+  /**
+   * `filter`: the token may read nothing, so the answer leaves everything out; Consul says so with
+   * X-Consul-Results-Filtered-By-ACLs, except to a request without a token ('masked').
+   */
+  const serveHealth = async (req: IncomingMessage, res: ServerResponse, url: URL, service: string, filter: 'none' | 'flagged' | 'masked' = 'none'): Promise<void> => {
     const startedAt = Date.now()
     const indexParam = url.searchParams.get('index') ?? undefined
     const waitParam = url.searchParams.get('wait') ?? undefined
@@ -533,8 +539,8 @@ export async function startConsulDouble (options: ConsulDoubleOptions = {}): Pro
     }
     record(200)
     const entries = healthEntries(service, passing, tags)
-    if (anonymous && entries.length > 0) {
-      res.setHeader('X-Consul-Results-Filtered-By-ACLs', 'true')
+    if (filter !== 'none' && entries.length > 0) {
+      if (filter === 'flagged') res.setHeader('X-Consul-Results-Filtered-By-ACLs', 'true')
       return answer(res, 200, [], indexOf(service))
     }
     answer(res, 200, entries, indexOf(service))
@@ -606,19 +612,20 @@ export async function startConsulDouble (options: ConsulDoubleOptions = {}): Pro
 
     if (path === '/v1/status/leader' && method === 'GET') return answer(res, 200, '"127.0.0.1:8300"')
 
-    let anonymous = false
+    let filter: 'none' | 'flagged' | 'masked' = 'none'
     if (options.aclToken !== undefined) {
       const token = tokenOf(req, url)
-      if (token !== undefined && token !== options.aclToken) return answer(res, 403, 'ACL not found')
-      anonymous = token === undefined
+      if (token === undefined) filter = 'masked'
+      else if (token === options.restrictedToken) filter = 'flagged'
+      else if (token !== options.aclToken) return answer(res, 403, 'ACL not found')
     }
 
     let m: RegExpMatchArray | null
     if ((m = path.match(/^\/v1\/health\/service\/([^/]+)$/))) {
       if (method !== 'GET') return answer(res, 405, 'method not allowed')
-      return serveHealth(req, res, url, decodeURIComponent(m[1]!), anonymous)
+      return serveHealth(req, res, url, decodeURIComponent(m[1]!), filter)
     }
-    if (anonymous) return answer(res, 403, 'Permission denied')
+    if (filter !== 'none') return answer(res, 403, 'Permission denied')
     if (method === 'GET' && path === '/v1/agent/self') {
       return answer(res, 200, { Config: { Datacenter: datacenter, NodeName: nodeName, NodeID: nodes.get(nodeName)!.ID, Version: '1.17.0-double' }, Member: { Name: nodeName, Addr: nodes.get(nodeName)!.Address } })
     }
