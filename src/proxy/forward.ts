@@ -402,5 +402,4 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     }
     this.#abort?.(new Error('client closed the connection'))
   }
-
 }
