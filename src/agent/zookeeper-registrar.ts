@@ -9,6 +9,7 @@ import {
   create, exists, mkdirp, remove, setData, ZK, zkErrorCode, ZooKeeperSession,
   type Client, type SessionEvent, type ZkEvent,
 } from '../zookeeper/session.ts'
+import { Retry } from '../zookeeper/retry.ts'
 import { DesiredRegistration, type Desired, type Registrar, type RegistrarEvent, type RegistrarStatus } from './registrar.ts'
 
 export interface ZooKeeperRegistrarOptions {
@@ -33,9 +34,6 @@ const MAX_RACES_IN_A_ROW = 10
 /** First "waiting for ZooKeeper" after 1 s, then doubling up to every 30 s. */
 const WAIT_LOG_FIRST_MS = 1_000
 const WAIT_LOG_MAX_MS = 30_000
-/** A failed write is retried after 250 ms, then after twice as long each time it fails again, up to 10 s. */
-const RETRY_MS = 250
-const RETRY_MAX_MS = 10_000
 
 export class ZooKeeperRegistrar implements Registrar {
   readonly path: string
@@ -53,9 +51,7 @@ export class ZooKeeperRegistrar implements Registrar {
   #dirty = false
   /** The ZooKeeper error of the race the last pass lost. */
   #lostRace: unknown
-  /** Failed writes in a row, for the retry's back-off. */
-  #failures = 0
-  #retryTimer: NodeJS.Timeout | undefined
+  readonly #retry = new Retry()
   #watcher: { generation: number, fn: (event: ZkEvent) => void } | undefined
   #verifyTimer: NodeJS.Timeout | undefined
   #waitLogTimer: NodeJS.Timeout | undefined
@@ -78,7 +74,7 @@ export class ZooKeeperRegistrar implements Registrar {
     if (this.#closed || this.#verifyTimer) return
     this.#session.start()
     // A failed write's retry, with its back-off, stands in for the ticks until it has run.
-    this.#verifyTimer = setInterval(() => { if (!this.#retryTimer) this.#request() }, this.#options.verifyIntervalMs)
+    this.#verifyTimer = setInterval(() => { if (!this.#retry.pending) this.#request() }, this.#options.verifyIntervalMs)
     this.#verifyTimer.unref()
     this.#scheduleWaitLog(WAIT_LOG_FIRST_MS)
   }
@@ -100,7 +96,7 @@ export class ZooKeeperRegistrar implements Registrar {
     this.#closed = true
     clearInterval(this.#verifyTimer)
     clearTimeout(this.#waitLogTimer)
-    clearTimeout(this.#retryTimer)
+    this.#retry.cancel()
     this.#desired.releaseAll()
     // Closing the session removes the ephemeral znode at once, whatever state it was in.
     await this.#session.close()
@@ -177,8 +173,7 @@ export class ZooKeeperRegistrar implements Registrar {
       return
     }
     // Something asked for a pass (a change, a reconnect, the retry itself): a pending retry is it.
-    clearTimeout(this.#retryTimer)
-    this.#retryTimer = undefined
+    this.#retry.cancel()
     void this.#loop(generation)
   }
 
@@ -197,7 +192,7 @@ export class ZooKeeperRegistrar implements Registrar {
         if (finished) {
           races = 0
           this.#lastError = undefined
-          this.#failures = 0
+          this.#retry.succeeded()
           this.#desired.reached(version)
         } else if (++races >= MAX_RACES_IN_A_ROW) {
           throw new Error(`lost ${races} races in a row, the last: ${String(this.#lostRace)}`, { cause: this.#lostRace })
@@ -210,15 +205,9 @@ export class ZooKeeperRegistrar implements Registrar {
       this.#lastError = err instanceof Error ? err.message : String(err)
       const wrapped = new FleetgateError('FLEETGATE_ERR_AGENT_REGISTRATION', this.path, { cause: err })
       // A lost connection is already reported by the session, and a reconnect converges again.
-      const retryMs = Math.min(RETRY_MAX_MS, RETRY_MS * 2 ** this.#failures++)
+      const retryMs = this.#retry.failed()
       this.#log[code === ZK.CONNECTION_LOSS ? 'debug' : 'warn']({ err: wrapped, retryMs }, 'registration write failed; will retry')
-      if (this.#current(generation)) {
-        this.#retryTimer = setTimeout(() => {
-          this.#retryTimer = undefined
-          this.#request()
-        }, retryMs)
-        this.#retryTimer.unref()
-      }
+      if (this.#current(generation)) this.#retry.schedule(retryMs, () => this.#request())
     } finally {
       if (this.#loopGeneration === generation) this.#loopGeneration = undefined
     }

@@ -7,6 +7,7 @@ import {
   exists, getChildren, getData, ZK, zkErrorCode, ZooKeeperSession,
   type Client, type SessionEvent, type ZkEvent,
 } from '../zookeeper/session.ts'
+import { Retry } from '../zookeeper/retry.ts'
 import { decodeRegistration, sameInstance, type DecodeResult, type Instance } from './instance.ts'
 import { BaseSource } from './source.ts'
 
@@ -29,9 +30,6 @@ interface CachedChild {
 
 /** How many getData calls one sync keeps in flight, so a 10,000-child first read neither floods nor crawls. */
 const READ_CONCURRENCY = 128
-/** A failed sync is tried again after 250 ms, then after twice as long each time it fails again, up to 10 s. */
-const RETRY_MS = 250
-const RETRY_MAX_MS = 10_000
 
 export class ZooKeeperSource extends BaseSource {
   readonly kind = 'zookeeper'
@@ -45,9 +43,7 @@ export class ZooKeeperSource extends BaseSource {
   /** Generation of the client a sync is running under; a rebuilt client starts its own sync. */
   #syncingGeneration: number | undefined
   #dirty = false
-  /** Failed syncs in a row, for the retry's back-off. */
-  #syncFailures = 0
-  #retryTimer: NodeJS.Timeout | undefined
+  readonly #retry = new Retry()
   #fullResync = false
   #resyncTimer: NodeJS.Timeout | undefined
   #reads = 0
@@ -89,7 +85,7 @@ export class ZooKeeperSource extends BaseSource {
     this.#resyncTimer = setInterval(() => {
       this.#fullResync = true
       // A failed sync's retry, with its back-off, will be this resync.
-      if (!this.#retryTimer) this.#requestSync()
+      if (!this.#retry.pending) this.#requestSync()
     }, this.#options.resyncIntervalMs)
     this.#resyncTimer.unref()
     return this.firstMembership()
@@ -97,7 +93,7 @@ export class ZooKeeperSource extends BaseSource {
 
   async close (): Promise<void> {
     clearInterval(this.#resyncTimer)
-    clearTimeout(this.#retryTimer)
+    this.#retry.cancel()
     this.releaseStart()
     await this.#session.close()
   }
@@ -133,8 +129,7 @@ export class ZooKeeperSource extends BaseSource {
       return
     }
     // A change, a reconnect or the retry itself: a pending retry is this sync.
-    clearTimeout(this.#retryTimer)
-    this.#retryTimer = undefined
+    this.#retry.cancel()
     void this.#syncLoop(generation)
   }
 
@@ -149,18 +144,14 @@ export class ZooKeeperSource extends BaseSource {
         this.#fullResync = false
         await this.#syncOnce(client, generation, full)
       } while (this.#dirty && this.#session.generation === generation)
-      this.#syncFailures = 0
+      this.#retry.succeeded()
     } catch (err) {
       // Connection loss and the like: the session reports it and a reconnect starts a new sync. What
       // ZooKeeper refuses while connected (such as the service node's ACL) is tried again, ever less often.
-      const retryMs = Math.min(RETRY_MAX_MS, RETRY_MS * 2 ** this.#syncFailures++)
+      const retryMs = this.#retry.failed()
       this.#log.warn({ err, retryMs }, 'zookeeper sync failed; keeping the last membership')
       if (this.#session.connected && this.#session.generation === generation) {
-        this.#retryTimer = setTimeout(() => {
-          this.#retryTimer = undefined
-          this.#requestSync()
-        }, retryMs)
-        this.#retryTimer.unref()
+        this.#retry.schedule(retryMs, () => this.#requestSync())
       }
     } finally {
       if (this.#syncingGeneration === generation) this.#syncingGeneration = undefined
