@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs'
 import { connect } from 'node:net'
 import { Readable } from 'node:stream'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { request } from 'undici'
 import { eventually } from '../helpers/eventually.ts'
 import { registerCurator, sample, startBackend, startProxy, zkClient } from '../helpers/fleet.ts'
@@ -146,55 +146,52 @@ t.test('a configured idle timeout cuts a stalled response', async t => {
   t.ok(await eventually(() => /response cut off by the instance/.test(proxy.output())), 'the cut is logged')
 })
 
-t.test('a client that pipelines two large downloads and leaves: both instance requests end', async t => {
+/**
+ * A proxy in front of one instance whose every answer is a 32 MB download, and a client connection that
+ * reads none of it. `closed`: answers the instance has seen end.
+ */
+async function downloadsUnread (t: Test, service: string, proxyArgs: string[] = []) {
   const client = await zkClient(t, server.connectString)
-  const backend = await startBackend(t, 'pipelined')
+  const backend = await startBackend(t, service)
   let closed = 0
   backend.handle((_req, res) => {
     res.on('close', () => closed++)
     res.setHeader('content-type', 'application/octet-stream')
     generated(32 * MB).pipe(res)
   })
-  await registerCurator(client, { service: 'pipelined', id: 'pipelined', port: backend.port })
-  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'pipelined'])
+  await registerCurator(client, { service, id: service, port: backend.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', service, ...proxyArgs])
   await eventually(() => proxy.ready())
-  const inFlight = async () => sample(await proxy.metrics(), 'fleetgate_in_flight_requests', { service: 'pipelined' })
-
-  // The second answer waits behind the first, which this client never reads.
-  const socket = connect(Number(new URL(proxy.url).port), '127.0.0.1')
-  t.teardown(() => socket.destroy())
-  socket.pause()
-  socket.write('GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n\r\n')
-  await eventually(async () => await inFlight() === 2, { message: 'both requests sent to the instance' })
-  socket.destroy()
-  await eventually(async () => await inFlight() === 0, { message: 'both instance requests ended' })
-  await eventually(() => closed === 2, { message: 'the instance saw both requests go' })
-})
-
-t.test('a client connection silent past the client idle timeout is closed, and its instance request with it', async t => {
-  const client = await zkClient(t, server.connectString)
-  const backend = await startBackend(t, 'abandoned')
-  let closed = 0
-  backend.handle((_req, res) => {
-    res.on('close', () => closed++)
-    res.setHeader('content-type', 'application/octet-stream')
-    generated(32 * MB).pipe(res)
-  })
-  await registerCurator(client, { service: 'abandoned', id: 'abandoned', port: backend.port })
-  // The client may stay silent for max(idle, queue + connect + headers): 1.2 s here.
-  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'abandoned',
-    '--idle-timeout-ms', '1200', '--queue-timeout-ms', '100', '--connect-timeout-ms', '100', '--headers-timeout-ms', '100'])
-  await eventually(() => proxy.ready())
-  const inFlight = async () => sample(await proxy.metrics(), 'fleetgate_in_flight_requests', { service: 'abandoned' })
-
-  // A client that asks for a large answer, then neither reads it nor goes away.
-  // (Paused, it would not see the proxy close the connection either.)
   const socket = connect(Number(new URL(proxy.url).port), '127.0.0.1')
   t.teardown(() => socket.destroy())
   socket.on('error', () => {})
   socket.pause()
+  return {
+    socket,
+    closed: () => closed,
+    inFlight: async () => sample(await proxy.metrics(), 'fleetgate_in_flight_requests', { service }),
+  }
+}
+
+t.test('a client that pipelines two large downloads and leaves: both instance requests end', async t => {
+  const { socket, closed, inFlight } = await downloadsUnread(t, 'pipelined')
+  // The second answer waits behind the first, which this client never reads.
+  socket.write('GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n\r\n')
+  await eventually(async () => await inFlight() === 2, { message: 'both requests sent to the instance' })
+  socket.destroy()
+  await eventually(async () => await inFlight() === 0, { message: 'both instance requests ended' })
+  await eventually(() => closed() === 2, { message: 'the instance saw both requests go' })
+})
+
+t.test('a client connection silent past the client idle timeout is closed, and its instance request with it', async t => {
+  // The client may stay silent for max(idle, queue + connect + headers): 1.2 s here.
+  const { socket, closed, inFlight } = await downloadsUnread(t, 'abandoned',
+    ['--idle-timeout-ms', '1200', '--queue-timeout-ms', '100', '--connect-timeout-ms', '100', '--headers-timeout-ms', '100'])
+
+  // A client that asks for a large answer, then neither reads it nor goes away.
+  // (Paused, it would not see the proxy close the connection either.)
   socket.write('GET /export.csv HTTP/1.1\r\nHost: x\r\n\r\n')
   await eventually(async () => await inFlight() === 1, { message: 'the request reached the instance' })
   await eventually(async () => await inFlight() === 0, { message: 'its instance request ended' })
-  await eventually(() => closed === 1, { message: 'the instance saw it go' })
+  await eventually(() => closed() === 1, { message: 'the instance saw it go' })
 })
