@@ -41,12 +41,15 @@ export class ZooKeeperSession {
   #generation = 0
   #connected = false
   #sessionId = ''
+  /** The timeout the server granted the current session (it clamps the one asked for), 0 before one. */
+  #grantedTimeoutMs = 0
   /** When the current client was built or last lost its connection: the start of the connect deadline. */
   #waitingSinceMs = 0
   /** Clients in a row that never got a session: the back-off between connect attempts grows with it. */
   #failedBuilds = 0
   #probeSentAtMs: number | undefined
   #watchdog: NodeJS.Timeout | undefined
+  #watchdogTickMs = 0
   #closed = false
   #listeners = new Set<(event: SessionEvent) => void>()
 
@@ -69,10 +72,12 @@ export class ZooKeeperSession {
     return this.#generation
   }
 
-  /** The session timeout the server granted, or the one asked for. */
+  /**
+   * The session timeout the server granted, or the one asked for before it granted one. It stays the
+   * granted one while disconnected: the session lives that long on the server, whatever was asked.
+   */
   get sessionTimeoutMs (): number {
-    const negotiated = this.#connected ? this.#client?.getSessionTimeout() : undefined
-    return negotiated && negotiated > 0 ? negotiated : this.#options.sessionTimeoutMs
+    return this.#grantedTimeoutMs > 0 ? this.#grantedTimeoutMs : this.#options.sessionTimeoutMs
   }
 
   on (listener: (event: SessionEvent) => void): () => void {
@@ -83,7 +88,15 @@ export class ZooKeeperSession {
   start (): void {
     if (this.#client || this.#closed) return
     this.#build()
-    const tickMs = Math.max(100, Math.floor(this.#options.sessionTimeoutMs / 4))
+    this.#armWatchdog()
+  }
+
+  /** Four checks per session timeout: the one granted once there is one, so a clamped timeout is kept too. */
+  #armWatchdog (): void {
+    const tickMs = Math.max(100, Math.floor(this.sessionTimeoutMs / 4))
+    if (this.#watchdog && this.#watchdogTickMs === tickMs) return
+    clearInterval(this.#watchdog)
+    this.#watchdogTickMs = tickMs
     this.#watchdog = setInterval(() => this.#checkHealth(), tickMs)
     this.#watchdog.unref()
   }
@@ -117,6 +130,7 @@ export class ZooKeeperSession {
     this.#client = client
     this.#connected = false
     this.#sessionId = ''
+    this.#grantedTimeoutMs = 0
     this.#waitingSinceMs = Date.now()
     this.#probeSentAtMs = undefined
     client.on('state', state => {
@@ -133,9 +147,11 @@ export class ZooKeeperSession {
       const newSession = sessionId !== this.#sessionId
       this.#sessionId = sessionId
       this.#connected = true
+      this.#grantedTimeoutMs = client.getSessionTimeout()
+      this.#armWatchdog()
       this.#failedBuilds = 0
       this.#probeSentAtMs = undefined
-      this.#log.info({ sessionId, newSession, timeoutMs: client.getSessionTimeout() }, 'zookeeper connected')
+      this.#log.info({ sessionId, newSession, timeoutMs: this.#grantedTimeoutMs }, 'zookeeper connected')
       this.#emit({ type: 'connected', client, newSession })
     } else if (state === State.DISCONNECTED) {
       this.#lost()
