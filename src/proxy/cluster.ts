@@ -6,6 +6,7 @@ import cluster, { type Worker } from 'node:cluster'
 import { randomUUID } from 'node:crypto'
 import { AggregatorRegistry, Registry, type Aggregator, type MetricObjectWithValues, type MetricValue } from 'prom-client'
 import { splitHostPort, type ProxyConfig } from '../config.ts'
+import { FleetgateError } from '../errors.ts'
 import type { Logger } from '../logger.ts'
 import type { Instance } from '../membership/instance.ts'
 import { deltaFromChange, diffInstances, RemoteSource, type SourceUpdate } from '../membership/remote.ts'
@@ -70,8 +71,13 @@ export function isStatusPart (value: unknown): value is ProxyStatus {
 
 /** How long the primary waits for a worker's answer to /status or /metrics before leaving it out. */
 const QUERY_TIMEOUT_MS = 2_000
-/** A worker that dies is replaced; one that keeps dying is replaced no faster than this. */
+/** A worker that dies is replaced after this; while replacements keep dying young, the wait doubles. */
 const RESPAWN_DELAY_MS = 1_000
+const MAX_RESPAWN_DELAY_MS = 30_000
+/** A worker that served this long died of something else than what killed the one before. */
+const HEALTHY_LIFETIME_MS = 30_000
+/** After the shutdown timeout, how long the primary still waits for a worker before killing it. */
+const HARD_STOP_GRACE_MS = 5_000
 
 export async function runPrimary (config: ProxyConfig, source: MembershipSource, logger: Logger, workerCount: number): Promise<{ close(): Promise<void> }> {
   const service = config.service
@@ -142,11 +148,18 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
     })
   }
 
+  // Until every first worker listens, a worker that exits is a start-up failure (a port in use, say):
+  // the primary stops rather than fork the same failure again and again.
+  let started = false
+  let failStart: (err: Error) => void = () => undefined
+  let shortLives = 0
   const fork = (): void => {
     const worker = cluster.fork()
+    const forkedAtMs = Date.now()
     worker.on('message', (message: ToPrimary) => {
       if (message?.fleetgate === 'hello') {
-        worker.send({ fleetgate: 'source', update: whole() } satisfies ToWorker)
+        // A worker still loading its code when shutdown began never got the message.
+        worker.send(closing ? { fleetgate: 'shutdown' } satisfies ToWorker : { fleetgate: 'source', update: whole() } satisfies ToWorker)
       } else if (message?.fleetgate === 'listening') {
         listening.set(worker, message.port)
         log.info({ pid: worker.process.pid, port: message.port }, 'proxy worker listening')
@@ -160,8 +173,14 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
     worker.on('exit', (code, signal) => {
       listening.delete(worker)
       if (closing) return
-      log.error({ pid: worker.process.pid, code, signal }, 'proxy worker died; starting another')
-      setTimeout(() => { if (!closing) fork() }, RESPAWN_DELAY_MS).unref()
+      if (!started) {
+        failStart(new FleetgateError('FLEETGATE_ERR_WORKER_EXIT', `worker ${worker.process.pid} exited with ${signal ?? `code ${code}`} before it listened (its error is above)`))
+        return
+      }
+      shortLives = Date.now() - forkedAtMs < HEALTHY_LIFETIME_MS ? shortLives + 1 : 0
+      const delayMs = Math.min(MAX_RESPAWN_DELAY_MS, RESPAWN_DELAY_MS * 2 ** Math.max(0, shortLives - 1))
+      log.error({ pid: worker.process.pid, code, signal, respawnInMs: delayMs }, 'proxy worker died; starting another')
+      setTimeout(() => { if (!closing) fork() }, delayMs).unref()
     })
   }
 
@@ -191,21 +210,60 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
     metrics: scrape,
   })
 
-  cluster.setupPrimary({ silent: false, execArgv: [...process.execArgv, ...missingNodeFlags(process.execArgv)] })
   // Let the kernel spread connections over the workers instead of handing each one through the primary.
+  // Before setupPrimary, which fixes the policy.
   cluster.schedulingPolicy = cluster.SCHED_NONE
+  cluster.setupPrimary({ silent: false, execArgv: [...process.execArgv, ...missingNodeFlags(process.execArgv)] })
+
+  /** Asks every worker to drain, and kills the ones still there once the drain's deadline is long past. */
+  const stopWorkers = async (): Promise<void> => {
+    closing = true
+    const workers = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined && !w.isDead())
+    const hardStop = setTimeout(() => {
+      for (const worker of workers) {
+        if (worker.isDead()) continue
+        log.error({ pid: worker.process.pid, waitedMs: config.shutdownTimeoutMs + HARD_STOP_GRACE_MS }, 'proxy worker did not stop; killing it')
+        worker.process.kill('SIGKILL')
+      }
+    }, config.shutdownTimeoutMs + HARD_STOP_GRACE_MS)
+    await Promise.all(workers.map(worker => new Promise<void>(resolve => {
+      if (worker.isDead()) return resolve()
+      worker.once('exit', () => resolve())
+      if (worker.isConnected()) worker.send({ fleetgate: 'shutdown' } satisfies ToWorker)
+      else worker.kill('SIGTERM')
+    })))
+    clearTimeout(hardStop)
+  }
+
   source.start().catch(err => log.error({ err }, 'discovery failed to start'))
   for (let i = 0; i < workerCount; i++) fork()
-  const adminAddress = splitHostPort(config.adminListen)
-  await admin.listen({ host: adminAddress.host, port: adminAddress.port })
-  await new Promise<void>(resolve => {
-    const check = setInterval(() => {
-      if (listening.size === workerCount) {
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const check = setInterval(() => {
+        if (listening.size === workerCount) {
+          clearInterval(check)
+          resolve()
+        }
+      }, 10)
+      failStart = err => {
         clearInterval(check)
-        resolve()
+        reject(err)
       }
-    }, 10)
-  })
+    })
+    started = true
+  } catch (err) {
+    await stopWorkers()
+    await source.close()
+    throw err
+  }
+  const adminAddress = splitHostPort(config.adminListen)
+  try {
+    await admin.listen({ host: adminAddress.host, port: adminAddress.port })
+  } catch (err) {
+    await stopWorkers()
+    await source.close()
+    throw err
+  }
   const { host } = splitHostPort(config.listen)
   const port = [...listening.values()][0]
   const adminPort = (admin.server.address() as { port: number }).port
@@ -213,15 +271,8 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
 
   return {
     async close () {
-      closing = true
-      const workers = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined)
-      log.info({ workers: workers.length }, 'shutting down: workers drain their in-flight requests')
-      await Promise.all(workers.map(worker => new Promise<void>(resolve => {
-        if (worker.isDead()) return resolve()
-        worker.once('exit', () => resolve())
-        if (worker.isConnected()) worker.send({ fleetgate: 'shutdown' } satisfies ToWorker)
-        else worker.kill('SIGTERM')
-      })))
+      log.info({ workers: Object.keys(cluster.workers ?? {}).length }, 'shutting down: workers drain their in-flight requests')
+      await stopWorkers()
       await source.close()
       await admin.close()
     },
@@ -235,7 +286,13 @@ export async function runWorker (config: ProxyConfig, logger: Logger): Promise<{
   const proxy = createProxy({ ...config, adminListen: undefined }, source, log)
   let resolveClosed!: () => void
   const closed = new Promise<void>(resolve => { resolveClosed = resolve })
-  const shutdown = (): void => { void proxy.close().then(resolveClosed, resolveClosed) }
+  let listened = false
+  let shutdownAsked = false
+  // Asked before the port is bound, the drain starts once it is (closing a listen under way is racy).
+  const shutdown = (): void => {
+    shutdownAsked = true
+    if (listened) void proxy.close().then(resolveClosed, resolveClosed)
+  }
   process.on('message', (message: ToWorker) => {
     switch (message?.fleetgate) {
       case 'source':
@@ -269,7 +326,9 @@ export async function runWorker (config: ProxyConfig, logger: Logger): Promise<{
   // Hello first: the membership is on its way while the listener opens.
   process.send?.({ fleetgate: 'hello' } satisfies ToPrimary)
   const { port } = await proxy.listen()
+  listened = true
   process.send?.({ fleetgate: 'listening', port } satisfies ToPrimary)
+  if (shutdownAsked) shutdown()
   return { closed }
 }
 

@@ -126,6 +126,7 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
     connectTimeoutMs: options.connectTimeoutMs, headersTimeoutMs: options.headersTimeoutMs, queue, sockets: new Set<Duplex>(),
   }
   let closing = false
+  let drained: Promise<void> | undefined
   /** Serves the queue once `endpoint`'s ejection has run out (by the pool's clock, which may step). */
   const wakeQueueAfterEjection = (endpoint: Endpoint): void => {
     const ms = endpoint.ejectedUntilMs - Date.now()
@@ -232,28 +233,33 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
       log.info({ listen: `${main.host}:${port}`, admin: `${adminAddress.host}:${adminPort}` }, 'fleetgate proxy listening')
       return { port, adminPort }
     },
-    async close () {
-      if (closing) return
-      closing = true
-      log.info({ inFlight: forward.inFlight, deadlineMs: options.shutdownTimeoutMs }, 'shutting down: draining in-flight requests')
-      const deadline = setTimeout(() => {
-        log.warn({ inFlight: forward.inFlight }, 'shutdown deadline passed, closing remaining connections')
-        app.server.closeAllConnections()
-        for (const socket of upgrades.sockets) socket.destroy()
-        void upstreams.destroy()
-      }, options.shutdownTimeoutMs)
-      for (const socket of upgrades.sockets) socket.end()
-      // A response under way at the signal went out keep-alive. Once it has gone out whole, its
-      // connection waits for a next request only briefly (which is then served with Connection: close),
-      // not for the keep-alive timeout.
-      app.server.keepAliveTimeout = DRAIN_KEEP_ALIVE_MS
-      await app.close()
-      await upstreams.close()
-      clearTimeout(deadline)
-      deadlines.close()
-      await source.close()
-      await admin.close()
+    // A second call (a signal and the primary's message, both) waits for the same drain.
+    close () {
+      drained ??= drain()
+      return drained
     },
+  }
+
+  async function drain (): Promise<void> {
+    closing = true
+    log.info({ inFlight: forward.inFlight, deadlineMs: options.shutdownTimeoutMs }, 'shutting down: draining in-flight requests')
+    const deadline = setTimeout(() => {
+      log.warn({ inFlight: forward.inFlight }, 'shutdown deadline passed, closing remaining connections')
+      app.server.closeAllConnections()
+      for (const socket of upgrades.sockets) socket.destroy()
+      void upstreams.destroy()
+    }, options.shutdownTimeoutMs)
+    for (const socket of upgrades.sockets) socket.end()
+    // A response under way at the signal went out keep-alive. Once it has gone out whole, its
+    // connection waits for a next request only briefly (which is then served with Connection: close),
+    // not for the keep-alive timeout.
+    app.server.keepAliveTimeout = DRAIN_KEEP_ALIVE_MS
+    await app.close()
+    await upstreams.close()
+    clearTimeout(deadline)
+    deadlines.close()
+    await source.close()
+    await admin.close()
   }
 }
 

@@ -2,11 +2,11 @@
 // the primary; /status and /metrics add up what the workers did. Workers run with the node flags a
 // serving proxy wants, which a single process started without them names.
 
-import { readFileSync } from 'node:fs'
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs'
 import http from 'node:http'
 import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
-import { get, registerCurator, removeNode, sample, startBackend, startProxy, zkClient } from '../helpers/fleet.ts'
+import { type FleetgateProcess, get, registerCurator, removeNode, runFleetgate, sample, startBackend, startProxy, zkClient } from '../helpers/fleet.ts'
 import { fourLetterWord, startZooKeeper } from '../helpers/zookeeper.ts'
 
 const server = await startZooKeeper()
@@ -137,4 +137,129 @@ t.test('an operator who starts node with the option set either way keeps that ch
   t.equal(pids.length, 2, 'the workers are up once the primary listens')
   for (const pid of pids) t.same(nodeArgs(pid), ['--memory-reducer'], `worker ${pid} keeps the operator's --memory-reducer`)
   t.equal((await get(primary.url)).servedBy, 'chosen')
+})
+
+t.test('SIGTERM to the whole process group (systemd, kill 0) drains the workers as SIGTERM to the primary does', async t => {
+  const backend = await startBackend(t, 'held')
+  let release: (() => void) | undefined
+  backend.handle((req, res) => {
+    req.resume()
+    release = () => res.end('answered after the signal')
+  })
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, '--workers', '2', '--shutdown-timeout-ms', '20000'])
+  const answer = get(proxy.url, '/held')
+  await eventually(() => release !== undefined, { message: 'the request reached the instance' })
+
+  const workers = workerPids(proxy.pid)
+  t.equal(workers.length, 2)
+  for (const pid of [proxy.pid, ...workers]) process.kill(pid, 'SIGTERM')
+  // Both the signal and the primary's message reached each worker: the second must not end the drain.
+  await eventually(() => proxy.output().split('\n').filter(line => line.includes('"msg":"shutting down: draining in-flight requests"')).length === 2,
+    { message: 'both workers draining' })
+  t.ok(workers.some(isAlive), 'the worker holding the request waits for it')
+  release!()
+  const res = await answer
+  t.same([res.status, res.body], [200, 'answered after the signal'], 'the request in flight is answered')
+  t.same(await proxy.exited, { code: 0, signal: null }, 'then everything exits cleanly')
+})
+
+/** How the process exited, if it did within `timeoutMs`; fails the wait otherwise. */
+const exitWithin = async (proc: FleetgateProcess, timeoutMs: number): Promise<Awaited<FleetgateProcess['exited']>> => {
+  let exit: Awaited<FleetgateProcess['exited']> | undefined
+  void proc.exited.then(result => { exit = result })
+  return (await eventually(() => exit, { timeoutMs, message: 'the proxy exits' }))!
+}
+
+/** Whether a process of ours still runs (signal 0 only checks). */
+const isAlive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}
+
+t.test('workers share the listening socket: the kernel hands out connections, not the primary', async t => {
+  const backend = await startBackend(t, 'shared')
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, '--workers', '2'])
+  const port = Number(new URL(proxy.url).port)
+  const inode = listeningInode(port)
+  t.ok(inode, `a socket listens on ${port}`)
+  for (const pid of workerPids(proxy.pid)) t.ok(socketInodes(pid).has(inode!), `worker ${pid} holds the listening socket`)
+  t.equal((await get(proxy.url)).servedBy, 'shared')
+})
+
+/** The inode of the TCP socket listening on 127.0.0.1:port, from /proc/net/tcp. */
+const listeningInode = (port: number): string | undefined => {
+  const local = `0100007F:${port.toString(16).toUpperCase().padStart(4, '0')}`
+  for (const line of readFileSync('/proc/net/tcp', 'utf8').split('\n').slice(1)) {
+    const fields = line.trim().split(/\s+/)
+    if (fields[1] === local && fields[3] === '0A') return fields[9]
+  }
+  return undefined
+}
+
+/** The inodes of the sockets a process holds. */
+const socketInodes = (pid: number): Set<string> => {
+  const inodes = new Set<string>()
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      const match = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`))
+      if (match) inodes.add(match[1]!)
+    } catch {} // closed meanwhile
+  }
+  return inodes
+}
+
+t.test('a worker that cannot listen stops the start with exit code 2, not a respawn loop', async t => {
+  const taken = http.createServer()
+  await new Promise<void>(resolve => taken.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise<void>(resolve => taken.close(() => resolve())))
+  const port = (taken.address() as { port: number }).port
+  const proxy = runFleetgate(t, ['proxy', '--static', 'http://127.0.0.1:9', '--workers', '2', '--listen', `127.0.0.1:${port}`, '--admin-listen', '127.0.0.1:0'])
+  t.same(await exitWithin(proxy, 20_000), { code: 2, signal: null }, 'exit code 2')
+  t.match(proxy.output(), /fleetgate: cannot listen: \w+ EADDRINUSE/, 'the worker says why')
+  t.match(proxy.output(), /fleetgate: FLEETGATE_ERR_WORKER_EXIT: .* before it listened/, 'the primary says it stops for that')
+  t.notMatch(proxy.output(), /starting another/, 'no worker was started again')
+})
+
+t.test('a worker still starting when shutdown begins is told once it can hear it', async t => {
+  const backend = await startBackend(t, 'late')
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, '--workers', '2'])
+  const [victim] = workerPids(proxy.pid)
+  process.kill(victim!, 'SIGKILL')
+  // The replacement is forked a second later; the signal lands while it loads its code.
+  const survivor = workerPids(proxy.pid).find(pid => pid !== victim)
+  const replacement = await eventually(() => workerPids(proxy.pid).find(pid => pid !== victim && pid !== survivor),
+    { timeoutMs: 10_000, intervalMs: 5, message: 'a replacement forked' })
+  proxy.kill('SIGTERM')
+  t.same(await exitWithin(proxy, 15_000), { code: 0, signal: null }, 'the primary did not wait forever')
+  t.notOk(isAlive(replacement!), 'and the replacement is gone with it')
+})
+
+t.test('a worker that does not stop is killed once the drain\'s deadline is long past', async t => {
+  const backend = await startBackend(t, 'stuck')
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, '--workers', '2', '--shutdown-timeout-ms', '200'])
+  const [stuck] = workerPids(proxy.pid)
+  process.kill(stuck!, 'SIGSTOP')
+  t.teardown(() => { if (isAlive(stuck!)) process.kill(stuck!, 'SIGKILL') })
+  proxy.kill('SIGTERM')
+  await proxy.waitForOutput(/"msg":"proxy worker did not stop; killing it"/, 15_000)
+  t.same(await exitWithin(proxy, 10_000), { code: 0, signal: null })
+  t.notOk(isAlive(stuck!), 'the stuck worker is gone')
+})
+
+t.test('workers that keep dying young are replaced ever more slowly', async t => {
+  const backend = await startBackend(t, 'crashy')
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, '--workers', '2'])
+  const delays = (): number[] => proxy.output().split('\n').filter(line => line.includes('"msg":"proxy worker died; starting another"'))
+    .map(line => JSON.parse(line).respawnInMs as number)
+  for (let kill = 1; kill <= 3; kill++) {
+    const listening = proxy.output().split('"msg":"proxy worker listening"').length
+    process.kill(workerPids(proxy.pid)[0]!, 'SIGKILL')
+    await eventually(() => delays().length === kill, { message: `death ${kill} logged` })
+    if (kill < 3) await eventually(() => proxy.output().split('"msg":"proxy worker listening"').length > listening, { timeoutMs: 15_000, message: 'replaced' })
+  }
+  t.same(delays(), [1000, 2000, 4000], 'the wait doubles while replacements die young')
 })
