@@ -83,7 +83,7 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
   const service = config.service
   const log = logger.child({ service, role: 'primary' })
   let closing = false
-  const pending = new Map<string, { answers: unknown[], expected: number, resolve: (answers: unknown[]) => void }>()
+  const pending = new Map<string, { answers: Array<[worker: number, answer: unknown]>, expected: number, resolve: () => void }>()
   const listening = new Map<Worker, number>()
 
   // fleetgate's metrics only: the discovery ones are the primary's own, the rest add up the workers' last
@@ -131,7 +131,8 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
     }
   })
 
-  const query = (what: 'status' | 'metrics'): Promise<unknown[]> => {
+  /** Each connected worker's answer, by worker id; a worker that does not answer in time is left out. */
+  const query = (what: 'status' | 'metrics'): Promise<Array<[worker: number, answer: unknown]>> => {
     const workers = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined && w.isConnected())
     if (workers.length === 0) return Promise.resolve([])
     const id = randomUUID()
@@ -166,12 +167,13 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
       } else if (message?.fleetgate === 'answer') {
         const entry = pending.get(message.id)
         if (!entry) return
-        entry.answers.push(message.value)
-        if (entry.answers.length === entry.expected) entry.resolve(entry.answers)
+        entry.answers.push([worker.id, message.value])
+        if (entry.answers.length === entry.expected) entry.resolve()
       }
     })
     worker.on('exit', (code, signal) => {
       listening.delete(worker)
+      traffic.retire(worker.id)
       if (closing) return
       if (!started) {
         failStart(new FleetgateError('FLEETGATE_ERR_WORKER_EXIT', `worker ${worker.process.pid} exited with ${signal ?? `code ${code}`} before it listened (its error is above)`))
@@ -185,20 +187,20 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
   }
 
   const scrape = async (): Promise<string> => {
-    const answers: WorkerMetrics[] = []
+    const answers: Array<[worker: number, answer: WorkerMetrics]> = []
     let malformed = 0
-    for (const answer of await query('metrics')) {
-      if (isWorkerMetrics(answer)) answers.push(answer)
+    for (const [worker, answer] of await query('metrics')) {
+      if (isWorkerMetrics(answer)) answers.push([worker, answer])
       else if (answer !== null) malformed++ // null: a worker that could not answer, and logged why
     }
     if (malformed > 0) log.warn({ malformed }, 'left out worker metrics of an unknown shape')
     // From here to the text, nothing waits on I/O (prom-client's awaits are of settled promises), so a
     // second scrape cannot update the reports while this one renders them.
-    traffic.update(answers.map(answer => answer.traffic))
-    return Registry.merge([registry, AggregatorRegistry.aggregate(answers.map(answer => answer.process))]).metrics()
+    traffic.update(answers.map(([worker, answer]) => [worker, answer.traffic]))
+    return Registry.merge([registry, AggregatorRegistry.aggregate(answers.map(([, answer]) => answer.process))]).metrics()
   }
   const status = async (): Promise<ProxyStatus> => {
-    const parts = (await query('status')).filter(isStatusPart)
+    const parts = (await query('status')).map(([, answer]) => answer).filter(isStatusPart)
     return mergeStatus(config, source, parts, !closing && listening.size > 0)
   }
   const admin = buildAdmin({

@@ -94,45 +94,95 @@ export function reportTraffic ({ traffic, queue, instanceCounts, instanceStates 
 }
 
 /**
- * The workers' reports of the last scrape, added up as the primary's collectors. Counters, histograms
- * and in-flight gauges add up over the workers. The pool's gauges do not, because every worker holds
- * the same membership: a count by state is the largest any worker reports, and an instance is in every
- * state some worker sees it in (ejected by one, up in the others).
+ * The workers' reports, added up as the primary's collectors. Counters, histograms and in-flight gauges
+ * add up over the workers. The pool's gauges do not, because every worker holds the same membership: a
+ * count by state is the largest any worker reports, and an instance is in every state some worker sees
+ * it in (ejected by one, up in the others).
+ *
+ * Counters only ever go up, as Prometheus reads them (a drop is a restart, and the whole count is taken
+ * as new):
+ * - a worker that does not answer a scrape counts with its last report;
+ * - a worker that exited keeps its counts in the totals (`retire`), without its gauges;
+ * - an instance a worker no longer reports keeps that worker's counts while other workers still report
+ *   it. Its series go once no worker reports it.
  */
 export class MergedTraffic implements Traffic {
+  /** Each live worker's last report, and the counts of instances it reported before but not in it. */
+  #held = new Map<number, { report: TrafficReport, carried: Map<string, InstanceReport> }>()
+  /** What workers that exited had counted. */
+  #retired = { instances: new Map<string, MergedInstance>(), unanswered: new Map<string, RequestCount>(), retries: noRetries(), noLiveInstances: 0, queueTimeouts: 0 }
   #instances = new Map<string, MergedInstance>()
   #unanswered = new Map<string, RequestCount>()
-  #retries: Record<RetryReason, number> = { connect_failure: 0, reset_before_response: 0 }
+  #retries = noRetries()
   #noLiveInstances = 0
   #counts: Record<string, number> = {}
   #states: Array<readonly [string, string]> = []
   readonly queue = { size: 0, timeouts: 0 }
 
   /**
-   * Replaces what the last reports said with what these say. An instance's object lives on from scrape
-   * to scrape while some report names it, so the labels the metrics keep for it (and prom-client's text
-   * of them) are made once.
+   * Takes the reports of the workers that answered a scrape, by worker id, and adds up what every live
+   * worker said last. An instance's object lives on from scrape to scrape while some report names it, so
+   * the labels the metrics keep for it (and prom-client's text of them) are made once.
    */
-  update (reports: readonly TrafficReport[]): void {
-    for (const merged of this.#instances.values()) merged.clear()
-    const named = new Set<string>()
-    this.#unanswered = new Map()
-    this.#retries = { connect_failure: 0, reset_before_response: 0 }
-    this.#noLiveInstances = 0
-    this.#counts = {}
-    this.queue.size = 0
-    this.queue.timeouts = 0
-    const states = new Map<string, Set<string>>()
-    for (const report of reports) {
-      for (const part of report.instances) {
-        let merged = this.#instances.get(part.instance)
-        if (!merged) {
-          merged = new MergedInstance(part.instance)
-          this.#instances.set(part.instance, merged)
+  update (answers: Iterable<readonly [worker: number, report: TrafficReport]>): void {
+    for (const [worker, report] of answers) {
+      const before = this.#held.get(worker)
+      const carried = new Map<string, InstanceReport>()
+      if (before) {
+        const named = new Set(report.instances.map(part => part.instance))
+        for (const part of [...before.report.instances, ...before.carried.values()]) {
+          if (!named.has(part.instance)) carried.set(part.instance, countsOf(part))
         }
-        merged.add(part)
-        named.add(part.instance)
       }
+      this.#held.set(worker, { report, carried })
+    }
+    this.#merge()
+  }
+
+  /** A worker that exited: what it counted stays in the totals; what it held (in flight, queued) goes. */
+  retire (worker: number): void {
+    const held = this.#held.get(worker)
+    if (!held) return
+    this.#held.delete(worker)
+    const retired = this.#retired
+    for (const part of [...held.report.instances, ...held.carried.values()]) {
+      let merged = retired.instances.get(part.instance)
+      if (!merged) retired.instances.set(part.instance, merged = new MergedInstance(part.instance))
+      merged.add(countsOf(part))
+    }
+    addCounts(retired.unanswered, held.report.unanswered)
+    for (const reason of Object.keys(retired.retries) as RetryReason[]) retired.retries[reason] += held.report.retries[reason] ?? 0
+    retired.noLiveInstances += held.report.noLiveInstances
+    retired.queueTimeouts += held.report.queue.timeouts
+  }
+
+  #merge (): void {
+    // An instance is reported while a live worker's last report names it; the counts others kept of it
+    // go with it.
+    const named = new Set<string>()
+    for (const { report } of this.#held.values()) for (const part of report.instances) named.add(part.instance)
+    for (const { carried } of this.#held.values()) for (const instance of carried.keys()) if (!named.has(instance)) carried.delete(instance)
+    for (const instance of this.#retired.instances.keys()) if (!named.has(instance)) this.#retired.instances.delete(instance)
+
+    for (const merged of this.#instances.values()) merged.clear()
+    for (const instance of this.#instances.keys()) if (!named.has(instance)) this.#instances.delete(instance)
+    const add = (part: InstanceReport): void => {
+      let merged = this.#instances.get(part.instance)
+      if (!merged) this.#instances.set(part.instance, merged = new MergedInstance(part.instance))
+      merged.add(part)
+    }
+    const retired = this.#retired
+    for (const part of retired.instances.values()) add(countsOf(part))
+    this.#unanswered = new Map(retired.unanswered)
+    this.#retries = { ...retired.retries }
+    this.#noLiveInstances = retired.noLiveInstances
+    this.queue.size = 0
+    this.queue.timeouts = retired.queueTimeouts
+    this.#counts = {}
+    const states = new Map<string, Set<string>>()
+    for (const { report, carried } of this.#held.values()) {
+      for (const part of report.instances) add(part)
+      for (const part of carried.values()) add(part)
       addCounts(this.#unanswered, report.unanswered)
       for (const reason of Object.keys(this.#retries) as RetryReason[]) this.#retries[reason] += report.retries[reason] ?? 0
       this.#noLiveInstances += report.noLiveInstances
@@ -145,7 +195,6 @@ export class MergedTraffic implements Traffic {
         seen.add(state)
       }
     }
-    for (const instance of this.#instances.keys()) if (!named.has(instance)) this.#instances.delete(instance)
     this.#states = []
     for (const [instance, seen] of states) for (const state of seen) this.#states.push([instance, state])
   }
@@ -174,6 +223,17 @@ export class MergedTraffic implements Traffic {
   instanceStates (): Iterable<readonly [instance: string, state: string]> {
     return this.#states
   }
+}
+
+function noRetries (): Record<RetryReason, number> {
+  return { connect_failure: 0, reset_before_response: 0 }
+}
+
+/** An instance's counters, without its in-flight gauge. */
+function countsOf (part: InstanceReport | MergedInstance): InstanceReport {
+  const requests = part instanceof MergedInstance ? [...part.requests()] : part.requests
+  const duration = part.duration && { buckets: [...part.duration.buckets], sum: part.duration.sum, count: part.duration.count }
+  return { instance: part.instance, requests, duration, connectFailures: part.connectFailures, ejections: part.ejections }
 }
 
 class MergedInstance implements InstanceTraffic {

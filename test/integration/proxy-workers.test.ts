@@ -84,6 +84,10 @@ t.test('a worker that dies is replaced, and the new one follows later changes', 
   await registerCurator(client, { service: 'respawn', id: 'c', port: c!.port })
   await eventually(async () => (await proxy.status()).instances.map(i => i.id).join() === 'a,b,c')
 
+  for (let i = 0; i < 20; i++) await servedByOnNewConnection(proxy.url)
+  const served = (metrics: string): number => sample(metrics, 'fleetgate_requests_total', { code: '200' })
+  t.equal(served(await proxy.metrics()), 20, 'counted, over both workers')
+
   const [victim] = workerPids(proxy.pid)
   t.ok(victim, 'the primary has workers')
   const listeningLines = (): number => proxy.output().split('\n').filter(line => line.includes('"msg":"proxy worker listening"')).length
@@ -95,6 +99,7 @@ t.test('a worker that dies is replaced, and the new one follows later changes', 
   const pids = workerPids(proxy.pid)
   t.equal(pids.length, 2)
   t.notOk(pids.includes(victim!), 'the dead worker was replaced')
+  t.equal(served(await proxy.metrics()), 20, 'the dead worker\'s requests stay counted: a counter never goes down')
   // The primary was started without them, and hands them to every worker it forks.
   t.same(nodeArgs(proxy.pid), [], 'the primary runs on node\'s defaults')
   for (const pid of pids) t.same(nodeArgs(pid), ['--no-memory-reducer'], `worker ${pid} runs with the proxy's node flags`)
@@ -107,10 +112,10 @@ t.test('a worker that dies is replaced, and the new one follows later changes', 
     const status = await proxy.status()
     return status.instances.map(i => i.id).join() === 'c,d'
   }, { timeoutMs: 15_000 })
-  const served = new Set<string>()
+  const routed = new Set<string>()
   // New connections each time, so the kernel spreads them over both workers.
-  for (let i = 0; i < 40; i++) served.add(await servedByOnNewConnection(proxy.url))
-  t.same([...served].sort(), ['c', 'd'], 'both workers route to the current membership only')
+  for (let i = 0; i < 40; i++) routed.add(await servedByOnNewConnection(proxy.url))
+  t.same([...routed].sort(), ['c', 'd'], 'both workers route to the current membership only')
 
   proxy.kill('SIGTERM')
   t.same(await proxy.exited, { code: 0, signal: null })

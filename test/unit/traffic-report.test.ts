@@ -104,8 +104,9 @@ t.test('the primary renders the workers\' reports as prom-client would have merg
   // The discovery gauges are the primary's own, never the workers' (prom-client would add up 1 + 1).
   const primaryOnly = new Set(['fleetgate_discovery_connected', 'fleetgate_discovery_stale'])
   /** A scrape of the primary: each worker's report, through the JSON of the IPC channel. */
+  const ids = new Map([[one, 1], [two, 2]])
   const scrape = async (...workers: Array<typeof one>): Promise<string[]> => {
-    merged.update(workers.map(w => JSON.parse(JSON.stringify(reportTraffic(w.collectors)))))
+    merged.update(workers.map(w => [ids.get(w)!, JSON.parse(JSON.stringify(reportTraffic(w.collectors)))]))
     return samples(registry, primaryOnly)
   }
 
@@ -120,15 +121,47 @@ t.test('the primary renders the workers\' reports as prom-client would have merg
   serve(two.traffic, c2, 'DELETE', 204, 0.001)
   t.same(await scrape(one, two), await samples(await aggregated(), primaryOnly), 'and again at the next scrape, with more traffic')
 
-  const again = await scrape(two)
-  t.ok(again.includes('fleetgate_requests_total{code="200",instance="127.0.0.1:1001",method="GET",service="s"} 1'),
-    'a new scrape replaces the last reports rather than adding to them')
-  t.notOk(again.includes('fleetgate_instance_state{instance="127.0.0.1:1002",service="s",state="ejected"} 1'), 'and forgets what only they said')
-  t.ok(again.includes('fleetgate_instances{service="s",state="ejected"} 0'), 'counts included')
+  const both = await scrape(one, two)
+  const GET_200_A = 'fleetgate_requests_total{code="200",instance="127.0.0.1:1001",method="GET",service="s"}'
+  t.ok(both.includes(`${GET_200_A} 3`), 'a new scrape replaces the last reports rather than adding to them')
+  t.same(await scrape(two), both, 'a worker that does not answer counts with its last report')
 
+  merged.retire(1)
+  const retired = await scrape(two)
+  t.ok(retired.includes(`${GET_200_A} 3`), 'a worker that exited keeps its counts in the totals')
+  t.ok(retired.includes('fleetgate_requests_total{code="502",instance="127.0.0.1:1001",method="POST",service="s"} 1'), 'all of them')
+  t.ok(retired.includes('fleetgate_retries_total{reason="connect_failure",service="s"} 1'), 'not only the instances\' ones')
+  t.notOk(retired.includes('fleetgate_instance_state{instance="127.0.0.1:1002",service="s",state="ejected"} 1'), 'but not what it saw')
+  t.ok(retired.includes('fleetgate_instances{service="s",state="ejected"} 0'), 'counts included')
+  t.ok(retired.includes('fleetgate_queued_requests{service="s"} 4'), 'nor what it held')
+  t.ok(retired.includes('fleetgate_queue_timeouts_total{service="s"} 3'), 'while what it counted stays')
+
+  // Instance a leaves worker 2's pool; worker 3, new, still serves it.
+  const three = worker([['127.0.0.1:1001', 'up']], { up: 1 })
+  const a3 = endpoint('a', 1001)
+  three.traffic.added(a3)
+  serve(three.traffic, a3, 'GET', 200, 0.01)
+  ids.set(three, 3)
+  a2.inflight = 0
+  two.traffic.removed(a2)
+  const left = await scrape(two, three)
+  t.notOk(reportTraffic(two.collectors).instances.some(part => part.instance === '127.0.0.1:1001'), 'worker 2 no longer reports a')
+  t.ok(left.includes(`${GET_200_A} 4`), 'a\'s count keeps worker 2\'s part while another worker reports a')
+
+  three.traffic.removed(a3)
+  const gone = await scrape(two, three)
+  // (Its state gauges follow the pools, which these workers' fixed lists stand in for.)
+  const traffic = gone.filter(line => !line.startsWith('fleetgate_instance_state'))
+  t.notOk(traffic.some(line => line.includes('instance="127.0.0.1:1001"')), 'once no worker reports a, its series go, with what was kept of them')
+  t.ok(traffic.some(line => line.includes('instance="127.0.0.1:1003"')), 'and the others stay')
+
+  merged.retire(2)
+  merged.retire(3)
   const none = await scrape()
-  t.notOk(none.some(line => line.includes('instance="')), 'no workers answering: no instance series')
+  t.notOk(none.some(line => /instance="127/.test(line)), 'no workers left: no instance series')
+  t.ok(none.includes('fleetgate_requests_total{code="503",instance="none",method="GET",service="s"} 2'), 'but the requests no instance answered')
   t.notOk(none.some(line => line.startsWith('fleetgate_instances{')), 'and no counts of instances')
+  t.ok(none.includes('fleetgate_retries_total{reason="connect_failure",service="s"} 1'), 'the totals stay')
 })
 
 t.test('the primary keeps a worker\'s answer only when its report has every part, and numbers for its counts', async t => {
@@ -193,7 +226,7 @@ t.test('the primary keeps a worker\'s answer only when its report has every part
 
   const merged = new MergedTraffic()
   const answers = [answer, null, { process: [] }, { process: answer.process, traffic: malformed['a queue without its size'] }]
-  merged.update(answers.filter(isWorkerMetrics).map(kept => kept.traffic))
+  merged.update(answers.filter(isWorkerMetrics).map((kept, worker) => [worker, kept.traffic]))
   t.same([...merged.instances()].map(i => [i.instance, i.duration.count, i.inFlight, i.connectFailures]), [['127.0.0.1:1001', 1, 1, 1]],
     'the well-formed answer alone is merged')
   t.same(merged.queue, { size: 1, timeouts: 2 }, 'its queue, not NaN')
