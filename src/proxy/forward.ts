@@ -271,16 +271,18 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
   onError (error: Error): void {
     const endpoint = this.#endpoint!
     this.#endAttempt()
-    if (this.#clientGone) return this.#finish(499)
-    // The rest of the body will not come: the connection cannot carry another request.
-    if (error instanceof ClientStalledError) return this.#fail('FLEETGATE_ERR_CLIENT_TIMEOUT', { connection: 'close' })
-
     const code = (error as NodeJS.ErrnoException).code ?? ''
     const connectFailure = CONNECT_FAILURES.has(code)
+    // Held against the instance even when the client has left meanwhile: a connect still pending then
+    // ran on to its failure, and the next requests must not wait on the same instance.
     if (connectFailure) {
       this.#ctx.metrics.connectFailure(endpoint)
       this.#ctx.pool.reportConnectFailure(endpoint)
     }
+    if (this.#clientGone) return this.#finish(499)
+    // The rest of the body will not come: the connection cannot carry another request.
+    if (error instanceof ClientStalledError) return this.#fail('FLEETGATE_ERR_CLIENT_TIMEOUT', { connection: 'close' })
+
     if (this.#responded) {
       // Mid-body: the status line is gone; all that is left is to cut the client off likewise.
       this.#ctx.log.warn({ err: error, instance: endpoint.address }, 'response cut off by the instance')

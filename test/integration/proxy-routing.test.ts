@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { request as httpRequest, type IncomingHttpHeaders } from 'node:http'
 import { connect, type Socket } from 'node:net'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { Client, request } from 'undici'
 import WebSocket, { WebSocketServer } from 'ws'
 import { eventually } from '../helpers/eventually.ts'
@@ -259,9 +259,8 @@ t.test('WebSocket upgrades are proxied to the pool', async t => {
   t.same(messages, ['hello from ws-a, xff=127.0.0.1', 'echo:ping'])
 })
 
-t.test('a WebSocket client that leaves while the instance connect is pending frees the instance\'s connection slot', async t => {
-  const client = await zkClient(t, server.connectString)
-  // An instance whose accept queue is full: its process is stopped, so a connect to it stays pending.
+/** An instance whose accept queue is full: its process is stopped, so a connect to it stays pending. */
+async function stalledInstance (t: Test): Promise<number> {
   const listener = spawn(process.execPath, ['-e', `const s = require('node:net').createServer().listen({ host: '127.0.0.1', port: 0, backlog: 1 }, () => console.log(s.address().port))`], { stdio: ['ignore', 'pipe', 'inherit'] })
   t.teardown(() => { listener.kill('SIGKILL') })
   let out = ''
@@ -278,7 +277,32 @@ t.test('a WebSocket client that leaves while the instance connect is pending fre
     fillers.push(socket)
   }
   await eventually(() => accepted >= 2, { message: 'the accept queue is full' })
+  return port
+}
 
+t.test('a connect that times out counts against the instance, though its client left before', async t => {
+  const client = await zkClient(t, server.connectString)
+  const port = await stalledInstance(t)
+  await registerCurator(client, { service: 'left-early', id: 'stalled', port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'left-early', '--connect-timeout-ms', '500'])
+  await eventually(() => proxy.ready())
+  const metric = async (name: string): Promise<number> => sample(await proxy.metrics(), name, { service: 'left-early' })
+
+  const socket = connect(Number(new URL(proxy.url).port), '127.0.0.1')
+  t.teardown(() => socket.destroy())
+  socket.on('error', () => {})
+  socket.write('GET /slow HTTP/1.1\r\nHost: x\r\n\r\n')
+  await eventually(async () => await metric('fleetgate_in_flight_requests') === 1, { message: 'connecting to the instance' })
+  socket.resetAndDestroy()
+  await eventually(async () => await metric('fleetgate_upstream_connect_failures_total') === 1, { message: 'the connect timeout counted' })
+  t.equal(await metric('fleetgate_ejections_total'), 1, 'and the instance ejected')
+  t.equal((await proxy.status()).instances[0]?.state, 'ejected', 'as /status shows')
+  t.equal(sample(await proxy.metrics(), 'fleetgate_requests_total', { service: 'left-early', code: '499' }), 1, 'the request counted as a client that left')
+})
+
+t.test('a WebSocket client that leaves while the instance connect is pending frees the instance\'s connection slot', async t => {
+  const client = await zkClient(t, server.connectString)
+  const port = await stalledInstance(t)
   await registerCurator(client, { service: 'ws-stalled', id: 'stalled', port })
   const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'ws-stalled', '--connect-timeout-ms', '60000'])
   await eventually(() => proxy.ready())
