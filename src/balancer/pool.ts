@@ -84,7 +84,7 @@ export interface PoolOptions {
   /** First ejection after a failed connect; each ejection in a row doubles it, up to ejectMaxMs. */
   readonly ejectBaseMs: number
   readonly ejectMaxMs: number
-  /** Below this share of healthy instances, ejection is ignored and all non-draining ones get traffic. */
+  /** Below this share of healthy instances, ejected ones take the requests no healthy one can (a retry that tried them all). */
   readonly panicThresholdPercent: number
   /**
    * The most requests an instance carries at once (HAProxy's server `maxconn`); 0 for no limit. An
@@ -336,6 +336,9 @@ export class Pool {
     const up = this.#ordered.filter(e => e.instance.state === 'up')
     this.#upCount = up.length
     for (const endpoint of this.#ejected) if (endpoint.instance.state !== 'up') this.#ejected.delete(endpoint)
+    // An ejection outlives a spell of draining: the instance comes back up still ejected, as it shows.
+    const now = this.#now()
+    for (const endpoint of up) if (endpoint.ejectedUntilMs > now) this.#ejected.add(endpoint)
     this.#picker.reset(up)
   }
 

@@ -49,6 +49,24 @@ t.test('an instance that refused a connection is skipped for a growing time', as
   t.equal(b.ejections, 0, 'an answer resets the back-off')
 })
 
+t.test('an ejection outlives a spell of draining: the instance comes back still ejected', async t => {
+  const { pool, now } = build()
+  pool.update(membership(inst('a', 1), inst('b', 2), inst('c', 3)))
+  const a = [...pool.endpoints()].find(e => e.instance.id === 'a')!
+  pool.reportConnectFailure(a)
+  pool.update(membership(inst('a', 1, 'draining'), inst('b', 2), inst('c', 3)))
+  t.equal(a.state(now.ms), 'draining')
+  pool.update(membership(inst('a', 1), inst('b', 2), inst('c', 3)))
+  t.equal(a.state(now.ms), 'ejected', 'shown as ejected')
+  t.notOk(ids(pool, 6).includes('a'), 'and routed as ejected')
+  t.same(pool.counts(), { up: 2, draining: 0, ejected: 1 })
+  now.ms += 1001
+  t.ok(ids(pool, 3).includes('a'), 'until the ejection ends')
+  pool.reportConnectFailure(a)
+  t.notOk(ids(pool, 6).includes('a'), 'a refusal then ejects it again')
+  t.equal(a.ejections, 2, 'for longer')
+})
+
 t.test('panic: with most instances ejected, all up instances get traffic again', async t => {
   const { pool } = build()
   pool.update(membership(inst('a', 1), inst('b', 2), inst('c', 3)))
