@@ -49,6 +49,10 @@ export async function main (argv: readonly string[], env: Readonly<Record<string
     case '--help':
     case '-h':
     case undefined:
+      if (rest[0] !== undefined && rest[0] !== 'proxy' && rest[0] !== 'agent') {
+        process.stderr.write(`fleetgate: no help for ${JSON.stringify(rest[0])}: expected proxy or agent\n\n${USAGE}\n`)
+        return 2
+      }
       process.stdout.write(help(rest[0]))
       return command === undefined ? 2 : 0
     default:
@@ -62,8 +66,9 @@ async function runProxy (argv: readonly string[], env: Readonly<Record<string, s
     process.stdout.write(help('proxy'))
     return 0
   }
-  const { config } = loadConfig(ProxyConfigSchema, { argv, env })
+  const { config, ignored } = loadConfig(ProxyConfigSchema, { argv, env })
   const logger = createLogger({ level: config.logLevel, name: 'fleetgate-proxy' })
+  if (ignored.length > 0 && !cluster.isWorker) logger.info({ ignored }, 'settings of another discovery backend are ignored')
   if (cluster.isWorker) {
     const worker = await runWorker(config, logger)
     await worker.closed
@@ -158,7 +163,8 @@ function report (err: unknown): number {
     return 2
   }
   const listenError = err as NodeJS.ErrnoException
-  if (listenError?.code === 'EADDRINUSE' || listenError?.code === 'EACCES' || listenError?.code === 'EADDRNOTAVAIL') {
+  // A listen address whose host does not resolve fails in its lookup (ENOTFOUND, EAI_AGAIN).
+  if (['EADDRINUSE', 'EACCES', 'EADDRNOTAVAIL', 'ENOTFOUND', 'EAI_AGAIN'].includes(listenError?.code ?? '')) {
     process.stderr.write(`fleetgate: cannot listen: ${listenError.message}\n`)
     return 2
   }

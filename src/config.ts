@@ -9,10 +9,17 @@ import { Ajv, type ErrorObject } from 'ajv'
 import { parse as parseYaml } from 'yaml'
 import { FleetgateError } from './errors.ts'
 
-const HostPort = (description: string, defaultValue?: string) => Type.String({
-  pattern: '^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9_.-]+):[0-9]{1,5}$',
+// Patterns of the parts of addresses: a port from 0 (listen on any free port) or 1 to 65535, a host name
+// or an IPv6 address in brackets, a ZooKeeper path (no empty, "." or ".." segment, no trailing "/").
+const PORT = '(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})'
+const PORT_1 = '(?!0+(?![0-9]))' + PORT
+const HOST = '(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9_.-]+)'
+const ZNODE_PATH = '(/(?!\\.\\.?(/|$))[^/\\s]+)+'
+
+const HostPort = (description: string, defaultValue?: string, { anyPort = true } = {}) => Type.String({
+  pattern: `^${HOST}:${anyPort ? PORT : PORT_1}$`,
   description,
-  expected: 'HOST:PORT, e.g. 0.0.0.0:8080 or [::1]:8080',
+  expected: `HOST:PORT with a port from ${anyPort ? 0 : 1} to 65535, e.g. 0.0.0.0:8080 or [::1]:8080`,
   ...(defaultValue === undefined ? {} : { default: defaultValue }),
 })
 
@@ -33,10 +40,10 @@ const Common = {
     expected: '"zookeeper", "static" or "consul"',
   })),
   zookeeper: Type.Optional(Type.String({
-    pattern: '^[^,\\s/]+(,[^,\\s/]+)*(/[^\\s]*)?$', description: 'ZooKeeper connect string, with an optional chroot',
-    expected: 'HOST:PORT[,HOST:PORT...][/chroot]',
+    pattern: `^[A-Za-z0-9_.-]+(:${PORT_1})?(,[A-Za-z0-9_.-]+(:${PORT_1})?)*(${ZNODE_PATH})?$`, description: 'ZooKeeper connect string, with an optional chroot',
+    expected: 'HOST:PORT[,HOST:PORT...][/chroot], ports from 1 to 65535, a chroot without empty, "." or ".." parts or a trailing "/"',
   })),
-  basePath: Type.String({ pattern: '^/([^/\\s]+(/[^/\\s]+)*)?$', default: '/services', description: 'ZooKeeper base path', expected: 'an absolute path like /services' }),
+  basePath: Type.String({ pattern: `^(/|${ZNODE_PATH})$`, default: '/services', description: 'ZooKeeper base path', expected: 'an absolute path like /services, without empty, "." or ".." parts' }),
   sessionTimeoutMs: Milliseconds('ZooKeeper session timeout; the agent\'s Consul TTL check', 10_000, 1000),
   consul: Type.String({
     pattern: '^([A-Za-z]+://)?[^\\s/]+/?$', default: 'http://127.0.0.1:8500', description: 'Consul HTTP address (with --discovery consul)',
@@ -81,12 +88,16 @@ export type ProxyConfig = Readonly<Static<typeof ProxyConfigSchema>>
 
 export const AgentConfigSchema = Type.Object({
   ...Common,
-  target: Type.String({ pattern: '^https?://[^\\s/]+$', default: 'http://127.0.0.1:8088', description: 'The local instance to health-check', expected: 'http://HOST:PORT' }),
-  advertise: HostPort('Address the proxy should use for this instance'),
+  discovery: Type.Optional(Type.Union([Type.Literal('zookeeper'), Type.Literal('consul')], {
+    description: 'Registry to register in; defaults to zookeeper', expected: '"zookeeper" or "consul" (the agent registers; static is the proxy\'s)',
+  })),
+  target: Type.String({ pattern: `^https?://${HOST}(:${PORT_1})?$`, default: 'http://127.0.0.1:8088', description: 'The local instance to health-check', expected: 'http://HOST:PORT, a port from 1 to 65535' }),
+  advertise: HostPort('Address the proxy should use for this instance', undefined, { anyPort: false }),
   // "." and ".." are not znode names: joined to the service path they would name the service node or its parent.
   id: Type.Optional(Type.String({ pattern: '^(?!\\.\\.?$)[A-Za-z0-9_.:-]{1,128}$', description: 'Instance id (znode name); defaults to one derived from --advertise', expected: 'letters, digits, "_", ".", ":" and "-", other than "." and ".."' })),
   healthCheck: Type.Union([Type.Literal('http'), Type.Literal('tcp')], { default: 'http', description: 'http: GET the health path; tcp: connect only', expected: '"http" or "tcp"' }),
-  healthPath: Type.String({ pattern: '^/', default: '/health', description: 'Health check path', expected: 'a path starting with /' }),
+  // Not "//x": resolved against --target, that would name another host.
+  healthPath: Type.String({ pattern: '^/(?!/)\\S*$', default: '/health', description: 'Health check path', expected: 'a path starting with a single / and without spaces' }),
   healthIntervalMs: Milliseconds('Health check period', 2_000, 10),
   healthTimeoutMs: Milliseconds('Health check timeout', 1_000),
   rise: Type.Integer({ minimum: 1, maximum: 100, default: 2, description: 'Passing checks in a row before registering', expected: 'an integer from 1 to 100' }),
@@ -103,12 +114,19 @@ export type AgentConfig = Readonly<Static<typeof AgentConfigSchema>>
 export interface LoadInput {
   readonly argv: readonly string[]
   readonly env: Readonly<Record<string, string | undefined>>
+  /** Whether a command may follow `--` (the agent's wrapper mode); elsewhere `--` is an error. */
+  readonly takesCommand?: boolean
 }
 
 export interface Loaded<C> {
   readonly config: C
   /** Arguments after `--` (the agent's wrapped command). */
   readonly command: readonly string[]
+  /**
+   * Variables and file keys of another discovery backend than the one in use, which are ignored (one
+   * environment may serve either backend); the same given as flags is an error.
+   */
+  readonly ignored: readonly string[]
 }
 
 type Origin = { kind: 'flag' | 'env' | 'file', name: string }
@@ -129,6 +147,12 @@ export function loadConfig<S extends TObject> (schema: S, input: LoadInput): Loa
   const dashDash = input.argv.indexOf('--')
   const args = dashDash === -1 ? [...input.argv] : input.argv.slice(0, dashDash)
   const command = dashDash === -1 ? [] : input.argv.slice(dashDash + 1)
+  if (dashDash !== -1 && !input.takesCommand) {
+    throw new FleetgateError('FLEETGATE_ERR_CLI_USAGE', `unexpected ${JSON.stringify(['--', ...command].join(' '))}: only the agent runs a command`)
+  }
+  if (dashDash !== -1 && command.length === 0) {
+    throw new FleetgateError('FLEETGATE_ERR_CLI_USAGE', 'nothing after "--": give the command to run, or leave "--" out to run beside the instance')
+  }
   let parsed: ReturnType<typeof parseArgs>
   try {
     parsed = parseArgs({ args, options, strict: true, allowPositionals: true })
@@ -162,11 +186,55 @@ export function loadConfig<S extends TObject> (schema: S, input: LoadInput): Loa
     }
   }
 
+  // The schema turns text into numbers, for flags and variables; in a file it would also take an empty
+  // value (null) for 0 and true for 1.
+  const untyped = Object.entries(raw).filter(([key, value]) =>
+    key in schema.properties && value !== undefined && typeof value !== 'string' && typeof value !== 'number')
+  if (untyped.length > 0) {
+    throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', untyped.map(([key, value]) =>
+      `${key} in config file ${origins.get(key)?.name} = ${JSON.stringify(value)}: expected ${(schema.properties[key] as { expected?: string }).expected ?? 'a value'}`).join('; '))
+  }
   const validate = ajv.compile(schema)
   if (!validate(raw)) {
     throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', describe(validate.errors ?? [], schema, raw, origins))
   }
-  return { config: Object.freeze(raw) as Readonly<Static<S>>, command }
+  const ignored = checkDiscovery(raw, origins)
+  if (typeof raw.ejectBaseMs === 'number' && typeof raw.ejectMaxMs === 'number' && raw.ejectBaseMs > raw.ejectMaxMs) {
+    throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', `${where('ejectBaseMs', origins)} = ${raw.ejectBaseMs} is above ${where('ejectMaxMs', origins)} = ${raw.ejectMaxMs}: the first ejection cannot be longer than the longest`)
+  }
+  return { config: Object.freeze(raw) as Readonly<Static<S>>, command, ignored }
+}
+
+/** The keys that belong to one discovery backend: given for another, they would be ignored. */
+const DISCOVERY_KEYS: Readonly<Record<string, readonly string[]>> = {
+  zookeeper: ['zookeeper', 'basePath', 'resyncIntervalMs'],
+  static: ['static'],
+  consul: ['consul', 'consulToken', 'consulDatacenter', 'consulTag', 'consulCaFile', 'consulWaitMs'],
+}
+
+/**
+ * Flags for a backend other than the one in use are a mistake, and an error. Variables and file keys for
+ * one are left to the caller to log as ignored: an environment may be set up for either backend.
+ */
+function checkDiscovery (raw: Record<string, unknown>, origins: Map<string, Origin>): string[] {
+  const discovery = String(raw.discovery ?? (raw.static !== undefined ? 'static' : 'zookeeper'))
+  const stray = Object.entries(DISCOVERY_KEYS)
+    .filter(([backend]) => backend !== discovery)
+    .flatMap(([backend, keys]) => keys.filter(key => origins.has(key)).map(key => ({ key, backend })))
+  const flags = stray.filter(({ key }) => origins.get(key)?.kind === 'flag')
+  if (flags.length > 0) {
+    const chosen = raw.discovery === undefined ? `discovery is ${discovery}${discovery === 'static' ? ' (--static is given)' : ' (the default)'}` : `${where('discovery', origins)} = ${JSON.stringify(raw.discovery)}`
+    const named = flags.map(({ key, backend }) => `${where(key, origins)} (for ${backend})`)
+    throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', `${chosen}, so ${named.join(', ')} would be ignored: leave ${named.length === 1 ? 'it' : 'them'} out, or choose that backend with --discovery`)
+  }
+  return stray.map(({ key }) => where(key, origins))
+}
+
+/** How a key was given, for an error: its flag, its variable, or its key in the file. */
+function where (key: string, origins: Map<string, Origin>): string {
+  const origin = origins.get(key)
+  if (!origin) return `--${kebab(key)}`
+  return origin.kind === 'file' ? `${key} in config file ${origin.name}` : origin.name
 }
 
 function readConfigFile (file: string): Record<string, unknown> {
@@ -200,14 +268,13 @@ function describe (errors: ErrorObject[], schema: TObject, raw: Record<string, u
     }
     const key = error.instancePath.split('/')[1] ?? String(error.params.missingProperty ?? '')
     const property = schema.properties[key] as { expected?: string } | undefined
-    const origin = origins.get(key)
-    const where = origin ? (origin.kind === 'file' ? `${key} in config file ${origin.name}` : `${origin.name}`) : `--${kebab(key)}`
+    const given = where(key, origins)
     if (error.keyword === 'required') {
-      lines.add(`${where} is required: expected ${property?.expected ?? 'a value'}`)
+      lines.add(`${given} is required: expected ${property?.expected ?? 'a value'}`)
     } else if (error.keyword !== 'anyOf') {
-      lines.add(`${where} = ${JSON.stringify(raw[key])}: expected ${property?.expected ?? error.message}`)
+      lines.add(`${given} = ${JSON.stringify(raw[key])}: expected ${property?.expected ?? error.message}`)
     } else if (!errors.some(e => e !== error && e.instancePath === error.instancePath && e.keyword !== 'const')) {
-      lines.add(`${where} = ${JSON.stringify(raw[key])}: expected ${property?.expected ?? error.message}`)
+      lines.add(`${given} = ${JSON.stringify(raw[key])}: expected ${property?.expected ?? error.message}`)
     }
   }
   return [...lines].join('; ')

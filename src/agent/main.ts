@@ -29,15 +29,11 @@ export interface AgentSettings {
 }
 
 export function resolveAgentSettings (config: AgentConfig): AgentSettings {
-  if (config.discovery === 'static') {
-    throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', '--discovery = "static": the agent registers in ZooKeeper or Consul; expected "zookeeper" or "consul"')
-  }
   const registry = config.discovery ?? 'zookeeper'
   if (registry === 'zookeeper' && config.zookeeper === undefined) {
     throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', '--zookeeper is required: expected HOST:PORT[,HOST:PORT...][/chroot]')
   }
   const { host, port } = splitHostPort(config.advertise)
-  if (port === 0) throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', `--advertise = ${JSON.stringify(config.advertise)}: expected a port from 1 to 65535`)
   const labels = parseLabels(config.labels)
   if (registry === 'consul') consulMeta(labels)
   return {
@@ -52,9 +48,10 @@ export function resolveAgentSettings (config: AgentConfig): AgentSettings {
 }
 
 export async function runAgent (argv: readonly string[], env: Readonly<Record<string, string | undefined>>): Promise<number> {
-  const { config, command } = loadConfig(AgentConfigSchema, { argv, env })
+  const { config, command, ignored } = loadConfig(AgentConfigSchema, { argv, env, takesCommand: true })
   const settings = resolveAgentSettings(config)
   const logger = createLogger({ level: config.logLevel, name: 'fleetgate-agent' })
+  if (ignored.length > 0) logger.info({ ignored }, 'settings of another discovery backend are ignored')
   const registry = createRegistry()
   const metrics = createAgentMetrics(registry)
   // Like a Curator ServiceInstance, built once: re-registering after an expiry writes the same document.

@@ -23,23 +23,25 @@ export class StaticSource extends BaseSource {
   }
 }
 
+/** `http://HOST:PORT`, the scheme optional, a trailing slash allowed; the port must be written out. */
+const STATIC_ENTRY = /^(?:http:\/\/)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})\/?$/
+
 /** Parses `http://10.0.0.1:8088,http://[::1]:8089` (the scheme is optional; the port is not). */
 export function parseStaticInstances (list: string): Instance[] {
   const seen = new Set<string>()
-  return list.split(',').map(s => s.trim()).filter(Boolean).map(entry => {
-    let url: URL
-    try {
-      url = new URL(entry.includes('://') ? entry : `http://${entry}`)
-    } catch (err) {
-      throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', `static instance ${JSON.stringify(entry)} is not a URL like http://host:port`, { cause: err })
+  const instances = list.split(',').map(s => s.trim()).filter(Boolean).map(entry => {
+    const match = STATIC_ENTRY.exec(entry)
+    const port = Number(match?.[2])
+    if (!match || port < 1 || port > 65535) {
+      throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', `--static instance ${JSON.stringify(entry)}: expected http://HOST:PORT with a port from 1 to 65535`)
     }
-    if (url.protocol !== 'http:' || url.port === '' || (url.pathname !== '/' && url.pathname !== '')) {
-      throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', `static instance ${JSON.stringify(entry)} must be http://host:port`)
-    }
-    const host = url.hostname.startsWith('[') ? url.hostname.slice(1, -1) : url.hostname
-    const id = `${url.hostname}:${url.port}`
-    if (seen.has(id)) throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', `static instance ${id} is listed twice`)
+    const hostname = match[1]!.toLowerCase()
+    const host = hostname.startsWith('[') ? hostname.slice(1, -1) : hostname
+    const id = `${hostname}:${port}`
+    if (seen.has(id)) throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', `--static instance ${id} is listed twice`)
     seen.add(id)
-    return Object.freeze({ id, host, port: Number(url.port), state: 'up' as const, weight: 1, labels: Object.freeze({}) })
+    return Object.freeze({ id, host, port, state: 'up' as const, weight: 1, labels: Object.freeze({}) })
   })
+  if (instances.length === 0) throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', `--static = ${JSON.stringify(list)}: expected at least one http://HOST:PORT`)
+  return instances
 }

@@ -73,6 +73,10 @@ t.test('bad configuration: clear error, exit code 2', async t => {
   const flag = runFleetgate(t, ['proxy', '--zookeper', '127.0.0.1:2181'])
   t.same(await flag.exited, { code: 2, signal: null })
   t.match(flag.output(), /FLEETGATE_ERR_CLI_USAGE: .*zookeper/)
+
+  const help = runFleetgate(t, ['help', 'bogus'])
+  t.same(await help.exited, { code: 2, signal: null })
+  t.match(help.output(), /no help for "bogus": expected proxy or agent/)
 })
 
 t.test('SIGTERM lets in-flight requests finish, then exits 0', async t => {

@@ -74,7 +74,7 @@ t.test('unknown flags and stray arguments are usage errors', async t => {
 })
 
 t.test('agent: arguments after -- are the wrapped command', async t => {
-  const { config, command } = loadConfig(AgentConfigSchema, { argv: ['--advertise', '127.0.0.1:8088', '--', 'gunicorn', '--bind', ':8088'], env: {} })
+  const { config, command } = loadConfig(AgentConfigSchema, { argv: ['--advertise', '127.0.0.1:8088', '--', 'gunicorn', '--bind', ':8088'], env: {}, takesCommand: true })
   t.equal(config.advertise, '127.0.0.1:8088')
   t.same(command, ['gunicorn', '--bind', ':8088'])
   throwsConfig(t, () => loadConfig(AgentConfigSchema, { argv: [], env: {} }), 'FLEETGATE_ERR_CONFIG_INVALID', /advertise is required/)
@@ -101,7 +101,77 @@ t.test('splitHostPort handles IPv6 and rejects ports above 65535', async t => {
 t.test('static instance lists', async t => {
   const list = parseStaticInstances('http://127.0.0.1:1, 127.0.0.1:2 ,http://[::1]:3')
   t.same(list.map(i => [i.host, i.port]), [['127.0.0.1', 1], ['127.0.0.1', 2], ['::1', 3]])
-  throwsConfig(t, () => parseStaticInstances('http://a'), 'FLEETGATE_ERR_CONFIG_INVALID', /host:port/)
+  throwsConfig(t, () => parseStaticInstances('http://a'), 'FLEETGATE_ERR_CONFIG_INVALID', /HOST:PORT/)
   throwsConfig(t, () => parseStaticInstances('https://a:1'), 'FLEETGATE_ERR_CONFIG_INVALID')
   throwsConfig(t, () => parseStaticInstances('a:1,a:1'), 'FLEETGATE_ERR_CONFIG_INVALID', /twice/)
+})
+
+t.test('static instance lists: port 80 written out is a port, and a list must name one', async t => {
+  t.same(parseStaticInstances('http://10.0.0.7:80,web:8088/').map(i => [i.id, i.host, i.port]), [['10.0.0.7:80', '10.0.0.7', 80], ['web:8088', 'web', 8088]])
+  for (const bad of ['http://h:0', 'h:65536', 'http://h:1/path', 'h']) {
+    throwsConfig(t, () => parseStaticInstances(bad), 'FLEETGATE_ERR_CONFIG_INVALID', /from 1 to 65535/)
+  }
+  throwsConfig(t, () => parseStaticInstances(' , '), 'FLEETGATE_ERR_CONFIG_INVALID', /at least one/)
+})
+
+t.test('ports: 0 to 65535 to listen on, 1 to 65535 to reach', async t => {
+  t.equal(load(['--listen', '127.0.0.1:0']).config.listen, '127.0.0.1:0')
+  throwsConfig(t, () => load(['--listen', '127.0.0.1:65536']), 'FLEETGATE_ERR_CONFIG_INVALID', /--listen = "127.0.0.1:65536": expected HOST:PORT with a port from 0 to 65535/)
+  const agent = (...argv: string[]) => loadConfig(AgentConfigSchema, { argv: ['--zookeeper', 'zk:2181', ...argv], env: {} })
+  throwsConfig(t, () => agent('--advertise', '10.0.0.1:99999'), 'FLEETGATE_ERR_CONFIG_INVALID', /--advertise = "10.0.0.1:99999": expected HOST:PORT with a port from 1 to 65535/)
+  throwsConfig(t, () => agent('--advertise', '10.0.0.1:0'), 'FLEETGATE_ERR_CONFIG_INVALID', /--advertise/)
+  throwsConfig(t, () => agent('--advertise', '10.0.0.1:80', '--target', 'http://127.0.0.1:99999'), 'FLEETGATE_ERR_CONFIG_INVALID', /--target = "http:\/\/127.0.0.1:99999"/)
+  t.equal(agent('--advertise', '10.0.0.1:80', '--target', 'http://[::1]:8088').config.target, 'http://[::1]:8088')
+})
+
+t.test('a ZooKeeper connect string is checked whole before start-up', async t => {
+  for (const good of ['zk:2181', 'zk1:2181,zk2:2182/prod/superset', 'zk', '10.0.0.1:2181/x']) t.equal(load(['--zookeeper', good]).config.zookeeper, good)
+  for (const bad of ['zk:2181/prod/', 'zk:2181//x', 'zk:2181/a/..', 'zk:2181/./a', 'zk1:2181x', 'zk1:99999', 'zk1:0', 'zk 1:2181', ',zk:2181']) {
+    throwsConfig(t, () => load(['--zookeeper', bad]), 'FLEETGATE_ERR_CONFIG_INVALID', /--zookeeper = .*expected HOST:PORT/)
+  }
+  throwsConfig(t, () => load(['--base-path', '/services/..']), 'FLEETGATE_ERR_CONFIG_INVALID', /--base-path/)
+  t.equal(load(['--base-path', '/']).config.basePath, '/')
+})
+
+t.test('a health path names a path on the target, not another host', async t => {
+  const agent = (path: string) => loadConfig(AgentConfigSchema, { argv: ['--zookeeper', 'zk', '--advertise', '10.0.0.1:80', '--health-path', path], env: {} }).config
+  t.equal(agent('/health?deep=0').healthPath, '/health?deep=0')
+  for (const bad of ['//health', 'health', '/a b']) throwsConfig(t, () => agent(bad), 'FLEETGATE_ERR_CONFIG_INVALID', /--health-path/)
+})
+
+t.test('flags of another discovery backend are an error, not ignored', async t => {
+  throwsConfig(t, () => load(['--zookeeper', 'zk:2181', '--static', 'http://b:2']), 'FLEETGATE_ERR_CONFIG_INVALID',
+    /discovery is static \(--static is given\), so --zookeeper \(for zookeeper\) would be ignored/)
+  throwsConfig(t, () => load(['--discovery', 'consul', '--static', 'http://b:2', '--base-path', '/x']), 'FLEETGATE_ERR_CONFIG_INVALID',
+    /--discovery = "consul", so --base-path \(for zookeeper\), --static \(for static\) would be ignored/)
+  throwsConfig(t, () => load(['--consul-tag', 'web']), 'FLEETGATE_ERR_CONFIG_INVALID', /the default\), so --consul-tag \(for consul\)/)
+  throwsConfig(t, () => load(['--zookeeper', 'zk'], { FLEETGATE_DISCOVERY: 'consul' }), 'FLEETGATE_ERR_CONFIG_INVALID', /FLEETGATE_DISCOVERY = "consul", so --zookeeper/)
+  // One environment for either backend (docker-compose.yml switches with FLEETGATE_DISCOVERY alone).
+  const either = { FLEETGATE_ZOOKEEPER: 'zookeeper:2181', FLEETGATE_CONSUL: 'http://consul:8500' }
+  t.same(load([], either).ignored, ['FLEETGATE_CONSUL'], 'variables for the other backend are only reported')
+  t.same(load([], { ...either, FLEETGATE_DISCOVERY: 'consul' }).ignored, ['FLEETGATE_ZOOKEEPER'])
+  throwsConfig(t, () => loadConfig(AgentConfigSchema, { argv: ['--discovery', 'consul', '--zookeeper', 'zk:2', '--advertise', '10.0.0.1:80'], env: {} }),
+    'FLEETGATE_ERR_CONFIG_INVALID', /--zookeeper \(for zookeeper\)/)
+  t.equal(load(['--discovery', 'consul', '--consul-token', 't', '--consul-tag', 'web']).config.consulTag, 'web', 'its own settings are fine')
+})
+
+t.test('a config file\'s empty or true/false value is an error, not 0 or 1', async t => {
+  const dir = mkdtempSync(join(tmpdir(), 'fleetgate-config-'))
+  const file = join(dir, 'c.yaml')
+  writeFileSync(file, 'maxConnectionsPerInstance:\ntries: true\nconsulToken:\n')
+  throwsConfig(t, () => load(['--config', file]), 'FLEETGATE_ERR_CONFIG_INVALID',
+    /maxConnectionsPerInstance in config file .* = null: expected an integer from 0 to 100000/, /tries in config file .* = true: expected an integer from 1 to 10/)
+  writeFileSync(file, 'shutdownTimeoutMs: 0\nservice: 1234\n')
+  t.match(load(['--config', file]).config, { shutdownTimeoutMs: 0, service: '1234' }, 'numbers stay numbers, and may be names')
+})
+
+t.test('the first ejection may not be longer than the longest', async t => {
+  throwsConfig(t, () => load(['--eject-base-ms', '60000', '--eject-max-ms', '1000']), 'FLEETGATE_ERR_CONFIG_INVALID',
+    /--eject-base-ms = 60000 is above --eject-max-ms = 1000/)
+  t.equal(load(['--eject-base-ms', '1000', '--eject-max-ms', '1000']).config.ejectMaxMs, 1000)
+})
+
+t.test('only the agent runs a command after --, and "--" must have one', async t => {
+  throwsConfig(t, () => load(['--tries', '2', '--', '--tries', '1']), 'FLEETGATE_ERR_CLI_USAGE', /unexpected "-- --tries 1": only the agent runs a command/)
+  throwsConfig(t, () => loadConfig(AgentConfigSchema, { argv: ['--advertise', '10.0.0.1:80', '--'], env: {}, takesCommand: true }), 'FLEETGATE_ERR_CLI_USAGE', /nothing after "--"/)
 })
