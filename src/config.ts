@@ -24,7 +24,7 @@ const HostPort = (description: string, defaultValue?: string, { anyPort = true }
 })
 
 const Milliseconds = (description: string, defaultValue: number, minimum = 1) => Type.Integer({
-  minimum, maximum: 86_400_000, default: defaultValue, description, expected: `milliseconds, an integer >= ${minimum}`,
+  minimum, maximum: 86_400_000, default: defaultValue, description, expected: `milliseconds, an integer from ${minimum} to 86400000 (a day)`,
 })
 
 const ServiceName = Type.String({
