@@ -66,6 +66,8 @@ const emit = text => {
 
 const dir = mkdtempSync(join(tmpdir(), 'fleetgate-bench-'))
 let cleaned = false
+/** The ZooKeeper of the discovery figures while it runs: a Ctrl-C stops it and removes its data too. */
+let benchZk
 /** The session's autogroup niceness before --nice changed it; restored at exit (the shell shares it). */
 let autogroupBefore
 function raiseAutogroup (niceness) {
@@ -84,6 +86,7 @@ async function cleanup () {
   if (cleaned) return
   cleaned = true
   restoreAutogroup()
+  await benchZk?.close().catch(() => {})
   await stopAll()
   rmSync(dir, { recursive: true, force: true })
 }
@@ -193,7 +196,7 @@ async function main () {
   }
 
   if (!config.skip.has('discovery')) {
-    const zk = await startBenchZooKeeper()
+    const zk = benchZk = await startBenchZooKeeper()
     try {
       sections.convergence = await convergence({ zk, dir, backends, changes: config.changes, fleetgateArgs, log })
       emit(convergenceSection(sections.convergence, fleetgateArgs))
@@ -207,6 +210,7 @@ async function main () {
       sections.resync = await resyncCost({ zk, dir, backends, size: max(config.sizes), fleetgateArgs })
       emit(scaleSection(sections.scale, sections.resync))
     } finally {
+      benchZk = undefined
       await zk.close()
     }
   }
@@ -282,7 +286,7 @@ ${table(['round', 'requests', 'failed', 'fleetgate answered', 'retries', 'p99 ms
 
 function convergenceSection (c, args) {
   const row = (label, v, published) => [label, String(v.length), percentile(v, 50).toFixed(2), percentile(v, 99).toFixed(2), max(v).toFixed(2), `${percentile(published, 50).toFixed(0)} / ${percentile(published, 99).toFixed(0)}`]
-  return `### Discovery: convergence on a real ZooKeeper${args.length ? ` (fleetgate \`${args.join(' ')}\`)` : ''}\n\nA fourth instance's znode is created and deleted ${c.created.length + c.deleted.length} times while 8 keep-alive loops send GET /1k through fleetgate (3 other instances registered). Create: from the create call to the first answer from the new instance. Delete: from the delete call to the last answer from the removed instance among requests sent after the call (0 if none). Answer end times make both upper bounds; both include ZooKeeper's own acknowledgement of the write (median ${percentile(c.writes, 50).toFixed(2)} ms, p99 ${percentile(c.writes, 99).toFixed(2)} ms). ${c.timeouts} change(s) timed out (2 s), ${c.errors} non-200 answer(s). Startup with 3 instances: spawn to first proxied answer ${num(c.readyMs)} ms. The last column is the time to the proxy's log line for the new membership (whole ms; the rest is the proxy routing the next requests).\n\n${table(['change', 'samples', 'p50 ms', 'p99 ms', 'max ms', 'of which to fleetgate\'s publish, p50 / p99 ms'], [row('create → first request routed to it', c.created, c.createPublished), row('delete → last request routed to it', c.deleted, c.deletePublished)])}\n`
+  return `### Discovery: convergence on a real ZooKeeper${args.length ? ` (fleetgate \`${args.join(' ')}\`)` : ''}\n\nA fourth instance's znode is created and deleted again and again (${c.created.length} creates and ${c.deleted.length} deletes measured) while 8 keep-alive loops send GET /1k through fleetgate (3 other instances registered). Create: from the create call to the first answer from the new instance. Delete: from the delete call to the last answer from the removed instance among requests sent after the call (0 if none). Answer end times make both upper bounds; both include ZooKeeper's own acknowledgement of the write (median ${percentile(c.writes, 50).toFixed(2)} ms, p99 ${percentile(c.writes, 99).toFixed(2)} ms). ${c.timeouts} change(s) timed out (2 s), ${c.errors} non-200 answer(s). Startup with 3 instances: spawn to first proxied answer ${num(c.readyMs)} ms. The last column is the time to the proxy's log line for the new membership (whole ms; the rest is the proxy routing the next requests).\n\n${table(['change', 'samples', 'p50 ms', 'p99 ms', 'max ms', 'of which to fleetgate\'s publish, p50 / p99 ms'], [row('create → first request routed to it', c.created, c.createPublished), row('delete → last request routed to it', c.deleted, c.deletePublished)])}\n`
 }
 
 function scaleSection (results, resync) {

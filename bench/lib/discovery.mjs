@@ -42,7 +42,11 @@ export async function connectClient (connectString) {
     client.once('connected', () => { clearTimeout(timer); resolve() })
     client.connect()
   })
-  const call = (fn, ...args) => new Promise((resolve, reject) => fn.call(client, ...args, (err, result) => err ? reject(err) : resolve(result)))
+  // node-zookeeper-client has no request timeout: a write that gets no answer fails the run after 30 s.
+  const call = (fn, ...args) => new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`harness ZooKeeper request ${fn.name || 'call'} got no answer in 30 s`)), 30_000)
+    fn.call(client, ...args, (err, result) => { clearTimeout(timer); err ? reject(err) : resolve(result) })
+  })
   return {
     client,
     mkdirp: path => call(client.mkdirp, path),
@@ -118,7 +122,8 @@ export async function convergence ({ zk, dir, backends, changes, fleetgateArgs, 
       return m.atMs - (performance.timeOrigin + t0)
     }
     const readyMs = performance.now() - spawnedAt
-    const http = new Pool(proxy.url, { connections: 8, pipelining: 1 })
+    // Timeouts within the loops' own bound, so one stalled answer cannot hold a loop past it for long.
+    const http = new Pool(proxy.url, { connections: 8, pipelining: 1, headersTimeout: 5_000, bodyTimeout: 5_000 })
     pool.close = () => http.close()
     const created = []
     const deleted = []

@@ -9,7 +9,7 @@ import { request } from 'undici'
 
 /** fleetgate's own account of the run: answers by status >= 400, retries and ejections, from /metrics. */
 async function failureCounters (adminUrl) {
-  const res = await request(`${adminUrl}/metrics`)
+  const res = await request(`${adminUrl}/metrics`, { headersTimeout: 30_000, bodyTimeout: 30_000 })
   const text = await res.body.text()
   const sum = (name, filter = () => true) => text.split('\n')
     .filter(l => l.startsWith(`${name}{`) && filter(l))

@@ -45,7 +45,8 @@ export async function measure (competitor, scenario, { durationS, warmupS, backe
     ...wrk,
     errorsTotal: wrk.socketErrors + wrk.statusErrors,
     proxyCores: pids.length > 0 ? proxyCores : NaN,
-    rpsPerCore: pids.length > 0 && proxyCores > 0 ? wrk.rps / proxyCores : NaN,
+    // Requests over CPU seconds: both over the same span, unlike wrk's duration and the harness's wall time.
+    rpsPerCore: pids.length > 0 && cpu1.user + cpu1.kernel > cpu0.user + cpu0.kernel ? wrk.requests / (cpu1.user + cpu1.kernel - cpu0.user - cpu0.kernel) : NaN,
     userUsPerRequest: perRequest(cpu1.user - cpu0.user),
     kernelUsPerRequest: perRequest(cpu1.kernel - cpu0.kernel),
     peakRss: pids.length > 0 ? peak : NaN,
