@@ -155,6 +155,14 @@ t.test('the Prometheus Operator objects scrape the admin ports as deploy/prometh
     t.match(endpoint.relabelings, [{ targetLabel: 'job', replacement: job }], `${job}: the job name the alert rules use`)
     const twin = shipped.scrape_configs.find(c => c.job_name === job)!
     const camel = twin.metric_relabel_configs.map(r => Object.fromEntries(Object.entries(r).map(([k, v]) => [k.replace(/_(\w)/g, (_, c: string) => c.toUpperCase()), v])))
-    t.same(endpoint.metricRelabelings, camel, `${job}: the same upstream relabelling`)
+    // A ServiceMonitor's targets carry the Operator's own `service` label (the Kubernetes Service), which
+    // pushes fleetgate's aside: it is put back, and the renamed copy dropped with exported_instance.
+    const expected = job !== 'fleetgate-proxy' ? camel : [
+      camel[0],
+      { sourceLabels: ['exported_service'], regex: '(.+)', targetLabel: 'service' },
+      { action: 'labeldrop', regex: 'exported_(instance|service)' },
+    ]
+    t.same(camel.slice(1), [{ action: 'labeldrop', regex: 'exported_instance' }], `${job}: deploy/prometheus drops the renamed label`)
+    t.same(endpoint.metricRelabelings, expected, `${job}: the same upstream relabelling${job === 'fleetgate-proxy' ? ', and fleetgate\'s service label back' : ''}`)
   }
 })
