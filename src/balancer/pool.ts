@@ -333,7 +333,15 @@ export class Pool {
   }
 
   #rebuild (): void {
-    const up = this.#ordered.filter(e => e.instance.state === 'up')
+    // One server registered under two ids (a ServerSet member back before its old znode expired) is
+    // one server: one share, one connection limit, and a retry that does not land on it again. Its
+    // first entry takes the requests; the other serves what it already has.
+    const addresses = new Set<string>()
+    const up = this.#ordered.filter(e => {
+      if (e.instance.state !== 'up' || addresses.has(e.address)) return false
+      addresses.add(e.address)
+      return true
+    })
     this.#upCount = up.length
     for (const endpoint of this.#ejected) if (endpoint.instance.state !== 'up') this.#ejected.delete(endpoint)
     // An ejection outlives a spell of draining: the instance comes back up still ejected, as it shows.

@@ -49,6 +49,23 @@ t.test('an instance that refused a connection is skipped for a growing time', as
   t.equal(b.ejections, 0, 'an answer resets the back-off')
 })
 
+t.test('one server listed under two ids takes one share, and the other entry takes over when the first leaves', async t => {
+  const { pool } = build()
+  const twin = (id: string): Instance => ({ ...inst(id, 1), host: '127.0.0.9' })
+  pool.update(membership(twin('member_1'), twin('member_2'), inst('b', 2)))
+  t.same(ids(pool, 4), ['member_1', 'b', 'member_1', 'b'], 'one share for the server, not two')
+  const [first] = [...pool.endpoints()]
+  const limited = new Pool({ service: 's', ejectBaseMs: 1000, ejectMaxMs: 8000, panicThresholdPercent: 50, maxInflight: 1 })
+  limited.update(membership(twin('member_1'), twin('member_2')))
+  ;[...limited.endpoints()][0]!.inflight = 1
+  t.equal(limited.pick(), undefined, 'its connection limit holds for the server, not per entry')
+  t.ok(limited.atLimit(), 'so a request waits for it')
+  pool.reportConnectFailure(first!)
+  t.notOk(ids(pool, 4).includes('member_2'), 'ejected, the server is not tried again under its other id')
+  pool.update(membership(twin('member_2'), inst('b', 2)))
+  t.same(ids(pool, 2).sort(), ['b', 'member_2'], 'the other entry takes over once the first leaves')
+})
+
 t.test('an ejection outlives a spell of draining: the instance comes back still ejected', async t => {
   const { pool, now } = build()
   pool.update(membership(inst('a', 1), inst('b', 2), inst('c', 3)))
