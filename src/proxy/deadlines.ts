@@ -35,9 +35,13 @@ export class Deadlines {
     return this.#size
   }
 
-  /** The sweep period for timeouts of these lengths: a quarter of the shortest, from 10 ms to 1 s. */
+  /**
+   * The sweep period for timeouts of these lengths: a twentieth of the shortest (a deadline is noticed at
+   * most 5 % late), from 10 ms to 250 ms. A sweep walks the requests in flight: thousands in well under
+   * a millisecond.
+   */
   static resolutionFor (...timeoutsMs: number[]): number {
-    return Math.min(1000, Math.max(10, Math.floor(Math.min(...timeoutsMs) / 4)))
+    return Math.min(250, Math.max(10, Math.floor(Math.min(...timeoutsMs) / 20)))
   }
 
   /** Watches `item` with a deadline `ms` from now (Infinity: no deadline until the next call). */
