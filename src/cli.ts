@@ -76,8 +76,16 @@ async function runProxy (argv: readonly string[], env: Readonly<Record<string, s
   }
   const source = buildSource(config, logger)
   if (config.workers > 1) {
-    const primary = await runPrimary(config, source, logger, config.workers)
-    await untilSignal(logger, () => primary.close())
+    // Signals are taken from the start: one during start-up stops the workers being started too.
+    const stop = new AbortController()
+    let primary: Promise<{ close(): Promise<void> }> | undefined
+    const stopped = untilSignal(logger, async () => {
+      stop.abort()
+      await (await primary!).close()
+    })
+    primary = runPrimary(config, source, logger, config.workers, stop.signal)
+    await primary
+    await stopped
     return 0
   }
   const missing = missingNodeFlags(process.execArgv)

@@ -79,7 +79,11 @@ const HEALTHY_LIFETIME_MS = 30_000
 /** After the shutdown timeout, how long the primary still waits for a worker before killing it. */
 const HARD_STOP_GRACE_MS = 5_000
 
-export async function runPrimary (config: ProxyConfig, source: MembershipSource, logger: Logger, workerCount: number): Promise<{ close(): Promise<void> }> {
+/**
+ * Starts the workers and the admin listener, and resolves once every worker listens. A `stop` that aborts
+ * meanwhile (a signal during start-up) stops the workers as close() does, and resolves all the same.
+ */
+export async function runPrimary (config: ProxyConfig, source: MembershipSource, logger: Logger, workerCount: number, stop?: AbortSignal): Promise<{ close(): Promise<void> }> {
   const service = config.service
   const log = logger.child({ service, role: 'primary' })
   let closing = false
@@ -153,8 +157,9 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
   // the primary stops rather than fork the same failure again and again.
   let started = false
   let failStart: (err: Error) => void = () => undefined
-  let shortLives = 0
-  const fork = (): void => {
+  /** One per worker slot: how many of its workers in a row died young. A replacement takes its slot. */
+  interface Slot { shortLives: number }
+  const fork = (slot: Slot = { shortLives: 0 }): void => {
     const worker = cluster.fork()
     const forkedAtMs = Date.now()
     worker.on('message', (message: ToPrimary) => {
@@ -176,17 +181,20 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
       traffic.retire(worker.id)
       if (closing) return
       if (!started) {
-        failStart(new FleetgateError('FLEETGATE_ERR_WORKER_EXIT', `worker ${worker.process.pid} exited with ${signal ?? `code ${code}`} before it listened (its error is above)`))
+        failStart(new FleetgateError('FLEETGATE_ERR_WORKER_EXIT', `worker ${worker.process.pid} exited with ${signal ?? `code ${code}`} while the proxy was starting (its error is above)`))
         return
       }
-      shortLives = Date.now() - forkedAtMs < HEALTHY_LIFETIME_MS ? shortLives + 1 : 0
-      const delayMs = Math.min(MAX_RESPAWN_DELAY_MS, RESPAWN_DELAY_MS * 2 ** Math.max(0, shortLives - 1))
+      slot.shortLives = Date.now() - forkedAtMs < HEALTHY_LIFETIME_MS ? slot.shortLives + 1 : 0
+      const delayMs = Math.min(MAX_RESPAWN_DELAY_MS, RESPAWN_DELAY_MS * 2 ** Math.max(0, slot.shortLives - 1))
       log.error({ pid: worker.process.pid, code, signal, respawnInMs: delayMs }, 'proxy worker died; starting another')
-      setTimeout(() => { if (!closing) fork() }, delayMs).unref()
+      setTimeout(() => { if (!closing) fork(slot) }, delayMs).unref()
     })
   }
 
+  let scrapes = 0
   const scrape = async (): Promise<string> => {
+    // Numbered when asked: a scrape that waited out a dead worker must not put back older reports.
+    const asked = ++scrapes
     const answers: Array<[worker: number, answer: WorkerMetrics]> = []
     let malformed = 0
     for (const [worker, answer] of await query('metrics')) {
@@ -196,7 +204,7 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
     if (malformed > 0) log.warn({ malformed }, 'left out worker metrics of an unknown shape')
     // From here to the text, nothing waits on I/O (prom-client's awaits are of settled promises), so a
     // second scrape cannot update the reports while this one renders them.
-    traffic.update(answers.map(([worker, answer]) => [worker, answer.traffic]))
+    traffic.update(answers.map(([worker, answer]) => [worker, answer.traffic]), asked)
     return Registry.merge([registry, AggregatorRegistry.aggregate(answers.map(([, answer]) => answer.process))]).metrics()
   }
   const status = async (): Promise<ProxyStatus> => {
@@ -251,11 +259,14 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
         clearInterval(check)
         reject(err)
       }
+      stop?.addEventListener('abort', () => failStart(new Error('stopped while starting')), { once: true })
+      if (stop?.aborted) failStart(new Error('stopped while starting'))
     })
     started = true
   } catch (err) {
     await stopWorkers()
     await source.close()
+    if (stop?.aborted) return { close: async () => undefined }
     throw err
   }
   const adminAddress = splitHostPort(config.adminListen)
@@ -281,6 +292,11 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
   }
 }
 
+/** A message to the primary, unless it is gone (the worker is then on its way out: 'disconnect'). */
+function tell (message: ToPrimary): void {
+  if (process.connected) process.send?.(message)
+}
+
 /** A worker: the proxy app on the shared port, following the primary's source. */
 export async function runWorker (config: ProxyConfig, logger: Logger): Promise<{ closed: Promise<void> }> {
   const log = logger.child({ role: 'worker', worker: cluster.worker?.id })
@@ -298,7 +314,7 @@ export async function runWorker (config: ProxyConfig, logger: Logger): Promise<{
   process.on('message', (message: ToWorker) => {
     switch (message?.fleetgate) {
       case 'source':
-        if (source.apply(message.update)) process.send?.({ fleetgate: 'hello' } satisfies ToPrimary)
+        if (source.apply(message.update)) tell({ fleetgate: 'hello' })
         break
       case 'query':
         void answer(message.what)
@@ -307,7 +323,7 @@ export async function runWorker (config: ProxyConfig, logger: Logger): Promise<{
             log.warn({ err, what: message.what }, 'could not answer the primary')
             return null
           })
-          .then(value => process.send?.({ fleetgate: 'answer', id: message.id, value } satisfies ToPrimary))
+          .then(value => tell({ fleetgate: 'answer', id: message.id, value }))
         break
       case 'shutdown':
         shutdown()
@@ -326,10 +342,10 @@ export async function runWorker (config: ProxyConfig, logger: Logger): Promise<{
     return { process: processMetrics, traffic: proxy.report() } satisfies WorkerMetrics
   }
   // Hello first: the membership is on its way while the listener opens.
-  process.send?.({ fleetgate: 'hello' } satisfies ToPrimary)
+  tell({ fleetgate: 'hello' })
   const { port } = await proxy.listen()
   listened = true
-  process.send?.({ fleetgate: 'listening', port } satisfies ToPrimary)
+  tell({ fleetgate: 'listening', port })
   if (shutdownAsked) shutdown()
   return { closed }
 }

@@ -225,7 +225,7 @@ t.test('a worker that cannot listen stops the start with exit code 2, not a resp
   const proxy = runFleetgate(t, ['proxy', '--static', 'http://127.0.0.1:9', '--workers', '2', '--listen', `127.0.0.1:${port}`, '--admin-listen', '127.0.0.1:0'])
   t.same(await exitWithin(proxy, 20_000), { code: 2, signal: null }, 'exit code 2')
   t.match(proxy.output(), /fleetgate: cannot listen: \w+ EADDRINUSE/, 'the worker says why')
-  t.match(proxy.output(), /fleetgate: FLEETGATE_ERR_WORKER_EXIT: .* before it listened/, 'the primary says it stops for that')
+  t.match(proxy.output(), /fleetgate: FLEETGATE_ERR_WORKER_EXIT: .* while the proxy was starting/, 'the primary says it stops for that')
   t.notMatch(proxy.output(), /starting another/, 'no worker was started again')
 })
 
@@ -260,11 +260,34 @@ t.test('workers that keep dying young are replaced ever more slowly', async t =>
   const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, '--workers', '2'])
   const delays = (): number[] => proxy.output().split('\n').filter(line => line.includes('"msg":"proxy worker died; starting another"'))
     .map(line => JSON.parse(line).respawnInMs as number)
+  const [steady, first] = workerPids(proxy.pid)
+  // One place crashes again and again: each kill takes the replacement of the last.
+  let victim = first!
   for (let kill = 1; kill <= 3; kill++) {
     const listening = proxy.output().split('"msg":"proxy worker listening"').length
-    process.kill(workerPids(proxy.pid)[0]!, 'SIGKILL')
+    process.kill(victim, 'SIGKILL')
     await eventually(() => delays().length === kill, { message: `death ${kill} logged` })
-    if (kill < 3) await eventually(() => proxy.output().split('"msg":"proxy worker listening"').length > listening, { timeoutMs: 15_000, message: 'replaced' })
+    if (kill === 3) break
+    await eventually(() => proxy.output().split('"msg":"proxy worker listening"').length > listening, { timeoutMs: 15_000, message: 'replaced' })
+    const dead = victim
+    victim = workerPids(proxy.pid).find(pid => pid !== steady && pid !== dead)!
   }
-  t.same(delays(), [1000, 2000, 4000], 'the wait doubles while replacements die young')
+  t.same(delays(), [1000, 2000, 4000], 'the wait doubles while the replacements in one place die young')
+
+  // The other place has its own count: its first death waits 1 s.
+  process.kill(steady!, 'SIGKILL')
+  await eventually(() => delays().length === 4, { message: 'the steady worker\'s death logged' })
+  t.equal(delays()[3], 1000, 'a worker dying in another place is not held to that streak')
+})
+
+t.test('a signal while the workers are still starting stops them, and the primary exits cleanly', async t => {
+  const backend = await startBackend(t, 'early')
+  const proxy = runFleetgate(t, ['proxy', '--static', `http://127.0.0.1:${backend.port}`, '--workers', '2', '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0'])
+  // Forked, so the primary takes signals; a worker needs far longer than this to load and listen.
+  const workers = await eventually(() => { const pids = workerPids(proxy.pid); return pids.length === 2 ? pids : undefined }, { intervalMs: 5, message: 'workers forked' })
+  proxy.kill('SIGTERM')
+  t.notMatch(proxy.output(), /fleetgate proxy listening/, 'the signal came while the proxy was starting')
+  t.same(await exitWithin(proxy, 15_000), { code: 0, signal: null }, 'the primary stops, not killed by the signal')
+  t.ok(workers!.every(pid => !isAlive(pid)), 'and the workers it was starting are gone')
+  t.notMatch(proxy.output(), /ERR_IPC_CHANNEL_CLOSED|FLEETGATE_ERR_WORKER_EXIT/, 'none of them failed on the way')
 })
