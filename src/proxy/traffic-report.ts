@@ -101,14 +101,22 @@ export function reportTraffic ({ traffic, queue, instanceCounts, instanceStates 
  *
  * Counters only ever go up, as Prometheus reads them (a drop is a restart, and the whole count is taken
  * as new):
- * - a worker that does not answer a scrape counts with its last report;
- * - a worker that exited keeps its counts in the totals (`retire`), without its gauges;
- * - an instance a worker no longer reports keeps that worker's counts while other workers still report
- *   it. Its series go once no worker reports it.
+ * - a worker that does not answer a scrape counts with its last report, and an answer older than the
+ *   one held (a scrape that waited out a dead worker) is not taken;
+ * - a worker that exited keeps its counts in the totals (`retire`), without its gauges; a late answer
+ *   of its own is not taken either;
+ * - an instance a worker stopped reporting, or reports again from 0 (it left and came back), keeps that
+ *   worker's earlier counts while some worker reports it. Its series go once no worker reports it.
  */
 export class MergedTraffic implements Traffic {
-  /** Each live worker's last report, and the counts of instances it reported before but not in it. */
-  #held = new Map<number, { report: TrafficReport, carried: Map<string, InstanceReport> }>()
+  /**
+   * Each live worker's last report, the number of the scrape it answered, and per instance the counts
+   * it reported before its series started again or went.
+   */
+  #held = new Map<number, { report: TrafficReport, asked: number, carried: Map<string, MergedInstance> }>()
+  /** Workers that exited. */
+  readonly #gone = new Set<number>()
+  #asked = 0
   /** What workers that exited had counted. */
   #retired = { instances: new Map<string, MergedInstance>(), unanswered: new Map<string, RequestCount>(), retries: noRetries(), noLiveInstances: 0, queueTimeouts: 0 }
   #instances = new Map<string, MergedInstance>()
@@ -124,28 +132,35 @@ export class MergedTraffic implements Traffic {
    * worker said last. An instance's object lives on from scrape to scrape while some report names it, so
    * the labels the metrics keep for it (and prom-client's text of them) are made once.
    */
-  update (answers: Iterable<readonly [worker: number, report: TrafficReport]>): void {
+  update (answers: Iterable<readonly [worker: number, report: TrafficReport]>, asked = this.#asked + 1): void {
+    this.#asked = Math.max(this.#asked, asked)
     for (const [worker, report] of answers) {
       const before = this.#held.get(worker)
-      const carried = new Map<string, InstanceReport>()
+      if (this.#gone.has(worker) || (before !== undefined && before.asked > asked)) continue
+      const carried = before?.carried ?? new Map<string, MergedInstance>()
       if (before) {
-        const named = new Set(report.instances.map(part => part.instance))
-        for (const part of [...before.report.instances, ...before.carried.values()]) {
-          if (!named.has(part.instance)) carried.set(part.instance, countsOf(part))
+        const now = new Map(report.instances.map(part => [part.instance, part]))
+        for (const part of before.report.instances) {
+          const next = now.get(part.instance)
+          if (next !== undefined && !restarted(part, next)) continue
+          let base = carried.get(part.instance)
+          if (!base) carried.set(part.instance, base = new MergedInstance(part.instance))
+          base.add(countsOf(part))
         }
       }
-      this.#held.set(worker, { report, carried })
+      this.#held.set(worker, { report, asked, carried })
     }
     this.#merge()
   }
 
   /** A worker that exited: what it counted stays in the totals; what it held (in flight, queued) goes. */
   retire (worker: number): void {
+    this.#gone.add(worker)
     const held = this.#held.get(worker)
     if (!held) return
     this.#held.delete(worker)
     const retired = this.#retired
-    for (const part of [...held.report.instances, ...held.carried.values()]) {
+    for (const part of [...held.report.instances, ...[...held.carried.values()].map(countsOf)]) {
       let merged = retired.instances.get(part.instance)
       if (!merged) retired.instances.set(part.instance, merged = new MergedInstance(part.instance))
       merged.add(countsOf(part))
@@ -182,7 +197,7 @@ export class MergedTraffic implements Traffic {
     const states = new Map<string, Set<string>>()
     for (const { report, carried } of this.#held.values()) {
       for (const part of report.instances) add(part)
-      for (const part of carried.values()) add(part)
+      for (const part of carried.values()) add(countsOf(part))
       addCounts(this.#unanswered, report.unanswered)
       for (const reason of Object.keys(this.#retries) as RetryReason[]) this.#retries[reason] += report.retries[reason] ?? 0
       this.#noLiveInstances += report.noLiveInstances
@@ -227,6 +242,13 @@ export class MergedTraffic implements Traffic {
 
 function noRetries (): Record<RetryReason, number> {
   return { connect_failure: 0, reset_before_response: 0 }
+}
+
+/** Whether an instance's series started again between two reports: a count went down. */
+function restarted (before: InstanceReport, after: InstanceReport): boolean {
+  const requests = (part: InstanceReport): number => part.requests?.reduce((sum, entry) => sum + entry.count, 0) ?? 0
+  return requests(after) < requests(before) || (after.duration?.count ?? 0) < (before.duration?.count ?? 0) ||
+    (after.connectFailures ?? 0) < (before.connectFailures ?? 0) || (after.ejections ?? 0) < (before.ejections ?? 0)
 }
 
 /** An instance's counters, without its in-flight gauge. */

@@ -164,6 +164,39 @@ t.test('the primary renders the workers\' reports as prom-client would have merg
   t.ok(none.includes('fleetgate_retries_total{reason="connect_failure",service="s"} 1'), 'the totals stay')
 })
 
+t.test('merged counters stay monotonic through late answers, dead workers and instances that come back', async t => {
+  const a = (count: number): TrafficReport => ({
+    instances: [{ instance: 'i:1', requests: [{ method: 'GET', code: '200', count }] }],
+    unanswered: [], retries: { connect_failure: 0, reset_before_response: 0 }, noLiveInstances: 0,
+    queue: { size: 0, timeouts: 0 }, instanceCounts: { up: 1 }, instanceStates: [['i:1', 'up']],
+  })
+  const without = (report: TrafficReport): TrafficReport => ({ ...report, instances: [], instanceStates: [] })
+  const total = (merged: MergedTraffic): number => [...merged.instances()].reduce((sum, i) => sum + [...i.requests()].reduce((s, r) => s + r.count, 0), 0)
+
+  const merged = new MergedTraffic()
+  merged.update([[1, a(5)], [2, a(7)]], 1)
+  t.equal(total(merged), 12)
+  merged.update([[1, a(9)]], 3)
+  merged.update([[1, a(6)], [2, a(8)]], 2)
+  t.equal(total(merged), 17, 'an answer to an older scrape does not replace a newer one (9 + 8, not 6 + 8)')
+
+  merged.retire(2)
+  merged.update([[2, a(30)]], 4)
+  t.equal(total(merged), 17, 'a late answer of a worker that exited is not taken')
+  t.same([...merged.instanceStates()], [['i:1', 'up']], 'nor its gauges')
+
+  // Worker 1 drops the instance and reports it again from 0: it left and came back.
+  merged.update([[1, without(a(9))], [3, a(1)]], 5)
+  t.equal(total(merged), 18, 'its earlier counts are kept while another worker reports the instance')
+  merged.update([[1, a(2)], [3, a(1)]], 6)
+  t.equal(total(merged), 20, 'and stay under its new ones: 9 + 2, 8 retired, 1')
+  merged.update([[1, a(1)], [3, a(1)]], 7)
+  t.equal(total(merged), 21, 'a count that went down is read as a series started again: 9 + 2 kept, 1 new, 8 retired, 1')
+
+  merged.update([[1, without(a(0))], [3, without(a(0))]], 8)
+  t.equal(total(merged), 0, 'once no worker reports the instance, its series go, with what was kept of them')
+})
+
 t.test('the primary keeps a worker\'s answer only when its report has every part, and numbers for its counts', async t => {
   const a = endpoint('a', 1001)
   const { traffic, collectors } = worker([['127.0.0.1:1001', 'up']], { up: 1 }, { size: 1, timeouts: 2 })
