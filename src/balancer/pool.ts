@@ -108,6 +108,8 @@ export class Pool {
   #generation = 0
   readonly #picker = new RoundRobin<Endpoint>()
   readonly #ejected = new Set<Endpoint>()
+  /** Up, but a second entry of a server already in the rotation: it takes no new requests. */
+  readonly #setAside = new Set<Endpoint>()
   #upCount = 0
   #membership: Membership | undefined
   readonly #listeners = new Set<(event: PoolEvent) => void>()
@@ -303,8 +305,9 @@ export class Pool {
   /** A connect failed: eject the endpoint for a growing time, so later requests skip it. */
   reportConnectFailure (endpoint: Endpoint): void {
     endpoint.failures++
-    // A late failure of a removed endpoint is not its successor's (same key, a new object).
-    if (this.#endpoints.get(endpoint.key) !== endpoint || endpoint.instance.state !== 'up') return
+    // A late failure of a removed endpoint is not its successor's (same key, a new object); nor is one of
+    // an entry set aside for its server's other one.
+    if (this.#endpoints.get(endpoint.key) !== endpoint || endpoint.instance.state !== 'up' || this.#setAside.has(endpoint)) return
     const now = this.#now()
     if (endpoint.ejectedUntilMs > now) return
     const durationMs = Math.min(this.#options.ejectMaxMs, this.#options.ejectBaseMs * 2 ** endpoint.ejections)
@@ -337,14 +340,20 @@ export class Pool {
     // one server: one share, one connection limit, and a retry that does not land on it again. Its
     // first entry takes the requests; the other serves what it already has.
     const addresses = new Set<string>()
+    this.#setAside.clear()
     const up = this.#ordered.filter(e => {
-      if (e.instance.state !== 'up' || addresses.has(e.address)) return false
+      if (e.instance.state !== 'up') return false
+      if (addresses.has(e.address)) {
+        this.#setAside.add(e)
+        return false
+      }
       addresses.add(e.address)
       return true
     })
     this.#upCount = up.length
-    for (const endpoint of this.#ejected) if (endpoint.instance.state !== 'up') this.#ejected.delete(endpoint)
-    // An ejection outlives a spell of draining: the instance comes back up still ejected, as it shows.
+    // Only endpoints in the rotation count as ejected. An ejection outlives a spell of draining: the
+    // instance comes back up still ejected, as it shows.
+    this.#ejected.clear()
     const now = this.#now()
     for (const endpoint of up) if (endpoint.ejectedUntilMs > now) this.#ejected.add(endpoint)
     this.#picker.reset(up)

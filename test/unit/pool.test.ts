@@ -66,6 +66,27 @@ t.test('one server listed under two ids takes one share, and the other entry tak
   t.same(ids(pool, 2).sort(), ['b', 'member_2'], 'the other entry takes over once the first leaves')
 })
 
+t.test('an entry set aside for its server\'s other one is not counted or ejected', async t => {
+  const { pool, now } = build()
+  const twin = (id: string): Instance => ({ ...inst(id, 1), host: '127.0.0.9' })
+  const ejected: string[] = []
+  pool.onEvent(event => { if (event.type === 'ejected') ejected.push(event.endpoint.instance.id) })
+  pool.update(membership(twin('member_2'), inst('b', 2)))
+  const second = [...pool.endpoints()][0]!
+  pool.reportConnectFailure(second)
+  t.same(pool.counts(), { up: 1, draining: 0, ejected: 1 })
+  // The server registers again under an id that sorts first: its old entry is set aside.
+  pool.update(membership(twin('member_1'), twin('member_2'), inst('b', 2)))
+  t.same(ids(pool, 4), ['member_1', 'b', 'member_1', 'b'], 'the new entry takes the server\'s share')
+  now.ms += 1001
+  pool.reportConnectFailure(second)
+  t.same(ejected, ['member_2'], 'a late failure of the set-aside entry ejects nothing more')
+  const [first, , b] = [...pool.endpoints()]
+  pool.reportConnectFailure(b!)
+  t.same(ids(pool, 3), ['member_1', 'member_1', 'member_1'], 'the healthy one takes the requests')
+  t.equal(pool.pick(new Set([first!])), undefined, 'one of two in the rotation healthy is no panic: the set-aside entry is not counted')
+})
+
 t.test('an ejection outlives a spell of draining: the instance comes back still ejected', async t => {
   const { pool, now } = build()
   pool.update(membership(inst('a', 1), inst('b', 2), inst('c', 3)))
