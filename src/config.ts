@@ -40,8 +40,8 @@ const Common = {
     expected: '"zookeeper", "static" or "consul"',
   })),
   zookeeper: Type.Optional(Type.String({
-    pattern: `^[A-Za-z0-9_.-]+(:${PORT_1})?(,[A-Za-z0-9_.-]+(:${PORT_1})?)*(${ZNODE_PATH})?$`, description: 'ZooKeeper connect string, with an optional chroot',
-    expected: 'HOST:PORT[,HOST:PORT...][/chroot], ports from 1 to 65535, a chroot without empty, "." or ".." parts or a trailing "/"',
+    pattern: `^[A-Za-z0-9_.-]+(:${PORT_1})?(,[A-Za-z0-9_.-]+(:${PORT_1})?)*(${ZNODE_PATH}|/)?$`, description: 'ZooKeeper connect string, with an optional chroot',
+    expected: 'HOST:PORT[,HOST:PORT...][/chroot], ports from 1 to 65535, a chroot without empty, "." or ".." parts or a trailing "/" (a lone "/" is none)',
   })),
   basePath: Type.String({ pattern: `^(/|${ZNODE_PATH})$`, default: '/services', description: 'ZooKeeper base path', expected: 'an absolute path like /services, without empty, "." or ".." parts' }),
   sessionTimeoutMs: Milliseconds('ZooKeeper session timeout; the agent\'s Consul TTL check', 10_000, 1000),
@@ -223,7 +223,9 @@ function checkDiscovery (raw: Record<string, unknown>, origins: Map<string, Orig
     .flatMap(([backend, keys]) => keys.filter(key => origins.has(key)).map(key => ({ key, backend })))
   const flags = stray.filter(({ key }) => origins.get(key)?.kind === 'flag')
   if (flags.length > 0) {
-    const chosen = raw.discovery === undefined ? `discovery is ${discovery}${discovery === 'static' ? ' (--static is given)' : ' (the default)'}` : `${where('discovery', origins)} = ${JSON.stringify(raw.discovery)}`
+    const chosen = raw.discovery === undefined
+      ? `discovery is ${discovery}${discovery === 'static' ? ` (${where('static', origins)} is given)` : ' (the default)'}`
+      : `${where('discovery', origins)} = ${JSON.stringify(raw.discovery)}`
     const named = flags.map(({ key, backend }) => `${where(key, origins)} (for ${backend})`)
     throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', `${chosen}, so ${named.join(', ')} would be ignored: leave ${named.length === 1 ? 'it' : 'them'} out, or choose that backend with --discovery`)
   }
