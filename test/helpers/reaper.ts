@@ -21,6 +21,16 @@ export function tracked(): ReadonlySet<ChildProcess> {
   return children
 }
 
+/** Whether a process still runs, by PID (signal 0 only checks): for processes started by ours. */
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}
+
 export function isRunning(child: ChildProcess): boolean {
   return child.exitCode === null && child.signalCode === null
 }

@@ -5,19 +5,12 @@ import t from 'tap'
 import { children, DEMO_BACKEND, expiredSessions, readNode, startAgent, startHealthBackend } from '../helpers/agent.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { get, zkClient } from '../helpers/fleet.ts'
+import { isAlive } from '../helpers/reaper.ts'
 import { freePort, startZooKeeper } from '../helpers/zookeeper.ts'
 
 const server = await startZooKeeper()
 t.teardown(() => server.close())
 
-function alive (pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
-}
 
 t.test('a SIGKILLed agent\'s znode goes after the session timeout', async t => {
   const client = await zkClient(t, server.connectString)
@@ -72,7 +65,7 @@ t.test('wrapper mode: signals reach the command; SIGTERM drains first, then stop
 
   agent.kill('SIGHUP')
   await agent.waitForOutput(/"backend":"wt","signal":"SIGHUP"/)
-  t.ok(alive(pid), 'SIGHUP is passed on and the command keeps running')
+  t.ok(isAlive(pid), 'SIGHUP is passed on and the command keeps running')
 
   agent.kill('SIGTERM')
   await eventually(async () => JSON.parse((await readNode(client, path))?.data.toString() ?? '{}').payload?.state === 'draining', { message: 'draining' })
@@ -80,7 +73,7 @@ t.test('wrapper mode: signals reach the command; SIGTERM drains first, then stop
   await eventually(async () => (await readNode(client, path)) === undefined, { message: 'deregistered after the drain' })
   const { code } = await agent.exited
   t.equal(code, 0)
-  t.notOk(alive(pid), 'the command was stopped')
+  t.notOk(isAlive(pid), 'the command was stopped')
   t.match(agent.output(), /"signal":"SIGTERM".*"forwarding signal"/s)
 })
 

@@ -7,18 +7,10 @@ import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
 import { get } from '../helpers/fleet.ts'
-import { isRunning, track } from '../helpers/reaper.ts'
+import { isAlive, isRunning, track } from '../helpers/reaper.ts'
 
 const DEMO = fileURLToPath(new URL('../../dist/demo.js', import.meta.url))
 
-function alive (pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
-}
 
 t.test('npm run demo: three instances answer through the proxy, and Ctrl-C stops everything', async t => {
   const demo = spawn(process.execPath, [DEMO, '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] })
@@ -39,7 +31,7 @@ t.test('npm run demo: three instances answer through the proxy, and Ctrl-C stops
       await Promise.race([exited, new Promise(resolve => setTimeout(resolve, 20_000))])
     }
     // Only if the demo failed to stop them: the processes it reported starting.
-    for (const pid of pids) if (alive(pid)) process.kill(pid, 'SIGKILL')
+    for (const pid of pids) if (isAlive(pid)) process.kill(pid, 'SIGKILL')
   })
 
   const proxyUrl = (await eventually(() => output.match(/proxy +(http:\/\/127\.0\.0\.1:\d+)\//)?.[1], { timeoutMs: 60_000, message: `proxy URL printed; output:\n${output}` }))!
@@ -62,7 +54,7 @@ t.test('npm run demo: three instances answer through the proxy, and Ctrl-C stops
   demo.kill('SIGINT')
   t.equal(await exited, 0, 'the demo exits 0')
   t.match(output, /stopping: agents drain first/)
-  await eventually(() => pids.every(pid => !alive(pid)), { timeoutMs: 5000, message: 'every process the demo started is gone' })
+  await eventually(() => pids.every(pid => !isAlive(pid)), { timeoutMs: 5000, message: 'every process the demo started is gone' })
   for (const port of backendPorts) {
     await eventually(async () => {
       try {

@@ -280,13 +280,18 @@ async function stalledInstance (t: Test): Promise<number> {
   return port
 }
 
-t.test('a connect that times out counts against the instance, though its client left before', async t => {
+/** A proxy whose one instance is stalled, and a reader of its metrics for the service. */
+async function proxyBeforeStalledInstance (t: Test, service: string, connectTimeoutMs: number) {
   const client = await zkClient(t, server.connectString)
-  const port = await stalledInstance(t)
-  await registerCurator(client, { service: 'left-early', id: 'stalled', port })
-  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'left-early', '--connect-timeout-ms', '500'])
+  await registerCurator(client, { service, id: 'stalled', port: await stalledInstance(t) })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', service, '--connect-timeout-ms', String(connectTimeoutMs)])
   await eventually(() => proxy.ready())
-  const metric = async (name: string): Promise<number> => sample(await proxy.metrics(), name, { service: 'left-early' })
+  const metric = async (name: string, labels: Record<string, string> = {}): Promise<number> => sample(await proxy.metrics(), name, { service, ...labels })
+  return { proxy, metric }
+}
+
+t.test('a connect that times out counts against the instance, though its client left before', async t => {
+  const { proxy, metric } = await proxyBeforeStalledInstance(t, 'left-early', 500)
 
   const socket = connect(Number(new URL(proxy.url).port), '127.0.0.1')
   t.teardown(() => socket.destroy())
@@ -297,16 +302,12 @@ t.test('a connect that times out counts against the instance, though its client 
   await eventually(async () => await metric('fleetgate_upstream_connect_failures_total') === 1, { message: 'the connect timeout counted' })
   t.equal(await metric('fleetgate_ejections_total'), 1, 'and the instance ejected')
   t.equal((await proxy.status()).instances[0]?.state, 'ejected', 'as /status shows')
-  t.equal(sample(await proxy.metrics(), 'fleetgate_requests_total', { service: 'left-early', code: '499' }), 1, 'the request counted as a client that left')
+  t.equal(await metric('fleetgate_requests_total', { code: '499' }), 1, 'the request counted as a client that left')
 })
 
 t.test('a WebSocket client that leaves while the instance connect is pending frees the instance\'s connection slot', async t => {
-  const client = await zkClient(t, server.connectString)
-  const port = await stalledInstance(t)
-  await registerCurator(client, { service: 'ws-stalled', id: 'stalled', port })
-  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'ws-stalled', '--connect-timeout-ms', '60000'])
-  await eventually(() => proxy.ready())
-  const inFlight = async () => sample(await proxy.metrics(), 'fleetgate_in_flight_requests', { service: 'ws-stalled' })
+  const { proxy, metric } = await proxyBeforeStalledInstance(t, 'ws-stalled', 60_000)
+  const inFlight = () => metric('fleetgate_in_flight_requests')
 
   const ws = connect(Number(new URL(proxy.url).port), '127.0.0.1')
   t.teardown(() => ws.destroy())
@@ -316,7 +317,7 @@ t.test('a WebSocket client that leaves while the instance connect is pending fre
   // A reset: a client's FIN is seen only once the proxy reads from it, which the splice does after connecting.
   ws.resetAndDestroy()
   await eventually(async () => await inFlight() === 0, { message: 'its slot is free once the client left' })
-  t.equal(sample(await proxy.metrics(), 'fleetgate_requests_total', { service: 'ws-stalled', code: '499' }), 1, 'counted as a client that left')
+  t.equal(await metric('fleetgate_requests_total', { code: '499' }), 1, 'counted as a client that left')
 })
 
 t.test('a refused upgrade reaches a slow client whole, though the instance hangs up at once', async t => {

@@ -7,6 +7,7 @@ import http from 'node:http'
 import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
 import { type FleetgateProcess, get, registerCurator, removeNode, runFleetgate, sample, startBackend, startProxy, zkClient } from '../helpers/fleet.ts'
+import { isAlive } from '../helpers/reaper.ts'
 import { fourLetterWord, startZooKeeper } from '../helpers/zookeeper.ts'
 
 const server = await startZooKeeper()
@@ -173,16 +174,6 @@ const exitWithin = async (proc: FleetgateProcess, timeoutMs: number): Promise<Aw
   let exit: Awaited<FleetgateProcess['exited']> | undefined
   void proc.exited.then(result => { exit = result })
   return (await eventually(() => exit, { timeoutMs, message: 'the proxy exits' }))!
-}
-
-/** Whether a process of ours still runs (signal 0 only checks). */
-const isAlive = (pid: number): boolean => {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
 }
 
 t.test('workers share the listening socket: the kernel hands out connections, not the primary', async t => {
