@@ -17,7 +17,7 @@ export const ERRORS = {
   FLEETGATE_ERR_UPSTREAM_PROTOCOL: { message: 'The instance sent an invalid HTTP response', statusCode: 502 },
   FLEETGATE_ERR_QUEUE_TIMEOUT: { message: 'Every instance stayed at its connection limit for the whole queue timeout', statusCode: 503 },
   FLEETGATE_ERR_CLIENT_TIMEOUT: { message: 'The client stopped sending its request body', statusCode: 408 },
-  FLEETGATE_ERR_WORKER_EXIT: { message: 'A proxy worker exited while the proxy was starting', statusCode: 0 },
+  FLEETGATE_ERR_WORKER_EXIT: { message: 'A proxy worker exited before every worker listened', statusCode: 0 },
   FLEETGATE_ERR_ZK_WATCHDOG: { message: 'ZooKeeper did not answer within the watchdog deadline', statusCode: 0 },
   FLEETGATE_ERR_CONSUL_REQUEST: { message: 'A request to Consul failed', statusCode: 0 },
   FLEETGATE_ERR_AGENT_COMMAND: { message: 'The wrapped command could not be started', statusCode: 0 },

@@ -8,7 +8,7 @@ import { AggregatorRegistry, Registry, type Aggregator, type MetricObjectWithVal
 import { splitHostPort, type ProxyConfig } from '../config.ts'
 import { FleetgateError } from '../errors.ts'
 import type { Logger } from '../logger.ts'
-import type { Instance } from '../membership/instance.ts'
+import { instanceAddress, type Instance } from '../membership/instance.ts'
 import { deltaFromChange, diffInstances, RemoteSource, type SourceUpdate } from '../membership/remote.ts'
 import type { MembershipSource } from '../membership/source.ts'
 import { createProxyMetrics } from '../metrics.ts'
@@ -181,7 +181,7 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
       traffic.retire(worker.id)
       if (closing) return
       if (!started) {
-        failStart(new FleetgateError('FLEETGATE_ERR_WORKER_EXIT', `worker ${worker.process.pid} exited with ${signal ?? `code ${code}`} while the proxy was starting (its error is above)`))
+        failStart(new FleetgateError('FLEETGATE_ERR_WORKER_EXIT', `worker ${worker.process.pid} exited with ${signal ?? `code ${code}`} (its error is above)`))
         return
       }
       slot.shortLives = Date.now() - forkedAtMs < HEALTHY_LIFETIME_MS ? slot.shortLives + 1 : 0
@@ -204,7 +204,8 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
     if (malformed > 0) log.warn({ malformed }, 'left out worker metrics of an unknown shape')
     // From here to the text, nothing waits on I/O (prom-client's awaits are of settled promises), so a
     // second scrape cannot update the reports while this one renders them.
-    traffic.update(answers.map(([worker, answer]) => [worker, answer.traffic]), asked)
+    const members = new Set(source.current()?.instances.map(instanceAddress))
+    traffic.update(answers.map(([worker, answer]) => [worker, answer.traffic]), { asked, members })
     return Registry.merge([registry, AggregatorRegistry.aggregate(answers.map(([, answer]) => answer.process))]).metrics()
   }
   const status = async (): Promise<ProxyStatus> => {
@@ -225,27 +226,31 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
   cluster.schedulingPolicy = cluster.SCHED_NONE
   cluster.setupPrimary({ silent: false, execArgv: [...process.execArgv, ...missingNodeFlags(process.execArgv)] })
 
-  /** Asks every worker to drain, and kills the ones still there once the drain's deadline is long past. */
+  /**
+   * Asks every worker to drain, and kills one still there once its drain's deadline is long past (a
+   * worker that never listened has nothing to drain: it gets the grace alone).
+   */
   const stopWorkers = async (): Promise<void> => {
     closing = true
     const workers = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined && !w.isDead())
-    const hardStop = setTimeout(() => {
-      for (const worker of workers) {
-        if (worker.isDead()) continue
-        log.error({ pid: worker.process.pid, waitedMs: config.shutdownTimeoutMs + HARD_STOP_GRACE_MS }, 'proxy worker did not stop; killing it')
-        worker.process.kill('SIGKILL')
-      }
-    }, config.shutdownTimeoutMs + HARD_STOP_GRACE_MS)
     await Promise.all(workers.map(worker => new Promise<void>(resolve => {
       if (worker.isDead()) return resolve()
-      worker.once('exit', () => resolve())
+      const waitMs = (listening.has(worker) ? config.shutdownTimeoutMs : 0) + HARD_STOP_GRACE_MS
+      const hardStop = setTimeout(() => {
+        log.error({ pid: worker.process.pid, waitedMs: waitMs }, 'proxy worker did not stop; killing it')
+        worker.process.kill('SIGKILL')
+      }, waitMs)
+      worker.once('exit', () => {
+        clearTimeout(hardStop)
+        resolve()
+      })
       if (worker.isConnected()) worker.send({ fleetgate: 'shutdown' } satisfies ToWorker)
       else worker.kill('SIGTERM')
     })))
-    clearTimeout(hardStop)
   }
 
   source.start().catch(err => log.error({ err }, 'discovery failed to start'))
+  const stopped = new Error('stopped while starting')
   for (let i = 0; i < workerCount; i++) fork()
   try {
     await new Promise<void>((resolve, reject) => {
@@ -259,14 +264,15 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
         clearInterval(check)
         reject(err)
       }
-      stop?.addEventListener('abort', () => failStart(new Error('stopped while starting')), { once: true })
-      if (stop?.aborted) failStart(new Error('stopped while starting'))
+      stop?.addEventListener('abort', () => failStart(stopped), { once: true })
+      if (stop?.aborted) failStart(stopped)
     })
     started = true
   } catch (err) {
     await stopWorkers()
     await source.close()
-    if (stop?.aborted) return { close: async () => undefined }
+    // Stopped by a signal, the start ends quietly; a failure stays one, whatever came after it.
+    if (err === stopped) return { close: async () => undefined }
     throw err
   }
   const adminAddress = splitHostPort(config.adminListen)

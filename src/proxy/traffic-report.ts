@@ -93,6 +93,9 @@ export function reportTraffic ({ traffic, queue, instanceCounts, instanceStates 
   }
 }
 
+/** How long a late answer of a worker that exited is watched for: well past the primary's query timeout. */
+const GONE_KEPT_MS = 60_000
+
 /**
  * The workers' reports, added up as the primary's collectors. Counters, histograms and in-flight gauges
  * add up over the workers. The pool's gauges do not, because every worker holds the same membership: a
@@ -114,8 +117,8 @@ export class MergedTraffic implements Traffic {
    * it reported before its series started again or went.
    */
   #held = new Map<number, { report: TrafficReport, asked: number, carried: Map<string, MergedInstance> }>()
-  /** Workers that exited. */
-  readonly #gone = new Set<number>()
+  /** Workers that exited, and when: an answer of theirs may still come in, for as long as a query waits. */
+  readonly #gone = new Map<number, number>()
   #asked = 0
   /** What workers that exited had counted. */
   #retired = { instances: new Map<string, MergedInstance>(), unanswered: new Map<string, RequestCount>(), retries: noRetries(), noLiveInstances: 0, queueTimeouts: 0 }
@@ -129,11 +132,15 @@ export class MergedTraffic implements Traffic {
 
   /**
    * Takes the reports of the workers that answered a scrape, by worker id, and adds up what every live
-   * worker said last. An instance's object lives on from scrape to scrape while some report names it, so
-   * the labels the metrics keep for it (and prom-client's text of them) are made once.
+   * worker said last. `asked` numbers the scrape (default: after the last); `members`, the addresses in
+   * the membership, keeps their counts while no worker reports them yet (all of them just replaced). An
+   * instance's object lives on from scrape to scrape while it is reported, so the labels the metrics keep
+   * for it (and prom-client's text of them) are made once.
    */
-  update (answers: Iterable<readonly [worker: number, report: TrafficReport]>, asked = this.#asked + 1): void {
+  update (answers: Iterable<readonly [worker: number, report: TrafficReport]>, { asked = this.#asked + 1, members }: { asked?: number, members?: ReadonlySet<string> } = {}): void {
     this.#asked = Math.max(this.#asked, asked)
+    const now = Date.now()
+    for (const [worker, retiredAtMs] of this.#gone) if (now - retiredAtMs > GONE_KEPT_MS) this.#gone.delete(worker)
     for (const [worker, report] of answers) {
       const before = this.#held.get(worker)
       if (this.#gone.has(worker) || (before !== undefined && before.asked > asked)) continue
@@ -150,12 +157,12 @@ export class MergedTraffic implements Traffic {
       }
       this.#held.set(worker, { report, asked, carried })
     }
-    this.#merge()
+    this.#merge(members)
   }
 
   /** A worker that exited: what it counted stays in the totals; what it held (in flight, queued) goes. */
   retire (worker: number): void {
-    this.#gone.add(worker)
+    this.#gone.set(worker, Date.now())
     const held = this.#held.get(worker)
     if (!held) return
     this.#held.delete(worker)
@@ -171,10 +178,10 @@ export class MergedTraffic implements Traffic {
     retired.queueTimeouts += held.report.queue.timeouts
   }
 
-  #merge (): void {
-    // An instance is reported while a live worker's last report names it; the counts others kept of it
-    // go with it.
-    const named = new Set<string>()
+  #merge (members: ReadonlySet<string> | undefined): void {
+    // An instance is reported while a live worker's last report names it, or it is in the membership;
+    // the counts others kept of it go with it.
+    const named = new Set<string>(members)
     for (const { report } of this.#held.values()) for (const part of report.instances) named.add(part.instance)
     for (const { carried } of this.#held.values()) for (const instance of carried.keys()) if (!named.has(instance)) carried.delete(instance)
     for (const instance of this.#retired.instances.keys()) if (!named.has(instance)) this.#retired.instances.delete(instance)
@@ -244,11 +251,18 @@ function noRetries (): Record<RetryReason, number> {
   return { connect_failure: 0, reset_before_response: 0 }
 }
 
-/** Whether an instance's series started again between two reports: a count went down. */
+/**
+ * Whether an instance's series started again between two reports: any one count went down. (One that
+ * started again and outgrew every count is read as continued: undercounted, never decreasing.)
+ */
 function restarted (before: InstanceReport, after: InstanceReport): boolean {
-  const requests = (part: InstanceReport): number => part.requests?.reduce((sum, entry) => sum + entry.count, 0) ?? 0
-  return requests(after) < requests(before) || (after.duration?.count ?? 0) < (before.duration?.count ?? 0) ||
-    (after.connectFailures ?? 0) < (before.connectFailures ?? 0) || (after.ejections ?? 0) < (before.ejections ?? 0)
+  if ((after.connectFailures ?? 0) < (before.connectFailures ?? 0) || (after.ejections ?? 0) < (before.ejections ?? 0)) return true
+  const counts = new Map(after.requests?.map(entry => [`${entry.method} ${entry.code}`, entry.count]))
+  if (before.requests?.some(entry => (counts.get(`${entry.method} ${entry.code}`) ?? 0) < entry.count)) return true
+  const was = before.duration
+  if (!was) return false
+  const is = after.duration ?? { buckets: [], sum: 0, count: 0 }
+  return is.count < was.count || is.sum < was.sum || was.buckets.some((count, i) => (is.buckets[i] ?? 0) < count)
 }
 
 /** An instance's counters, without its in-flight gauge. */

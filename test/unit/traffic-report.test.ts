@@ -174,27 +174,38 @@ t.test('merged counters stay monotonic through late answers, dead workers and in
   const total = (merged: MergedTraffic): number => [...merged.instances()].reduce((sum, i) => sum + [...i.requests()].reduce((s, r) => s + r.count, 0), 0)
 
   const merged = new MergedTraffic()
-  merged.update([[1, a(5)], [2, a(7)]], 1)
+  merged.update([[1, a(5)], [2, a(7)]], { asked: 1 })
   t.equal(total(merged), 12)
-  merged.update([[1, a(9)]], 3)
-  merged.update([[1, a(6)], [2, a(8)]], 2)
+  merged.update([[1, a(9)]], { asked: 3 })
+  merged.update([[1, a(6)], [2, a(8)]], { asked: 2 })
   t.equal(total(merged), 17, 'an answer to an older scrape does not replace a newer one (9 + 8, not 6 + 8)')
 
   merged.retire(2)
-  merged.update([[2, a(30)]], 4)
+  merged.update([[2, a(30)]], { asked: 4 })
   t.equal(total(merged), 17, 'a late answer of a worker that exited is not taken')
   t.same([...merged.instanceStates()], [['i:1', 'up']], 'nor its gauges')
 
   // Worker 1 drops the instance and reports it again from 0: it left and came back.
-  merged.update([[1, without(a(9))], [3, a(1)]], 5)
+  merged.update([[1, without(a(9))], [3, a(1)]], { asked: 5 })
   t.equal(total(merged), 18, 'its earlier counts are kept while another worker reports the instance')
-  merged.update([[1, a(2)], [3, a(1)]], 6)
+  merged.update([[1, a(2)], [3, a(1)]], { asked: 6 })
   t.equal(total(merged), 20, 'and stay under its new ones: 9 + 2, 8 retired, 1')
-  merged.update([[1, a(1)], [3, a(1)]], 7)
+  merged.update([[1, a(1)], [3, a(1)]], { asked: 7 })
   t.equal(total(merged), 21, 'a count that went down is read as a series started again: 9 + 2 kept, 1 new, 8 retired, 1')
 
-  merged.update([[1, without(a(0))], [3, without(a(0))]], 8)
-  t.equal(total(merged), 0, 'once no worker reports the instance, its series go, with what was kept of them')
+  // Worker 3's series starts again with more requests in all, but fewer 200s: that count must not drop.
+  const mixed: TrafficReport = { ...a(0), instances: [{ instance: 'i:1', requests: [{ method: 'GET', code: '503', count: 4 }] }] }
+  merged.update([[1, a(1)], [3, mixed]], { asked: 8 })
+  const byCode = (code: string): number => [...merged.instances()].flatMap(i => [...i.requests()]).filter(r => r.code === code).reduce((s, r) => s + r.count, 0)
+  t.same([byCode('200'), byCode('503')], [21, 4], 'one count going down is a series started again, though the total grew')
+
+  // Every worker replaced at once: the new ones report nothing yet, but the instance is in the membership.
+  merged.retire(1)
+  merged.retire(3)
+  merged.update([[4, without(a(0))], [5, without(a(0))]], { asked: 9, members: new Set(['i:1']) })
+  t.same([byCode('200'), byCode('503')], [21, 4], 'the counts stay while the instance is in the membership')
+  merged.update([[4, without(a(0))], [5, without(a(0))]], { asked: 10, members: new Set() })
+  t.equal(total(merged), 0, 'once no worker reports the instance and it left, its series go, with what was kept of them')
 })
 
 t.test('the primary keeps a worker\'s answer only when its report has every part, and numbers for its counts', async t => {
