@@ -352,9 +352,17 @@ export class Pool {
     })
     this.#upCount = up.length
     // Only endpoints in the rotation count as ejected. An ejection outlives a spell of draining: the
-    // instance comes back up still ejected, as it shows.
-    this.#ejected.clear()
+    // instance comes back up still ejected, as it shows. One set aside is not ejected: its server's
+    // other entry stands for it.
     const now = this.#now()
+    this.#expireEjections(now)
+    for (const endpoint of this.#setAside) {
+      if (endpoint.ejectedUntilMs > now) {
+        endpoint.ejectedUntilMs = 0
+        endpoint.changedAtMs = now
+      }
+    }
+    this.#ejected.clear()
     for (const endpoint of up) if (endpoint.ejectedUntilMs > now) this.#ejected.add(endpoint)
     this.#picker.reset(up)
   }

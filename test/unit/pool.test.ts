@@ -78,6 +78,7 @@ t.test('an entry set aside for its server\'s other one is not counted or ejected
   // The server registers again under an id that sorts first: its old entry is set aside.
   pool.update(membership(twin('member_1'), twin('member_2'), inst('b', 2)))
   t.same(ids(pool, 4), ['member_1', 'b', 'member_1', 'b'], 'the new entry takes the server\'s share')
+  t.same(pool.counts(), { up: 3, draining: 0, ejected: 0 }, 'the set-aside entry is not shown as ejected either')
   now.ms += 1001
   pool.reportConnectFailure(second)
   t.same(ejected, ['member_2'], 'a late failure of the set-aside entry ejects nothing more')
