@@ -59,7 +59,12 @@ function main() {
   }
   if (files.length === 0) return finish(1, null, `run-tests: no test files found in ${paths.join(', ')}`)
 
-  const tapBin = resolveTapBin()
+  let tapBin
+  try {
+    tapBin = resolveTapBin()
+  } catch (err) {
+    return finish(2, null, `run-tests: tap is not installed (run npm ci): ${err instanceof Error ? err.message : String(err)}`)
+  }
   const env = { ...process.env }
   // tap prints its counts only when it is the root runner, not when it thinks it is a child test.
   delete env.TAP_CHILD_ID

@@ -62,14 +62,17 @@ echo "==> npm run typecheck"
 npm run typecheck
 echo "==> npm test (builds dist/ first: the end-to-end tests run the built CLI)"
 if [ "$DOCKER_TESTS" = 1 ]; then
-  # The Docker tests run after the suite, on their own (they are CPU-heavy); the last line adds up both.
+  # The Docker tests run after the suite, on their own (they are CPU-heavy). The last line adds up both
+  # runs, in the runner's own form, whether the Docker tests pass or not.
   LOG=$(mktemp)
   trap 'rm -f "$LOG"' EXIT
   npm test | tee "$LOG"
   echo "==> Docker tests (test/docker)"
-  node scripts/run-tests.mjs test/docker --timeout=900 | tee -a "$LOG"
+  STATUS=0
+  node scripts/run-tests.mjs test/docker --timeout=900 | tee -a "$LOG" || STATUS=$?
   awk '/^[0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$/ { p += $1; f += $3; s += $5 }
-    END { printf "\ntotal: %d passed, %d failed, %d skipped\n", p, f, s }' "$LOG"
+    END { printf "\n==> total: the suite and the Docker tests\n%d passed, %d failed, %d skipped\n", p, f, s }' "$LOG"
+  exit "$STATUS"
 else
   npm test
 fi

@@ -135,6 +135,7 @@ t.test('a proxy and two wrapped agents in containers: both serve, a stopped agen
   t.same([...servedBy].sort(), ['a', 'b'], 'requests through the proxy reach both instances')
 
   const load = loadLoop(url, { concurrency: 4, maxMs: 60_000, pauseMs: 1 })
+  t.teardown(() => load.stop())
   await eventually(() => load.result.ok >= 50, { timeoutMs: 10_000, message: 'load running' })
   const stopStart = Date.now()
   await engine.docker(['stop', '-t', '30', 'fleetgate-agent-a'], { timeoutMs: 60_000 })
@@ -276,6 +277,7 @@ t.test('docker-compose.yml on the host network with stand-ins: init first, two r
   t.equal(forwarded['x-forwarded-host'], `127.0.0.1:${listen}`, 'and X-Forwarded-Host')
 
   const load = loadLoop(url, { concurrency: 4, maxMs: 90_000, pauseMs: 1 })
+  t.teardown(() => load.stop())
   await eventually(() => load.result.ok >= 50, { timeoutMs: 10_000, message: 'load running' })
   const scaleStart = Date.now()
   await compose(['up', '-d', '--no-deps', '--scale', 'superset=1', 'superset'])

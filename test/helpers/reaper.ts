@@ -4,6 +4,7 @@
 // (so a recycled PID is never hit).
 
 import type { ChildProcess } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 
 const children = new Set<ChildProcess>()
 let installed = false
@@ -19,6 +20,24 @@ export function track(child: ChildProcess): void {
 /** Processes registered and not yet exited. */
 export function tracked(): ReadonlySet<ChildProcess> {
   return children
+}
+
+/** A process's start time (clock ticks after boot, field 22 of /proc/<pid>/stat): with its PID, which process it is. */
+export function startTimeOf(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]
+  } catch {
+    return undefined
+  }
+}
+
+/** Kills `pid` only while it is still the process that started at `startTime`: a PID may be reused. */
+export function killIfSame(pid: number, startTime: string | undefined, signal: NodeJS.Signals = 'SIGKILL'): void {
+  if (startTime === undefined || startTimeOf(pid) !== startTime) return
+  try {
+    process.kill(pid, signal)
+  } catch {} // gone meanwhile
 }
 
 /** Whether a process still runs, by PID (signal 0 only checks): for processes started by ours. */

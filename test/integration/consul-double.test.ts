@@ -63,7 +63,8 @@ t.test('passing drops entries with any check not passing; TTL checks fail when n
   const { api } = await consulTarget(t)
   const name = uniqueService('passing')
   await registered(t, api, { name, id: `${name}-a`, port: 8081 })
-  await registered(t, api, { name, id: `${name}-b`, port: 8082, ttl: '1s' })
+  // Time enough for the checks below on a busy machine before it runs out.
+  await registered(t, api, { name, id: `${name}-b`, port: 8082, ttl: '3s' })
   await api.check(`service:${name}-a`, 'fail', 'broken')
   const all = await api.health(name)
   t.equal(all.entries.length, 2, 'without passing: every entry')
@@ -72,7 +73,7 @@ t.test('passing drops entries with any check not passing; TTL checks fail when n
   await api.check(`service:${name}-a`, 'warn')
   t.same((await api.health(name, 'passing')).entries.map(e => e.Service.ID), [`${name}-b`], 'warning is not passing')
 
-  // b's TTL of 1 s runs out.
+  // b's TTL of 3 s runs out.
   await eventually(async () => (await api.health(name, 'passing')).entries.length === 0, { message: 'TTL expired', timeoutMs: 10_000 })
   const expired = (await api.health(name)).entries.find(e => e.Service.ID === `${name}-b`)!.Checks.find(c => c.CheckID === `service:${name}-b`)!
   t.equal(expired.Status, 'critical')

@@ -71,10 +71,9 @@ t.test('Consul restarts with a lower index: the proxy follows the next change at
   t.ok(double.index < before, `index ${before} -> ${double.index}`)
   await register(t, target, service, 'b', b!.port)
   const changedAt = Date.now()
-  await eventually(async () => (await proxy.status()).instances.length === 2, { timeoutMs: 15_000, message: 'the change after the restart' })
-  const followedMs = Date.now() - changedAt
-  t.comment(`followed ${followedMs} ms after the change, with a 120 s wait`)
-  t.ok(followedMs < 15_000)
+  // Within 15 s, though the watch blocks for up to 120 s on the old, higher index.
+  await eventually(async () => (await proxy.status()).instances.length === 2, { timeoutMs: 15_000, message: 'the change after the restart, long before the 120 s wait ends' })
+  t.comment(`followed ${Date.now() - changedAt} ms after the change, with a 120 s wait`)
   const after = double.healthQueries.slice(mark).filter(q => q.service === service && q.status === 200)
   t.equal(after[0]?.index, undefined, 'the first query after the restart carried no index')
   t.ok(after.slice(1).every(q => Number(q.index) <= 3 + 10), `later queries block on the new, lower index (${after.map(q => q.index).join(', ')})`)

@@ -155,8 +155,9 @@ t.test('an agent restarted with a lower index is followed at once, not after the
   t.ok(double.index < oldIndex, `index ${oldIndex} -> ${double.index}`)
   await target.api.register({ name, id: 'b', port: 8082 })
   const changedAt = Date.now()
-  await eventually(() => f.ids() === 'a:up,b:up', { message: 'the change after the restart', timeoutMs: 10_000 })
-  t.ok(Date.now() - changedAt < 10_000, `followed in ${Date.now() - changedAt} ms with a 120 s wait`)
+  // Within 10 s, though the watch blocks for up to 120 s on the old, higher index.
+  await eventually(() => f.ids() === 'a:up,b:up', { message: 'the change after the restart, long before the 120 s wait ends', timeoutMs: 10_000 })
+  t.comment(`followed in ${Date.now() - changedAt} ms with a 120 s wait`)
 })
 
 t.test('400 and 500 answers: logged and retried with back-off, membership kept and stale, then resynced', { skip: needsDouble('fault hooks') }, async t => {

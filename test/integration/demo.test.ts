@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
 import { get } from '../helpers/fleet.ts'
-import { isAlive, isRunning, track } from '../helpers/reaper.ts'
+import { isAlive, isRunning, killIfSame, startTimeOf, track } from '../helpers/reaper.ts'
 
 const DEMO = fileURLToPath(new URL('../../dist/demo.js', import.meta.url))
 
@@ -20,6 +20,8 @@ t.test('npm run demo: three instances answer through the proxy, and Ctrl-C stops
   demo.stderr!.setEncoding('utf8').on('data', (s: string) => { output += s })
   const exited = new Promise<number | null>(resolve => demo.once('exit', code => resolve(code)))
   const pids: number[] = []
+  /** Each one's start time, taken when it was reported: the teardown kills only those very processes. */
+  const started = new Map<number, string | undefined>()
   t.teardown(async () => {
     // The demo keeps its logs for the user; a test run need not.
     const logs = output.match(/logs +(\/\S*fleetgate-demo-[^/\s]+)\//)?.[1]
@@ -31,12 +33,13 @@ t.test('npm run demo: three instances answer through the proxy, and Ctrl-C stops
       await Promise.race([exited, new Promise(resolve => setTimeout(resolve, 20_000))])
     }
     // Only if the demo failed to stop them: the processes it reported starting.
-    for (const pid of pids) if (isAlive(pid)) process.kill(pid, 'SIGKILL')
+    for (const [pid, startTime] of started) killIfSame(pid, startTime)
   })
 
   const proxyUrl = (await eventually(() => output.match(/proxy +(http:\/\/127\.0\.0\.1:\d+)\//)?.[1], { timeoutMs: 60_000, message: `proxy URL printed; output:\n${output}` }))!
   const pidLine = (await eventually(() => output.match(/pids: (.*)/)?.[1], { message: 'pids printed' }))!
   pids.push(...[...pidLine.matchAll(/=(\d+)/g)].map(m => Number(m[1])))
+  for (const pid of pids) started.set(pid, startTimeOf(pid))
   t.equal(pids.length, 5, `zookeeper, proxy and three agents: ${pidLine}`)
   t.match(output, /Add an instance:\n +node \S+cli\.js agent .* -- node \S+backend\.js --name d/)
   t.match(output, /kill -TERM \d+/)

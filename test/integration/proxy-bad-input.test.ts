@@ -1,7 +1,7 @@
 // End to end: bad HTTP input gets a 4xx or a clean close and the proxy keeps serving; bad configuration
 // stops start-up with a clear message and a non-zero exit.
 
-import { mkdtempSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { connect } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -56,6 +56,7 @@ t.test('bad configuration: clear error, exit code 2', async t => {
   t.match(listen.output(), /FLEETGATE_ERR_CONFIG_INVALID: Invalid configuration: --listen = "nonsense": expected HOST:PORT/)
 
   const dir = mkdtempSync(join(tmpdir(), 'fleetgate-bad-config-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   const file = join(dir, 'fleetgate.yaml')
   writeFileSync(file, 'static: http://127.0.0.1:1\nlisten_port: 8080\n')
   const unknown = runFleetgate(t, ['proxy', '--config', file])

@@ -32,6 +32,7 @@ t.test('a crashed instance is skipped without a failed request', async t => {
   await eventually(async () => (await proxy.status()).instances.length === 3)
 
   const load = loadLoop(proxy.url, { concurrency: 8, maxMs: 30_000 })
+  t.teardown(() => load.stop())
   await eventually(() => load.result.ok > 200)
   backends[1]!.child.kill('SIGKILL')
   // The session times out after 2 s; until then the dead port is skipped by retries and ejection.

@@ -7,7 +7,7 @@ import http from 'node:http'
 import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
 import { type FleetgateProcess, get, registerCurator, removeNode, runFleetgate, sample, startBackend, startProxy, zkClient } from '../helpers/fleet.ts'
-import { isAlive } from '../helpers/reaper.ts'
+import { isAlive, killIfSame, startTimeOf } from '../helpers/reaper.ts'
 import { fourLetterWord, startZooKeeper } from '../helpers/zookeeper.ts'
 
 const server = await startZooKeeper()
@@ -238,8 +238,9 @@ t.test('a worker that does not stop is killed once the drain\'s deadline is long
   const backend = await startBackend(t, 'stuck')
   const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, '--workers', '2', '--shutdown-timeout-ms', '200'])
   const [stuck] = workerPids(proxy.pid)
+  const stuckStarted = startTimeOf(stuck!)
   process.kill(stuck!, 'SIGSTOP')
-  t.teardown(() => { if (isAlive(stuck!)) process.kill(stuck!, 'SIGKILL') })
+  t.teardown(() => killIfSame(stuck!, stuckStarted))
   proxy.kill('SIGTERM')
   await proxy.waitForOutput(/"msg":"proxy worker did not stop; killing it"/, 15_000)
   t.same(await exitWithin(proxy, 10_000), { code: 0, signal: null })

@@ -150,7 +150,9 @@ if (executablePath) {
     await eventually(async () => /^\d/.test((await page.locator(`tr[data-instance="${address(e.port)}"] td.rate span`).textContent()) ?? ''), {
       message: 'a request rate for superset-6', timeoutMs: 3 * STATUS_REFRESH_MS + 2000,
     })
-    const screenshot = process.env.FLEETGATE_UPDATE_SCREENSHOT ? SCREENSHOT : path.join(await mkdtemp(path.join(os.tmpdir(), 'fleetgate-shot-')), 'status-page.png')
+    const shots = process.env.FLEETGATE_UPDATE_SCREENSHOT ? undefined : await mkdtemp(path.join(os.tmpdir(), 'fleetgate-shot-'))
+    if (shots) t.teardown(() => rm(shots, { recursive: true, force: true }))
+    const screenshot = shots ? path.join(shots, 'status-page.png') : SCREENSHOT
     await page.screenshot({ path: screenshot, fullPage: true })
     t.comment(`screenshot: ${screenshot}`)
 
