@@ -272,6 +272,13 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     const endpoint = this.#endpoint!
     this.#endAttempt()
     const code = (error as NodeJS.ErrnoException).code ?? ''
+    if (code === 'UND_ERR_INVALID_ARG') {
+      // A request Node parsed but undici will not send (a second Host, `OPTIONS *`, an absolute target
+      // with an upper-case scheme): the client's fault, not the instance's, and no other would take it.
+      this.#endpoint = undefined
+      if (this.#clientGone) return this.#finish(499)
+      return this.#fail('FLEETGATE_ERR_BAD_REQUEST')
+    }
     const connectFailure = CONNECT_FAILURES.has(code)
     // Held against the instance even when the client has left meanwhile: a connect still pending then
     // ran on to its failure, and the next requests must not wait on the same instance.

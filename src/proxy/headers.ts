@@ -9,7 +9,12 @@ const HOP_BY_HOP = new Set([
   'te', 'trailer', 'transfer-encoding', 'upgrade', 'expect',
 ])
 
-const FORWARDED = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port'])
+/**
+ * What ProxyFix reads (Superset's default PROXY_FIX_CONFIG trusts one hop of each): set by the proxy,
+ * never taken from the client. fleetgate serves at the root and sets no prefix, so a client's
+ * X-Forwarded-Prefix (which Werkzeug makes the SCRIPT_NAME of every link and redirect) is dropped.
+ */
+const FORWARDED = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port', 'x-forwarded-prefix'])
 
 /**
  * The request head for the instance, as a flat [name, value, ...] list (undici's cheapest form).

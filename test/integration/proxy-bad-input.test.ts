@@ -10,13 +10,17 @@ import { eventually } from '../helpers/eventually.ts'
 import { get, runFleetgate, sample, startBackend, startProxy } from '../helpers/fleet.ts'
 
 /** Writes raw bytes and returns what the proxy answered before closing (or after 5 s). */
-function raw (url: string, payload: string | Buffer, options: { destroyAfterWrite?: boolean } = {}): Promise<string> {
+function raw (url: string, payload: string | Buffer, options: { destroyAfterWrite?: boolean, closeAfterAnswer?: boolean } = {}): Promise<string> {
   const { port } = new URL(url)
   return new Promise((resolve, reject) => {
     const socket = connect(Number(port), '127.0.0.1')
     let answer = ''
     const timer = setTimeout(() => { socket.destroy(); resolve(answer) }, 5_000)
-    socket.setEncoding('utf8').on('data', (s: string) => { answer += s })
+    socket.setEncoding('utf8').on('data', (s: string) => {
+      answer += s
+      // A keep-alive answer leaves the connection open: done once its JSON body has come whole.
+      if (options.closeAfterAnswer && answer.endsWith('}')) socket.destroy()
+    })
     socket.on('close', () => { clearTimeout(timer); resolve(answer) })
     socket.on('error', err => { clearTimeout(timer); options.destroyAfterWrite ? resolve(answer) : reject(err) })
     socket.write(payload, () => { if (options.destroyAfterWrite) socket.destroy() })
@@ -39,6 +43,16 @@ t.test('malformed, oversize and aborted requests', async t => {
   t.match(malformed, /^HTTP\/1\.1 400 /, 'malformed header: 400')
   const oversize = await raw(proxy.url, `GET / HTTP/1.1\r\nHost: x\r\nx-big: ${'a'.repeat(100 * 1024)}\r\n\r\n`)
   t.match(oversize, /^HTTP\/1\.1 431 /, 'oversize header: 431')
+  // Requests Node accepts that cannot be forwarded as they are: the client's fault, not the instance's.
+  const hitsBeforeBad = backend.hits
+  for (const request of ['GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n', 'OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n']) {
+    const answer = await raw(proxy.url, request, { destroyAfterWrite: false, closeAfterAnswer: true })
+    t.match(answer, /^HTTP\/1\.1 400 [^]*"error":"FLEETGATE_ERR_BAD_REQUEST"/, `${JSON.stringify(request.split('\r\n')[0])}: 400`)
+  }
+  t.equal(backend.hits, hitsBeforeBad, 'nothing reached the instance')
+  const counted = await proxy.metrics()
+  t.equal(sample(counted, 'fleetgate_requests_total', { instance: 'none', code: '400' }), 2, 'counted as answered by no instance')
+  t.equal((await proxy.status()).instances[0]?.errors, 0, 'and not as the instance\'s errors')
   const longUrl = await get(proxy.url, `/superset/explore/?form_data=${'x'.repeat(30_000)}`)
   t.equal(longUrl.status, 200, 'a 30 KB URL, as Superset makes, still passes')
 

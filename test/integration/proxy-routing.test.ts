@@ -129,7 +129,7 @@ t.test('forwarding: methods, bodies, query strings and headers reach the instanc
     const req = httpRequest(`${proxy.url}/api/v1/chart/data?form_data=%7B%7D&x=1`, {
       method: 'POST',
       headers: {
-        'content-type': 'application/json', 'x-forwarded-for': '203.0.113.7', 'x-forwarded-proto': 'https',
+        'content-type': 'application/json', 'x-forwarded-for': '203.0.113.7', 'x-forwarded-proto': 'https', 'x-forwarded-prefix': '//evil.example',
         connection: 'keep-alive, x-secret', 'x-secret': 'hop', 'keep-alive': 'timeout=5', host: 'superset.example:8088', cookie: 'session=abc',
       },
     }, r => {
@@ -148,6 +148,7 @@ t.test('forwarding: methods, bodies, query strings and headers reach the instanc
   t.equal(seen.headers['x-forwarded-proto'], 'http', 'proto is what the proxy saw')
   t.equal(seen.headers['x-forwarded-host'], 'superset.example:8088')
   t.equal(seen.headers['x-forwarded-port'], new URL(proxy.url).port)
+  t.notOk('x-forwarded-prefix' in seen.headers, 'a client\'s X-Forwarded-Prefix does not reach the instance: ProxyFix would build links on it')
   t.equal(seen.headers.host, 'superset.example:8088', 'Host is passed through')
   t.equal(seen.headers.cookie, 'session=abc')
   t.notOk('x-secret' in seen.headers, 'headers named in Connection are dropped')
