@@ -2,6 +2,7 @@
 // converges on what the agent asked after every reconnect, session expiry, deletion by others and tick.
 
 import { posix } from 'node:path'
+import type { Stat } from 'node-zookeeper-client'
 import { FleetgateError } from '../errors.ts'
 import type { Logger } from '../logger.ts'
 import type { InstanceState } from '../membership/instance.ts'
@@ -47,6 +48,11 @@ export class ZooKeeperRegistrar implements Registrar {
   #state: InstanceState | undefined
   #lastError: string | undefined
   #conflict = false
+  /**
+   * The session that removed a node another session held, as a leftover of an earlier run. Once per
+   * session: a node of another session that appears again is a second live agent with this id.
+   */
+  #clearedForeignIn: string | undefined
   #loopGeneration: number | undefined
   #dirty = false
   /** The ZooKeeper error of the race the last pass lost. */
@@ -221,12 +227,17 @@ export class ZooKeeperRegistrar implements Registrar {
       const stat = await exists(client, this.path, watcher)
       if (!this.#current(generation)) return true
 
+      const session = client.getSessionId().toString('hex')
+      const foreign = stat !== null && !stat.ephemeralOwner.equals(client.getSessionId())
       if (desired.kind === 'absent') {
         // Whoever wrote it (this session or an earlier run of this agent), the instance is not serving;
-        // only a node another live agent took over from this session is left alone.
-        const theirs = stat && this.#conflict && !stat.ephemeralOwner.equals(client.getSessionId())
-        if (stat && !theirs) {
+        // only a node another live agent holds is left alone. Deleting that again each time it came back
+        // would have both agents delete and create it in a loop.
+        if (foreign && (this.#conflict || this.#clearedForeignIn === session)) {
+          this.#reportConflict(stat)
+        } else if (stat) {
           await remove(client, this.path, stat.version)
+          if (foreign) this.#clearedForeignIn = session
           this.#log.info('deregistered')
         }
         this.#written = undefined
@@ -236,12 +247,12 @@ export class ZooKeeperRegistrar implements Registrar {
 
       const data = this.#options.encode(desired.state)
       const text = data.toString()
-      if (stat && !stat.ephemeralOwner.equals(client.getSessionId())) {
-        if (this.#written) {
-          // This session created it, so another live session took it since: a second agent with the
-          // same id. Fighting would make both delete each other's node forever; the operator must fix it.
-          if (!this.#conflict) this.#log.error({ owner: stat.ephemeralOwner.toString('hex') }, 'another agent holds this instance id; set a distinct --id')
-          this.#conflict = true
+      if (foreign) {
+        if (this.#written || this.#clearedForeignIn === session) {
+          // This session created it, or already cleared one left over, so another live session holds it:
+          // a second agent with the same id. Fighting would make both delete each other's node forever;
+          // the operator must fix it.
+          this.#reportConflict(stat)
           this.#markAbsent()
           return true
         }
@@ -249,6 +260,7 @@ export class ZooKeeperRegistrar implements Registrar {
         // again rather than adopt it, so watchers see the change and the node dies with OUR session.
         this.#log.warn({ owner: stat.ephemeralOwner.toString('hex') }, 'replacing a registration left by another session')
         await remove(client, this.path, stat.version)
+        this.#clearedForeignIn = session
         return false
       }
       this.#conflict = false
@@ -271,6 +283,11 @@ export class ZooKeeperRegistrar implements Registrar {
       this.#lostRace = err
       return false
     }
+  }
+
+  #reportConflict (stat: Stat): void {
+    if (!this.#conflict) this.#log.error({ owner: stat.ephemeralOwner.toString('hex') }, 'another agent holds this instance id; set a distinct --id')
+    this.#conflict = true
   }
 
   async #create (client: Client, data: Buffer): Promise<void> {

@@ -118,3 +118,26 @@ t.test('a chroot that does not exist: the agent says so, backs off, and register
   agent.kill('SIGTERM')
   t.equal((await agent.exited).code, 0)
 })
+
+t.test('two agents with one id: the second says so and leaves the first one\'s znode alone', async t => {
+  const server = await startZooKeeper()
+  t.teardown(() => server.close())
+  const client = await zkClient(t, server.connectString)
+  const [serving, failing] = await Promise.all([startHealthBackend(t, 'twin-up'), startHealthBackend(t, 'twin-down')])
+  failing.healthy = false
+  const path = '/services/twins/twin'
+  await startAgent(t, { zookeeper: server.connectString, service: 'twins', port: serving.port, args: ['--id', 'twin'] })
+  await eventually(() => readNode(client, path), { message: 'the first agent registered' })
+
+  // The second one's instance fails its checks: it wants no registration, and finds the first one's node.
+  const second = await startAgent(t, { zookeeper: server.connectString, service: 'twins', port: failing.port, args: ['--id', 'twin'] })
+  await second.waitForOutput(/another agent holds this instance id/, 15_000)
+  const settled = (await readNode(client, path))!
+  const checks = async (): Promise<number> => sample(await second.metrics(), 'fleetgate_agent_health_checks_total')
+  const before = await checks()
+  await eventually(async () => await checks() >= before + 5, { message: 'five more checks of the failing instance' })
+  const after = await readNode(client, path)
+  t.ok(after, 'the first agent\'s znode is there')
+  t.equal(after!.stat.czxid.toString('hex'), settled.stat.czxid.toString('hex'), 'and was not deleted and created again meanwhile')
+  t.equal(JSON.parse(after!.data.toString()).port, serving.port, 'it is the serving instance\'s')
+})
