@@ -85,8 +85,7 @@ export function proxyUpgrade (ctx: UpgradeContext, req: IncomingMessage, client:
       ctx.pool.reportSuccess(endpoint)
       ctx.sockets.add(client)
       upstream.write(requestHead(req) + '\r\n')
-      if (head.length > 0) upstream.write(head)
-      splice(client, upstream, ctx.headersTimeoutMs, {
+      splice(client, upstream, head, ctx.headersTimeoutMs, {
         // The upgrade counts with the status the instance answered (101, or a refusal such as 403), and
         // lasts until then; the session after it is not a request.
         answered: status => ctx.metrics.finished(endpoint, method, status, seconds()),
@@ -116,11 +115,13 @@ interface SpliceEvents {
 /**
  * Joins the client and the instance, to which the handshake has been sent. Nothing goes to the client
  * before the instance answers, so an instance that hangs up first, or stays silent for
- * `headersTimeoutMs`, gets the client an error answer instead of a dropped connection.
+ * `headersTimeoutMs`, gets the client an error answer instead of a dropped connection. Nothing of the
+ * client's goes to the instance before it accepts the upgrade (101): bytes sent behind the handshake
+ * would otherwise reach an instance that refused it as further requests, past the proxy's header
+ * handling. Until then they wait in the client's socket, and `head` (what came with the handshake) here.
  */
-function splice (client: Duplex, upstream: Socket, headersTimeoutMs: number, on: SpliceEvents): void {
+function splice (client: Duplex, upstream: Socket, head: Buffer, headersTimeoutMs: number, on: SpliceEvents): void {
   upstream.setNoDelay(true)
-  client.pipe(upstream)
   let answered = false
   let timedOut = false
   let closed = false
@@ -133,10 +134,11 @@ function splice (client: Duplex, upstream: Socket, headersTimeoutMs: number, on:
     clearTimeout(timer)
     const status = statusOf(first)
     on.answered(status)
-    if (status !== 101) {
-      // Refused: the answer goes to the client, but nothing more of the client's goes to the instance,
-      // which would take it as further requests past the proxy's header handling.
-      client.unpipe(upstream)
+    if (status === 101) {
+      if (head.length > 0) upstream.write(head)
+      client.pipe(upstream)
+    } else {
+      // Refused: the answer goes to the client, and the instance gets nothing more of the client's.
       upstream.end()
     }
     client.write(first)
@@ -151,7 +153,6 @@ function splice (client: Duplex, upstream: Socket, headersTimeoutMs: number, on:
     } else if (client.destroyed) {
       on.clientLeft()
     } else {
-      client.unpipe(upstream)
       on.unanswered(timedOut ? 'FLEETGATE_ERR_UPSTREAM_TIMEOUT' : 'FLEETGATE_ERR_UPSTREAM_RESET')
     }
     upstream.destroy()

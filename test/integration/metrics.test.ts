@@ -139,6 +139,16 @@ t.test('an upgrade counts as the instance answered it: a refusal, a hang-up, sil
   after.write('GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n')
   await eventually(() => after.destroyed || after.readableEnded, { message: 'the connection ends after the refusal' })
   t.equal(refusing.hits, hits, 'the request sent after it never reached the instance')
+  // Nor does one sent in the same packet as the handshake, before any answer.
+  const together = connect(Number(new URL(refused.url).port), '127.0.0.1')
+  t.teardown(() => together.destroy())
+  let answer = ''
+  together.setEncoding('latin1').on('data', (s: string) => { answer += s })
+  together.write('GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n' +
+    'GET /smuggled HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n')
+  await eventually(() => answer.endsWith('no session') && (together.destroyed || together.readableEnded), { message: 'the refusal, then the end' })
+  t.equal(refusing.hits, hits + 1, 'only the handshake reached the instance, not the request behind it')
+  t.notMatch(answer, /no session[^]*no session/, 'and only one answer came back')
 
   // Instances that take the connection, then hang up at once or never answer.
   const sockets = new Set<Socket>()
