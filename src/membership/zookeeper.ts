@@ -60,6 +60,12 @@ export class ZooKeeperSource extends BaseSource {
   #commitWhole = true
   /** Children a data watch saw deleted since the last list was read. */
   readonly #deleted = new Set<string>()
+  /**
+   * The children being read, each with whether a watch event for it came meanwhile. The client handles
+   * a whole socket read at once: a read's answer and an event right behind it in the same packet run the
+   * event's handler before the read's result is stored, which would then overwrite what the event said.
+   */
+  readonly #reading = new Map<string, boolean>()
   #watcher: { generation: number, fn: (event: ZkEvent) => void } | undefined
 
   constructor (options: ZooKeeperSourceOptions) {
@@ -135,17 +141,20 @@ export class ZooKeeperSource extends BaseSource {
 
   async #syncLoop (generation: number): Promise<void> {
     this.#syncingGeneration = generation
+    let full = false
     try {
       do {
         this.#dirty = false
         const client = this.#session.client
         if (!client || this.#session.generation !== generation) return
-        const full = this.#fullResync
+        full = this.#fullResync
         this.#fullResync = false
         await this.#syncOnce(client, generation, full)
       } while (this.#dirty && this.#session.generation === generation)
       this.#retry.succeeded()
     } catch (err) {
+      // A full resync that failed is still owed: its retry is one too.
+      if (full) this.#fullResync = true
       // Connection loss and the like: the session reports it and a reconnect starts a new sync. What
       // ZooKeeper refuses while connected (such as the service node's ACL) is tried again, ever less often.
       const retryMs = this.#retry.failed()
@@ -229,16 +238,24 @@ export class ZooKeeperSource extends BaseSource {
     const worker = async (): Promise<void> => {
       while (next < names.length && live()) {
         const name = names[next++]!
+        this.#reading.set(name, false)
+        const touched = (): boolean => {
+          const eventCame = this.#reading.get(name) === true
+          this.#reading.delete(name)
+          return eventCame
+        }
         try {
           this.#reads++
           const { data } = await getData(client, `${this.path}/${name}`, watcher)
-          if (live()) this.#store(name, decodeRegistration(name, data))
+          const stale = touched()
+          if (live()) this.#store(name, decodeRegistration(name, data), stale)
         } catch (err) {
+          touched()
           const code = zkErrorCode(err)
           if (code === ZK.NO_AUTH) {
             // Its ACL does not let fleetgate read it: skipped and reported like a malformed registration,
             // rather than failing every sync and holding back every other change.
-            if (live()) this.#store(name, { ok: false, reason: 'unreadable', detail: 'ZooKeeper denied the read (NO_AUTH): the znode\'s ACL does not grant READ' })
+            if (live()) this.#store(name, { ok: false, reason: 'unreadable', detail: 'ZooKeeper denied the read (NO_AUTH): the znode\'s ACL does not grant READ' }, false)
             continue
           }
           // Deleted between the list and the read: the child watch brings the new list.
@@ -256,13 +273,14 @@ export class ZooKeeperSource extends BaseSource {
     await Promise.all(Array.from({ length: Math.min(READ_CONCURRENCY, names.length) }, worker))
   }
 
-  #store (name: string, result: DecodeResult): void {
+  /** Caches what a read of `name` found; `stale`: an event for it came during the read, so read it again. */
+  #store (name: string, result: DecodeResult, stale: boolean): void {
     const cached = this.#cache.get(name)
     if (cached?.result.ok && result.ok && sameInstance(cached.result.instance, result.instance)) {
       // Read again (a resync, a new session) but unchanged: keep the object the membership holds.
       // publish() would map an equal new object back to it too, but only by matching every re-read
       // child against the membership and sorting them, at every change until the next re-read.
-      cached.stale = false
+      cached.stale = stale
       return
     }
     if (cached?.result.ok) this.#lose(cached.result.instance)
@@ -270,10 +288,10 @@ export class ZooKeeperSource extends BaseSource {
     if (result.ok && lost !== undefined && sameInstance(lost, result.instance)) {
       // Dropped (a list that missed it, say) and back unchanged since the last commit: no change at all.
       this.#lost.delete(lost.id)
-      this.#cache.set(name, { result: { ...result, instance: lost }, stale: false, listed: this.#pass })
+      this.#cache.set(name, { result: { ...result, instance: lost }, stale, listed: this.#pass })
       return
     }
-    this.#cache.set(name, { result, stale: false, listed: this.#pass })
+    this.#cache.set(name, { result, stale, listed: this.#pass })
     if (result.ok) {
       this.#gained.add(result.instance)
       this.#reported.delete(name)
@@ -332,6 +350,7 @@ export class ZooKeeperSource extends BaseSource {
     if (!this.#current(generation)) return
     if (event.path !== this.path) {
       const name = posix.basename(event.path)
+      if (this.#reading.has(name)) this.#reading.set(name, true)
       if (event.type === ZK.NODE_DELETED) {
         // The service node's child watch fires for the same delete and brings the sync (a second one
         // from here would list all children again). This says which child went, so that sync need not
