@@ -47,6 +47,9 @@ export function resolveAgentSettings (config: AgentConfig): AgentSettings {
   }
 }
 
+/** What the agent passes on to its wrapped command as it comes. */
+const PASSED_ON: readonly NodeJS.Signals[] = ['SIGHUP', 'SIGUSR2', 'SIGQUIT', 'SIGWINCH', 'SIGTTIN', 'SIGTTOU']
+
 export async function runAgent (argv: readonly string[], env: Readonly<Record<string, string | undefined>>): Promise<number> {
   const { config, command, ignored } = loadConfig(AgentConfigSchema, { argv, env, takesCommand: true })
   const settings = resolveAgentSettings(config)
@@ -105,15 +108,19 @@ export async function runAgent (argv: readonly string[], env: Readonly<Record<st
     logger,
   })
 
-  // SIGTERM and SIGINT drain first and reach the command only at the end; SIGHUP (reload) goes through.
+  // SIGTERM and SIGINT drain first and reach the command only at the end. The signals a server takes
+  // while it runs go through, as tini and dumb-init pass them: a reload (HUP), and gunicorn's more or
+  // fewer workers (TTIN, TTOU), new binary (USR2), quick stop (QUIT) and graceful worker stop (WINCH).
+  // Without a command, only HUP is taken (and ignored); the others keep node's default.
+  const handlers = new Map<NodeJS.Signals, (signal: NodeJS.Signals) => void>()
   const onStop = (signal: NodeJS.Signals): void => { void agent!.shutdown(signal) }
-  const onHangUp = (): void => {
-    if (supervisor) supervisor.signal('SIGHUP')
-    else logger.info('SIGHUP ignored: no wrapped command')
+  handlers.set('SIGTERM', onStop).set('SIGINT', onStop)
+  if (supervisor) {
+    for (const signal of PASSED_ON) handlers.set(signal, passed => supervisor.signal(passed))
+  } else {
+    handlers.set('SIGHUP', () => logger.info('SIGHUP ignored: no wrapped command'))
   }
-  process.on('SIGTERM', onStop)
-  process.on('SIGINT', onStop)
-  process.on('SIGHUP', onHangUp)
+  for (const [signal, handler] of handlers) process.on(signal, handler)
   try {
     if (supervisor) await supervisor.start()
   } catch (err) {
@@ -135,9 +142,7 @@ export async function runAgent (argv: readonly string[], env: Readonly<Record<st
   agent.start()
 
   const code = await agent.done
-  process.removeListener('SIGTERM', onStop)
-  process.removeListener('SIGINT', onStop)
-  process.removeListener('SIGHUP', onHangUp)
+  for (const [signal, handler] of handlers) process.removeListener(signal, handler)
   await admin.close()
   return code
 }

@@ -90,8 +90,11 @@ async function main (): Promise<void> {
   }
   process.once('SIGTERM', stop)
   process.once('SIGINT', stop)
-  // Stands for a reload (gunicorn re-reads its config on SIGHUP): say so, keep serving.
-  process.on('SIGHUP', () => process.stdout.write(`${JSON.stringify({ backend: name, signal: 'SIGHUP' })}\n`))
+  // Stand for a reload (gunicorn re-reads its config on SIGHUP) and gunicorn's other signals (more or
+  // fewer workers on TTIN and TTOU, a new binary on USR2): say so, keep serving.
+  for (const signal of ['SIGHUP', 'SIGUSR2', 'SIGTTIN', 'SIGTTOU'] as const) {
+    process.on(signal, () => process.stdout.write(`${JSON.stringify({ backend: name, signal })}\n`))
+  }
   if (values['exit-with-parent']) {
     // Wrapped by an agent that was SIGKILLed: nobody will stop us, so do not linger as an orphan.
     const parent = process.ppid

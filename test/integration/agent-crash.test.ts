@@ -63,9 +63,12 @@ t.test('wrapper mode: signals reach the command; SIGTERM drains first, then stop
   await eventually(() => readNode(client, path), { message: 'registered' })
   const pid = (await agent.status()).command!.pid!
 
-  agent.kill('SIGHUP')
-  await agent.waitForOutput(/"backend":"wt","signal":"SIGHUP"/)
-  t.ok(isAlive(pid), 'SIGHUP is passed on and the command keeps running')
+  for (const signal of ['SIGHUP', 'SIGUSR2', 'SIGTTIN', 'SIGTTOU'] as const) {
+    agent.kill(signal)
+    await agent.waitForOutput(new RegExp(`"backend":"wt","signal":"${signal}"`))
+    t.ok(isAlive(pid), `${signal} is passed on and the command keeps running`)
+  }
+  t.equal(agent.child.exitCode, null, 'and so does the agent')
 
   agent.kill('SIGTERM')
   await eventually(async () => JSON.parse((await readNode(client, path))?.data.toString() ?? '{}').payload?.state === 'draining', { message: 'draining' })
