@@ -49,7 +49,10 @@ export class Supervisor {
   /** Resolves once the command runs; a command that cannot start is a FleetgateError (bad configuration). */
   async start (): Promise<void> {
     const [file, ...args] = this.#options.command as [string, ...string[]]
-    const child = spawn(file, args, { stdio: 'inherit', env: { ...this.#options.env } })
+    // Its own process group: a command that does not exec its server (a shell script, `sh -c`) takes it
+    // along when signalled, and a Ctrl-C or a signal to the agent's group reaches the agent alone, which
+    // drains before it passes the signal on.
+    const child = spawn(file, args, { stdio: 'inherit', env: { ...this.#options.env }, detached: true })
     this.#child = child
     this.#exited = new Promise(resolve => {
       child.once('exit', (code, signal) => {
@@ -68,11 +71,19 @@ export class Supervisor {
     this.#log.info({ pid: child.pid, command: this.#options.command }, 'command started')
   }
 
-  /** Passes a signal on to the child, if it still runs. */
+  /** Passes a signal on to the child and its process group, if it still runs. */
   signal (signal: NodeJS.Signals): void {
     if (!this.running) return
     this.#log.info({ pid: this.#child!.pid, signal }, 'forwarding signal')
-    this.#child!.kill(signal)
+    this.#kill(signal)
+  }
+
+  #kill (signal: NodeJS.Signals): void {
+    try {
+      process.kill(-this.#child!.pid!, signal)
+    } catch {
+      this.#child!.kill(signal) // the group is gone but the child not yet reaped
+    }
   }
 
   /** Sends `signal`, then SIGKILL if the child has not exited after timeoutMs. */
@@ -84,7 +95,7 @@ export class Supervisor {
     const timer = setTimeout(() => {
       if (!this.running) return
       this.#log.warn({ pid: this.#child!.pid, timeoutMs }, 'command did not stop in time; killing it')
-      this.#child!.kill('SIGKILL')
+      this.#kill('SIGKILL')
     }, timeoutMs)
     try {
       return await this.exited

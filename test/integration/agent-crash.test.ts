@@ -5,7 +5,7 @@ import t from 'tap'
 import { children, DEMO_BACKEND, expiredSessions, readNode, startAgent, startHealthBackend } from '../helpers/agent.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { get, zkClient } from '../helpers/fleet.ts'
-import { isAlive } from '../helpers/reaper.ts'
+import { isAlive, killIfSame, startTimeOf } from '../helpers/reaper.ts'
 import { freePort, startZooKeeper } from '../helpers/zookeeper.ts'
 
 const server = await startZooKeeper()
@@ -126,4 +126,25 @@ t.test('a restarted agent replaces the znode its SIGKILLed predecessor left, wit
   const node = await readNode(client, path)
   t.ok(node?.stat.ephemeralOwner.equals(after.stat.ephemeralOwner), 'the new znode outlives the old session')
   t.same(await children(client, parent), [id])
+})
+
+t.test('wrapper mode: a command that does not exec its server (sh -c) takes the server along when stopped', async t => {
+  const client = await zkClient(t, server.connectString)
+  const port = await freePort()
+  const path = `/services/wrapped-shell/127.0.0.1-${port}`
+  // The shell stays the agent's child; the server is the shell's.
+  const agent = await startAgent(t, {
+    zookeeper: server.connectString, service: 'wrapped-shell', port, args: ['--drain-ms', '200'],
+    command: ['sh', '-c', `"${process.execPath}" "${DEMO_BACKEND}" --name sh --port ${port} & wait`],
+  })
+  const [, pid] = await agent.waitForOutput(/"backend":"sh","url":"[^"]*","pid":(\d+)/)
+  const serverPid = Number(pid)
+  const serverStarted = startTimeOf(serverPid)
+  t.teardown(() => killIfSame(serverPid, serverStarted))
+  await eventually(() => readNode(client, path), { message: 'registered' })
+
+  agent.kill('SIGTERM')
+  t.same(await agent.exited, { code: 0, signal: null }, 'the agent stops the command and exits 0')
+  await eventually(() => !isAlive(serverPid), { message: 'the server the shell started is gone too', timeoutMs: 5000 })
+  t.equal(await readNode(client, path), undefined, 'and deregistered')
 })
