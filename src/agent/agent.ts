@@ -263,6 +263,7 @@ export class Agent {
     const { registrar, supervisor } = this.#options
     const stop = async (): Promise<number> => {
       await this.#written(registrar.deregister())
+      await supervisor!.reap(this.#options.stopTimeoutMs)
       await registrar.close()
       return supervisor!.exitCode(exit)
     }

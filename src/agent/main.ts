@@ -116,7 +116,13 @@ export async function runAgent (argv: readonly string[], env: Readonly<Record<st
   const onStop = (signal: NodeJS.Signals): void => { void agent!.shutdown(signal) }
   handlers.set('SIGTERM', onStop).set('SIGINT', onStop)
   if (supervisor) {
-    for (const signal of PASSED_ON) handlers.set(signal, passed => supervisor.signal(passed))
+    // Not the terminal's job-control signals when writing to a terminal: caught, a background agent's
+    // next log line would raise SIGTTOU again and again instead of stopping it.
+    const onTerminal = process.stdout.isTTY === true || process.stderr.isTTY === true
+    for (const signal of PASSED_ON) {
+      if (onTerminal && (signal === 'SIGTTIN' || signal === 'SIGTTOU')) continue
+      handlers.set(signal, passed => supervisor.signal(passed))
+    }
   } else {
     handlers.set('SIGHUP', () => logger.info('SIGHUP ignored: no wrapped command'))
   }

@@ -3,6 +3,7 @@
 
 import { spawn, type ChildProcess } from 'node:child_process'
 import { constants } from 'node:os'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { FleetgateError } from '../errors.ts'
 import type { Logger } from '../logger.ts'
 
@@ -16,6 +17,9 @@ export interface SupervisorOptions {
   readonly env: Readonly<Record<string, string | undefined>>
   readonly logger: Logger
 }
+
+/** How often a stop looks whether the command's process group is gone. */
+const GROUP_POLL_MS = 50
 
 export class Supervisor {
   readonly #options: SupervisorOptions
@@ -71,36 +75,71 @@ export class Supervisor {
     this.#log.info({ pid: child.pid, command: this.#options.command }, 'command started')
   }
 
-  /** Passes a signal on to the child and its process group, if it still runs. */
+  /**
+   * Passes a signal on to the child, if it still runs: to it alone, as tini does. A server's master
+   * (gunicorn's) handles it and tells its workers what they need; sent to them too, a reload (SIGHUP)
+   * or a new binary (SIGUSR2) would kill every worker at once.
+   */
   signal (signal: NodeJS.Signals): void {
     if (!this.running) return
     this.#log.info({ pid: this.#child!.pid, signal }, 'forwarding signal')
-    this.#kill(signal)
+    this.#child!.kill(signal)
   }
 
-  #kill (signal: NodeJS.Signals): void {
-    try {
-      process.kill(-this.#child!.pid!, signal)
-    } catch {
-      this.#child!.kill(signal) // the group is gone but the child not yet reaped
+  /**
+   * Sends `signal` to the command's whole process group, and waits until all of it has exited: a shell
+   * that does not exec its server is gone at once while the server still drains. Whatever is left after
+   * `timeoutMs` gets SIGKILL. The exit is the child's own.
+   */
+  async stop (signal: NodeJS.Signals, timeoutMs: number): Promise<ChildExit> {
+    if (!this.#child) return { code: 0, signal: null }
+    if (this.#exit) {
+      await this.reap(timeoutMs)
+      return this.#exit
+    }
+    this.#stopSignal = signal
+    this.#log.info({ pid: this.#child.pid, signal }, 'stopping the command')
+    this.#signalGroup(signal)
+    await this.#untilGroupGone(Date.now() + timeoutMs, timeoutMs)
+    return await this.exited
+  }
+
+  /**
+   * After the child exited by itself: stops what it left running in its group (SIGTERM, then SIGKILL
+   * after `timeoutMs`), so nothing of the instance outlives the agent.
+   */
+  async reap (timeoutMs: number): Promise<void> {
+    if (!this.#child || !this.#groupAlive()) return
+    this.#log.warn({ pid: this.#child.pid }, 'the command left processes behind; stopping them')
+    this.#signalGroup('SIGTERM')
+    await this.#untilGroupGone(Date.now() + timeoutMs, timeoutMs)
+  }
+
+  async #untilGroupGone (deadline: number, timeoutMs: number): Promise<void> {
+    while (this.running || this.#groupAlive()) {
+      if (Date.now() >= deadline) {
+        this.#log.warn({ pid: this.#child!.pid, timeoutMs }, 'command did not stop in time; killing it')
+        this.#signalGroup('SIGKILL')
+        await this.exited
+        return
+      }
+      await sleep(GROUP_POLL_MS)
     }
   }
 
-  /** Sends `signal`, then SIGKILL if the child has not exited after timeoutMs. */
-  async stop (signal: NodeJS.Signals, timeoutMs: number): Promise<ChildExit> {
-    if (!this.#child) return { code: 0, signal: null }
-    if (this.#exit) return this.#exit
-    this.#stopSignal = signal
-    this.signal(signal)
-    const timer = setTimeout(() => {
-      if (!this.running) return
-      this.#log.warn({ pid: this.#child!.pid, timeoutMs }, 'command did not stop in time; killing it')
-      this.#kill('SIGKILL')
-    }, timeoutMs)
+  #signalGroup (signal: NodeJS.Signals): void {
     try {
-      return await this.exited
-    } finally {
-      clearTimeout(timer)
+      process.kill(-this.#child!.pid!, signal)
+    } catch {} // the group is gone
+  }
+
+  /** Whether any process of the command's group is left (signal 0 only checks). */
+  #groupAlive (): boolean {
+    try {
+      process.kill(-this.#child!.pid!, 0)
+      return true
+    } catch {
+      return false
     }
   }
 
