@@ -65,7 +65,7 @@ export class ZooKeeperSource extends BaseSource {
    * a whole socket read at once: a read's answer and an event right behind it in the same packet run the
    * event's handler before the read's result is stored, which would then overwrite what the event said.
    */
-  readonly #reading = new Map<string, boolean>()
+  readonly #reading = new Map<string, { touched: boolean }>()
   #watcher: { generation: number, fn: (event: ZkEvent) => void } | undefined
 
   constructor (options: ZooKeeperSourceOptions) {
@@ -190,7 +190,7 @@ export class ZooKeeperSource extends BaseSource {
       }
       return
     }
-    if (!this.#current(generation)) return
+    if (!this.#current(generation)) return this.#oweFullResync(full)
 
     // One pass over the list, which at 10,000 children is most of a change's cost on this side. It
     // marks what is still listed, so what is not can be dropped without a set of 10,000 names.
@@ -207,7 +207,7 @@ export class ZooKeeperSource extends BaseSource {
     }
     this.#forgetUnlisted(pass, this.#cache.size - cachedListed)
     await this.#readChildren(client, generation, toRead, watcher)
-    if (!this.#current(generation)) return
+    if (!this.#current(generation)) return this.#oweFullResync(full)
     this.#commit()
   }
 
@@ -238,11 +238,12 @@ export class ZooKeeperSource extends BaseSource {
     const worker = async (): Promise<void> => {
       while (next < names.length && live()) {
         const name = names[next++]!
-        this.#reading.set(name, false)
+        // Its own entry: a read of an older client that settles late must not take this one's.
+        const read = { touched: false }
+        this.#reading.set(name, read)
         const touched = (): boolean => {
-          const eventCame = this.#reading.get(name) === true
-          this.#reading.delete(name)
-          return eventCame
+          if (this.#reading.get(name) === read) this.#reading.delete(name)
+          return read.touched
         }
         try {
           this.#reads++
@@ -350,7 +351,8 @@ export class ZooKeeperSource extends BaseSource {
     if (!this.#current(generation)) return
     if (event.path !== this.path) {
       const name = posix.basename(event.path)
-      if (this.#reading.has(name)) this.#reading.set(name, true)
+      const read = this.#reading.get(name)
+      if (read) read.touched = true
       if (event.type === ZK.NODE_DELETED) {
         // The service node's child watch fires for the same delete and brings the sync (a second one
         // from here would list all children again). This says which child went, so that sync need not
@@ -367,6 +369,11 @@ export class ZooKeeperSource extends BaseSource {
       }
     }
     this.#requestSync()
+  }
+
+  /** A full resync cut short by a lost connection is still owed. */
+  #oweFullResync (full: boolean): void {
+    if (full) this.#fullResync = true
   }
 
   #current (generation: number): boolean {

@@ -178,13 +178,18 @@ function statusOf (first: Buffer): number {
   return Number(/^HTTP\/1\.[01] (\d{3}) /.exec(first.toString('latin1', 0, 13))?.[1] ?? 502)
 }
 
+/**
+ * Answers the error and closes the connection once the answer is out. Closed, not only ended: what the
+ * client sent behind its handshake is never read, so its side would never end by itself.
+ */
 function refuse (client: Duplex, code: ErrorCode, service: string): void {
   if (client.destroyed) return
   const { statusCode, message } = ERRORS[code]
   const body = JSON.stringify({ error: code, message, service })
-  client.end(
+  client.write(
     `HTTP/1.1 ${statusCode} ${message}\r\nconnection: close\r\ncontent-type: application/json\r\n` +
     (code === 'FLEETGATE_ERR_NO_LIVE_INSTANCE' ? 'retry-after: 1\r\n' : '') +
     `content-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
   )
+  endSoon(client)
 }

@@ -2,6 +2,7 @@
 // Counts must match what was sent, upgrades and refusals included, and discovery trouble shows.
 // (Churning instances: metrics-churn.test.ts.)
 
+import { readFileSync } from 'node:fs'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { connect, createServer, type Socket } from 'node:net'
 import t from 'tap'
@@ -169,6 +170,26 @@ t.test('an upgrade counts as the instance answered it: a refusal, a hang-up, sil
     const metrics = await proxy.metrics()
     t.equal(sample(metrics, 'fleetgate_requests_total', { service, code: String(status) }), 1, `${service}: counted as ${status}`)
     t.equal(sample(metrics, 'fleetgate_in_flight_requests', { service }), 0, `${service}: its connection slot is free`)
+    if (service !== 'ws-silent') continue
+    // A client that sent more behind its handshake and keeps its side open: the proxy closes the
+    // connection once its answer is out, rather than leave it half open with the bytes unread.
+    const proxyPort = Number(new URL(proxy.url).port)
+    const lingering = connect({ port: proxyPort, host: '127.0.0.1', allowHalfOpen: true })
+    t.teardown(() => lingering.destroy())
+    let text = ''
+    lingering.on('error', () => {}).setEncoding('latin1').on('data', (s: string) => { text += s })
+    await new Promise(resolve => lingering.once('connect', resolve))
+    lingering.write('GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n')
+    await eventually(async () => sample(await proxy.metrics(), 'fleetgate_in_flight_requests', { service }) === 1, { message: 'the handshake is with the instance' })
+    lingering.write('more, before any answer')
+    await eventually(() => text.includes('504'), { message: 'the 504' })
+    // Its socket in /proc/net/tcp: a process that still holds it shows its inode; a closed one shows 0.
+    const hex = (port: number): string => `0100007F:${port.toString(16).toUpperCase().padStart(4, '0')}`
+    const held = (): boolean => readFileSync('/proc/net/tcp', 'utf8').split('\n').some(line => {
+      const fields = line.trim().split(/\s+/)
+      return fields[1] === hex(proxyPort) && fields[2] === hex(lingering.localPort!) && fields[9] !== '0'
+    })
+    await eventually(() => !held(), { message: 'the proxy closed its side of the connection', timeoutMs: 10_000 })
   }
 })
 
