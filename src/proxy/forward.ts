@@ -8,7 +8,7 @@ import type { Endpoint, Pool } from '../balancer/pool.ts'
 import { ERRORS, type ErrorCode } from '../errors.ts'
 import type { Logger } from '../logger.ts'
 import type { Deadlines, Timed } from './deadlines.ts'
-import { clientResponseHeaders, upstreamRequestHeaders } from './headers.ts'
+import { clientResponseHeaders, originForm, upstreamRequestHeaders } from './headers.ts'
 import type { InstanceMetrics } from './instance-metrics.ts'
 import type { Waiter, WaitQueue } from './queue.ts'
 import type { Upstreams } from './upstreams.ts'
@@ -166,7 +166,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     this.#attemptOpen = true
     endpoint.started(this.#startedAt)
     upstream.dispatch({
-      path: this.#req.url ?? '/',
+      path: originForm(this.#req.url),
       method: this.#req.method as Dispatcher.HttpMethod,
       headers: this.#headers,
       body: this.#hasBody ? this.#req : null,

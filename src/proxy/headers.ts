@@ -17,12 +17,35 @@ const HOP_BY_HOP = new Set([
 const FORWARDED = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port', 'x-forwarded-prefix'])
 
 /**
+ * The request target for the instance, in origin form (`/path?query`). An absolute-form target
+ * (`GET http://app.example/x`), which a client may send, becomes its path; its authority replaces Host
+ * (RFC 9112 3.2.2), so the proxy and the instance agree on which host was asked for.
+ */
+export function originForm (url: string | undefined): string {
+  if (url === undefined || url.startsWith('/')) return url ?? '/'
+  const absolute = absoluteTarget(url)
+  return absolute ? absolute.pathname + absolute.search : url
+}
+
+/** The URL of an absolute-form http(s) target; undefined for anything else (`*`, a path). */
+function absoluteTarget (url: string | undefined): URL | undefined {
+  if (url === undefined || url.startsWith('/') || url === '*') return undefined
+  try {
+    const parsed = new URL(url)
+    return parsed.protocol === 'http:' || parsed.protocol === 'https:' ? parsed : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/**
  * The request head for the instance, as a flat [name, value, ...] list (undici's cheapest form).
  * `keepUpgrade` keeps Connection/Upgrade for WebSocket handshakes.
  */
 export function upstreamRequestHeaders (req: IncomingMessage, keepUpgrade = false): string[] {
   const raw = req.rawHeaders
   const dropped = connectionTokens(req.headers.connection)
+  const authority = absoluteTarget(req.url)?.host
   const out: string[] = []
   let forwardedFor: string | undefined
   for (let i = 0; i < raw.length; i += 2) {
@@ -37,7 +60,7 @@ export function upstreamRequestHeaders (req: IncomingMessage, keepUpgrade = fals
       continue
     }
     if (HOP_BY_HOP.has(lower) || (dropped !== undefined && dropped.has(lower))) continue
-    out.push(name, raw[i + 1]!)
+    out.push(name, authority !== undefined && lower === 'host' ? authority : raw[i + 1]!)
   }
   const client = req.socket.remoteAddress ?? ''
   out.push(
@@ -45,7 +68,8 @@ export function upstreamRequestHeaders (req: IncomingMessage, keepUpgrade = fals
     'x-forwarded-proto', 'encrypted' in req.socket && req.socket.encrypted ? 'https' : 'http',
     'x-forwarded-port', String(req.socket.localPort ?? ''),
   )
-  if (req.headers.host !== undefined) out.push('x-forwarded-host', req.headers.host)
+  const host = authority ?? req.headers.host
+  if (host !== undefined) out.push('x-forwarded-host', host)
   return out
 }
 

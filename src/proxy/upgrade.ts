@@ -7,7 +7,7 @@ import type { Duplex } from 'node:stream'
 import type { Endpoint, Pool } from '../balancer/pool.ts'
 import { ERRORS, type ErrorCode } from '../errors.ts'
 import type { Logger } from '../logger.ts'
-import { upstreamRequestHeaders } from './headers.ts'
+import { originForm, upstreamRequestHeaders } from './headers.ts'
 import type { InstanceMetrics } from './instance-metrics.ts'
 import type { WaitQueue } from './queue.ts'
 
@@ -100,7 +100,7 @@ export function proxyUpgrade (ctx: UpgradeContext, req: IncomingMessage, client:
 
 function requestHead (req: IncomingMessage): string {
   const headers = upstreamRequestHeaders(req, true)
-  let head = `${req.method} ${req.url} HTTP/1.1\r\n`
+  let head = `${req.method} ${originForm(req.url)} HTTP/1.1\r\n`
   for (let i = 0; i < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`
   return head
 }

@@ -30,7 +30,9 @@ function raw (url: string, payload: string | Buffer, options: { destroyAfterWrit
 t.test('malformed, oversize and aborted requests', async t => {
   const backend = await startBackend(t, 'a')
   let aborted = 0
+  let seen: { url?: string, host?: string, forwardedHost?: string } = {}
   backend.handle((req, res) => {
+    seen = { url: req.url, host: req.headers.host, forwardedHost: String(req.headers['x-forwarded-host']) }
     req.on('aborted', () => { aborted++ })
     req.on('error', () => undefined)
     req.resume()
@@ -50,6 +52,10 @@ t.test('malformed, oversize and aborted requests', async t => {
     t.match(answer, /^HTTP\/1\.1 400 [^]*"error":"FLEETGATE_ERR_BAD_REQUEST"/, `${JSON.stringify(request.split('\r\n')[0])}: 400`)
   }
   t.equal(backend.hits, hitsBeforeBad, 'nothing reached the instance')
+  // An absolute-form target is a request like any other: the instance gets its path, and its authority as Host.
+  const absolute = await raw(proxy.url, 'GET HTTP://App.Example:8088/explore/?x=1 HTTP/1.1\r\nHost: other\r\nConnection: close\r\n\r\n')
+  t.match(absolute, /^HTTP\/1\.1 200 /, 'an absolute-form target, even with an upper-case scheme, is served')
+  t.same(seen, { url: '/explore/?x=1', host: 'app.example:8088', forwardedHost: 'app.example:8088' }, 'as its path, with its authority for Host')
   const counted = await proxy.metrics()
   t.equal(sample(counted, 'fleetgate_requests_total', { instance: 'none', code: '400' }), 2, 'counted as answered by no instance')
   t.equal((await proxy.status()).instances[0]?.errors, 0, 'and not as the instance\'s errors')
