@@ -4,7 +4,7 @@
 
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { Duplex } from 'node:stream'
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import { Pool, type Endpoint } from '../balancer/pool.ts'
 import type { ProxyConfig } from '../config.ts'
 import { splitHostPort } from '../config.ts'
@@ -167,6 +167,16 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
     return503OnClosing: false,
     forceCloseConnections: 'idle',
     requestTimeout: 0,
+    // A path that is not valid percent-encoding (`/files/100%`) is the instance's business, as it is for
+    // Envoy and HAProxy: Fastify's router cannot decode it, and would answer 400 itself.
+    frameworkErrors: (error, request, reply) => {
+      if (error.code === 'FST_ERR_BAD_URL') return proxyRequest(request as FastifyRequest, reply as FastifyReply)
+      // The others concern routes with parameters or constraints, which the proxy has none of.
+      reply.hijack()
+      const body = JSON.stringify({ error: error.code, message: error.message, service })
+      reply.raw.writeHead(400, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body) })
+      reply.raw.end(body)
+    },
     serverFactory: handler => {
       const server = createServer({ maxHeaderSize: options.maxHeaderBytes, requestTimeout: 0 }, handler)
       // Fastify applies its connectionTimeout only to a server it makes itself.
@@ -177,11 +187,12 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
   app.removeAllContentTypeParsers()
   // Bodies are never parsed: the route streams the raw request on.
   app.addContentTypeParser('*', (_req, _payload, done) => done(null))
-  app.all('*', (request, reply) => {
+  function proxyRequest (request: FastifyRequest, reply: FastifyReply): void {
     reply.hijack()
     if (closing) reply.raw.setHeader('connection', 'close')
     new Exchange(forward, request.raw, reply.raw as ServerResponse).start()
-  })
+  }
+  app.all('*', proxyRequest)
   app.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     if (closing) return socket.destroy()
     proxyUpgrade(upgrades, req, socket, head)

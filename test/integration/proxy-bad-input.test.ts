@@ -56,6 +56,12 @@ t.test('malformed, oversize and aborted requests', async t => {
   const absolute = await raw(proxy.url, 'GET HTTP://App.Example:8088/explore/?x=1 HTTP/1.1\r\nHost: other\r\nConnection: close\r\n\r\n')
   t.match(absolute, /^HTTP\/1\.1 200 /, 'an absolute-form target, even with an upper-case scheme, is served')
   t.same(seen, { url: '/explore/?x=1', host: 'app.example:8088', forwardedHost: 'app.example:8088' }, 'as its path, with its authority for Host')
+  // A path that is not valid percent-encoding is the instance's to judge, as behind Envoy or HAProxy.
+  for (const path of ['/files/100%', '/x/%FF/%zz']) {
+    const answer = await raw(proxy.url, `GET ${path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`)
+    t.match(answer, /^HTTP\/1\.1 200 /, `${path}: passed on`)
+    t.equal(seen.url, path, `${path}: as it came`)
+  }
   const counted = await proxy.metrics()
   t.equal(sample(counted, 'fleetgate_requests_total', { instance: 'none', code: '400' }), 2, 'counted as answered by no instance')
   t.equal((await proxy.status()).instances[0]?.errors, 0, 'and not as the instance\'s errors')
