@@ -5,7 +5,7 @@
 import cluster from 'node:cluster'
 import { readFileSync } from 'node:fs'
 import type { TObject } from '@sinclair/typebox'
-import { AgentConfigSchema, kebab, loadConfig, ProxyConfigSchema, snake, type ProxyConfig } from './config.ts'
+import { AgentConfigSchema, discoveryOf, kebab, loadConfig, ProxyConfigSchema, snake, type ProxyConfig } from './config.ts'
 import { FleetgateError, isFleetgateError } from './errors.ts'
 import { createLogger, type Logger } from './logger.ts'
 import { ConsulClient, consulConnection } from './consul/client.ts'
@@ -98,7 +98,7 @@ async function runProxy (argv: readonly string[], env: Readonly<Record<string, s
 
 /** The discovery backend the configuration names. */
 export function buildSource (config: ProxyConfig, logger: Logger): MembershipSource {
-  const discovery = config.discovery ?? (config.static !== undefined ? 'static' : 'zookeeper')
+  const discovery = discoveryOf(config)
   if (discovery === 'static') {
     if (config.static === undefined) throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', '--static is required with --discovery static: expected http://HOST:PORT[,http://HOST:PORT...]')
     return new StaticSource(config.service, parseStaticInstances(config.static))

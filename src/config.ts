@@ -192,7 +192,7 @@ export function loadConfig<S extends TObject> (schema: S, input: LoadInput): Loa
     key in schema.properties && value !== undefined && typeof value !== 'string' && typeof value !== 'number')
   if (untyped.length > 0) {
     throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', untyped.map(([key, value]) =>
-      `${key} in config file ${origins.get(key)?.name} = ${JSON.stringify(value)}: expected ${(schema.properties[key] as { expected?: string }).expected ?? 'a value'}`).join('; '))
+      `${where(key, origins)} = ${JSON.stringify(value)}: expected ${(schema.properties[key] as { expected?: string }).expected ?? 'a value'}`).join('; '))
   }
   const validate = ajv.compile(schema)
   if (!validate(raw)) {
@@ -203,6 +203,11 @@ export function loadConfig<S extends TObject> (schema: S, input: LoadInput): Loa
     throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', `${where('ejectBaseMs', origins)} = ${raw.ejectBaseMs} is above ${where('ejectMaxMs', origins)} = ${raw.ejectMaxMs}: the first ejection cannot be longer than the longest`)
   }
   return { config: Object.freeze(raw) as Readonly<Static<S>>, command, ignored }
+}
+
+/** The discovery backend a configuration uses: the one named, else static with --static, else ZooKeeper. */
+export function discoveryOf<D extends string> (config: { readonly discovery?: D, readonly static?: string }): D | 'static' | 'zookeeper' {
+  return config.discovery ?? (config.static !== undefined ? 'static' : 'zookeeper')
 }
 
 /** The keys that belong to one discovery backend: given for another, they would be ignored. */
@@ -217,7 +222,7 @@ const DISCOVERY_KEYS: Readonly<Record<string, readonly string[]>> = {
  * one are left to the caller to log as ignored: an environment may be set up for either backend.
  */
 function checkDiscovery (raw: Record<string, unknown>, origins: Map<string, Origin>): string[] {
-  const discovery = String(raw.discovery ?? (raw.static !== undefined ? 'static' : 'zookeeper'))
+  const discovery = discoveryOf(raw as { discovery?: string, static?: string })
   const stray = Object.entries(DISCOVERY_KEYS)
     .filter(([backend]) => backend !== discovery)
     .flatMap(([backend, keys]) => keys.filter(key => origins.has(key)).map(key => ({ key, backend })))

@@ -100,7 +100,7 @@ export class Supervisor {
     this.#stopSignal = signal
     this.#log.info({ pid: this.#child.pid, signal }, 'stopping the command')
     this.#signalGroup(signal)
-    await this.#untilGroupGone(Date.now() + timeoutMs, timeoutMs)
+    await this.#untilGroupGone(timeoutMs)
     return await this.exited
   }
 
@@ -112,10 +112,12 @@ export class Supervisor {
     if (!this.#child || !this.#groupAlive()) return
     this.#log.warn({ pid: this.#child.pid }, 'the command left processes behind; stopping them')
     this.#signalGroup('SIGTERM')
-    await this.#untilGroupGone(Date.now() + timeoutMs, timeoutMs)
+    await this.#untilGroupGone(timeoutMs)
   }
 
-  async #untilGroupGone (deadline: number, timeoutMs: number): Promise<void> {
+  /** Waits until the child and its group have exited; SIGKILLs the group after `timeoutMs`. */
+  async #untilGroupGone (timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs
     while (this.running || this.#groupAlive()) {
       if (Date.now() >= deadline) {
         this.#log.warn({ pid: this.#child!.pid, timeoutMs }, 'command did not stop in time; killing it')

@@ -154,7 +154,7 @@ export class ZooKeeperSource extends BaseSource {
       this.#retry.succeeded()
     } catch (err) {
       // A full resync that failed is still owed: its retry is one too.
-      if (full) this.#fullResync = true
+      this.#oweFullResync(full)
       // Connection loss and the like: the session reports it and a reconnect starts a new sync. What
       // ZooKeeper refuses while connected (such as the service node's ACL) is tried again, ever less often.
       const retryMs = this.#retry.failed()
@@ -371,7 +371,7 @@ export class ZooKeeperSource extends BaseSource {
     this.#requestSync()
   }
 
-  /** A full resync cut short by a lost connection is still owed. */
+  /** A full resync that failed or was cut short by a lost connection is still owed. */
   #oweFullResync (full: boolean): void {
     if (full) this.#fullResync = true
   }

@@ -251,6 +251,7 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
 
   source.start().catch(err => log.error({ err }, 'discovery failed to start'))
   const stopped = new Error('stopped while starting')
+  const adminAddress = splitHostPort(config.adminListen)
   for (let i = 0; i < workerCount; i++) fork()
   try {
     await new Promise<void>((resolve, reject) => {
@@ -268,19 +269,12 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
       if (stop?.aborted) failStart(stopped)
     })
     started = true
+    await admin.listen({ host: adminAddress.host, port: adminAddress.port })
   } catch (err) {
     await stopWorkers()
     await source.close()
     // Stopped by a signal, the start ends quietly; a failure stays one, whatever came after it.
     if (err === stopped) return { close: async () => undefined }
-    throw err
-  }
-  const adminAddress = splitHostPort(config.adminListen)
-  try {
-    await admin.listen({ host: adminAddress.host, port: adminAddress.port })
-  } catch (err) {
-    await stopWorkers()
-    await source.close()
     throw err
   }
   const { host } = splitHostPort(config.listen)

@@ -22,9 +22,8 @@ const FORWARDED = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-
  * (RFC 9112 3.2.2), so the proxy and the instance agree on which host was asked for.
  */
 export function originForm (url: string | undefined): string {
-  if (url === undefined || url.startsWith('/')) return url ?? '/'
   const absolute = absoluteTarget(url)
-  return absolute ? absolute.pathname + absolute.search : url
+  return absolute ? absolute.pathname + absolute.search : url ?? '/'
 }
 
 /** The URL of an absolute-form http(s) target; undefined for anything else (`*`, a path). */

@@ -146,13 +146,10 @@ export class MergedTraffic implements Traffic {
       if (this.#gone.has(worker) || (before !== undefined && before.asked > asked)) continue
       const carried = before?.carried ?? new Map<string, MergedInstance>()
       if (before) {
-        const now = new Map(report.instances.map(part => [part.instance, part]))
+        const current = new Map(report.instances.map(part => [part.instance, part]))
         for (const part of before.report.instances) {
-          const next = now.get(part.instance)
-          if (next !== undefined && !restarted(part, next)) continue
-          let base = carried.get(part.instance)
-          if (!base) carried.set(part.instance, base = new MergedInstance(part.instance))
-          base.add(countsOf(part))
+          const next = current.get(part.instance)
+          if (next === undefined || restarted(part, next)) addTo(carried, countsOf(part))
         }
       }
       this.#held.set(worker, { report, asked, carried })
@@ -167,13 +164,10 @@ export class MergedTraffic implements Traffic {
     if (!held) return
     this.#held.delete(worker)
     const retired = this.#retired
-    for (const part of [...held.report.instances, ...[...held.carried.values()].map(countsOf)]) {
-      let merged = retired.instances.get(part.instance)
-      if (!merged) retired.instances.set(part.instance, merged = new MergedInstance(part.instance))
-      merged.add(countsOf(part))
-    }
+    for (const part of held.report.instances) addTo(retired.instances, countsOf(part))
+    for (const part of held.carried.values()) addTo(retired.instances, countsOf(part))
     addCounts(retired.unanswered, held.report.unanswered)
-    for (const reason of Object.keys(retired.retries) as RetryReason[]) retired.retries[reason] += held.report.retries[reason] ?? 0
+    addRetries(retired.retries, held.report.retries)
     retired.noLiveInstances += held.report.noLiveInstances
     retired.queueTimeouts += held.report.queue.timeouts
   }
@@ -188,11 +182,7 @@ export class MergedTraffic implements Traffic {
 
     for (const merged of this.#instances.values()) merged.clear()
     for (const instance of this.#instances.keys()) if (!named.has(instance)) this.#instances.delete(instance)
-    const add = (part: InstanceReport): void => {
-      let merged = this.#instances.get(part.instance)
-      if (!merged) this.#instances.set(part.instance, merged = new MergedInstance(part.instance))
-      merged.add(part)
-    }
+    const add = (part: InstanceReport): void => addTo(this.#instances, part)
     const retired = this.#retired
     for (const part of retired.instances.values()) add(countsOf(part))
     this.#unanswered = new Map(retired.unanswered)
@@ -206,7 +196,7 @@ export class MergedTraffic implements Traffic {
       for (const part of report.instances) add(part)
       for (const part of carried.values()) add(countsOf(part))
       addCounts(this.#unanswered, report.unanswered)
-      for (const reason of Object.keys(this.#retries) as RetryReason[]) this.#retries[reason] += report.retries[reason] ?? 0
+      addRetries(this.#retries, report.retries)
       this.#noLiveInstances += report.noLiveInstances
       this.queue.size += report.queue.size
       this.queue.timeouts += report.queue.timeouts
@@ -249,6 +239,17 @@ export class MergedTraffic implements Traffic {
 
 function noRetries (): Record<RetryReason, number> {
   return { connect_failure: 0, reset_before_response: 0 }
+}
+
+function addRetries (into: Record<RetryReason, number>, from: Readonly<Record<RetryReason, number>>): void {
+  for (const reason of Object.keys(into) as RetryReason[]) into[reason] += from[reason] ?? 0
+}
+
+/** Adds `part` to its instance's entry in `into`, made on first use. */
+function addTo (into: Map<string, MergedInstance>, part: InstanceReport): void {
+  let merged = into.get(part.instance)
+  if (!merged) into.set(part.instance, merged = new MergedInstance(part.instance))
+  merged.add(part)
 }
 
 /**
