@@ -157,12 +157,17 @@ t.test('maintenance through the agent drains through Meta and comes back', async
   await eventually(async () => (await proxy.status()).instances[0]?.state === 'up', { message: 'up again' })
 })
 
-t.test('the Consul agent restarts without its registrations: the agent registers again', { skip: needsDouble('a restart that forgets') }, async t => {
+/** The double as the target, and an agent registering instance `a` of a new service in it, with a TTL of 3 s (passed every second). */
+async function agentWithTtl3s (t: Test, name: string) {
   const target = await consulTarget(t)
   const double = doubleOf(target)
-  const service = uniqueService('lost')
-  const backend = await startHealthBackend(t, 'a')
-  const agent = await startConsulAgent(t, target, service, backend.port, ['--session-timeout-ms', '3000'])
+  const service = uniqueService(name)
+  const agent = await startConsulAgent(t, target, service, (await startHealthBackend(t, 'a')).port, ['--session-timeout-ms', '3000'])
+  return { target, double, service, agent }
+}
+
+t.test('the Consul agent restarts without its registrations: the agent registers again', { skip: needsDouble('a restart that forgets') }, async t => {
+  const { target, double, service, agent } = await agentWithTtl3s(t, 'lost')
   const proxy = await consulProxy(t, target, service)
   await eventually(async () => (await get(proxy.url)).servedBy === 'a', { timeoutMs: 30_000 })
   await double.restart({ keepState: false, index: 2 })
@@ -203,12 +208,7 @@ t.test('Consul down when the agent starts: it keeps trying and registers once Co
 })
 
 t.test('Consul down while the agent is registered: it says so until Consul is back, then passes the TTL at once', { skip: needsDouble('the listener taken down') }, async t => {
-  const target = await consulTarget(t)
-  const double = doubleOf(target)
-  const service = uniqueService('outage')
-  const backend = await startHealthBackend(t, 'a')
-  // A TTL of 3 s, passed every second.
-  const agent = await startConsulAgent(t, target, service, backend.port, ['--session-timeout-ms', '3000'])
+  const { double, agent } = await agentWithTtl3s(t, 'outage')
   await eventually(() => double.checkStatus(`service:${agent.id}`) === 'passing', { timeoutMs: 30_000, message: 'registered, passing' })
   await double.stop()
   const from = agent.output().length
