@@ -203,9 +203,9 @@ export class Agent {
     this.#checker.stop()
     const registered = registrar.status().desired.kind === 'registered'
     if (registered && !this.#drainCut) {
-      const startedAt = Date.now()
+      const startedAt = performance.now()
       await this.#written(registrar.setState('draining'))
-      this.#log.info({ signal, drainMs: this.#options.drainMs, writeMs: Date.now() - startedAt }, 'draining: no new requests; in-flight ones finish')
+      this.#log.info({ signal, drainMs: this.#options.drainMs, writeMs: Math.round(performance.now() - startedAt) }, 'draining: no new requests; in-flight ones finish')
       await this.#drainWait()
     } else {
       this.#log.info({ signal }, 'not registered: nothing to drain')

@@ -175,7 +175,7 @@ export class HealthChecker {
   async #tick (): Promise<void> {
     if (this.#stopped || this.#running) return
     this.#running = true
-    const startedAt = Date.now()
+    const startedAt = performance.now()
     try {
       const result = await this.#options.probe()
       if (this.#stopped) return
@@ -184,7 +184,7 @@ export class HealthChecker {
     } finally {
       this.#running = false
       if (!this.#stopped) {
-        const delayMs = Math.max(0, this.#options.intervalMs - (Date.now() - startedAt))
+        const delayMs = Math.max(0, this.#options.intervalMs - (performance.now() - startedAt))
         this.#timer = setTimeout(() => { void this.#tick() }, delayMs)
       }
     }

@@ -117,9 +117,9 @@ export class Supervisor {
 
   /** Waits until the child and its group have exited; SIGKILLs the group after `timeoutMs`. */
   async #untilGroupGone (timeoutMs: number): Promise<void> {
-    const deadline = Date.now() + timeoutMs
+    const deadline = performance.now() + timeoutMs
     while (this.running || this.#groupAlive()) {
-      if (Date.now() >= deadline) {
+      if (performance.now() >= deadline) {
         this.#log.warn({ pid: this.#child!.pid, timeoutMs }, 'command did not stop in time; killing it')
         this.#signalGroup('SIGKILL')
         await this.exited

@@ -61,7 +61,7 @@ export class ZooKeeperRegistrar implements Registrar {
   #watcher: { generation: number, fn: (event: ZkEvent) => void } | undefined
   #verifyTimer: NodeJS.Timeout | undefined
   #waitLogTimer: NodeJS.Timeout | undefined
-  #waitingSinceMs = Date.now()
+  #waitingSinceMs = performance.now()
   #closed = false
 
   constructor (options: ZooKeeperRegistrarOptions) {
@@ -144,7 +144,7 @@ export class ZooKeeperRegistrar implements Registrar {
         this.#request()
         break
       case 'disconnected':
-        this.#waitingSinceMs = Date.now()
+        this.#waitingSinceMs = performance.now()
         this.#scheduleWaitLog(WAIT_LOG_FIRST_MS)
         this.#emit({ type: 'disconnected' })
         break
@@ -163,7 +163,7 @@ export class ZooKeeperRegistrar implements Registrar {
       if (this.#closed || this.#session.connected) return
       this.#log.warn({
         connectString: this.#options.connectString,
-        waitingMs: Date.now() - this.#waitingSinceMs,
+        waitingMs: Math.round(performance.now() - this.#waitingSinceMs),
         desired: this.#desired.current.kind,
       }, 'waiting for ZooKeeper; still trying')
       this.#scheduleWaitLog(Math.min(WAIT_LOG_MAX_MS, delayMs * 2))

@@ -25,8 +25,9 @@ export class Endpoint {
   failures = 0
   /** Ejections in a row; the next ejection lasts twice as long. */
   ejections = 0
+  /** By the pool's clock (see monotonicEpochMs). */
   ejectedUntilMs = 0
-  /** Epoch ms of the last change of state (joined, draining, ejected, back). */
+  /** When the state last changed (joined, draining, ejected, back), by the pool's clock. */
   changedAtMs: number
   /** The pool's last walk of a whole membership that listed it. */
   generation = 0
@@ -65,6 +66,15 @@ export class Endpoint {
   }
 }
 
+/**
+ * The pool's clock: epoch milliseconds that never step. It reads the wall clock once, at start, and runs
+ * on the monotonic clock from there, so an NTP step or a date set by hand neither stretches an ejection
+ * (a clock set back an hour would keep an instance out for an hour) nor cuts it short.
+ */
+export function monotonicEpochMs (): number {
+  return performance.timeOrigin + performance.now()
+}
+
 /** Window of Endpoint.recentPeakInflight. */
 const PEAK_WINDOW_MS = 10_000
 
@@ -91,6 +101,7 @@ export interface PoolOptions {
    * instance at the limit is skipped, and when all are, pick() finds none and atLimit() says why.
    */
   readonly maxInflight?: number
+  /** Default monotonicEpochMs. */
   readonly now?: () => number
 }
 
@@ -117,8 +128,13 @@ export class Pool {
   constructor (options: PoolOptions) {
     this.service = options.service
     this.#options = options
-    this.#now = options.now ?? Date.now
+    this.#now = options.now ?? monotonicEpochMs
     this.#limit = options.maxInflight ?? 0
+  }
+
+  /** The clock of every time the pool keeps: compare ejectedUntilMs, or ask state(), with this. */
+  now (): number {
+    return this.#now()
   }
 
   get membership (): Membership | undefined {

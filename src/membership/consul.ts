@@ -96,9 +96,9 @@ export class ConsulSource extends BaseSource {
   async #run (): Promise<void> {
     const minIntervalMs = this.#options.minIntervalMs ?? DEFAULT_MIN_INTERVAL_MS
     while (!this.#stop.signal.aborted) {
-      await this.#pause(this.#lastStartMs + minIntervalMs - Date.now())
+      await this.#pause(this.#lastStartMs + minIntervalMs - performance.now())
       if (this.#stop.signal.aborted) break
-      this.#lastStartMs = Date.now()
+      this.#lastStartMs = performance.now()
       const blockOn = this.#index > 0 ? this.#index : undefined
       try {
         const res = await this.#query(blockOn)
@@ -151,7 +151,7 @@ export class ConsulSource extends BaseSource {
 
     this.#takeIndex(res.headers['x-consul-index'], blockOn)
     if (this.#failures > 0) {
-      this.#log.info({ failures: this.#failures, downMs: Date.now() - this.#failingSinceMs }, 'consul answers again; resynced')
+      this.#log.info({ failures: this.#failures, downMs: Math.round(performance.now() - this.#failingSinceMs) }, 'consul answers again; resynced')
     }
     this.#failures = 0
     this.#lastFailureLog = undefined
@@ -194,11 +194,11 @@ export class ConsulSource extends BaseSource {
     // A restarted agent may have a lower index than ours and would hold a query with our index for the
     // whole wait: after any failure, read once without an index (FIELD-NOTES §5).
     this.#index = 0
-    if (this.#failures === 0) this.#failingSinceMs = Date.now()
+    if (this.#failures === 0) this.#failingSinceMs = performance.now()
     this.#failures++
     this.setStatus(this.#everSucceeded ? 'disconnected' : 'connecting', true)
     const text = err instanceof Error ? err.message : String(err)
-    const now = Date.now()
+    const now = performance.now()
     if (this.#lastFailureLog?.text !== text || now - this.#lastFailureLog.atMs >= REPEAT_LOG_MS) {
       this.#lastFailureLog = { text, atMs: now }
       this.#log.warn({ err, failures: this.#failures, kept: this.current()?.instances.length ?? 0 }, 'consul query failed; keeping the last membership (stale) and retrying')

@@ -161,7 +161,7 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
   interface Slot { shortLives: number }
   const fork = (slot: Slot = { shortLives: 0 }): void => {
     const worker = cluster.fork()
-    const forkedAtMs = Date.now()
+    const forkedAtMs = performance.now()
     worker.on('message', (message: ToPrimary) => {
       if (message?.fleetgate === 'hello') {
         // A worker still loading its code when shutdown began never got the message.
@@ -184,7 +184,7 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
         failStart(new FleetgateError('FLEETGATE_ERR_WORKER_EXIT', `worker ${worker.process.pid} exited with ${signal ?? `code ${code}`} (its error is above)`))
         return
       }
-      slot.shortLives = Date.now() - forkedAtMs < HEALTHY_LIFETIME_MS ? slot.shortLives + 1 : 0
+      slot.shortLives = performance.now() - forkedAtMs < HEALTHY_LIFETIME_MS ? slot.shortLives + 1 : 0
       const delayMs = Math.min(MAX_RESPAWN_DELAY_MS, RESPAWN_DELAY_MS * 2 ** Math.max(0, slot.shortLives - 1))
       log.error({ pid: worker.process.pid, code, signal, respawnInMs: delayMs }, 'proxy worker died; starting another')
       setTimeout(() => { if (!closing) fork(slot) }, delayMs).unref()

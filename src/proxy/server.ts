@@ -93,7 +93,7 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
   const collectors: ReportedCollectors = {
     instanceCounts: () => pool.counts(),
     instanceStates: function * () {
-      const now = Date.now()
+      const now = pool.now()
       for (const endpoint of pool.endpoints()) yield [endpoint.address, endpoint.state(now)] as const
     },
     traffic: instanceMetrics,
@@ -127,9 +127,9 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
   }
   let closing = false
   let drained: Promise<void> | undefined
-  /** Serves the queue once `endpoint`'s ejection has run out (by the pool's clock, which may step). */
+  /** Serves the queue once `endpoint`'s ejection has run out. */
   const wakeQueueAfterEjection = (endpoint: Endpoint): void => {
-    const ms = endpoint.ejectedUntilMs - Date.now()
+    const ms = endpoint.ejectedUntilMs - pool.now()
     if (ms <= 0) return queue.serveSoon()
     setTimeout(wakeQueueAfterEjection, ms + 1, endpoint).unref()
   }
@@ -200,7 +200,9 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
 
   const status = (): ProxyStatus => {
     const state = source.state()
-    const now = Date.now()
+    const now = pool.now()
+    // The pool's times never step; shown, each is the wall clock now less the time since.
+    const wallNow = Date.now()
     return {
       service,
       ready: !closing && state.membership !== undefined,
@@ -218,7 +220,7 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
           errors: summary.errors,
           p50Ms: summary.p50 === null ? null : summary.p50 * 1000,
           p99Ms: summary.p99 === null ? null : summary.p99 * 1000,
-          changedAt: new Date(endpoint.changedAtMs).toISOString(),
+          changedAt: new Date(wallNow - (now - endpoint.changedAtMs)).toISOString(),
         }
       }),
       queue: describeQueue(options, queue.size, queue.timeouts),

@@ -139,7 +139,7 @@ export class MergedTraffic implements Traffic {
    */
   update (answers: Iterable<readonly [worker: number, report: TrafficReport]>, { asked = this.#asked + 1, members }: { asked?: number, members?: ReadonlySet<string> } = {}): void {
     this.#asked = Math.max(this.#asked, asked)
-    const now = Date.now()
+    const now = performance.now()
     for (const [worker, retiredAtMs] of this.#gone) if (now - retiredAtMs > GONE_KEPT_MS) this.#gone.delete(worker)
     for (const [worker, report] of answers) {
       const before = this.#held.get(worker)
@@ -159,7 +159,7 @@ export class MergedTraffic implements Traffic {
 
   /** A worker that exited: what it counted stays in the totals; what it held (in flight, queued) goes. */
   retire (worker: number): void {
-    this.#gone.set(worker, Date.now())
+    this.#gone.set(worker, performance.now())
     const held = this.#held.get(worker)
     if (!held) return
     this.#held.delete(worker)

@@ -81,7 +81,7 @@ export async function startLocalZooKeeper (options: { port: number, env?: Readon
 
   // The client port opens before the database is loaded, and `ruok` says imok already then; `srvr`
   // names the mode only once the server really serves.
-  const deadline = Date.now() + READY_TIMEOUT_MS
+  const deadline = performance.now() + READY_TIMEOUT_MS
   for (;;) {
     if (!running()) {
       await stop()
@@ -89,7 +89,7 @@ export async function startLocalZooKeeper (options: { port: number, env?: Readon
     }
     const answer = await fourLetterWord(options.port, 'srvr')
     if (answer.includes('Mode:')) break
-    if (Date.now() > deadline) {
+    if (performance.now() > deadline) {
       await stop()
       throw new FleetgateError('FLEETGATE_ERR_LOCAL_ZOOKEEPER', `not serving on port ${options.port} after ${READY_TIMEOUT_MS} ms`)
     }

@@ -131,7 +131,7 @@ export class ZooKeeperSession {
     this.#connected = false
     this.#sessionId = ''
     this.#grantedTimeoutMs = 0
-    this.#waitingSinceMs = Date.now()
+    this.#waitingSinceMs = performance.now()
     this.#probeSentAtMs = undefined
     client.on('state', state => {
       if (generation !== this.#generation || this.#closed) return
@@ -166,7 +166,7 @@ export class ZooKeeperSession {
   #lost (): void {
     if (!this.#connected) return
     this.#connected = false
-    this.#waitingSinceMs = Date.now()
+    this.#waitingSinceMs = performance.now()
     this.#log.warn('zookeeper disconnected')
     this.#emit({ type: 'disconnected' })
   }
@@ -188,7 +188,7 @@ export class ZooKeeperSession {
       this.#log.warn({ reason }, 'zookeeper session lost, building a new client')
       this.#emit({ type: 'expired', reason })
     } else {
-      this.#log.warn({ connectString: this.#options.connectString, waitedMs: Date.now() - this.#waitingSinceMs }, 'still no zookeeper session, retrying with a new client')
+      this.#log.warn({ connectString: this.#options.connectString, waitedMs: Math.round(performance.now() - this.#waitingSinceMs) }, 'still no zookeeper session, retrying with a new client')
     }
     if (!this.#closed) this.#build()
   }
@@ -201,7 +201,7 @@ export class ZooKeeperSession {
   #checkHealth (): void {
     const client = this.#client
     if (!client || this.#closed) return
-    const now = Date.now()
+    const now = performance.now()
     const timeoutMs = this.sessionTimeoutMs
     if (!this.#connected) {
       // A lost session is surely expired after its timeout; a first connect on a busy machine may take longer.
@@ -211,7 +211,7 @@ export class ZooKeeperSession {
     }
     if (this.#probeSentAtMs !== undefined) {
       if (now - this.#probeSentAtMs > (timeoutMs * 2) / 3) {
-        this.#log.warn({ err: new FleetgateError('FLEETGATE_ERR_ZK_WATCHDOG', `no answer in ${now - this.#probeSentAtMs} ms`) }, 'zookeeper watchdog fired')
+        this.#log.warn({ err: new FleetgateError('FLEETGATE_ERR_ZK_WATCHDOG', `no answer in ${Math.round(now - this.#probeSentAtMs)} ms`) }, 'zookeeper watchdog fired')
         this.#replace('watchdog')
       }
       return

@@ -22,7 +22,7 @@ export async function eventually<T>(
 ): Promise<T> {
   const timeoutMs = opts.timeoutMs ?? 10_000
   const intervalMs = opts.intervalMs ?? 20
-  const deadline = Date.now() + timeoutMs
+  const deadline = performance.now() + timeoutMs
   let attempts = 0
   let lastError: unknown
   let threw = false
@@ -39,7 +39,7 @@ export async function eventually<T>(
       threw = true
       lastError = err
     }
-    if (Date.now() + intervalMs > deadline) break
+    if (performance.now() + intervalMs > deadline) break
     await new Promise<void>((resolve) => setTimeout(resolve, intervalMs))
   }
 
@@ -57,7 +57,7 @@ const PENDING = Symbol('pending')
 async function withDeadline<T>(condition: () => T | Promise<T>, deadline: number): Promise<T> {
   let timer: NodeJS.Timeout | undefined
   const late = new Promise<typeof PENDING>((resolve) => {
-    timer = setTimeout(() => resolve(PENDING), Math.max(0, deadline - Date.now()))
+    timer = setTimeout(() => resolve(PENDING), Math.max(0, deadline - performance.now()))
   })
   try {
     // Promise.resolve().then() turns a synchronous throw into a rejection.

@@ -6,6 +6,7 @@ import { ConsulClient, consulConnection } from '../../src/consul/client.ts'
 import { silentLogger } from '../../src/logger.ts'
 import { ConsulSource, type ConsulSourceOptions } from '../../src/membership/consul.ts'
 import type { Membership, SourceEvent } from '../../src/membership/source.ts'
+import { steppableWallClock } from '../helpers/clock.ts'
 import { consulTarget, doubleOf, needsDouble, testCertificates, uniqueService, type ConsulTarget } from '../helpers/consul.ts'
 import { startConsulDouble } from '../helpers/consul-double.ts'
 import { eventually } from '../helpers/eventually.ts'
@@ -200,6 +201,25 @@ t.test('the loop is rate-limited: a service changing every few ms gets at most o
   const sent = f.source.queries - before
   t.ok(sent <= Math.ceil(elapsedMs / 200) + 2, `${sent} queries in ${elapsedMs} ms for ${n} changes (200 ms spacing)`)
   t.ok(sent >= 2, 'but it does follow')
+})
+
+t.test('a wall clock set back an hour does not hold the next query', async t => {
+  const clock = steppableWallClock(t)
+  const target = await consulTarget(t)
+  const name = uniqueService('clock')
+  await registered(t, target, { name, id: 'a', port: 8081 })
+  const f = follow(t, target, name, { minIntervalMs: 200 })
+  await eventually(() => f.ids() === 'a:up', { message: 'first membership' })
+  await eventually(() => f.source.queries >= 2, { message: 'the blocking query sent' })
+  // The query held now started before the step. Its answer is published at once; the next query,
+  // spaced from that start, must not wait an hour.
+  clock.step(-3_600_000)
+  await registered(t, target, { name, id: 'b', port: 8082 })
+  await eventually(() => f.ids() === 'a:up,b:up', { timeoutMs: 5000, message: 'the change that ends the held query' })
+  await registered(t, target, { name, id: 'c', port: 8083 })
+  const sawC = await eventually(() => f.ids() === 'a:up,b:up,c:up', { timeoutMs: 5000, message: 'the next change, within the 200 ms spacing' })
+  t.ok(sawC, 'both changes followed')
+  t.match(f.source.state(), { status: 'connected', stale: false })
 })
 
 t.test('tag and datacenter options', async t => {

@@ -1,0 +1,26 @@
+// A wall clock that a test can step, as NTP or an operator setting the date does: after step(ms),
+// Date.now() (and so new Date()) is off by `ms` for the rest of the test, even through a reference to
+// Date.now taken before, while the monotonic clock (performance.now(), timers) runs on.
+
+import type { Test } from 'tap'
+
+export interface WallClock {
+  step(ms: number): void
+}
+
+/** Install before building what is tested, so that it cannot hold the unstepped Date.now. */
+export function steppableWallClock (t: Test): WallClock {
+  const realNow = Date.now
+  let offsetMs = 0
+  const steppable = (): number => realNow() + offsetMs
+  Date.now = steppable
+  t.teardown(() => {
+    if (Date.now === steppable) Date.now = realNow
+  })
+  return {
+    step (ms) {
+      offsetMs += ms
+      t.comment(`wall clock stepped by ${ms} ms`)
+    },
+  }
+}
