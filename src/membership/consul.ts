@@ -26,6 +26,7 @@ export interface ConsulSourceOptions {
 }
 
 const DEFAULT_MIN_INTERVAL_MS = 100
+const WHOLE_NUMBER = /^\d+$/
 const DEFAULT_BACKOFF_BASE_MS = 250
 const DEFAULT_BACKOFF_MAX_MS = 5_000
 /** A non-blocking query answers at once; one that takes this long is stuck (a hung agent). */
@@ -56,7 +57,7 @@ export class ConsulSource extends BaseSource {
   #failures = 0
   #failingSinceMs = 0
   #lastFailureLog: { text: string, atMs: number } | undefined
-  #missingIndexLogged = false
+  #badIndexLogged = false
   /** Invalid entries already reported, by reason: reported once, not at every answer. */
   readonly #reported = new Map<string, InvalidReason>()
   #excluded = -1
@@ -172,14 +173,19 @@ export class ConsulSource extends BaseSource {
   /**
    * Consul's rules for X-Consul-Index: a missing or 0 index is read as 1 (so a blocking query cannot
    * return at once forever), and one that went backwards (a restarted agent, a restored snapshot) is
-   * dropped, so the next query is non-blocking and picks up the new one.
+   * dropped, so the next query is non-blocking and picks up the new one. One that is not a whole
+   * number (something between fleetgate and Consul rewrote it) is read as 1 too, and said once.
    */
   #takeIndex (header: string | string[] | undefined, blockOn: number | undefined): void {
-    const raw = Number(Array.isArray(header) ? header[0] : header)
+    const value = Array.isArray(header) ? header[0] : header
+    const raw = value !== undefined && WHOLE_NUMBER.test(value) ? Number(value) : NaN
     const index = Number.isSafeInteger(raw) && raw >= 1 ? raw : 1
-    if (header === undefined && !this.#missingIndexLogged) {
-      this.#missingIndexLogged = true
-      this.#log.warn('consul answered without X-Consul-Index; blocking queries will return at once (rate-limited)')
+    if (value === undefined || Number.isNaN(raw)) {
+      if (!this.#badIndexLogged) {
+        this.#badIndexLogged = true
+        const said = value === undefined ? 'without X-Consul-Index' : `an X-Consul-Index that is not a whole number (${JSON.stringify(value.slice(0, 40))}), read as 1`
+        this.#log.warn(`consul answered ${said}; blocking queries will return at once (rate-limited)`)
+      }
     }
     if (blockOn !== undefined && index < blockOn) {
       this.#indexResets++

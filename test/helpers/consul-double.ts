@@ -63,8 +63,8 @@ export interface Fault {
   readonly body?: string
   /** ...or destroy the socket without answering. */
   readonly drop?: boolean
-  /** The X-Consul-Index of the canned answer; default the current index. */
-  readonly index?: number
+  /** The X-Consul-Index of the canned answer (a string as it is, to send one that is not a number); default the current index. */
+  readonly index?: number | string
   /** Only this many times; default until cleared. */
   readonly times?: number
 }
@@ -548,7 +548,7 @@ export async function startConsulDouble (options: ConsulDoubleOptions = {}): Pro
 
   // --- http --------------------------------------------------------------------------------------------
 
-  const answer = (res: ServerResponse, status: number, body: unknown, consulIndex?: number): void => {
+  const answer = (res: ServerResponse, status: number, body: unknown, consulIndex?: number | string): void => {
     if (res.destroyed || res.headersSent) return
     if (consulIndex !== undefined) {
       res.setHeader('X-Consul-Index', String(consulIndex))

@@ -1,6 +1,7 @@
 // ConsulSource in process against the Consul double (or a real agent with CONSUL_HTTP_ADDR): what it
 // sends (index, wait, no index after trouble), what it makes of answers, and how it rides out failures.
 
+import { pino } from 'pino'
 import t, { type Test } from 'tap'
 import { ConsulClient, consulConnection } from '../../src/consul/client.ts'
 import { silentLogger } from '../../src/logger.ts'
@@ -126,6 +127,24 @@ t.test('an X-Consul-Index of 0 in an answer is read as 1', { skip: needsDouble('
   await eventually(() => f.ids() === 'z:up', { message: 'the canned answer' })
   await eventually(() => double.healthQueries.filter(q => q.service === name).length >= 2)
   t.equal(double.healthQueries.filter(q => q.service === name)[1]!.index, '1', 'blocks on 1, not 0')
+})
+
+t.test('an X-Consul-Index that is not a whole number is read as 1 and said once; the answer is published', { skip: needsDouble('a canned answer') }, async t => {
+  const target = await consulTarget(t)
+  const double = doubleOf(target)
+  const name = uniqueService('garbled')
+  const body = JSON.stringify([{ Node: { Node: 'n', Address: '127.0.0.1' }, Service: { ID: 'g', Service: name, Port: 8081, Address: '' }, Checks: [] }])
+  double.fault({ status: 200, body, index: '0x1f', times: 3 })
+  const lines: string[] = []
+  const logger = pino({ level: 'warn' }, { write: (line: string) => { lines.push(line) } })
+  const f = follow(t, target, name, { waitMs: 300, minIntervalMs: 20, logger })
+  await eventually(() => f.ids() === 'g:up', { message: 'the canned answer, published' })
+  await eventually(() => double.healthQueries.filter(q => q.service === name).length >= 4, { message: 'past the three garbled answers' })
+  const sent = double.healthQueries.filter(q => q.service === name).map(q => q.index)
+  t.same(sent.slice(1, 3), ['1', '1'], 'blocks on 1, not on 31 (0x1f) or NaN')
+  const warnings = lines.filter(line => line.includes('X-Consul-Index'))
+  t.equal(warnings.length, 1, 'said once, not at every answer')
+  t.match(warnings[0], /not a whole number \(\\"0x1f\\"\)/)
 })
 
 t.test('an index that goes backwards on a blocking answer (a restored snapshot) is reset, then followed', { skip: needsDouble('setIndex') }, async t => {
