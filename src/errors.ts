@@ -11,6 +11,7 @@ export const ERRORS = {
   FLEETGATE_ERR_CONFIG_FILE: { message: 'Configuration file cannot be read or parsed', statusCode: 0 },
   FLEETGATE_ERR_CLI_USAGE: { message: 'Invalid command line', statusCode: 0 },
   FLEETGATE_ERR_BAD_REQUEST: { message: 'The request cannot be forwarded as sent', statusCode: 400 },
+  FLEETGATE_ERR_TRANSFER_CODING: { message: 'The request has a transfer coding other than chunked', statusCode: 501 },
   FLEETGATE_ERR_NO_LIVE_INSTANCE: { message: 'No live instance of the service', statusCode: 503 },
   FLEETGATE_ERR_UPSTREAM_CONNECT: { message: 'Could not connect to any instance', statusCode: 502 },
   FLEETGATE_ERR_UPSTREAM_RESET: { message: 'The instance closed the connection before answering', statusCode: 502 },

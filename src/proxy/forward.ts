@@ -8,7 +8,7 @@ import type { Endpoint, Pool } from '../balancer/pool.ts'
 import { ERRORS, type ErrorCode } from '../errors.ts'
 import type { Logger } from '../logger.ts'
 import type { Deadlines, Timed } from './deadlines.ts'
-import { clientResponseHeaders, originForm, upstreamRequestHeaders } from './headers.ts'
+import { clientResponseHeaders, hasUnsupportedTransferCoding, originForm, upstreamRequestHeaders } from './headers.ts'
 import type { InstanceMetrics } from './instance-metrics.ts'
 import type { Waiter, WaitQueue } from './queue.ts'
 import type { Upstreams } from './upstreams.ts'
@@ -135,6 +135,10 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
    */
   start (): void {
     const ctx = this.#ctx
+    if (this.#tries === 0 && !this.#queued && this.#hasBody && hasUnsupportedTransferCoding(this.#req)) {
+      // Its body is left unread: the connection cannot carry another request.
+      return this.#fail('FLEETGATE_ERR_TRANSFER_CODING', { connection: 'close' })
+    }
     // A new request queues behind those already waiting, even if room has just opened (an ejection ran
     // out): they go first.
     if (!this.#queued && this.#tries === 0 && ctx.queue.size > 0) {

@@ -38,6 +38,17 @@ function absoluteTarget (url: string | undefined): URL | undefined {
 }
 
 /**
+ * Whether a request's Transfer-Encoding has codings before `chunked` (`gzip, chunked`). Node reads
+ * the chunks and would hand on the body still gzipped, while the header, hop-by-hop, is dropped: the
+ * instance would take compressed bytes for the body. Envoy answers such a request 501, as RFC 9112
+ * 6.1 says a server should; so does the proxy.
+ */
+export function hasUnsupportedTransferCoding (req: IncomingMessage): boolean {
+  const coding = req.headers['transfer-encoding']
+  return coding !== undefined && coding.trim().toLowerCase() !== 'chunked'
+}
+
+/**
  * The request head for the instance, as a flat [name, value, ...] list (undici's cheapest form).
  * `keepUpgrade` keeps Connection/Upgrade for WebSocket handshakes.
  */

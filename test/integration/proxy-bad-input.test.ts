@@ -51,7 +51,13 @@ t.test('malformed, oversize and aborted requests', async t => {
     const answer = await raw(proxy.url, request, { destroyAfterWrite: false, closeAfterAnswer: true })
     t.match(answer, /^HTTP\/1\.1 400 [^]*"error":"FLEETGATE_ERR_BAD_REQUEST"/, `${JSON.stringify(request.split('\r\n')[0])}: 400`)
   }
+  // A transfer coding the proxy would pass on undecoded: 501, as Envoy answers, and the connection closes.
+  const gzipped = await raw(proxy.url, 'POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n')
+  t.match(gzipped, /^HTTP\/1\.1 501 [^]*connection: close[^]*"error":"FLEETGATE_ERR_TRANSFER_CODING"/i, 'gzip, chunked: 501, connection closed')
+  t.notMatch(gzipped, /HTTP\/1\.1 200/, 'nothing more is read from that connection')
   t.equal(backend.hits, hitsBeforeBad, 'nothing reached the instance')
+  const chunked = await raw(proxy.url, 'POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n')
+  t.match(chunked, /^HTTP\/1\.1 200 /, 'plain chunked, in any case, is forwarded')
   // An absolute-form target is a request like any other: the instance gets its path, and its authority as Host.
   const absolute = await raw(proxy.url, 'GET HTTP://App.Example:8088/explore/?x=1 HTTP/1.1\r\nHost: other\r\nConnection: close\r\n\r\n')
   t.match(absolute, /^HTTP\/1\.1 200 /, 'an absolute-form target, even with an upper-case scheme, is served')
@@ -64,6 +70,7 @@ t.test('malformed, oversize and aborted requests', async t => {
   }
   const counted = await proxy.metrics()
   t.equal(sample(counted, 'fleetgate_requests_total', { instance: 'none', code: '400' }), 2, 'counted as answered by no instance')
+  t.equal(sample(counted, 'fleetgate_requests_total', { instance: 'none', code: '501' }), 1, 'the 501 too')
   t.equal((await proxy.status()).instances[0]?.errors, 0, 'and not as the instance\'s errors')
   const longUrl = await get(proxy.url, `/superset/explore/?form_data=${'x'.repeat(30_000)}`)
   t.equal(longUrl.status, 200, 'a 30 KB URL, as Superset makes, still passes')
