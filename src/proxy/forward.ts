@@ -69,6 +69,13 @@ function unwatchConnection (socket: Socket, onClose: () => void): void {
   waitingOn.get(socket)?.delete(onClose)
 }
 
+/**
+ * Connections answered with `Connection: close` before their request's body was read (a 501, a 408).
+ * Node still hands on requests pipelined behind such an answer, read in the same packet, and no answer
+ * of theirs is ever sent: they are not sent to an instance either.
+ */
+const closingConnections = new WeakSet<Socket>()
+
 /** Errors where the connection never carried the request: safe to send anywhere else. */
 const CONNECT_FAILURES = new Set([
   'ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL', 'ENOTFOUND', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT',
@@ -135,9 +142,11 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
    */
   start (): void {
     const ctx = this.#ctx
-    if (this.#tries === 0 && !this.#queued && this.#hasBody && hasUnsupportedTransferCoding(this.#req)) {
-      // Its body is left unread: the connection cannot carry another request.
-      return this.#fail('FLEETGATE_ERR_TRANSFER_CODING', { connection: 'close' })
+    if (this.#tries === 0 && !this.#queued) {
+      // Behind an answer that closes the connection: no answer of this request will ever be sent.
+      if (closingConnections.has(this.#req.socket)) return this.#finish(undefined)
+      // Its body is not read as a body: the connection closes after the answer.
+      if (this.#hasBody && hasUnsupportedTransferCoding(this.#req)) return this.#fail('FLEETGATE_ERR_TRANSFER_CODING', { connection: 'close' })
     }
     // A new request queues behind those already waiting, even if room has just opened (an ejection ran
     // out): they go first.
@@ -376,6 +385,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
 
   #fail (code: ErrorCode, extraHeaders?: Record<string, string>): void {
     const statusCode = ERRORS[code].statusCode
+    if (extraHeaders?.connection === 'close') closingConnections.add(this.#req.socket)
     if (!this.#clientGone && !this.#res.headersSent) {
       const body = JSON.stringify({ error: code, message: ERRORS[code].message, service: this.#ctx.service })
       this.#res.writeHead(statusCode, {
@@ -389,7 +399,8 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     this.#finish(statusCode)
   }
 
-  #finish (statusCode: number): void {
+  /** The request is done with; `undefined`: it was never answered nor sent, and is not counted. */
+  #finish (statusCode: number | undefined): void {
     if (this.#finished) return
     this.#finished = true
     if (this.#queuedOn) unwatchConnection(this.#queuedOn, this.#onClientClose)
@@ -400,8 +411,10 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
       this.#ctx.instanceRetriesInFlight--
     }
     this.#retryCharge = undefined
-    const seconds = (performance.now() - this.#startedAt) / 1000
-    this.#ctx.metrics.finished(this.#endpoint, this.#req.method ?? 'GET', statusCode, seconds)
+    if (statusCode !== undefined) {
+      const seconds = (performance.now() - this.#startedAt) / 1000
+      this.#ctx.metrics.finished(this.#endpoint, this.#req.method ?? 'GET', statusCode, seconds)
+    }
     this.#ctx.inFlight--
   }
 

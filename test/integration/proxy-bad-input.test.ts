@@ -54,7 +54,9 @@ t.test('malformed, oversize and aborted requests', async t => {
   // A transfer coding the proxy would pass on undecoded: 501, as Envoy answers, and the connection closes.
   const gzipped = await raw(proxy.url, 'POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n')
   t.match(gzipped, /^HTTP\/1\.1 501 [^]*connection: close[^]*"error":"FLEETGATE_ERR_TRANSFER_CODING"/i, 'gzip, chunked: 501, connection closed')
-  t.notMatch(gzipped, /HTTP\/1\.1 200/, 'nothing more is read from that connection')
+  t.notMatch(gzipped, /HTTP\/1\.1 200/, 'nothing more is answered on that connection')
+  await eventually(async () => sample(await proxy.metrics(), 'fleetgate_in_flight_requests') === 0, { message: 'nothing in flight' })
+  t.equal(sample(await proxy.metrics(), 'fleetgate_requests_total', { code: '499' }), 0, 'the GET pipelined behind it was never started')
   t.equal(backend.hits, hitsBeforeBad, 'nothing reached the instance')
   const chunked = await raw(proxy.url, 'POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n')
   t.match(chunked, /^HTTP\/1\.1 200 /, 'plain chunked, in any case, is forwarded')
