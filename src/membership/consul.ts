@@ -57,6 +57,7 @@ export class ConsulSource extends BaseSource {
   #failures = 0
   #failingSinceMs = 0
   #lastFailureLog: { text: string, atMs: number } | undefined
+  #missingIndexLogged = false
   #badIndexLogged = false
   /** Invalid entries already reported, by reason: reported once, not at every answer. */
   readonly #reported = new Map<string, InvalidReason>()
@@ -179,15 +180,19 @@ export class ConsulSource extends BaseSource {
   #takeIndex (header: string | string[] | undefined, blockOn: number | undefined): void {
     const value = Array.isArray(header) ? header[0] : header
     const raw = value !== undefined && WHOLE_NUMBER.test(value) ? Number(value) : NaN
-    const index = Number.isSafeInteger(raw) && raw >= 1 ? raw : 1
-    if (value === undefined || Number.isNaN(raw)) {
-      if (!this.#badIndexLogged) {
-        this.#badIndexLogged = true
-        const said = value === undefined ? 'without X-Consul-Index' : `an X-Consul-Index that is not a whole number (${JSON.stringify(value.slice(0, 40))}), read as 1`
-        this.#log.warn(`consul answered ${said}; blocking queries will return at once (rate-limited)`)
+    const readable = Number.isSafeInteger(raw)
+    const index = readable && raw >= 1 ? raw : 1
+    if (value === undefined) {
+      if (!this.#missingIndexLogged) {
+        this.#missingIndexLogged = true
+        this.#log.warn('consul answered without X-Consul-Index; blocking queries will return at once (rate-limited)')
       }
+    } else if (!readable && !this.#badIndexLogged) {
+      this.#badIndexLogged = true
+      this.#log.warn({ index: value.slice(0, 40) }, 'consul answered an X-Consul-Index that is not a whole number below 2^53; read as 1, so blocking queries will return at once (rate-limited)')
     }
-    if (blockOn !== undefined && index < blockOn) {
+    // An index that cannot be read did not go backwards: it is not a reset.
+    if (blockOn !== undefined && index < blockOn && (readable || value === undefined)) {
       this.#indexResets++
       this.#log.info({ sent: blockOn, received: index }, 'consul index went backwards; reading again without an index')
       this.#index = 0
