@@ -43,7 +43,7 @@ export class Endpoint {
     return this.instance.weight
   }
 
-  /** A request (or upgrade) starts on it. */
+  /** A request (or upgrade) starts on it, at `nowMs` by performance.now(): its own clock, for the peak window only. */
   started (nowMs: number): void {
     this.inflight++
     this.requests++

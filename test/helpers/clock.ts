@@ -1,6 +1,7 @@
 // A wall clock that a test can step, as NTP or an operator setting the date does: after step(ms),
-// Date.now() (and so new Date()) is off by `ms` for the rest of the test, even through a reference to
-// Date.now taken before, while the monotonic clock (performance.now(), timers) runs on.
+// Date.now() is off by `ms` for the rest of the test, even through a reference to Date.now taken
+// before, while the monotonic clock (performance.now(), timers) runs on. `new Date()` does not call
+// Date.now and is not stepped; fleetgate takes no duration from it.
 
 import type { Test } from 'tap'
 
