@@ -162,6 +162,9 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
   const fork = (slot: Slot = { shortLives: 0 }): void => {
     const worker = cluster.fork()
     const forkedAtMs = performance.now()
+    // A message to a worker that is exiting fails (EPIPE) after isConnected() said yes. Its 'exit' follows
+    // and is handled there; unheard, the error would take the primary down.
+    worker.on('error', err => log.debug({ err, pid: worker.process.pid }, 'message to a proxy worker not delivered'))
     worker.on('message', (message: ToPrimary) => {
       if (message?.fleetgate === 'hello') {
         // A worker still loading its code when shutdown began never got the message.
