@@ -4,6 +4,9 @@
 import t from 'tap'
 import { HealthChecker, RiseFall } from '../../src/agent/health-check.ts'
 import { Pool } from '../../src/balancer/pool.ts'
+import { silentLogger } from '../../src/logger.ts'
+import { StaticSource } from '../../src/membership/static.ts'
+import { createProxy } from '../../src/proxy/server.ts'
 import type { Instance } from '../../src/membership/instance.ts'
 import { steppableWallClock } from '../helpers/clock.ts'
 import { eventually } from '../helpers/eventually.ts'
@@ -57,4 +60,22 @@ t.test('the health checks keep their interval when the clock goes back an hour',
   t.teardown(() => checker.stop())
   await eventually(() => probes >= 4, { timeoutMs: 3000, message: 'probes go on every 50 ms' })
   t.equal(checker.health, 'healthy')
+})
+
+t.test('/status shows when an instance changed on the wall clock as it reads now', async t => {
+  const clock = steppableWallClock(t)
+  const proxy = createProxy({
+    service: 's', listen: '127.0.0.1:0', adminListen: undefined, connectTimeoutMs: 1000, headersTimeoutMs: 1000,
+    idleTimeoutMs: 1000, tries: 2, ejectBaseMs: 1000, ejectMaxMs: 1000, panicThresholdPercent: 50,
+    shutdownTimeoutMs: 100, maxHeaderBytes: 16_384, maxConnectionsPerInstance: 0, queueTimeoutMs: 1000,
+  }, new StaticSource('s', [inst('a', 9)]), silentLogger)
+  t.teardown(() => proxy.close())
+  await proxy.listen()
+  await eventually(() => proxy.status().instances.length === 1, { message: 'the membership' })
+  const before = Date.parse(proxy.status().instances[0]!.changedAt)
+  t.ok(Math.abs(Date.now() - before) < 5000, 'joined just now')
+  clock.step(-HOUR_MS)
+  const after = Date.parse(proxy.status().instances[0]!.changedAt)
+  t.ok(Math.abs(after - (before - HOUR_MS)) < 1000, `an hour earlier, as the clock now says (${new Date(before).toISOString()} then ${new Date(after).toISOString()})`)
+  t.equal(proxy.status().instances[0]!.state, 'up')
 })
