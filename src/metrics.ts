@@ -109,6 +109,8 @@ export interface InstanceTraffic {
   readonly duration: HistogramCounts
   readonly connectFailures: number
   readonly ejections: number
+  /** Responses the instance broke off after their headers. */
+  readonly cutOffs: number
 }
 
 /** The proxy's traffic counts; the metrics read them at scrape time, so a request never touches prom-client. */
@@ -150,6 +152,16 @@ export function createProxyMetrics (registry: Registry, collectors: ProxyCollect
       fill(this, traffic)
     }
   type ByInstance = Counter<'service' | 'instance'>
+  /** A counter of one of each instance's plain counts, read at scrape time. */
+  const instanceCounter = (name: string, help: string, count: 'connectFailures' | 'cutOffs' | 'ejections'): ByInstance => new Counter({
+    name,
+    help,
+    labelNames: ['service', 'instance'] as const,
+    registers,
+    collect: fromTraffic<ByInstance>((metric, traffic) => {
+      for (const series of traffic.instances()) metric.inc({ service, instance: series.instance }, series[count])
+    }),
+  })
   const durationLabels = new WeakMap<InstanceTraffic, Record<'service' | 'instance', string>>()
   return {
     registry,
@@ -189,15 +201,10 @@ export function createProxyMetrics (registry: Registry, collectors: ProxyCollect
         for (const series of traffic.instances()) metric.set({ service, instance: series.instance }, series.inFlight)
       }),
     }),
-    connectFailures: new Counter({
-      name: 'fleetgate_upstream_connect_failures_total',
-      help: 'Failed connects to an instance (refused, unreachable, timed out)',
-      labelNames: ['service', 'instance'] as const,
-      registers,
-      collect: fromTraffic<ByInstance>((metric, traffic) => {
-        for (const series of traffic.instances()) metric.inc({ service, instance: series.instance }, series.connectFailures)
-      }),
-    }),
+    connectFailures: instanceCounter('fleetgate_upstream_connect_failures_total',
+      'Failed connects to an instance (refused, unreachable, timed out)', 'connectFailures'),
+    cutOffs: instanceCounter('fleetgate_responses_cut_off_total',
+      'Responses an instance broke off after their headers (its connection reset, or silent for the idle timeout); the client connection is cut too', 'cutOffs'),
     retries: new Counter({
       name: 'fleetgate_retries_total',
       help: 'Requests sent again to another instance, by reason (connect_failure, reset_before_response)',
@@ -207,15 +214,8 @@ export function createProxyMetrics (registry: Registry, collectors: ProxyCollect
         for (const [reason, count] of Object.entries(traffic.retries)) metric.inc({ service, reason }, count)
       }),
     }),
-    ejections: new Counter({
-      name: 'fleetgate_ejections_total',
-      help: 'Times an instance was ejected after failed connects (like envoy_cluster_outlier_detection_ejections_total)',
-      labelNames: ['service', 'instance'] as const,
-      registers,
-      collect: fromTraffic<ByInstance>((metric, traffic) => {
-        for (const series of traffic.instances()) metric.inc({ service, instance: series.instance }, series.ejections)
-      }),
-    }),
+    ejections: instanceCounter('fleetgate_ejections_total',
+      'Times an instance was ejected after failed connects (like envoy_cluster_outlier_detection_ejections_total)', 'ejections'),
     noLiveInstance: new Counter({
       name: 'fleetgate_no_live_instance_total',
       help: 'Requests answered 503 because no instance was live',

@@ -41,10 +41,11 @@ class Series implements InstanceTraffic {
   readonly duration = { buckets: new Float64Array(DURATION_BUCKETS_SECONDS.length + 1), sum: 0, count: 0 }
   connectFailures = 0
   ejections = 0
+  cutOffs = 0
   /** A ring buffer of the last latencies, newest overwriting oldest; made at the first request (a 10,000-instance fleet mostly idle would hold 20 MB of them). */
   recent: Float64Array | undefined
   recentCount = 0
-  /** 5xx answers and failed connects, for the status page. */
+  /** 5xx answers, failed connects and responses cut off, for the status page. */
   errors = 0
 
   constructor (readonly instance: string) {}
@@ -118,6 +119,14 @@ export class InstanceMetrics implements Traffic {
     series.errors++
   }
 
+  /** The instance broke off a response after its headers: counted with its status, and as this. */
+  cutOff (endpoint: Endpoint): void {
+    const series = this.#live(endpoint)
+    if (!series) return
+    series.cutOffs++
+    series.errors++
+  }
+
   ejected (endpoint: Endpoint): void {
     const series = this.#live(endpoint)
     if (series) series.ejections++
@@ -143,7 +152,7 @@ export class InstanceMetrics implements Traffic {
     if (endpoint.inflight === 0) this.#release(endpoint, use)
   }
 
-  /** p50 and p99 of the last requests, in seconds, and the errors (5xx answers and failed connects); for the status page. */
+  /** p50 and p99 of the last requests, in seconds, and the errors (5xx answers, failed connects, cut-offs); for the status page. */
   summary (endpoint: Endpoint): { p50: number | null, p99: number | null, errors: number } {
     const series = this.#uses.get(endpoint)?.series
     if (!series?.recent || series.recentCount === 0) return { p50: null, p99: null, errors: series?.errors ?? 0 }

@@ -144,6 +144,29 @@ t.test('a configured idle timeout cuts a stalled response', async t => {
   t.ok(seconds >= 0.9 && seconds < 10, `cut after ${seconds.toFixed(1)} s`)
   // The log is written asynchronously: it may land just after the client saw the cut.
   t.ok(await eventually(() => /response cut off by the instance/.test(proxy.output())), 'the cut is logged')
+  const metrics = await proxy.metrics()
+  t.equal(sample(metrics, 'fleetgate_responses_cut_off_total', { service: 'stall' }), 1, 'and counted against the instance')
+  t.equal(sample(metrics, 'fleetgate_requests_total', { service: 'stall', code: '200' }), 1, 'with the status it had begun with')
+  t.equal((await proxy.status()).instances[0]?.errors, 1, 'an error of the instance on the status page')
+})
+
+t.test('an instance that resets mid-body: the client is cut off too, and the cut counted against the instance', async t => {
+  const client = await zkClient(t, server.connectString)
+  const backend = await startBackend(t, 'reset')
+  backend.handle((req, res) => {
+    res.writeHead(200, { 'content-type': 'text/csv', 'content-length': '1000000' })
+    res.write('first,rows\n', () => req.socket.resetAndDestroy())
+  })
+  await registerCurator(client, { service: 'reset', id: 'reset', port: backend.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'reset'])
+  await eventually(() => proxy.ready())
+  const res = await request(`${proxy.url}/export.csv`)
+  t.equal(res.statusCode, 200)
+  await t.rejects(res.body.text(), 'the client sees the body cut off, not a clean end')
+  await eventually(async () => sample(await proxy.metrics(), 'fleetgate_responses_cut_off_total', { service: 'reset' }) === 1, { message: 'the cut counted' })
+  t.equal((await proxy.status()).instances[0]?.errors, 1, 'an error of the instance on the status page')
+  const ok = await proxy.metrics()
+  t.equal(sample(ok, 'fleetgate_responses_cut_off_total', { service: 'reset', instance: `127.0.0.1:${backend.port}` }), 1, 'under the instance\'s own label')
 })
 
 /**

@@ -57,6 +57,7 @@ t.test('in-flight, connect failure and ejection series exist from 0 as soon as a
   t.equal(await value('fleetgate_in_flight_requests', '127.0.0.1:1001'), 0)
   t.equal(await value('fleetgate_upstream_connect_failures_total', '127.0.0.1:1001'), 0)
   t.equal(await value('fleetgate_ejections_total', '127.0.0.1:1001'), 0)
+  t.equal(await value('fleetgate_responses_cut_off_total', '127.0.0.1:1001'), 0)
   // An instance whose very first connect fails: increase() sees 0 -> 1, not a series born at 1.
   a.inflight++
   a.inflight--

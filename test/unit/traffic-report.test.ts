@@ -52,12 +52,14 @@ t.test('a report leaves out what is zero, and an idle instance is its name alone
   traffic.added(b)
   serve(traffic, a, 'GET', 200, 0.003)
   traffic.connectFailure(a)
+  traffic.cutOff(a)
   const report = reportTraffic(collectors)
   const byName = new Map(report.instances.map(i => [i.instance, i]))
   t.same(byName.get('127.0.0.1:1002'), { instance: '127.0.0.1:1002' }, 'idle: no counts sent')
   const busy = byName.get('127.0.0.1:1001')!
   t.same(busy.requests, [{ method: 'GET', code: '200', count: 1 }])
   t.equal(busy.connectFailures, 1)
+  t.equal(busy.cutOffs, 1)
   t.equal(busy.duration?.count, 1)
   t.equal(busy.duration?.buckets.reduce((x, y) => x + y, 0), 1, 'one observation in one bucket')
   t.equal(busy.inFlight, undefined, 'nothing in flight')
@@ -79,6 +81,8 @@ t.test('the primary renders the workers\' reports as prom-client would have merg
   two.traffic.finished(undefined, 'GET', 503, 0.001)
   one.traffic.connectFailure(b1)
   one.traffic.ejected(b1)
+  one.traffic.cutOff(a1)
+  two.traffic.cutOff(a2)
   one.traffic.retry('connect_failure')
   two.traffic.noLiveInstance()
   a2.inflight = 3 // in flight on worker 2 right now
