@@ -305,7 +305,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
 
     if (this.#responded) {
       // Mid-body: the status line is gone; all that is left is to cut the client off likewise.
-      this.#ctx.metrics.cutOff(endpoint)
+      this.#ctx.metrics.cutOff(endpoint, this.#res.statusCode)
       this.#ctx.log.warn({ err: error, instance: endpoint.address }, 'response cut off by the instance')
       this.#res.destroy(error)
       return this.#finish(this.#res.statusCode)

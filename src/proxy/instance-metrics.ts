@@ -119,12 +119,15 @@ export class InstanceMetrics implements Traffic {
     series.errors++
   }
 
-  /** The instance broke off a response after its headers: counted with its status, and as this. */
-  cutOff (endpoint: Endpoint): void {
+  /**
+   * The instance broke off a response after its headers: counted with the status it began with (by
+   * finished()), and as this. An error of the instance either way, once.
+   */
+  cutOff (endpoint: Endpoint, statusCode: number): void {
     const series = this.#live(endpoint)
     if (!series) return
     series.cutOffs++
-    series.errors++
+    if (statusCode < 500) series.errors++
   }
 
   ejected (endpoint: Endpoint): void {

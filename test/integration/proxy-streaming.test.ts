@@ -165,8 +165,9 @@ t.test('an instance that resets mid-body: the client is cut off too, and the cut
   await t.rejects(res.body.text(), 'the client sees the body cut off, not a clean end')
   await eventually(async () => sample(await proxy.metrics(), 'fleetgate_responses_cut_off_total', { service: 'reset' }) === 1, { message: 'the cut counted' })
   t.equal((await proxy.status()).instances[0]?.errors, 1, 'an error of the instance on the status page')
-  const ok = await proxy.metrics()
-  t.equal(sample(ok, 'fleetgate_responses_cut_off_total', { service: 'reset', instance: `127.0.0.1:${backend.port}` }), 1, 'under the instance\'s own label')
+  const metrics = await proxy.metrics()
+  t.equal(sample(metrics, 'fleetgate_responses_cut_off_total', { service: 'reset', instance: `127.0.0.1:${backend.port}` }), 1, 'under the instance\'s own label')
+  t.equal(sample(metrics, 'fleetgate_requests_total', { service: 'reset', code: '200' }), 1, 'with the status it had begun with')
 })
 
 /**
