@@ -76,6 +76,11 @@ function unwatchConnection (socket: Socket, onClose: () => void): void {
  */
 const closingConnections = new WeakSet<Socket>()
 
+/** Whether the connection was answered with `Connection: close` while requests behind it were read (see above). */
+export function closesAfterAnswer (socket: Socket): boolean {
+  return closingConnections.has(socket)
+}
+
 /** Errors where the connection never carried the request: safe to send anywhere else. */
 const CONNECT_FAILURES = new Set([
   'ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL', 'ENOTFOUND', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT',

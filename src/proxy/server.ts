@@ -13,7 +13,7 @@ import type { MembershipSource, SourceState } from '../membership/source.ts'
 import { createProxyMetrics, createRegistry, type ProxyMetrics } from '../metrics.ts'
 import { buildAdmin } from './admin.ts'
 import { Deadlines } from './deadlines.ts'
-import { Exchange, type ForwardContext } from './forward.ts'
+import { closesAfterAnswer, Exchange, type ForwardContext } from './forward.ts'
 import { InstanceMetrics } from './instance-metrics.ts'
 import { WaitQueue } from './queue.ts'
 import { renderStatusPage } from './status-page.ts'
@@ -194,7 +194,8 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
   }
   app.all('*', proxyRequest)
   app.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
-    if (closing) return socket.destroy()
+    // An upgrade pipelined behind an answer that closes the connection would never be answered either.
+    if (closing || closesAfterAnswer(req.socket)) return socket.destroy()
     proxyUpgrade(upgrades, req, socket, head)
   })
 
