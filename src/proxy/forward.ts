@@ -225,7 +225,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
       return this.#fail(this.#tries > 0 ? this.#lastFailure : 'FLEETGATE_ERR_QUEUE_TIMEOUT')
     }
     // An upload that stalls while its instance would take more is the client's: 408, as HAProxy answers.
-    const clientStalled = !this.#responded && this.#hasBody && !this.#req.complete && !this.#req.isPaused()
+    const clientStalled = this.#hasBody && !this.#req.complete && !this.#req.isPaused()
     this.#abort?.(clientStalled ? new ClientStalledError() : this.#responded ? new errors.BodyTimeoutError() : new errors.HeadersTimeoutError())
   }
 
@@ -306,7 +306,12 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     }
     if (this.#clientGone) return this.#finish(499)
     // The rest of the body will not come: the connection cannot carry another request.
-    if (error instanceof ClientStalledError) return this.#fail('FLEETGATE_ERR_CLIENT_TIMEOUT', { connection: 'close' })
+    if (error instanceof ClientStalledError) {
+      if (!this.#responded) return this.#fail('FLEETGATE_ERR_CLIENT_TIMEOUT', { connection: 'close' })
+      // The instance answered early and waits for the rest of the upload: the cut is the client's doing.
+      this.#res.destroy()
+      return this.#finish(this.#res.statusCode)
+    }
 
     if (this.#responded) {
       // Mid-body: the status line is gone; all that is left is to cut the client off likewise.

@@ -192,8 +192,14 @@ t.test('an upload the client stops sending gets 408; one the instance stops read
   const backend = await startBackend(t, 'stalled-upload')
   let received = 0
   backend.handle((req, res) => {
-    // Neither ever answers: /reads takes what comes, /deaf reads nothing at all.
+    // Neither ever answers: /reads takes what comes, /deaf reads nothing at all...
     if (req.url === '/reads') req.on('data', (c: Buffer) => { received += c.length })
+    // ...and /early sends its head at once, then waits for the rest of the upload.
+    if (req.url === '/early') {
+      res.writeHead(200, { 'content-type': 'text/plain' })
+      res.write('accepted\n')
+      req.resume()
+    }
   })
   await registerCurator(client, { service: 'stalled-upload', id: 'a', port: backend.port })
   const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'stalled-upload', '--idle-timeout-ms', '500', '--headers-timeout-ms', '500'])
@@ -222,9 +228,23 @@ t.test('an upload the client stops sending gets 408; one the instance stops read
   t.match(deaf, /^HTTP\/1\.1 504 /)
   t.match(deaf, /"error":"FLEETGATE_ERR_UPSTREAM_TIMEOUT"/)
 
+  // An instance that answered before the upload ended: the status line is gone, so the client's stall
+  // can only cut the connection, and it is not the instance's cut-off.
+  const early = connect(Number(new URL(proxy.url).port), '127.0.0.1')
+  t.teardown(() => early.destroy())
+  let earlyText = ''
+  early.setEncoding('latin1').on('data', (s: string) => { earlyText += s }).on('error', () => {})
+  const earlyClosed = new Promise(resolve => early.on('close', resolve))
+  early.write('POST /early HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n')
+  early.write(Buffer.alloc(10, 'u'))
+  await earlyClosed
+  t.match(earlyText, /^HTTP\/1\.1 200 [^]*accepted/, 'the early answer reached the client before the cut')
+
   const metrics = await proxy.metrics()
   t.equal(sample(metrics, 'fleetgate_requests_total', { service: 'stalled-upload', code: '408' }), 1)
   t.equal(sample(metrics, 'fleetgate_requests_total', { service: 'stalled-upload', code: '504' }), 1)
+  t.equal(sample(metrics, 'fleetgate_responses_cut_off_total', { service: 'stalled-upload' }), 0, 'the client\'s stall is not the instance\'s cut-off')
+  t.equal((await proxy.status()).instances[0]?.errors, 1, 'the instance\'s errors: the 504 alone')
 })
 
 t.test('a retried request gets the headers timeout on its second instance too', async t => {
