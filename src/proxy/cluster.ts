@@ -87,7 +87,8 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
   const service = config.service
   const log = logger.child({ service, role: 'primary' })
   let closing = false
-  const pending = new Map<string, { answers: Array<[worker: number, answer: unknown]>, expected: number, resolve: () => void }>()
+  /** Queries out to the workers: the answers so far, and the workers still owing one. */
+  const pending = new Map<string, { answers: Array<[worker: number, answer: unknown]>, owing: Set<number>, resolve: () => void }>()
   const listening = new Map<Worker, number>()
 
   // fleetgate's metrics only: the discovery ones are the primary's own, the rest add up the workers' last
@@ -148,7 +149,7 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
         pending.delete(id)
         resolve(entry?.answers ?? [])
       }
-      pending.set(id, { answers: [], expected: workers.length, resolve: finish })
+      pending.set(id, { answers: [], owing: new Set(workers.map(worker => worker.id)), resolve: finish })
       for (const worker of workers) worker.send({ fleetgate: 'query', id, what } satisfies ToWorker)
     })
   }
@@ -174,14 +175,16 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
         log.info({ pid: worker.process.pid, port: message.port }, 'proxy worker listening')
       } else if (message?.fleetgate === 'answer') {
         const entry = pending.get(message.id)
-        if (!entry) return
+        if (!entry?.owing.delete(worker.id)) return
         entry.answers.push([worker.id, message.value])
-        if (entry.answers.length === entry.expected) entry.resolve()
+        if (entry.owing.size === 0) entry.resolve()
       }
     })
     worker.on('exit', (code, signal) => {
       listening.delete(worker)
       traffic.retire(worker.id)
+      // A scrape does not wait out the query timeout for a worker that is gone.
+      for (const entry of pending.values()) if (entry.owing.delete(worker.id) && entry.owing.size === 0) entry.resolve()
       if (closing) return
       if (!started) {
         failStart(new FleetgateError('FLEETGATE_ERR_WORKER_EXIT', `worker ${worker.process.pid} exited with ${signal ?? `code ${code}`} (its error is above)`))
