@@ -13,7 +13,8 @@ import { FleetgateError } from './errors.ts'
 // or an IPv6 address in brackets, a ZooKeeper path (no empty, "." or ".." segment, no trailing "/").
 const PORT = '(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})'
 const PORT_1 = '(?!0+(?![0-9]))' + PORT
-const HOST = '(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9_.-]+)'
+/** A host name, an IPv4 address or a bracketed IPv6 address, as one capturing group. */
+export const HOST = '(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9_.-]+)'
 const ZNODE_PATH = '(/(?!\\.\\.?(/|$))[^/\\s]+)+'
 
 const HostPort = (description: string, defaultValue?: string, { anyPort = true } = {}) => Type.String({

@@ -189,7 +189,6 @@ export class Pool {
     for (const endpoint of removed) {
       this.#endpoints.delete(endpoint.key)
       this.#byInstance.delete(endpoint.instance)
-      this.#ejected.delete(endpoint)
     }
     this.#ordered = ordered
     this.#settle(membership, added, removed, reshuffled)
@@ -247,10 +246,7 @@ export class Pool {
       ordered.splice(insertionPoint(ordered, instance, instanceOf), 0, endpoint)
     }
     const removed = [...leaving.values()]
-    for (const endpoint of removed) {
-      this.#endpoints.delete(endpoint.key)
-      this.#ejected.delete(endpoint)
-    }
+    for (const endpoint of removed) this.#endpoints.delete(endpoint.key)
     this.#ordered = ordered
     this.#settle(membership, added, removed, reshuffled)
   }

@@ -1,5 +1,6 @@
 // StaticSource: a fixed list of instances, for local runs, tests and fleets without a registry.
 
+import { HOST } from '../config.ts'
 import { FleetgateError } from '../errors.ts'
 import type { Instance } from './instance.ts'
 import { BaseSource } from './source.ts'
@@ -24,7 +25,7 @@ export class StaticSource extends BaseSource {
 }
 
 /** `http://HOST:PORT`, the scheme optional, a trailing slash allowed; the port must be written out. */
-const STATIC_ENTRY = /^(?:http:\/\/)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})\/?$/
+const STATIC_ENTRY = new RegExp(`^(?:http://)?${HOST}:([0-9]{1,5})/?$`)
 
 /** Parses `http://10.0.0.1:8088,http://[::1]:8089` (the scheme is optional; the port is not). */
 export function parseStaticInstances (list: string): Instance[] {

@@ -240,7 +240,6 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
     closing = true
     const workers = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined && !w.isDead())
     await Promise.all(workers.map(worker => new Promise<void>(resolve => {
-      if (worker.isDead()) return resolve()
       const waitMs = (listening.has(worker) ? config.shutdownTimeoutMs : 0) + HARD_STOP_GRACE_MS
       const hardStop = setTimeout(() => {
         log.error({ pid: worker.process.pid, waitedMs: waitMs }, 'proxy worker did not stop; killing it')

@@ -152,12 +152,12 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
       if (closingConnections.has(this.#req.socket)) return this.#finish(undefined)
       // Its body is not read as a body: the connection closes after the answer.
       if (this.#hasBody && hasUnsupportedTransferCoding(this.#req)) return this.#fail('FLEETGATE_ERR_TRANSFER_CODING', { connection: 'close' })
-    }
-    // A new request queues behind those already waiting, even if room has just opened (an ejection ran
-    // out): they go first.
-    if (!this.#queued && this.#tries === 0 && ctx.queue.size > 0) {
-      this.#enqueue()
-      return ctx.queue.serveSoon()
+      // A new request queues behind those already waiting, even if room has just opened (an ejection ran
+      // out): they go first.
+      if (ctx.queue.size > 0) {
+        this.#enqueue()
+        return ctx.queue.serveSoon()
+      }
     }
     const endpoint = ctx.pool.pick(this.#tried)
     // Room comes back when a request ends or an ejection runs out, and each wakes the queue.
