@@ -1,6 +1,6 @@
 // A wall clock that a test can step, as NTP or an operator setting the date does: after step(ms),
 // Date.now() is off by `ms` for the rest of the test, even through a reference to Date.now taken
-// before, while the monotonic clock (performance.now(), timers) runs on. `new Date()` does not call
+// after the clock was installed and before the step, while the monotonic clock (performance.now(), timers) runs on. `new Date()` does not call
 // Date.now and is not stepped; fleetgate takes no duration from it.
 
 import type { Test } from 'tap'

@@ -182,7 +182,9 @@ t.test('workers share the listening socket: the kernel hands out connections, no
   const port = Number(new URL(proxy.url).port)
   const inode = listeningInode(port)
   t.ok(inode, `a socket listens on ${port}`)
-  for (const pid of workerPids(proxy.pid)) t.ok(socketInodes(pid).has(inode!), `worker ${pid} holds the listening socket`)
+  const workers = workerPids(proxy.pid)
+  t.equal(workers.length, 2, 'two workers')
+  for (const pid of workers) t.ok(socketInodes(pid).has(inode!), `worker ${pid} holds the listening socket`)
   t.equal((await get(proxy.url)).servedBy, 'shared')
 })
 

@@ -1,4 +1,4 @@
-import { mkdtempSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
@@ -30,8 +30,15 @@ t.test('defaults suit Superset', async t => {
   t.ok(Object.isFrozen(config))
 })
 
-t.test('flags beat environment beat file', async t => {
+/** A directory for config files, removed when the test ends. */
+function tempDir (t: Test): string {
   const dir = mkdtempSync(join(tmpdir(), 'fleetgate-config-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  return dir
+}
+
+t.test('flags beat environment beat file', async t => {
+  const dir = tempDir(t)
   const file = join(dir, 'c.yaml')
   writeFileSync(file, 'service: from-file\nlisten: 127.0.0.1:1\ntries: 2\n')
   const { config } = load(['--config', file, '--listen', '127.0.0.1:3'], { FLEETGATE_LISTEN: '127.0.0.1:2', FLEETGATE_SERVICE: 'from-env' })
@@ -54,7 +61,7 @@ t.test('bad values name the key, the value and what was expected', async t => {
 })
 
 t.test('unknown key in the config file is rejected with the file named', async t => {
-  const dir = mkdtempSync(join(tmpdir(), 'fleetgate-config-'))
+  const dir = tempDir(t)
   const file = join(dir, 'c.json')
   writeFileSync(file, JSON.stringify({ service: 'x', lisen: '0.0.0.0:1' }))
   throwsConfig(t, () => load(['--config', file]), 'FLEETGATE_ERR_CONFIG_INVALID', /unknown key "lisen" in config file/, /known keys: /)
@@ -62,7 +69,7 @@ t.test('unknown key in the config file is rejected with the file named', async t
 
 t.test('unreadable or malformed files are clear errors', async t => {
   throwsConfig(t, () => load(['--config', '/nonexistent/fleetgate.yaml']), 'FLEETGATE_ERR_CONFIG_FILE', /nonexistent/)
-  const dir = mkdtempSync(join(tmpdir(), 'fleetgate-config-'))
+  const dir = tempDir(t)
   const file = join(dir, 'c.yaml')
   writeFileSync(file, '- a list\n- not a mapping\n')
   throwsConfig(t, () => load(['--config', file]), 'FLEETGATE_ERR_CONFIG_FILE', /mapping/)
@@ -157,7 +164,7 @@ t.test('flags of another discovery backend are an error, not ignored', async t =
 })
 
 t.test('a config file\'s empty or true/false value is an error, not 0 or 1', async t => {
-  const dir = mkdtempSync(join(tmpdir(), 'fleetgate-config-'))
+  const dir = tempDir(t)
   const file = join(dir, 'c.yaml')
   writeFileSync(file, 'maxConnectionsPerInstance:\ntries: true\nconsulToken:\n')
   throwsConfig(t, () => load(['--config', file]), 'FLEETGATE_ERR_CONFIG_INVALID',

@@ -6,6 +6,8 @@ import { seededRandom } from '../helpers/random.ts'
 
 const inst = (id: string, port: number, state: Instance['state'] = 'up'): Instance =>
   ({ id, host: '127.0.0.1', port, state, weight: 1, labels: {} })
+/** One server (127.0.0.9:1) under the id given. */
+const twin = (id: string): Instance => ({ ...inst(id, 1), host: '127.0.0.9' })
 
 let revision = 0
 const membership = (...instances: Instance[]): Membership =>
@@ -51,7 +53,6 @@ t.test('an instance that refused a connection is skipped for a growing time', as
 
 t.test('one server listed under two ids takes one share, and the other entry takes over when the first leaves', async t => {
   const { pool } = build()
-  const twin = (id: string): Instance => ({ ...inst(id, 1), host: '127.0.0.9' })
   pool.update(membership(twin('member_1'), twin('member_2'), inst('b', 2)))
   t.same(ids(pool, 4), ['member_1', 'b', 'member_1', 'b'], 'one share for the server, not two')
   const [first] = [...pool.endpoints()]
@@ -68,7 +69,6 @@ t.test('one server listed under two ids takes one share, and the other entry tak
 
 t.test('an entry set aside for its server\'s other one is not counted or ejected', async t => {
   const { pool, now } = build()
-  const twin = (id: string): Instance => ({ ...inst(id, 1), host: '127.0.0.9' })
   const ejected: string[] = []
   pool.onEvent(event => { if (event.type === 'ejected') ejected.push(event.endpoint.instance.id) })
   pool.update(membership(twin('member_2'), inst('b', 2)))
