@@ -70,9 +70,10 @@ function unwatchConnection (socket: Socket, onClose: () => void): void {
 }
 
 /**
- * Connections answered with `Connection: close` before their request's body was read (a 501, a 408).
- * Node still hands on requests pipelined behind such an answer, read in the same packet, and no answer
- * of theirs is ever sent: they are not sent to an instance either.
+ * Connections whose answer under way closes them: one with `Connection: close` set before its request
+ * started (while draining), or answered so before its request's body was read (a 501, a 408). Node
+ * still hands on requests pipelined behind such an answer, and no answer of theirs is ever sent: they
+ * are not sent to an instance either.
  */
 const closingConnections = new WeakSet<Socket>()
 
@@ -150,6 +151,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     if (this.#tries === 0 && !this.#queued) {
       // Behind an answer that closes the connection: no answer of this request will ever be sent.
       if (closingConnections.has(this.#req.socket)) return this.#finish(undefined)
+      if (this.#res.getHeader('connection') === 'close') closingConnections.add(this.#req.socket)
       // Its body is not read as a body: the connection closes after the answer.
       if (this.#hasBody && hasUnsupportedTransferCoding(this.#req)) return this.#fail('FLEETGATE_ERR_TRANSFER_CODING', { connection: 'close' })
       // A new request queues behind those already waiting, even if room has just opened (an ejection ran

@@ -143,7 +143,8 @@ t.test('SIGTERM lets in-flight requests finish, then exits 0', async t => {
   await eventually(() => backend.hits === 3 && idleAnswer.endsWith('do'))
   proxy.kill('SIGTERM')
   await proxy.waitForOutput(/shutting down: draining in-flight requests/)
-  socket.write('GET /second HTTP/1.1\r\nHost: x\r\n\r\n')
+  // Pipelined behind it, a POST that could never be answered: the connection closes after /second's.
+  socket.write('GET /second HTTP/1.1\r\nHost: x\r\n\r\nPOST /fourth HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n')
   const res = await inFlight
   t.equal(res.status, 200)
   t.equal(res.body, 'done')
@@ -155,7 +156,7 @@ t.test('SIGTERM lets in-flight requests finish, then exits 0', async t => {
   for (const [i, answer] of answers.entries()) {
     t.same(answer.match(/^set-cookie: .*$/gim)?.map(line => line.trim()), ['set-cookie: session=1', 'set-cookie: csrf=2'], `answer ${i + 1}: both cookies`)
   }
-  t.equal(backend.hits, 4)
+  t.equal(backend.hits, 4, 'the POST pipelined behind the closing answer never reached the instance')
   // Its answer's head went out keep-alive before the drain began; then the proxy closed the idle
   // connection itself, before the 5 s shutdown deadline (Node's keep-alive timeout alone would take 6 s).
   await idleClosed
