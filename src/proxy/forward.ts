@@ -77,7 +77,7 @@ function unwatchConnection (socket: Socket, onClose: () => void): void {
  */
 const closingConnections = new WeakSet<Socket>()
 
-/** Whether the connection was answered with `Connection: close` while requests behind it were read (see above). */
+/** Whether the connection's answer under way closes it, so requests read behind it get no answer (see above). */
 export function closesAfterAnswer (socket: Socket): boolean {
   return closingConnections.has(socket)
 }
