@@ -1,12 +1,12 @@
 // The benchmark: fleetgate side by side with HAProxy, NGINX, the Node peer (fastify + @fastify/reply-from)
-// and a direct connection, then fleetgate's own failover and discovery figures. Prints every table and
-// writes bench/results/<date>.md. Start it with `npm run bench` (bench/run.sh installs what is missing).
+// and a direct connection, then fleetgate's own failover and discovery figures. Prints every table and writes
+// bench/results/<date>.md (or <date>-<commit>.md beside an earlier run). Start it with `npm run bench`.
 //   node bench/run.mjs [--quick] [--repeats N] [--duration S] [--warmup S] [--backend nginx|node]
 //                      [--scenarios ID,...] [--skip throughput,workers,failover,discovery]
 //                      [--fleetgate-args "ARGS"] [--changes N] [--scale N,N] [--nice=N] [--out FILE]
 
 import { spawnSync } from 'node:child_process'
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { cpus, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
@@ -249,10 +249,23 @@ async function main () {
     `the proxy took on core ${PROXY_CPU} in any run: other people's work on a shared machine, i.e. the noise.`,
     '',
   ]
-  const file = opts.out ?? join(ROOT, 'bench', 'results', `${startedAt.toISOString().slice(0, 10)}${quick ? '-quick' : ''}.md`)
+  const file = opts.out ?? resultsFile(startedAt.toISOString().slice(0, 10))
   mkdirSync(join(file, '..'), { recursive: true })
   writeFileSync(file, `${head.join('\n')}\n${out.join('\n')}\n`)
   log(`\nload average at start ${loadAtStart}, at end ${loadAtEnd}; results written to ${file}`)
+}
+
+/**
+ * bench/results/<date>.md; when a run of that day is there already (perhaps the one a README quotes),
+ * <date>-<commit>.md, then -2, -3: a second run never overwrites a first. Quick runs share one file.
+ */
+function resultsFile (date) {
+  const dir = join(ROOT, 'bench', 'results')
+  if (quick) return join(dir, `${date}-quick.md`)
+  const commit = sh('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'])
+  let file = join(dir, `${date}.md`)
+  for (let n = 1; existsSync(file); n++) file = join(dir, `${date}-${commit}${n > 1 ? `-${n}` : ''}.md`)
+  return file
 }
 
 function workersSection ({ runs }) {
