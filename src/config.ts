@@ -76,6 +76,11 @@ export const ProxyConfigSchema = Type.Object({
   tries: Type.Integer({ minimum: 1, maximum: 10, default: 3, description: 'Tries per request, each on a different instance', expected: 'an integer from 1 to 10' }),
   ejectBaseMs: Milliseconds('First ejection of an instance that refused a connection; doubles in a row', 1_000),
   ejectMaxMs: Milliseconds('Longest ejection', 30_000),
+  ejectAfterErrors: Type.Integer({
+    minimum: 0, maximum: 10_000, default: 0,
+    description: 'Eject an instance after this many 5xx answers in a row (501 and 505 aside), as after a refused connect. 0: never',
+    expected: 'an integer from 0 to 10000',
+  }),
   panicThresholdPercent: Type.Integer({ minimum: 0, maximum: 100, default: 50, description: 'Below this share of healthy instances, ejected ones take requests no healthy one can', expected: 'a percentage from 0 to 100' }),
   shutdownTimeoutMs: Milliseconds('On SIGTERM, how long in-flight requests may finish', 30_000, 0),
   maxHeaderBytes: Type.Integer({ minimum: 1024, maximum: 1_048_576, default: 65_536, description: 'Largest request head accepted (Superset URLs can be long)', expected: 'bytes, from 1024 to 1048576' }),

@@ -215,7 +215,7 @@ export function createProxyMetrics (registry: Registry, collectors: ProxyCollect
       }),
     }),
     ejections: instanceCounter('fleetgate_ejections_total',
-      'Times an instance was ejected after failed connects (like envoy_cluster_outlier_detection_ejections_total)', 'ejections'),
+      'Times an instance was ejected after failed connects or, with --eject-after-errors, server errors in a row (like envoy_cluster_outlier_detection_ejections_total)', 'ejections'),
     noLiveInstance: new Counter({
       name: 'fleetgate_no_live_instance_total',
       help: 'Requests answered 503 because no instance was live',

@@ -1,5 +1,6 @@
 // Pool: the proxy's view of one service. It holds the membership's instances as endpoints with their
-// health state (ejected after connect failures, draining from the registry) and picks the next one.
+// health state (ejected after connect failures or, if asked, server errors in a row; draining from the
+// registry) and picks the next one.
 
 import { insertionPoint, instanceAddress, positionOf, type Instance } from '../membership/instance.ts'
 import type { Membership, MembershipChange } from '../membership/source.ts'
@@ -23,6 +24,8 @@ export class Endpoint {
   #peakSinceMs = 0
   /** Consecutive failures to connect; reset by any answer. */
   failures = 0
+  /** Server errors answered in a row (see PoolOptions.ejectAfterErrors); reset by any other answer. */
+  serverErrors = 0
   /** Ejections in a row; the next ejection lasts twice as long. */
   ejections = 0
   /** By the pool's clock (see monotonicEpochMs). */
@@ -82,11 +85,14 @@ export function endpointKey (instance: Instance): string {
   return `${instance.id}@${instanceAddress(instance)}`
 }
 
+/** A refused (or timed out) connect, or PoolOptions.ejectAfterErrors server errors in a row. */
+export type EjectionReason = 'connect' | 'server-errors'
+
 export type PoolEvent =
   | { readonly type: 'added', readonly endpoint: Endpoint }
   /** Left the membership. Requests already running on it go on; the pool will not pick it again. */
   | { readonly type: 'removed', readonly endpoint: Endpoint }
-  | { readonly type: 'ejected', readonly endpoint: Endpoint, readonly durationMs: number }
+  | { readonly type: 'ejected', readonly endpoint: Endpoint, readonly durationMs: number, readonly reason: EjectionReason }
   | { readonly type: 'changed', readonly membership: Membership }
 
 export interface PoolOptions {
@@ -101,6 +107,13 @@ export interface PoolOptions {
    * instance at the limit is skipped, and when all are, pick() finds none and atLimit() says why.
    */
   readonly maxInflight?: number
+  /**
+   * Eject an instance that answers this many server errors in a row, as after a refused connect (HAProxy's
+   * `observe layer7` with `error-limit` and `on-error mark-down`, Envoy's `consecutive_5xx`); 0 (the
+   * default): answers never eject. A server error is a 5xx other than 501 and 505, which answer the
+   * request rather than tell of the server, as HAProxy counts them.
+   */
+  readonly ejectAfterErrors?: number
   /** Default monotonicEpochMs. */
   readonly now?: () => number
 }
@@ -110,6 +123,7 @@ export class Pool {
   readonly #options: PoolOptions
   readonly #now: () => number
   readonly #limit: number
+  readonly #errorLimit: number
   readonly #hasRoom = (endpoint: Endpoint): boolean => endpoint.inflight < this.#limit
   readonly #endpoints = new Map<string, Endpoint>()
   /** The endpoints in membership order (by id). */
@@ -130,6 +144,7 @@ export class Pool {
     this.#options = options
     this.#now = options.now ?? monotonicEpochMs
     this.#limit = options.maxInflight ?? 0
+    this.#errorLimit = options.ejectAfterErrors ?? 0
   }
 
   /** The clock of every time the pool keeps: compare ejectedUntilMs, or ask state(), with this. */
@@ -307,16 +322,35 @@ export class Pool {
     return healthyPercent < this.#options.panicThresholdPercent
   }
 
-  /** An answer came back (any status): the endpoint is reachable. */
+  /** The endpoint took a connection or answered: it is reachable, and its ejections in a row are over. */
   reportSuccess (endpoint: Endpoint): void {
     if (endpoint.failures === 0 && endpoint.ejections === 0) return
     endpoint.failures = 0
     endpoint.ejections = 0
   }
 
+  /**
+   * The endpoint answered a request with `statusCode`. With ejectAfterErrors, the last of that many
+   * server errors in a row ejects it, and a server error does not end its ejections in a row.
+   */
+  reportAnswer (endpoint: Endpoint, statusCode: number): void {
+    if (this.#errorLimit === 0 || statusCode < 500 || statusCode === 501 || statusCode === 505) {
+      endpoint.serverErrors = 0
+      return this.reportSuccess(endpoint)
+    }
+    endpoint.failures = 0
+    if (++endpoint.serverErrors < this.#errorLimit) return
+    endpoint.serverErrors = 0
+    this.#eject(endpoint, 'server-errors')
+  }
+
   /** A connect failed: eject the endpoint for a growing time, so later requests skip it. */
   reportConnectFailure (endpoint: Endpoint): void {
     endpoint.failures++
+    this.#eject(endpoint, 'connect')
+  }
+
+  #eject (endpoint: Endpoint, reason: EjectionReason): void {
     // A late failure of a removed endpoint is not its successor's (same key, a new object); nor is one of
     // an entry set aside for its server's other one.
     if (this.#endpoints.get(endpoint.key) !== endpoint || endpoint.instance.state !== 'up' || this.#setAside.has(endpoint)) return
@@ -327,7 +361,7 @@ export class Pool {
     endpoint.ejectedUntilMs = now + durationMs
     endpoint.changedAtMs = now
     this.#ejected.add(endpoint)
-    this.#emit({ type: 'ejected', endpoint, durationMs })
+    this.#emit({ type: 'ejected', endpoint, durationMs, reason })
   }
 
   /** Counts by state, for status and metrics. */

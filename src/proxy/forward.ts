@@ -238,7 +238,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
       return true
     }
     this.#ctx.deadlines.watch(this, this.#ctx.idleTimeoutMs)
-    this.#ctx.pool.reportSuccess(this.#endpoint!)
+    this.#ctx.pool.reportAnswer(this.#endpoint!, statusCode)
     if (this.#clientGone) {
       this.#responded = true
       return true

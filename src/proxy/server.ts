@@ -23,7 +23,7 @@ import { Upstreams } from './upstreams.ts'
 
 export type ProxyOptions = Pick<ProxyConfig,
   'service' | 'listen' | 'connectTimeoutMs' | 'headersTimeoutMs' | 'idleTimeoutMs' | 'tries' |
-  'ejectBaseMs' | 'ejectMaxMs' | 'panicThresholdPercent' | 'shutdownTimeoutMs' | 'maxHeaderBytes' |
+  'ejectBaseMs' | 'ejectMaxMs' | 'ejectAfterErrors' | 'panicThresholdPercent' | 'shutdownTimeoutMs' | 'maxHeaderBytes' |
   'maxConnectionsPerInstance' | 'queueTimeoutMs'> & {
   /** Without one, no admin listener (a worker of a multi-process proxy: the primary has it). */
   readonly adminListen: string | undefined
@@ -84,6 +84,7 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
     service,
     ejectBaseMs: options.ejectBaseMs,
     ejectMaxMs: options.ejectMaxMs,
+    ejectAfterErrors: options.ejectAfterErrors,
     panicThresholdPercent: options.panicThresholdPercent,
     maxInflight: options.maxConnectionsPerInstance,
   })
@@ -150,7 +151,11 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
       queue.serveSoon()
       wakeQueueAfterEjection(event.endpoint)
       instanceMetrics.ejected(event.endpoint)
-      log.warn({ instance: event.endpoint.address, durationMs: event.durationMs }, 'instance ejected after a failed connect')
+      if (event.reason === 'connect') {
+        log.warn({ instance: event.endpoint.address, durationMs: event.durationMs }, 'instance ejected after a failed connect')
+      } else {
+        log.warn({ instance: event.endpoint.address, durationMs: event.durationMs, serverErrors: options.ejectAfterErrors }, 'instance ejected after server errors in a row')
+      }
     }
   })
 

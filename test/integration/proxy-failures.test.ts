@@ -162,6 +162,34 @@ t.test('retries go to a different instance; with none left the answer is 502', a
   t.same(states, ['ejected', 'ejected'], 'instances that refused are ejected')
 })
 
+t.test('--eject-after-errors: an instance that answers 500 after 500 is ejected and the others take its share', async t => {
+  const good = await startBackend(t, 'good')
+  // A Superset whose metadata database is gone: its /health still answers, everything else is a 500.
+  const broken = await startBackend(t, 'broken')
+  broken.handle((req, res) => { req.resume(); res.statusCode = 500; res.end('database gone') })
+  const list = `http://127.0.0.1:${good.port},http://127.0.0.1:${broken.port}`
+  const proxy = await startProxy(t, ['--static', list, '--eject-after-errors', '3', '--eject-base-ms', '60000', '--eject-max-ms', '60000'])
+  await eventually(() => proxy.ready())
+  const first = []
+  for (let i = 0; i < 6; i++) first.push(await get(proxy.url))
+  t.same(first.map(r => `${r.servedBy} ${r.status}`).sort(), ['broken 500', 'broken 500', 'broken 500', 'good 200', 'good 200', 'good 200'],
+    'round robin: the errors go to the client as they came, not retried')
+  for (let i = 0; i < 8; i++) t.equal((await get(proxy.url)).servedBy, 'good', 'then the ejected instance gets nothing')
+  const brokenAddress = `127.0.0.1:${broken.port}`
+  t.equal((await proxy.status()).instances.find(i => i.address === brokenAddress)?.state, 'ejected')
+  t.equal(sample(await proxy.metrics(), 'fleetgate_ejections_total', { instance: brokenAddress }), 1)
+  await proxy.waitForOutput(/"serverErrors":3,"msg":"instance ejected after server errors in a row"/)
+  t.equal(broken.hits, 3)
+
+  // Without the flag, answers never eject: every other request still goes to the broken instance.
+  const plain = await startProxy(t, ['--static', list])
+  await eventually(() => plain.ready())
+  const statuses = []
+  for (let i = 0; i < 10; i++) statuses.push((await get(plain.url)).status)
+  t.equal(statuses.filter(s => s === 500).length, 5, 'half are 500s')
+  t.equal(sample(await plain.metrics(), 'fleetgate_ejections_total', { instance: brokenAddress }), 0)
+})
+
 t.test('a slow upload does not count against the headers timeout, only the wait for the answer does', async t => {
   const client = await zkClient(t, server.connectString)
   const backend = await startBackend(t, 'upload')

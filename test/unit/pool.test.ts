@@ -51,6 +51,56 @@ t.test('an instance that refused a connection is skipped for a growing time', as
   t.equal(b.ejections, 0, 'an answer resets the back-off')
 })
 
+t.test('with ejectAfterErrors, that many server errors in a row eject an instance, for a growing time', async t => {
+  const now = { ms: 1_000_000 }
+  const pool = new Pool({ service: 's', ejectBaseMs: 1000, ejectMaxMs: 8000, panicThresholdPercent: 50, ejectAfterErrors: 3, now: () => now.ms })
+  const events: { id: string, reason: string, durationMs: number }[] = []
+  pool.onEvent(event => { if (event.type === 'ejected') events.push({ id: event.endpoint.instance.id, reason: event.reason, durationMs: event.durationMs }) })
+  pool.update(membership(inst('a', 1), inst('b', 2), inst('c', 3)))
+  const b = [...pool.endpoints()].find(e => e.instance.id === 'b')!
+  pool.reportAnswer(b, 500)
+  pool.reportAnswer(b, 503)
+  pool.reportAnswer(b, 404)
+  pool.reportAnswer(b, 502)
+  pool.reportAnswer(b, 500)
+  t.equal(b.state(now.ms), 'up', 'an answer below 500 ends the run: two, then two, are not three')
+  pool.reportAnswer(b, 501)
+  pool.reportAnswer(b, 505)
+  t.equal(b.state(now.ms), 'up', '501 and 505 answer the request, not for the server: they do not count, and end the run')
+  pool.reportAnswer(b, 500)
+  pool.reportAnswer(b, 500)
+  t.equal(b.state(now.ms), 'up')
+  pool.reportAnswer(b, 599)
+  t.equal(b.state(now.ms), 'ejected', 'the third in a row ejects it')
+  t.notOk(ids(pool, 6).includes('b'), 'and it is skipped')
+  t.same(events, [{ id: 'b', reason: 'server-errors', durationMs: 1000 }])
+  pool.reportAnswer(b, 500) // a request that was running on it meanwhile
+  now.ms += 1001
+  t.ok(ids(pool, 3).includes('b'), 'back after the ejection')
+  for (let i = 0; i < 3; i++) pool.reportAnswer(b, 500)
+  t.same(events.at(-1), { id: 'b', reason: 'server-errors', durationMs: 2000 }, 'server errors do not end the ejections in a row: the next lasts twice as long')
+  now.ms += 2001
+  pool.reportAnswer(b, 200)
+  t.equal(b.ejections, 0, 'another answer starts the doubling over')
+  for (let i = 0; i < 3; i++) pool.reportAnswer(b, 500)
+  t.same(events.at(-1), { id: 'b', reason: 'server-errors', durationMs: 1000 })
+  pool.reportConnectFailure([...pool.endpoints()].find(e => e.instance.id === 'a')!)
+  t.same(events.at(-1), { id: 'a', reason: 'connect', durationMs: 1000 }, 'a refused connect says so')
+})
+
+t.test('without ejectAfterErrors, server errors never eject, and any answer ends the ejections in a row', async t => {
+  const { pool, now } = build()
+  pool.update(membership(inst('a', 1), inst('b', 2)))
+  const b = [...pool.endpoints()].find(e => e.instance.id === 'b')!
+  for (let i = 0; i < 100; i++) pool.reportAnswer(b, 500)
+  t.equal(b.state(now.ms), 'up')
+  pool.reportConnectFailure(b)
+  t.equal(b.ejections, 1)
+  now.ms += 1001
+  pool.reportAnswer(b, 500)
+  t.equal(b.ejections, 0, 'a 500 is an answer: the instance is reachable')
+})
+
 t.test('one server listed under two ids takes one share, and the other entry takes over when the first leaves', async t => {
   const { pool } = build()
   pool.update(membership(twin('member_1'), twin('member_2'), inst('b', 2)))
