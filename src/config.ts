@@ -78,7 +78,7 @@ export const ProxyConfigSchema = Type.Object({
   ejectMaxMs: Milliseconds('Longest ejection', 30_000),
   ejectAfterErrors: Type.Integer({
     minimum: 0, maximum: 10_000, default: 0,
-    description: 'Eject an instance after this many 5xx answers in a row (501 and 505 aside), as after a refused connect. 0: never',
+    description: 'Eject an instance after this many failures in a row, as after a refused connect: 5xx answers (501 and 505 aside), resets and timeouts. 0: never',
     expected: 'an integer from 0 to 10000',
   }),
   panicThresholdPercent: Type.Integer({ minimum: 0, maximum: 100, default: 50, description: 'Below this share of healthy instances, ejected ones take requests no healthy one can', expected: 'a percentage from 0 to 100' }),

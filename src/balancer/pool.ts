@@ -108,10 +108,10 @@ export interface PoolOptions {
    */
   readonly maxInflight?: number
   /**
-   * Eject an instance that answers this many server errors in a row, as after a refused connect (HAProxy's
+   * Eject an instance that fails this many requests in a row, as after a refused connect (HAProxy's
    * `observe layer7` with `error-limit` and `on-error mark-down`, Envoy's `consecutive_5xx`); 0 (the
-   * default): answers never eject. A server error is a 5xx other than 501 and 505, which answer the
-   * request rather than tell of the server, as HAProxy counts them.
+   * default): never. A failure is a server error, a 5xx other than 501 and 505 (which answer the request
+   * rather than tell of the server, as HAProxy counts them), or no answer at all (see reportServerError).
    */
   readonly ejectAfterErrors?: number
   /** Default monotonicEpochMs. */
@@ -329,16 +329,35 @@ export class Pool {
     endpoint.ejections = 0
   }
 
+  /** The endpoint took a connection: it is reachable (whether it serves is for its answers to say). */
+  reportConnected (endpoint: Endpoint): void {
+    endpoint.failures = 0
+  }
+
   /**
-   * The endpoint answered a request with `statusCode`. With ejectAfterErrors, the last of that many
-   * server errors in a row ejects it, and a server error does not end its ejections in a row.
+   * The endpoint answered a request with `statusCode`. With ejectAfterErrors, a server error counts
+   * toward an ejection (see reportServerError); any other answer ends the run, and the ejections in a row.
    */
   reportAnswer (endpoint: Endpoint, statusCode: number): void {
     if (this.#errorLimit === 0 || statusCode < 500 || statusCode === 501 || statusCode === 505) {
-      endpoint.serverErrors = 0
+      if (endpoint.serverErrors !== 0) endpoint.serverErrors = 0
       return this.reportSuccess(endpoint)
     }
     endpoint.failures = 0
+    this.reportServerError(endpoint)
+  }
+
+  /**
+   * With ejectAfterErrors, the endpoint failed a request it took: a server error, or a reset, a timeout
+   * or a broken answer before any answer. The last of that many in a row ejects it. Those that come
+   * while it is ejected (requests it was already carrying) do not count toward the next run.
+   */
+  reportServerError (endpoint: Endpoint): void {
+    if (this.#errorLimit === 0) return
+    if (endpoint.ejectedUntilMs > this.#now()) {
+      endpoint.serverErrors = 0
+      return
+    }
     if (++endpoint.serverErrors < this.#errorLimit) return
     endpoint.serverErrors = 0
     this.#eject(endpoint, 'server-errors')
@@ -356,12 +375,25 @@ export class Pool {
     if (this.#endpoints.get(endpoint.key) !== endpoint || endpoint.instance.state !== 'up' || this.#setAside.has(endpoint)) return
     const now = this.#now()
     if (endpoint.ejectedUntilMs > now) return
+    if (reason === 'server-errors' && !this.#mayEjectForErrors(now)) return
     const durationMs = Math.min(this.#options.ejectMaxMs, this.#options.ejectBaseMs * 2 ** endpoint.ejections)
     endpoint.ejections++
     endpoint.ejectedUntilMs = now + durationMs
     endpoint.changedAtMs = now
     this.#ejected.add(endpoint)
     this.#emit({ type: 'ejected', endpoint, durationMs, reason })
+  }
+
+  /**
+   * Server errors eject no more instances than leave the healthy share at the panic threshold, and never
+   * the last healthy one: when most of a fleet fails alike (its shared database is down), none serves
+   * better than the others, and ejections would only pile the requests onto the last few. A refused
+   * connect has no such cap: nothing at all is served there.
+   */
+  #mayEjectForErrors (now: number): boolean {
+    this.#expireEjections(now)
+    const healthyAfter = this.#upCount - this.#ejected.size - 1
+    return healthyAfter >= 1 && healthyAfter * 100 >= this.#options.panicThresholdPercent * this.#upCount
   }
 
   /** Counts by state, for status and metrics. */

@@ -322,6 +322,9 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
       this.#res.destroy(error)
       return this.#finish(this.#res.statusCode)
     }
+    // No answer came, and not for the client's doing: a reset, a timeout or a broken answer is the
+    // instance's failure, as a 5xx is (Envoy's consecutive_5xx counts these too).
+    if (!connectFailure && !code.startsWith('UND_ERR_REQ_') && !this.#req.destroyed) this.#ctx.pool.reportServerError(endpoint)
     const bodyIntact = !this.#hasBody || (!this.#req.readableDidRead && !this.#req.destroyed)
     const reset = RESETS.has(code)
     const retryable = bodyIntact && (connectFailure || (reset && IDEMPOTENT.has(this.#req.method ?? '')))

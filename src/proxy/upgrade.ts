@@ -82,14 +82,20 @@ export function proxyUpgrade (ctx: UpgradeContext, req: IncomingMessage, client:
       client.off('close', clientGone)
       connected = true
       upstream.setTimeout(0)
-      ctx.pool.reportSuccess(endpoint)
+      ctx.pool.reportConnected(endpoint)
       ctx.sockets.add(client)
       upstream.write(requestHead(req) + '\r\n')
       splice(client, upstream, head, ctx.headersTimeoutMs, {
         // The upgrade counts with the status the instance answered (101, or a refusal such as 403), and
         // lasts until then; the session after it is not a request.
-        answered: status => ctx.metrics.finished(endpoint, method, status, seconds()),
-        unanswered: code => fail(code, endpoint),
+        answered: status => {
+          ctx.pool.reportAnswer(endpoint, status)
+          ctx.metrics.finished(endpoint, method, status, seconds())
+        },
+        unanswered: code => {
+          ctx.pool.reportServerError(endpoint)
+          fail(code, endpoint)
+        },
         clientLeft: () => ctx.metrics.finished(endpoint, method, 499, seconds()),
         closed: end,
       })

@@ -2,7 +2,7 @@
 
 import { spawn } from 'node:child_process'
 import { createServer, type ServerResponse } from 'node:http'
-import { connect } from 'node:net'
+import { connect, type Socket } from 'node:net'
 import { Readable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
 import { ACL, CreateMode, Id, Permission } from 'node-zookeeper-client'
@@ -165,21 +165,27 @@ t.test('retries go to a different instance; with none left the answer is 502', a
 t.test('--eject-after-errors: an instance that answers 500 after 500 is ejected and the others take its share', async t => {
   const good = await startBackend(t, 'good')
   // A Superset whose metadata database is gone: its /health still answers, everything else is a 500.
+  // Its second request it drops without an answer, which counts the same.
   const broken = await startBackend(t, 'broken')
-  broken.handle((req, res) => { req.resume(); res.statusCode = 500; res.end('database gone') })
+  broken.handle((req, res) => {
+    if (broken.hits === 2) return req.socket.destroy()
+    req.resume()
+    res.statusCode = 500
+    res.end('database gone')
+  })
   const list = `http://127.0.0.1:${good.port},http://127.0.0.1:${broken.port}`
   const proxy = await startProxy(t, ['--static', list, '--eject-after-errors', '3', '--eject-base-ms', '60000', '--eject-max-ms', '60000'])
   await eventually(() => proxy.ready())
-  const first = []
-  for (let i = 0; i < 6; i++) first.push(await get(proxy.url))
-  t.same(first.map(r => `${r.servedBy} ${r.status}`).sort(), ['broken 500', 'broken 500', 'broken 500', 'good 200', 'good 200', 'good 200'],
-    'round robin: the errors go to the client as they came, not retried')
-  for (let i = 0; i < 8; i++) t.equal((await get(proxy.url)).servedBy, 'good', 'then the ejected instance gets nothing')
+  const answers = []
+  for (let i = 0; i < 14; i++) answers.push(await get(proxy.url))
+  t.equal(broken.hits, 3, 'a 500, a reset and a 500: three in a row, then nothing more')
+  t.same(answers.filter(r => r.status !== 200).map(r => `${r.servedBy} ${r.status}`), ['broken 500', 'broken 500'],
+    'the 500s went to their clients as they came; the GET it reset was retried elsewhere')
+  t.ok(answers.slice(-8).every(r => r.servedBy === 'good'), 'the ejected instance gets nothing more')
   const brokenAddress = `127.0.0.1:${broken.port}`
   t.equal((await proxy.status()).instances.find(i => i.address === brokenAddress)?.state, 'ejected')
   t.equal(sample(await proxy.metrics(), 'fleetgate_ejections_total', { instance: brokenAddress }), 1)
   await proxy.waitForOutput(/"serverErrors":3,"msg":"instance ejected after server errors in a row"/)
-  t.equal(broken.hits, 3)
 
   // Without the flag, answers never eject: every other request still goes to the broken instance.
   const plain = await startProxy(t, ['--static', list])
@@ -187,7 +193,35 @@ t.test('--eject-after-errors: an instance that answers 500 after 500 is ejected 
   const statuses = []
   for (let i = 0; i < 10; i++) statuses.push((await get(plain.url)).status)
   t.equal(statuses.filter(s => s === 500).length, 5, 'half are 500s')
-  t.equal(sample(await plain.metrics(), 'fleetgate_ejections_total', { instance: brokenAddress }), 0)
+  t.match(await plain.metrics(), new RegExp(`fleetgate_ejections_total\\{[^}]*instance="${brokenAddress}"[^}]*\\} 0\\n`), 'and no ejection')
+})
+
+t.test('--eject-after-errors counts the answers to WebSocket upgrades too', async t => {
+  const refusing = await startBackend(t, 'refusing')
+  const failing = await startBackend(t, 'failing')
+  const upgrades = { refusing: 0, failing: 0 }
+  for (const [backend, answer] of [[refusing, '403 Forbidden'], [failing, '503 Service Unavailable']] as const) {
+    backend.server.on('upgrade', (_req, socket: Socket) => {
+      upgrades[backend.name as keyof typeof upgrades]++
+      socket.end(`HTTP/1.1 ${answer}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n`)
+    })
+  }
+  const list = `http://127.0.0.1:${refusing.port},http://127.0.0.1:${failing.port}`
+  const proxy = await startProxy(t, ['--static', list, '--eject-after-errors', '2', '--eject-base-ms', '60000', '--eject-max-ms', '60000'])
+  await eventually(() => proxy.ready())
+  const { port } = new URL(proxy.url)
+  for (let i = 0; i < 6; i++) {
+    const answer = await new Promise<string>((resolve, reject) => {
+      const socket = connect(Number(port), '127.0.0.1')
+      socket.setEncoding('utf8').once('data', (s: string) => { socket.destroy(); resolve(s) })
+      socket.on('error', reject)
+      socket.write('GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n')
+    })
+    t.match(answer, /^HTTP\/1\.1 (403|503) /)
+  }
+  t.same(upgrades, { refusing: 4, failing: 2 }, 'two 503s in a row, then the failing instance gets no more')
+  t.equal(sample(await proxy.metrics(), 'fleetgate_ejections_total', { instance: `127.0.0.1:${failing.port}` }), 1)
+  t.equal(sample(await proxy.metrics(), 'fleetgate_ejections_total', { instance: `127.0.0.1:${refusing.port}` }), 0, 'a refusal is an answer, not a failure')
 })
 
 t.test('a slow upload does not count against the headers timeout, only the wait for the answer does', async t => {

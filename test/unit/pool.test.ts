@@ -74,10 +74,14 @@ t.test('with ejectAfterErrors, that many server errors in a row eject an instanc
   t.equal(b.state(now.ms), 'ejected', 'the third in a row ejects it')
   t.notOk(ids(pool, 6).includes('b'), 'and it is skipped')
   t.same(events, [{ id: 'b', reason: 'server-errors', durationMs: 1000 }])
-  pool.reportAnswer(b, 500) // a request that was running on it meanwhile
+  pool.reportAnswer(b, 500) // requests that were running on it meanwhile
+  pool.reportServerError(b)
   now.ms += 1001
   t.ok(ids(pool, 3).includes('b'), 'back after the ejection')
-  for (let i = 0; i < 3; i++) pool.reportAnswer(b, 500)
+  pool.reportAnswer(b, 500)
+  pool.reportServerError(b) // a reset or a timeout before any answer
+  t.equal(b.state(now.ms), 'up', 'what failed while it was ejected does not count toward the next run')
+  pool.reportAnswer(b, 500)
   t.same(events.at(-1), { id: 'b', reason: 'server-errors', durationMs: 2000 }, 'server errors do not end the ejections in a row: the next lasts twice as long')
   now.ms += 2001
   pool.reportAnswer(b, 200)
@@ -88,11 +92,36 @@ t.test('with ejectAfterErrors, that many server errors in a row eject an instanc
   t.same(events.at(-1), { id: 'a', reason: 'connect', durationMs: 1000 }, 'a refused connect says so')
 })
 
+t.test('server errors eject no more instances than the panic threshold allows, and never the last healthy one', async t => {
+  const now = { ms: 1_000_000 }
+  const options = { service: 's', ejectBaseMs: 1000, ejectMaxMs: 8000, ejectAfterErrors: 1, now: () => now.ms }
+  const half = new Pool({ ...options, panicThresholdPercent: 50 })
+  half.update(membership(inst('a', 1), inst('b', 2), inst('c', 3), inst('d', 4)))
+  for (const endpoint of half.endpoints()) half.reportAnswer(endpoint, 500)
+  t.same(half.counts(), { up: 2, draining: 0, ejected: 2 }, 'a whole fleet answering 500: half of it is ejected, no more')
+  half.reportConnectFailure([...half.endpoints()][3]!)
+  t.same(half.counts(), { up: 1, draining: 0, ejected: 3 }, 'a refused connect still ejects past it')
+  now.ms += 1001
+  t.same(half.counts(), { up: 4, draining: 0, ejected: 0 })
+
+  const none = new Pool({ ...options, panicThresholdPercent: 0 })
+  none.update(membership(inst('a', 1), inst('b', 2)))
+  for (let i = 0; i < 3; i++) for (const endpoint of none.endpoints()) none.reportAnswer(endpoint, 500)
+  t.same(none.counts(), { up: 1, draining: 0, ejected: 1 }, 'with no panic threshold, the last healthy one stays')
+  const single = new Pool({ ...options, panicThresholdPercent: 0 })
+  single.update(membership(inst('a', 1)))
+  for (let i = 0; i < 3; i++) single.reportAnswer([...single.endpoints()][0]!, 500)
+  t.equal(single.pick()?.instance.id, 'a', 'a lone instance is never ejected for its answers')
+})
+
 t.test('without ejectAfterErrors, server errors never eject, and any answer ends the ejections in a row', async t => {
   const { pool, now } = build()
   pool.update(membership(inst('a', 1), inst('b', 2)))
   const b = [...pool.endpoints()].find(e => e.instance.id === 'b')!
-  for (let i = 0; i < 100; i++) pool.reportAnswer(b, 500)
+  for (let i = 0; i < 100; i++) {
+    pool.reportAnswer(b, 500)
+    pool.reportServerError(b)
+  }
   t.equal(b.state(now.ms), 'up')
   pool.reportConnectFailure(b)
   t.equal(b.ejections, 1)
