@@ -238,8 +238,8 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
       return true
     }
     this.#ctx.deadlines.watch(this, this.#ctx.idleTimeoutMs)
-    this.#ctx.pool.reportAnswer(this.#endpoint!, statusCode)
     if (this.#clientGone) {
+      this.#ctx.pool.reportAnswer(this.#endpoint!, statusCode)
       this.#responded = true
       return true
     }
@@ -255,6 +255,8 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
       for (let i = 0; i < headers.length; i += 2) this.#res.appendHeader(headers[i]!, headers[i + 1]!)
       this.#res.writeHead(statusCode, statusText)
     }
+    // Only once its head passed: one that does not is a broken answer, which onError counts.
+    this.#ctx.pool.reportAnswer(this.#endpoint!, statusCode)
     this.#responded = true
     return true
   }
@@ -323,8 +325,11 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
       return this.#finish(this.#res.statusCode)
     }
     // No answer came, and not for the client's doing: a reset, a timeout or a broken answer is the
-    // instance's failure, as a 5xx is (Envoy's consecutive_5xx counts these too).
-    if (!connectFailure && !code.startsWith('UND_ERR_REQ_') && !this.#req.destroyed) this.#ctx.pool.reportServerError(endpoint)
+    // instance's failure, as a 5xx is (Envoy's consecutive_5xx counts these too). An answer head over
+    // --max-header-bytes is the proxy's own limit, not a fault of the instance's.
+    // (A request whose body was read whole is destroyed too: only an aborted one is the client's doing.)
+    const clientsDoing = code.startsWith('UND_ERR_REQ_') || this.#req.readableAborted
+    if (!connectFailure && !clientsDoing && code !== 'UND_ERR_HEADERS_OVERFLOW') this.#ctx.pool.reportServerError(endpoint)
     const bodyIntact = !this.#hasBody || (!this.#req.readableDidRead && !this.#req.destroyed)
     const reset = RESETS.has(code)
     const retryable = bodyIntact && (connectFailure || (reset && IDEMPOTENT.has(this.#req.method ?? '')))
@@ -341,7 +346,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT') return this.#fail('FLEETGATE_ERR_UPSTREAM_TIMEOUT')
     if (connectFailure) return this.#fail('FLEETGATE_ERR_UPSTREAM_CONNECT')
     if (reset) return this.#fail('FLEETGATE_ERR_UPSTREAM_RESET')
-    if (code.startsWith('UND_ERR_REQ_') || this.#req.destroyed) {
+    if (clientsDoing) {
       // The client's own body broke (aborted upload, wrong length): nobody is left to answer.
       this.#res.destroy()
       return this.#finish(499)
