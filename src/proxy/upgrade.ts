@@ -135,7 +135,15 @@ function splice (client: Duplex, upstream: Socket, head: Buffer, headersTimeoutM
     timedOut = true
     upstream.destroy()
   }, headersTimeoutMs)
-  upstream.once('data', (first: Buffer) => {
+  let partial: Buffer | undefined
+  const onFirst = (chunk: Buffer): void => {
+    // The status line can come in pieces: it is read whole (a first line longer than any is broken).
+    const first = partial === undefined ? chunk : Buffer.concat([partial, chunk])
+    if (first.indexOf(0x0a) < 0 && first.length < STATUS_LINE_MAX) {
+      partial = first
+      return
+    }
+    upstream.off('data', onFirst)
     answered = true
     clearTimeout(timer)
     const status = statusOf(first)
@@ -149,7 +157,8 @@ function splice (client: Duplex, upstream: Socket, head: Buffer, headersTimeoutM
     }
     client.write(first)
     upstream.pipe(client)
-  })
+  }
+  upstream.on('data', onFirst)
   const close = (): void => {
     if (closed) return
     closed = true
@@ -180,6 +189,9 @@ function endSoon (client: Duplex): void {
 }
 
 /** The status of an answer from its first bytes; 502 when they are not an HTTP/1.x status line. */
+/** Longer than any status line an instance sends ("HTTP/1.1 101 Switching Protocols\r\n"). */
+const STATUS_LINE_MAX = 1024
+
 function statusOf (first: Buffer): number {
   return Number(/^HTTP\/1\.[01] (\d{3}) /.exec(first.toString('latin1', 0, 13))?.[1] ?? 502)
 }

@@ -262,6 +262,30 @@ t.test('WebSocket upgrades are proxied to the pool', async t => {
   t.same(messages, ['hello from ws-a, xff=127.0.0.1', 'echo:ping'])
 })
 
+t.test('an upgrade whose status line comes in pieces is still an upgrade', async t => {
+  const a = await startBackend(t, 'split')
+  a.server.on('upgrade', (_req, socket: Socket) => {
+    socket.write('HTTP/1.1 1')
+    const timer = setTimeout(() => {
+      socket.write('01 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n')
+      socket.pipe(socket)
+    }, 50)
+    socket.on('close', () => clearTimeout(timer))
+  })
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${a.port}`])
+  await eventually(() => proxy.ready())
+  const socket = connect(Number(new URL(proxy.url).port), '127.0.0.1')
+  t.teardown(() => socket.destroy())
+  let received = ''
+  socket.setEncoding('latin1').on('data', (s: string) => { received += s })
+  socket.write('GET /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n')
+  await eventually(() => received.includes('\r\n\r\n'), { message: 'the answer head' })
+  t.match(received, /^HTTP\/1\.1 101 Switching Protocols\r\n/)
+  socket.write('ping')
+  await eventually(() => received.endsWith('\r\n\r\nping'), { message: 'the echo through the upgraded connection' })
+  t.equal(sample(await proxy.metrics(), 'fleetgate_requests_total', { code: '101' }), 1, 'counted as the 101 it was')
+})
+
 /** An instance whose accept queue is full: its process is stopped, so a connect to it stays pending. */
 async function stalledInstance (t: Test): Promise<number> {
   const listener = spawn(process.execPath, ['-e', `const s = require('node:net').createServer().listen({ host: '127.0.0.1', port: 0, backlog: 1 }, () => console.log(s.address().port))`], { stdio: ['ignore', 'pipe', 'inherit'] })
