@@ -109,6 +109,8 @@ export interface InstanceTraffic {
   readonly duration: HistogramCounts
   readonly connectFailures: number
   readonly ejections: number
+  /** Of the ejections, those after --eject-after-errors failures in a row. */
+  readonly ejectionsAfterErrors: number
   /** Responses the instance broke off after their headers. */
   readonly cutOffs: number
 }
@@ -153,7 +155,7 @@ export function createProxyMetrics (registry: Registry, collectors: ProxyCollect
     }
   type ByInstance = Counter<'service' | 'instance'>
   /** A counter of one of each instance's plain counts, read at scrape time. */
-  const instanceCounter = (name: string, help: string, count: 'connectFailures' | 'cutOffs' | 'ejections'): ByInstance => new Counter({
+  const instanceCounter = (name: string, help: string, count: 'connectFailures' | 'cutOffs' | 'ejections' | 'ejectionsAfterErrors'): ByInstance => new Counter({
     name,
     help,
     labelNames: ['service', 'instance'] as const,
@@ -216,6 +218,8 @@ export function createProxyMetrics (registry: Registry, collectors: ProxyCollect
     }),
     ejections: instanceCounter('fleetgate_ejections_total',
       'Times an instance was ejected after failed connects or, with --eject-after-errors, server errors in a row (like envoy_cluster_outlier_detection_ejections_total)', 'ejections'),
+    ejectionsAfterErrors: instanceCounter('fleetgate_ejections_after_errors_total',
+      'Of fleetgate_ejections_total, those after --eject-after-errors failures in a row (like envoy_cluster_outlier_detection_ejections_enforced_consecutive_5xx)', 'ejectionsAfterErrors'),
     noLiveInstance: new Counter({
       name: 'fleetgate_no_live_instance_total',
       help: 'Requests answered 503 because no instance was live',

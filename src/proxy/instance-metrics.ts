@@ -4,7 +4,7 @@
 // request. An instance's series are removed when it leaves and goes idle, so churning instances leave
 // no trail of dead series.
 
-import type { Endpoint } from '../balancer/pool.ts'
+import type { EjectionReason, Endpoint } from '../balancer/pool.ts'
 import { DURATION_BUCKETS_SECONDS, type InstanceTraffic, type RequestCount, type RetryReason, type Traffic } from '../metrics.ts'
 
 const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'TRACE', 'CONNECT', 'OTHER'] as const
@@ -41,6 +41,7 @@ class Series implements InstanceTraffic {
   readonly duration = { buckets: new Float64Array(DURATION_BUCKETS_SECONDS.length + 1), sum: 0, count: 0 }
   connectFailures = 0
   ejections = 0
+  ejectionsAfterErrors = 0
   cutOffs = 0
   /** A ring buffer of the last latencies, newest overwriting oldest; made at the first request (a 10,000-instance fleet mostly idle would hold 20 MB of them). */
   recent: Float64Array | undefined
@@ -130,9 +131,11 @@ export class InstanceMetrics implements Traffic {
     if (statusCode < 500) series.errors++
   }
 
-  ejected (endpoint: Endpoint): void {
+  ejected (endpoint: Endpoint, reason: EjectionReason): void {
     const series = this.#live(endpoint)
-    if (series) series.ejections++
+    if (!series) return
+    series.ejections++
+    if (reason === 'server-errors') series.ejectionsAfterErrors++
   }
 
   retry (reason: RetryReason): void {

@@ -150,7 +150,7 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
       // Which instances waiting requests may use changes with an ejection (panic), and when it runs out.
       queue.serveSoon()
       wakeQueueAfterEjection(event.endpoint)
-      instanceMetrics.ejected(event.endpoint)
+      instanceMetrics.ejected(event.endpoint, event.reason)
       if (event.reason === 'connect') {
         log.warn({ instance: event.endpoint.address, durationMs: event.durationMs }, 'instance ejected after a failed connect')
       } else {

@@ -24,6 +24,7 @@ export interface InstanceReport {
   readonly duration?: { readonly buckets: readonly number[], readonly sum: number, readonly count: number }
   readonly connectFailures?: number
   readonly ejections?: number
+  readonly ejectionsAfterErrors?: number
   readonly cutOffs?: number
 }
 
@@ -46,8 +47,8 @@ export function isTrafficReport (value: unknown): value is TrafficReport {
 
 function isInstanceReport (part: unknown): part is InstanceReport {
   if (!isRecord(part) || typeof part.instance !== 'string') return false
-  const { inFlight, requests, duration, connectFailures, ejections, cutOffs } = part
-  return [inFlight, connectFailures, ejections, cutOffs].every(count => count === undefined || isCount(count)) &&
+  const { inFlight, requests, duration, connectFailures, ejections, ejectionsAfterErrors, cutOffs } = part
+  return [inFlight, connectFailures, ejections, ejectionsAfterErrors, cutOffs].every(count => count === undefined || isCount(count)) &&
     (requests === undefined || isRequestCounts(requests)) &&
     (duration === undefined || (isRecord(duration) && Array.isArray(duration.buckets) && duration.buckets.every(isCount) &&
       isCount(duration.sum) && isCount(duration.count)))
@@ -81,6 +82,7 @@ export function reportTraffic ({ traffic, queue, instanceCounts, instanceStates 
       ...(count === 0 ? {} : { duration: { buckets: Array.from(buckets), sum, count } }),
       ...(series.connectFailures === 0 ? {} : { connectFailures: series.connectFailures }),
       ...(series.ejections === 0 ? {} : { ejections: series.ejections }),
+      ...(series.ejectionsAfterErrors === 0 ? {} : { ejectionsAfterErrors: series.ejectionsAfterErrors }),
       ...(series.cutOffs === 0 ? {} : { cutOffs: series.cutOffs }),
     })
   }
@@ -259,7 +261,7 @@ function addTo (into: Map<string, MergedInstance>, part: InstanceReport): void {
  * started again and outgrew every count is read as continued: undercounted, never decreasing.)
  */
 function restarted (before: InstanceReport, after: InstanceReport): boolean {
-  for (const count of ['connectFailures', 'ejections', 'cutOffs'] as const) if ((after[count] ?? 0) < (before[count] ?? 0)) return true
+  for (const count of ['connectFailures', 'ejections', 'ejectionsAfterErrors', 'cutOffs'] as const) if ((after[count] ?? 0) < (before[count] ?? 0)) return true
   const counts = new Map(after.requests?.map(entry => [`${entry.method} ${entry.code}`, entry.count]))
   if (before.requests?.some(entry => (counts.get(`${entry.method} ${entry.code}`) ?? 0) < entry.count)) return true
   const was = before.duration
@@ -272,13 +274,14 @@ function restarted (before: InstanceReport, after: InstanceReport): boolean {
 function countsOf (part: InstanceReport | MergedInstance): InstanceReport {
   const requests = part instanceof MergedInstance ? [...part.requests()] : part.requests
   const duration = part.duration && { buckets: [...part.duration.buckets], sum: part.duration.sum, count: part.duration.count }
-  return { instance: part.instance, requests, duration, connectFailures: part.connectFailures, ejections: part.ejections, cutOffs: part.cutOffs }
+  return { instance: part.instance, requests, duration, connectFailures: part.connectFailures, ejections: part.ejections, ejectionsAfterErrors: part.ejectionsAfterErrors, cutOffs: part.cutOffs }
 }
 
 class MergedInstance implements InstanceTraffic {
   inFlight = 0
   connectFailures = 0
   ejections = 0
+  ejectionsAfterErrors = 0
   cutOffs = 0
   readonly duration = { buckets: new Array<number>(DURATION_BUCKETS_SECONDS.length + 1).fill(0), sum: 0, count: 0 }
   readonly #requests = new Map<string, RequestCount>()
@@ -289,6 +292,7 @@ class MergedInstance implements InstanceTraffic {
     this.inFlight = 0
     this.connectFailures = 0
     this.ejections = 0
+    this.ejectionsAfterErrors = 0
     this.cutOffs = 0
     this.duration.buckets.fill(0)
     this.duration.sum = 0
@@ -300,6 +304,7 @@ class MergedInstance implements InstanceTraffic {
     this.inFlight += part.inFlight ?? 0
     this.connectFailures += part.connectFailures ?? 0
     this.ejections += part.ejections ?? 0
+    this.ejectionsAfterErrors += part.ejectionsAfterErrors ?? 0
     this.cutOffs += part.cutOffs ?? 0
     if (part.requests) addCounts(this.#requests, part.requests)
     if (part.duration) {

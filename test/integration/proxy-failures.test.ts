@@ -185,7 +185,9 @@ t.test('--eject-after-errors: an instance that answers 500 after 500 is ejected 
   t.ok(answers.slice(-8).every(r => r.servedBy === 'good'), 'the ejected instance gets nothing more')
   const brokenAddress = `127.0.0.1:${broken.port}`
   t.equal((await proxy.status()).instances.find(i => i.address === brokenAddress)?.state, 'ejected')
-  t.equal(sample(await proxy.metrics(), 'fleetgate_ejections_total', { instance: brokenAddress }), 1)
+  const metrics = await proxy.metrics()
+  t.equal(sample(metrics, 'fleetgate_ejections_total', { instance: brokenAddress }), 1)
+  t.equal(sample(metrics, 'fleetgate_ejections_after_errors_total', { instance: brokenAddress }), 1, 'counted as after errors too')
   await proxy.waitForOutput(/"serverErrors":3,"msg":"instance ejected after server errors in a row"/)
 
   // Without the flag, answers never eject: every other request still goes to the broken instance.

@@ -58,13 +58,18 @@ t.test('in-flight, connect failure and ejection series exist from 0 as soon as a
   t.equal(await value('fleetgate_upstream_connect_failures_total', '127.0.0.1:1001'), 0)
   t.equal(await value('fleetgate_ejections_total', '127.0.0.1:1001'), 0)
   t.equal(await value('fleetgate_responses_cut_off_total', '127.0.0.1:1001'), 0)
+  t.equal(await value('fleetgate_ejections_after_errors_total', '127.0.0.1:1001'), 0)
   // An instance whose very first connect fails: increase() sees 0 -> 1, not a series born at 1.
   a.inflight++
   a.inflight--
   m.ended(a)
   m.connectFailure(a)
-  m.ejected(a)
+  m.ejected(a, 'connect')
   t.equal(await value('fleetgate_ejections_total', '127.0.0.1:1001'), 1)
+  t.equal(await value('fleetgate_ejections_after_errors_total', '127.0.0.1:1001'), 0, 'a refused connect is not counted there')
+  m.ejected(a, 'server-errors')
+  t.equal(await value('fleetgate_ejections_total', '127.0.0.1:1001'), 2, 'every ejection counts in the total')
+  t.equal(await value('fleetgate_ejections_after_errors_total', '127.0.0.1:1001'), 1, 'and one after server errors, there too')
   t.equal(m.summary(a).errors, 1, 'for the status page, a failed connect is an error of the instance')
   m.cutOff(a, 200)
   m.finished(a, 'GET', 200, 0.01)
