@@ -24,7 +24,7 @@ export class Endpoint {
   #peakSinceMs = 0
   /** Consecutive failures to connect; reset by any answer. */
   failures = 0
-  /** Server errors answered in a row (see PoolOptions.ejectAfterErrors); reset by any other answer. */
+  /** Failures in a row: server errors, or no answer (see PoolOptions.ejectAfterErrors); reset by any other answer. */
   serverErrors = 0
   /** Ejections in a row; the next ejection lasts twice as long. */
   ejections = 0
@@ -322,7 +322,7 @@ export class Pool {
     return healthyPercent < this.#options.panicThresholdPercent
   }
 
-  /** The endpoint took a connection or answered: it is reachable, and its ejections in a row are over. */
+  /** The endpoint answered (see reportAnswer): it is reachable, and its ejections in a row are over. */
   reportSuccess (endpoint: Endpoint): void {
     if (endpoint.failures === 0 && endpoint.ejections === 0) return
     endpoint.failures = 0
