@@ -188,10 +188,10 @@ function endSoon (client: Duplex): void {
   setTimeout(() => client.destroy(), CLOSE_GRACE_MS).unref()
 }
 
-/** The status of an answer from its first bytes; 502 when they are not an HTTP/1.x status line. */
 /** Longer than any status line an instance sends ("HTTP/1.1 101 Switching Protocols\r\n"). */
 const STATUS_LINE_MAX = 1024
 
+/** The status of an answer from its first bytes; 502 when they are not an HTTP/1.x status line. */
 function statusOf (first: Buffer): number {
   return Number(/^HTTP\/1\.[01] (\d{3}) /.exec(first.toString('latin1', 0, 13))?.[1] ?? 502)
 }
