@@ -82,6 +82,11 @@ export function closesAfterAnswer (socket: Socket): boolean {
   return closingConnections.has(socket)
 }
 
+/** The answer under way on the connection closes it (see above). */
+export function closeAfterAnswer (socket: Socket): void {
+  closingConnections.add(socket)
+}
+
 /** Errors where the connection never carried the request: safe to send anywhere else. */
 const CONNECT_FAILURES = new Set([
   'ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL', 'ENOTFOUND', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT',
@@ -151,7 +156,6 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     if (this.#tries === 0 && !this.#queued) {
       // Behind an answer that closes the connection: no answer of this request will ever be sent.
       if (closingConnections.has(this.#req.socket)) return this.#finish(undefined)
-      if (this.#res.getHeader('connection') === 'close') closingConnections.add(this.#req.socket)
       // Its body is not read as a body: the connection closes after the answer.
       if (this.#hasBody && hasUnsupportedTransferCoding(this.#req)) return this.#fail('FLEETGATE_ERR_TRANSFER_CODING', { connection: 'close' })
       // A new request queues behind those already waiting, even if room has just opened (an ejection ran
@@ -406,7 +410,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
 
   #fail (code: ErrorCode, extraHeaders?: Record<string, string>): void {
     const statusCode = ERRORS[code].statusCode
-    if (extraHeaders?.connection === 'close') closingConnections.add(this.#req.socket)
+    if (extraHeaders?.connection === 'close') closeAfterAnswer(this.#req.socket)
     if (!this.#clientGone && !this.#res.headersSent) {
       const body = JSON.stringify({ error: code, message: ERRORS[code].message, service: this.#ctx.service })
       this.#res.writeHead(statusCode, {

@@ -13,7 +13,7 @@ import type { MembershipSource, SourceState } from '../membership/source.ts'
 import { createProxyMetrics, createRegistry, type ProxyMetrics } from '../metrics.ts'
 import { buildAdmin } from './admin.ts'
 import { Deadlines } from './deadlines.ts'
-import { closesAfterAnswer, Exchange, type ForwardContext } from './forward.ts'
+import { closeAfterAnswer, closesAfterAnswer, Exchange, type ForwardContext } from './forward.ts'
 import { InstanceMetrics } from './instance-metrics.ts'
 import { WaitQueue } from './queue.ts'
 import { renderStatusPage } from './status-page.ts'
@@ -196,6 +196,8 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
     reply.hijack()
     if (closing) reply.raw.setHeader('connection', 'close')
     new Exchange(forward, request.raw, reply.raw as ServerResponse).start()
+    // Once it has started: a request pipelined behind it will get no answer, and is not sent either.
+    if (closing) closeAfterAnswer(request.raw.socket)
   }
   app.all('*', proxyRequest)
   app.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
