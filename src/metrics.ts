@@ -101,6 +101,10 @@ export interface HistogramCounts {
   readonly count: number
 }
 
+/** The plain counts each instance keeps besides its requests (see InstanceTraffic). */
+export const INSTANCE_COUNTS = ['connectFailures', 'ejections', 'ejectionsAfterErrors', 'cutOffs'] as const
+export type InstanceCount = typeof INSTANCE_COUNTS[number]
+
 /** One instance's traffic, as plain numbers kept by the proxy. */
 export interface InstanceTraffic {
   readonly instance: string
@@ -155,7 +159,7 @@ export function createProxyMetrics (registry: Registry, collectors: ProxyCollect
     }
   type ByInstance = Counter<'service' | 'instance'>
   /** A counter of one of each instance's plain counts, read at scrape time. */
-  const instanceCounter = (name: string, help: string, count: 'connectFailures' | 'cutOffs' | 'ejections' | 'ejectionsAfterErrors'): ByInstance => new Counter({
+  const instanceCounter = (name: string, help: string, count: InstanceCount): ByInstance => new Counter({
     name,
     help,
     labelNames: ['service', 'instance'] as const,

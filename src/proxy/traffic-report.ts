@@ -4,7 +4,7 @@
 // a second at 10,000, building and serialising every series: time its event loop, and the requests on it,
 // waited. A report costs a walk of the instances, and leaves out what is zero.
 
-import { DURATION_BUCKETS_SECONDS, type InstanceTraffic, type ProxyCollectors, type RequestCount, type RetryReason, type Traffic } from '../metrics.ts'
+import { DURATION_BUCKETS_SECONDS, INSTANCE_COUNTS, type InstanceTraffic, type ProxyCollectors, type RequestCount, type RetryReason, type Traffic } from '../metrics.ts'
 
 export interface TrafficReport {
   readonly instances: readonly InstanceReport[]
@@ -15,6 +15,8 @@ export interface TrafficReport {
   readonly instanceCounts: Readonly<Record<string, number>>
   readonly instanceStates: ReadonlyArray<readonly [instance: string, state: string]>
 }
+
+type Mutable<T> = { -readonly [K in keyof T]: T[K] }
 
 /** One `instance` label value's series; a field left out is zero (or, for the lists, empty). */
 export interface InstanceReport {
@@ -47,8 +49,8 @@ export function isTrafficReport (value: unknown): value is TrafficReport {
 
 function isInstanceReport (part: unknown): part is InstanceReport {
   if (!isRecord(part) || typeof part.instance !== 'string') return false
-  const { inFlight, requests, duration, connectFailures, ejections, ejectionsAfterErrors, cutOffs } = part
-  return [inFlight, connectFailures, ejections, ejectionsAfterErrors, cutOffs].every(count => count === undefined || isCount(count)) &&
+  const { inFlight, requests, duration } = part
+  return [inFlight, ...INSTANCE_COUNTS.map(count => part[count])].every(count => count === undefined || isCount(count)) &&
     (requests === undefined || isRequestCounts(requests)) &&
     (duration === undefined || (isRecord(duration) && Array.isArray(duration.buckets) && duration.buckets.every(isCount) &&
       isCount(duration.sum) && isCount(duration.count)))
@@ -75,16 +77,14 @@ export function reportTraffic ({ traffic, queue, instanceCounts, instanceStates 
   for (const series of traffic.instances()) {
     const requests = [...series.requests()]
     const { buckets, sum, count } = series.duration
-    instances.push({
+    const part: Mutable<InstanceReport> = {
       instance: series.instance,
       ...(series.inFlight === 0 ? {} : { inFlight: series.inFlight }),
       ...(requests.length === 0 ? {} : { requests }),
       ...(count === 0 ? {} : { duration: { buckets: Array.from(buckets), sum, count } }),
-      ...(series.connectFailures === 0 ? {} : { connectFailures: series.connectFailures }),
-      ...(series.ejections === 0 ? {} : { ejections: series.ejections }),
-      ...(series.ejectionsAfterErrors === 0 ? {} : { ejectionsAfterErrors: series.ejectionsAfterErrors }),
-      ...(series.cutOffs === 0 ? {} : { cutOffs: series.cutOffs }),
-    })
+    }
+    for (const name of INSTANCE_COUNTS) if (series[name] !== 0) part[name] = series[name]
+    instances.push(part)
   }
   return {
     instances,
@@ -261,7 +261,7 @@ function addTo (into: Map<string, MergedInstance>, part: InstanceReport): void {
  * started again and outgrew every count is read as continued: undercounted, never decreasing.)
  */
 function restarted (before: InstanceReport, after: InstanceReport): boolean {
-  for (const count of ['connectFailures', 'ejections', 'ejectionsAfterErrors', 'cutOffs'] as const) if ((after[count] ?? 0) < (before[count] ?? 0)) return true
+  for (const count of INSTANCE_COUNTS) if ((after[count] ?? 0) < (before[count] ?? 0)) return true
   const counts = new Map(after.requests?.map(entry => [`${entry.method} ${entry.code}`, entry.count]))
   if (before.requests?.some(entry => (counts.get(`${entry.method} ${entry.code}`) ?? 0) < entry.count)) return true
   const was = before.duration
@@ -274,7 +274,9 @@ function restarted (before: InstanceReport, after: InstanceReport): boolean {
 function countsOf (part: InstanceReport | MergedInstance): InstanceReport {
   const requests = part instanceof MergedInstance ? [...part.requests()] : part.requests
   const duration = part.duration && { buckets: [...part.duration.buckets], sum: part.duration.sum, count: part.duration.count }
-  return { instance: part.instance, requests, duration, connectFailures: part.connectFailures, ejections: part.ejections, ejectionsAfterErrors: part.ejectionsAfterErrors, cutOffs: part.cutOffs }
+  const counts: Mutable<InstanceReport> = { instance: part.instance, requests, duration }
+  for (const count of INSTANCE_COUNTS) counts[count] = part[count]
+  return counts
 }
 
 class MergedInstance implements InstanceTraffic {
@@ -290,10 +292,7 @@ class MergedInstance implements InstanceTraffic {
 
   clear (): void {
     this.inFlight = 0
-    this.connectFailures = 0
-    this.ejections = 0
-    this.ejectionsAfterErrors = 0
-    this.cutOffs = 0
+    for (const count of INSTANCE_COUNTS) this[count] = 0
     this.duration.buckets.fill(0)
     this.duration.sum = 0
     this.duration.count = 0
@@ -302,10 +301,7 @@ class MergedInstance implements InstanceTraffic {
 
   add (part: InstanceReport): void {
     this.inFlight += part.inFlight ?? 0
-    this.connectFailures += part.connectFailures ?? 0
-    this.ejections += part.ejections ?? 0
-    this.ejectionsAfterErrors += part.ejectionsAfterErrors ?? 0
-    this.cutOffs += part.cutOffs ?? 0
+    for (const count of INSTANCE_COUNTS) this[count] += part[count] ?? 0
     if (part.requests) addCounts(this.#requests, part.requests)
     if (part.duration) {
       const { buckets } = this.duration
