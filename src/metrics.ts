@@ -2,7 +2,7 @@
 // global one, so tests can run many apps in one process. Names follow Prometheus conventions and borrow
 // meanings from Traefik and Envoy; README lists them all.
 
-import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry, type MetricObjectWithValues, type MetricValueWithName } from 'prom-client'
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry, type Aggregator, type MetricObjectWithValues, type MetricValue, type MetricValueWithName } from 'prom-client'
 
 /** 1 ms to 120 s: loopback hits and Superset's slowest legitimate queries both land in a real bucket. */
 export const DURATION_BUCKETS_SECONDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
@@ -15,21 +15,89 @@ export function createRegistry (): Registry {
 
 export type ProxyMetrics = ReturnType<typeof createProxyMetrics>
 
-type HistogramValue = MetricValueWithName<string>
+type Labels = Readonly<Record<string, string | number>>
+type CollectedValue = MetricValueWithName<string>
 
 /**
- * A prom-client Histogram whose counts are kept elsewhere, in plain numbers, and read at scrape time.
- * prom-client's own observe() hashes the label values on every call; this one is never called per
- * request. Registration and the text format are prom-client's; across workers, the primary adds the
- * counts up itself (traffic-report.ts).
+ * Hands each series of a metric read at scrape time to `emit`: its labels in two parts, and its value.
+ * `labels` should be the same object at every scrape while the series lives (an instance's service and
+ * address): prom-client formats it once and keeps the text for as long as the object lives. `own` holds
+ * the rest (a bucket's `le`, a request's method and code). A series is emitted once.
+ */
+export type CollectedRows = (emit: (labels: Labels, own: Labels | undefined, value: number, metricName?: string) => void) => void
+
+/**
+ * A metric's values from its rows. For the text format, each series' `labels` go as prom-client's
+ * `sharedLabels`: prom-client's types leave that field out, but its text format (and its own histograms)
+ * use it. test/unit/metrics.test.ts compares the text and the values with those of prom-client's own.
+ */
+function collectedValues (rows: CollectedRows, forText: boolean): CollectedValue[] {
+  const values: CollectedValue[] = []
+  rows(forText
+    ? (labels, own, value, metricName) => { values.push({ labels: own ?? NO_LABELS, sharedLabels: labels, value, metricName } as CollectedValue) }
+    : (labels, own, value, metricName) => { values.push({ labels: own === undefined ? labels : { ...labels, ...own }, value, metricName }) })
+  return values
+}
+
+interface CollectedConfiguration { readonly name: string, readonly help: string, readonly aggregator?: Aggregator, readonly rows: CollectedRows }
+
+/** A metric object of `type` from its rows (prom-client's types give `type` as an enum; at run time it is this string). */
+function collectedMetric (config: CollectedConfiguration, type: 'counter' | 'gauge' | 'histogram', forText: boolean): MetricObjectWithValues<CollectedValue> {
+  const { name, help, aggregator = 'sum', rows } = config
+  return { name, help, type, aggregator, values: collectedValues(rows, forText) } as unknown as MetricObjectWithValues<CollectedValue>
+}
+
+/**
+ * Counters and gauges of many series whose values are kept elsewhere, in plain numbers, and read at
+ * scrape time. A prom-client metric filled by inc() or set() in its collect() hashes every series' label
+ * values at every scrape, and formats every one of them again: at 10,000 instances, over 200 ms of a
+ * scrape, with the event loop held. These give prom-client the series as they are. Registration, the
+ * text format and the merging of workers' values are prom-client's.
+ */
+export class CollectedCounter<T extends string> extends Counter<T> {
+  readonly #config: CollectedConfiguration
+
+  constructor (config: ConstructorParameters<typeof Counter<T>>[0] & { rows: CollectedRows }) {
+    const { rows: _rows, ...rest } = config
+    super(rest)
+    this.#config = config
+  }
+
+  override async get (): Promise<MetricObjectWithValues<MetricValue<T>>> {
+    return collectedMetric(this.#config, 'counter', false)
+  }
+
+  async getForPromString (): Promise<MetricObjectWithValues<CollectedValue>> {
+    return collectedMetric(this.#config, 'counter', true)
+  }
+}
+
+/** The same as CollectedCounter, for a gauge. */
+export class CollectedGauge<T extends string> extends Gauge<T> {
+  readonly #config: CollectedConfiguration
+
+  constructor (config: ConstructorParameters<typeof Gauge<T>>[0] & { rows: CollectedRows }) {
+    const { rows: _rows, ...rest } = config
+    super(rest)
+    this.#config = config
+  }
+
+  override async get (): Promise<MetricObjectWithValues<MetricValue<T>>> {
+    return collectedMetric(this.#config, 'gauge', false)
+  }
+
+  async getForPromString (): Promise<MetricObjectWithValues<CollectedValue>> {
+    return collectedMetric(this.#config, 'gauge', true)
+  }
+}
+
+/**
+ * A histogram whose counts are kept elsewhere, in plain numbers, and read at scrape time. prom-client's
+ * own observe() hashes the label values on every call; this one is never called per request. Across
+ * workers, the primary adds the counts up itself (traffic-report.ts).
  */
 export class CollectedHistogram<T extends string> extends Histogram<T> {
-  readonly #name: string
-  readonly #help: string
-  readonly #upperBounds: readonly number[]
-  readonly #series: () => Iterable<readonly [labels: Record<T, string>, counts: HistogramCounts]>
-  /** The `le` label of each bucket: one object each, the same at every scrape. */
-  readonly #leLabels = new Map<number | string, Readonly<{ le: number | string }>>()
+  readonly #config: CollectedConfiguration
 
   constructor (config: ConstructorParameters<typeof Histogram<T>>[0] & {
     buckets: readonly number[]
@@ -37,54 +105,42 @@ export class CollectedHistogram<T extends string> extends Histogram<T> {
   }) {
     const { series, buckets, ...rest } = config
     super({ ...rest, buckets: [...buckets] })
-    this.#name = rest.name
-    this.#help = rest.help
-    this.#upperBounds = buckets
-    this.#series = series
-    for (const le of [...buckets, '+Inf']) this.#leLabels.set(le, Object.freeze({ le }))
-  }
-
-  override async get (): Promise<MetricObjectWithValues<HistogramValue>> {
-    return this.#export((labels, le, value, metricName) => ({ labels: le === undefined ? labels : { ...labels, le }, value, metricName }))
-  }
-
-  /**
-   * The text format: the same values, with each series' own labels given once, as prom-client's
-   * `sharedLabels`. prom-client then formats them once per series, and keeps the string for as long as
-   * the labels object lives, instead of once per bucket: at 10,000 instances, most of a scrape.
-   */
-  async getForPromString (): Promise<MetricObjectWithValues<HistogramValue>> {
-    // prom-client's types leave `sharedLabels` out; its text format (and its own histograms) use it.
-    // test/unit/traffic-report.test.ts compares this text with that of get()'s values.
-    return this.#export((labels, le, value, metricName) =>
-      ({ labels: le === undefined ? NO_LABELS : this.#leLabels.get(le)!, sharedLabels: labels, value, metricName }) as HistogramValue)
-  }
-
-  #export (entry: (labels: Record<T, string>, le: number | string | undefined, value: number, metricName: string) => HistogramValue): MetricObjectWithValues<HistogramValue> {
-    const values: HistogramValue[] = []
-    const name = this.#name
-    const bucket = `${name}_bucket`
-    const sum = `${name}_sum`
-    const count = `${name}_count`
-    const bounds = this.#upperBounds
-    for (const [labels, counts] of this.#series()) {
-      let cumulative = 0
-      for (let i = 0; i < bounds.length; i++) {
-        cumulative += counts.buckets[i]!
-        values.push(entry(labels, bounds[i]!, cumulative, bucket))
-      }
-      values.push(entry(labels, '+Inf', counts.count, bucket))
-      values.push(entry(labels, undefined, counts.sum, sum))
-      values.push(entry(labels, undefined, counts.count, count))
+    const { name } = rest
+    const [bucket, sum, count] = [`${name}_bucket`, `${name}_sum`, `${name}_count`]
+    // The `le` label of each bucket: one object each, the same at every scrape.
+    const le = [...buckets, '+Inf'].map(bound => Object.freeze({ le: bound }))
+    this.#config = {
+      name,
+      help: rest.help,
+      rows: emit => {
+        for (const [labels, counts] of series()) {
+          let cumulative = 0
+          for (let i = 0; i < buckets.length; i++) {
+            cumulative += counts.buckets[i]!
+            emit(labels, le[i], cumulative, bucket)
+          }
+          emit(labels, le[buckets.length], counts.count, bucket)
+          emit(labels, undefined, counts.sum, sum)
+          emit(labels, undefined, counts.count, count)
+        }
+      },
     }
-    // prom-client's types give `type` as an enum; at run time (and in its own histograms) it is this string.
-    return { name, help: this.#help, type: 'histogram', aggregator: 'sum', values } as unknown as MetricObjectWithValues<HistogramValue>
+  }
+
+  override async get (): Promise<MetricObjectWithValues<MetricValueWithName<T>>> {
+    return collectedMetric(this.#config, 'histogram', false)
+  }
+
+  /** The text format: each series' own labels given once, as prom-client's `sharedLabels` (see collectedValues). */
+  async getForPromString (): Promise<MetricObjectWithValues<CollectedValue>> {
+    return collectedMetric(this.#config, 'histogram', true)
   }
 }
 
 const NO_LABELS = Object.freeze({})
 
 const INSTANCE_STATES = ['up', 'draining', 'ejected'] as const
+const STATE_LABELS = INSTANCE_STATES.map(state => Object.freeze({ state }))
 
 export type RetryReason = 'connect_failure' | 'reset_before_response'
 
@@ -157,31 +213,40 @@ export function createProxyMetrics (registry: Registry, collectors: ProxyCollect
       this.reset()
       fill(this, traffic)
     }
-  type ByInstance = Counter<'service' | 'instance'>
-  /** A counter of one of each instance's plain counts, read at scrape time. */
-  const instanceCounter = (name: string, help: string, count: InstanceCount): ByInstance => new Counter({
+  /** Each instance's labels: the same object at every scrape while its series live (see CollectedRows). */
+  const labelsByInstance = new WeakMap<InstanceTraffic, Readonly<Record<'service' | 'instance', string>>>()
+  const labelsOf = (series: InstanceTraffic): Readonly<Record<'service' | 'instance', string>> => {
+    let labels = labelsByInstance.get(series)
+    if (!labels) labelsByInstance.set(series, labels = Object.freeze({ service, instance: series.instance }))
+    return labels
+  }
+  const unansweredLabels = Object.freeze({ service, instance: 'none' })
+  /** A counter of one of each instance's plain counts, read at scrape time (nothing without traffic). */
+  const instanceCounter = (name: string, help: string, count: InstanceCount): CollectedCounter<'service' | 'instance'> => new CollectedCounter({
     name,
     help,
     labelNames: ['service', 'instance'] as const,
     registers,
-    collect: fromTraffic<ByInstance>((metric, traffic) => {
-      for (const series of traffic.instances()) metric.inc({ service, instance: series.instance }, series[count])
-    }),
+    rows: emit => {
+      for (const series of traffic?.instances() ?? []) emit(labelsOf(series), undefined, series[count])
+    },
   })
-  const durationLabels = new WeakMap<InstanceTraffic, Record<'service' | 'instance', string>>()
+  /** fleetgate_instance_state's labels of each instance, kept from one scrape to the next while it is listed. */
+  let stateLabels = new Map<string, Readonly<Record<'service' | 'instance', string>>>()
   return {
     registry,
-    requests: new Counter({
+    requests: new CollectedCounter({
       name: 'fleetgate_requests_total',
       help: 'Requests answered, by the instance that answered (or "none") and the status code sent to the client',
       labelNames: ['service', 'instance', 'method', 'code'] as const,
       registers,
-      collect: fromTraffic<Counter<'service' | 'instance' | 'method' | 'code'>>((metric, traffic) => {
+      rows: emit => {
+        if (!traffic) return
         for (const series of traffic.instances()) {
-          for (const { method, code, count } of series.requests()) metric.inc({ service, instance: series.instance, method, code }, count)
+          for (const { method, code, count } of series.requests()) emit(labelsOf(series), { method, code }, count)
         }
-        for (const { method, code, count } of traffic.unanswered()) metric.inc({ service, instance: 'none', method, code }, count)
-      }),
+        for (const { method, code, count } of traffic.unanswered()) emit(unansweredLabels, { method, code }, count)
+      },
     }),
     requestDuration: new CollectedHistogram({
       name: 'fleetgate_request_duration_seconds',
@@ -190,22 +255,17 @@ export function createProxyMetrics (registry: Registry, collectors: ProxyCollect
       buckets: DURATION_BUCKETS_SECONDS,
       registers,
       series: function * () {
-        for (const series of traffic?.instances() ?? []) {
-          // The same labels object at every scrape while the series lives: prom-client keeps its text.
-          let labels = durationLabels.get(series)
-          if (!labels) durationLabels.set(series, labels = { service, instance: series.instance })
-          yield [labels, series.duration] as const
-        }
+        for (const series of traffic?.instances() ?? []) yield [labelsOf(series), series.duration] as const
       },
     }),
-    inFlight: new Gauge({
+    inFlight: new CollectedGauge({
       name: 'fleetgate_in_flight_requests',
       help: 'Requests being forwarded right now, by instance',
       labelNames: ['service', 'instance'] as const,
       registers,
-      collect: fromTraffic<Gauge<'service' | 'instance'>>((metric, traffic) => {
-        for (const series of traffic.instances()) metric.set({ service, instance: series.instance }, series.inFlight)
-      }),
+      rows: emit => {
+        for (const series of traffic?.instances() ?? []) emit(labelsOf(series), undefined, series.inFlight)
+      },
     }),
     connectFailures: instanceCounter('fleetgate_upstream_connect_failures_total',
       'Failed connects to an instance (refused, unreachable, timed out)', 'connectFailures'),
@@ -264,22 +324,27 @@ export function createProxyMetrics (registry: Registry, collectors: ProxyCollect
         for (const [state, count] of Object.entries(collectors.instanceCounts())) this.set({ service, state }, count)
       },
     }),
-    instanceState: new Gauge({
+    instanceState: new CollectedGauge({
       name: 'fleetgate_instance_state',
       help: 'Each instance in the membership: 1 for each state it is in (up, draining, ejected; two where workers disagree), 0 for the others (like haproxy_server_status)',
       labelNames: ['service', 'instance', 'state'] as const,
       registers,
       aggregator: 'max',
-      collect () {
-        // Rebuilt from the pool at every scrape: an instance that left has no series at all.
-        this.reset()
-        for (const [instance, current] of collectors.instanceStates()) {
-          // inc() by 0 creates the series at 0, and keeps a 1 that an earlier listing of the instance set.
-          for (const state of INSTANCE_STATES) {
-            if (state === current) this.set({ service, instance, state }, 1)
-            else this.inc({ service, instance, state }, 0)
-          }
+      rows: emit => {
+        // From the pool at every scrape: an instance that left has no series at all. One listed more than
+        // once is 1 in each state given.
+        const states = new Map<string, number>()
+        for (const [instance, state] of collectors.instanceStates()) {
+          const bit = INSTANCE_STATES.indexOf(state as typeof INSTANCE_STATES[number])
+          if (bit >= 0) states.set(instance, (states.get(instance) ?? 0) | (1 << bit))
         }
+        const kept = new Map<string, Readonly<Record<'service' | 'instance', string>>>()
+        for (const [instance, bits] of states) {
+          const labels = stateLabels.get(instance) ?? Object.freeze({ service, instance })
+          kept.set(instance, labels)
+          for (let i = 0; i < INSTANCE_STATES.length; i++) emit(labels, STATE_LABELS[i], (bits >> i) & 1)
+        }
+        stateLabels = kept
       },
     }),
     membershipChanges: new Counter({
