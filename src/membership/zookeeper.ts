@@ -196,6 +196,8 @@ export class ZooKeeperSource extends BaseSource {
     // marks what is still listed, so what is not can be dropped without a set of 10,000 names.
     const pass = ++this.#pass
     const toRead: string[] = []
+    /** Read, and not changed since by what the watches said: a full resync reads them again, last. */
+    const toCheck: string[] = []
     let cachedListed = 0
     for (const name of children) {
       const cached = this.#cache.get(name)
@@ -203,11 +205,32 @@ export class ZooKeeperSource extends BaseSource {
         cachedListed++
         cached.listed = pass
       }
-      if (full || cached?.stale !== false) toRead.push(name)
+      if (cached?.stale !== false) toRead.push(name)
+      else if (full) toCheck.push(name)
     }
     this.#forgetUnlisted(pass, this.#cache.size - cachedListed)
     await this.#readChildren(client, generation, toRead, watcher)
     if (!this.#current(generation)) return this.#oweFullResync(full)
+    this.#commit()
+    if (toCheck.length > 0) await this.#check(client, generation, toCheck, watcher)
+  }
+
+  /**
+   * The rest of a full resync: every child read again, to catch a change whose watch went missing. At
+   * 10,000 children that is a quarter of a second of reads or more. A change that comes meanwhile does
+   * not wait for them: the reads pause (those in flight finish), the change gets its own pass, and the
+   * reads go on.
+   */
+  async #check (client: Client, generation: number, names: string[], watcher: (event: ZkEvent) => void): Promise<void> {
+    let at = 0
+    for (;;) {
+      at = await this.#readChildren(client, generation, names, watcher, at, () => this.#dirty)
+      if (!this.#current(generation)) return this.#oweFullResync(true)
+      if (at === names.length) break
+      this.#dirty = false
+      await this.#syncOnce(client, generation, false)
+      if (!this.#current(generation)) return this.#oweFullResync(true)
+    }
     this.#commit()
   }
 
@@ -229,14 +252,18 @@ export class ZooKeeperSource extends BaseSource {
     for (const name of this.#reported.keys()) if (this.#cache.get(name)?.listed !== pass) this.#reported.delete(name)
   }
 
-  async #readChildren (client: Client, generation: number, names: string[], watcher: (event: ZkEvent) => void): Promise<void> {
-    let next = 0
+  /**
+   * Reads `names` from `from` on, READ_CONCURRENCY at a time, and returns where it stopped: at the end,
+   * or earlier once `pause()` holds (after one read at least, so a pass always gets on).
+   */
+  async #readChildren (client: Client, generation: number, names: string[], watcher: (event: ZkEvent) => void, from = 0, pause?: () => boolean): Promise<number> {
+    let next = from
     // Once one read fails, the sync is over: the others stop rather than fill the cache behind the retry.
     let failed = false
     // A read that outlived its session, or its sync, must not land in the cache.
     const live = (): boolean => !failed && this.#current(generation)
     const worker = async (): Promise<void> => {
-      while (next < names.length && live()) {
+      while (next < names.length && live() && !(next > from && pause?.() === true)) {
         const name = names[next++]!
         // Its own entry: a read of an older client that settles late must not take this one's.
         const read = { touched: false }
@@ -271,7 +298,8 @@ export class ZooKeeperSource extends BaseSource {
         }
       }
     }
-    await Promise.all(Array.from({ length: Math.min(READ_CONCURRENCY, names.length) }, worker))
+    await Promise.all(Array.from({ length: Math.min(READ_CONCURRENCY, names.length - from) }, worker))
+    return next
   }
 
   /** Caches what a read of `name` found; `stale`: an event for it came during the read, so read it again. */

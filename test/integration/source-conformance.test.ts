@@ -185,3 +185,40 @@ t.test('zookeeper: each change names the instances it added and removed, so cons
   await eventually(() => byId(source.current(), 'c')?.port === 21013, { timeoutMs: 10_000, message: 'c read again after its re-creation' })
   t.equal(changeOf(emissions.at(-1)!), '+c:up -c:up')
 })
+
+t.test('zookeeper: a change during a full resync is published without waiting for the resync to read every child', async t => {
+  const writer = await zkClient(t, server.connectString, 30_000)
+  const service = uniqueService('resync')
+  const path = (id: string): string => `/services/${service}/${id}`
+  const size = 5000
+  const id = (i: number): string => `i${String(i).padStart(4, '0')}`
+  await registerCurator(writer, { service, id: id(0), port: 20000 })
+  for (let from = 1; from < size; from += 500) {
+    const batch = writer.transaction()
+    for (let i = from; i < Math.min(size, from + 500); i++) batch.create(path(id(i)), curatorData({ service, id: id(i), port: 20000 + i }), CreateMode.EPHEMERAL)
+    await zk(cb => batch.commit(cb))
+  }
+  const source = new ZooKeeperSource({
+    connectString: server.connectString, basePath: '/services', service,
+    sessionTimeoutMs: 6_000, resyncIntervalMs: 1_000, logger: silentLogger,
+  })
+  let readsWhenPublished: number | undefined
+  source.subscribe(m => {
+    if (readsWhenPublished === undefined && m.instances.some(i => i.id === 'late')) readsWhenPublished = source.reads
+  })
+  t.teardown(() => source.close())
+  await source.start()
+  t.equal(source.current()?.instances.length, size, 'the first membership')
+
+  // A full resync under way (its list read, and its reads of every child begun), and then a new child.
+  const before = source.reads
+  await eventually(() => source.reads > before + 50, { timeoutMs: 10_000, intervalMs: 1, message: 'a full resync under way' })
+  await registerCurator(writer, { service, id: 'late', port: 19999 })
+  await eventually(() => readsWhenPublished !== undefined, { timeoutMs: 10_000, message: 'the new child published' })
+  const readsBeforePublish = readsWhenPublished! - before
+  t.ok(readsBeforePublish < size, `published after ${readsBeforePublish} reads, with the resync's ${size + 1} not all done`)
+
+  // The resync goes on, and reads every child: its list and each child, then the new child's list and data.
+  await eventually(() => source.reads >= before + size + 3, { timeoutMs: 10_000, message: 'the resync read every child' })
+  t.equal(source.current()?.instances.length, size + 1, 'every child once, and the new one')
+})
