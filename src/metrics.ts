@@ -332,11 +332,12 @@ export function createProxyMetrics (registry: Registry, collectors: ProxyCollect
       aggregator: 'max',
       rows: emit => {
         // From the pool at every scrape: an instance that left has no series at all. One listed more than
-        // once is 1 in each state given.
+        // once is 1 in each state given (and in none of the three for a state unknown here: a worker
+        // newer than its primary).
         const states = new Map<string, number>()
         for (const [instance, state] of collectors.instanceStates()) {
           const bit = INSTANCE_STATES.indexOf(state as typeof INSTANCE_STATES[number])
-          if (bit >= 0) states.set(instance, (states.get(instance) ?? 0) | (1 << bit))
+          states.set(instance, (states.get(instance) ?? 0) | (bit >= 0 ? 1 << bit : 0))
         }
         const kept = new Map<string, Readonly<Record<'service' | 'instance', string>>>()
         for (const [instance, bits] of states) {

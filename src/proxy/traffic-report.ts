@@ -66,7 +66,7 @@ export function isRecord (value: unknown): value is Record<string, unknown> {
 }
 
 export function isCount (value: unknown): value is number {
-  return typeof value === 'number' && Number.isFinite(value)
+  return typeof value === 'number' && Number.isFinite(value) && value >= 0
 }
 
 export type ReportedCollectors = Required<Pick<ProxyCollectors, 'traffic' | 'queue' | 'instanceCounts' | 'instanceStates'>>

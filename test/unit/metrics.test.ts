@@ -25,13 +25,14 @@ t.test('instance_state follows the membership at each scrape: 1 for the current 
     'fleetgate_instance_state{state="draining",service="s",instance="10.0.0.2:8088"} 1',
     'fleetgate_instance_state{state="ejected",service="s",instance="10.0.0.2:8088"} 0',
   ])
-  // Listed twice (two workers that disagree): 1 in each state given, and one series per state.
-  states = [['10.0.0.2:8088', 'up'], ['10.0.0.3:8088', 'up'], ['10.0.0.2:8088', 'ejected']]
+  // Listed twice (two workers that disagree): 1 in each state given, and one series per state. A state
+  // unknown here is none of the three, but the instance keeps its series.
+  states = [['10.0.0.2:8088', 'up'], ['10.0.0.3:8088', 'maintenance'], ['10.0.0.2:8088', 'ejected']]
   t.same(await scrape(), [
     'fleetgate_instance_state{state="up",service="s",instance="10.0.0.2:8088"} 1',
     'fleetgate_instance_state{state="draining",service="s",instance="10.0.0.2:8088"} 0',
     'fleetgate_instance_state{state="ejected",service="s",instance="10.0.0.2:8088"} 1',
-    'fleetgate_instance_state{state="up",service="s",instance="10.0.0.3:8088"} 1',
+    'fleetgate_instance_state{state="up",service="s",instance="10.0.0.3:8088"} 0',
     'fleetgate_instance_state{state="draining",service="s",instance="10.0.0.3:8088"} 0',
     'fleetgate_instance_state{state="ejected",service="s",instance="10.0.0.3:8088"} 0',
   ])

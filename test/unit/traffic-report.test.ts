@@ -254,6 +254,7 @@ t.test('the primary keeps a worker\'s answer only when its report has every part
     'an instance without its name': { ...report, instances: [{ requests: [] }] },
     'an instance that is null': { ...report, instances: [null] },
     'a count given as text': instance({ inFlight: '1' }),
+    'a negative count': instance({ cutOffs: -1 }),
     'requests that are not a list': instance({ requests: {} }),
     'a request count without its method': instance({ requests: [{ code: '200', count: 1 }] }),
     'a duration without buckets': instance({ duration: { sum: 1, count: 1 } }),
