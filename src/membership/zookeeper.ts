@@ -254,7 +254,8 @@ export class ZooKeeperSource extends BaseSource {
 
   /**
    * Reads `names` from `from` on, READ_CONCURRENCY at a time, and returns where it stopped: at the end,
-   * or earlier once `pause()` holds (after one read at least, so a pass always gets on).
+   * or earlier once `pause()` holds, but not before READ_CONCURRENCY reads (so that under a stream of
+   * changes, each with its pass, a resync still gets on).
    */
   async #readChildren (client: Client, generation: number, names: string[], watcher: (event: ZkEvent) => void, from = 0, pause?: () => boolean): Promise<number> {
     let next = from
@@ -263,7 +264,7 @@ export class ZooKeeperSource extends BaseSource {
     // A read that outlived its session, or its sync, must not land in the cache.
     const live = (): boolean => !failed && this.#current(generation)
     const worker = async (): Promise<void> => {
-      while (next < names.length && live() && !(next > from && pause?.() === true)) {
+      while (next < names.length && live() && !(next - from >= READ_CONCURRENCY && pause?.() === true)) {
         const name = names[next++]!
         // Its own entry: a read of an older client that settles late must not take this one's.
         const read = { touched: false }
