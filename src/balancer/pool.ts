@@ -135,6 +135,9 @@ export class Pool {
   readonly #ejected = new Set<Endpoint>()
   /** Up, but a second entry of a server already in the rotation: it takes no new requests. */
   readonly #setAside = new Set<Endpoint>()
+  /** Endpoints by address, counted: a rebuild looks for second entries only among the addresses held twice. */
+  readonly #addressCounts = new Map<string, number>()
+  readonly #sharedAddresses = new Set<string>()
   #upCount = 0
   #membership: Membership | undefined
   readonly #listeners = new Set<(event: PoolEvent) => void>()
@@ -202,7 +205,7 @@ export class Pool {
     const removed: Endpoint[] = []
     for (const endpoint of this.#endpoints.values()) if (endpoint.generation !== generation) removed.push(endpoint)
     for (const endpoint of removed) {
-      this.#endpoints.delete(endpoint.key)
+      this.#leave(endpoint)
       this.#byInstance.delete(endpoint.instance)
     }
     this.#ordered = ordered
@@ -261,7 +264,7 @@ export class Pool {
       ordered.splice(insertionPoint(ordered, instance, instanceOf), 0, endpoint)
     }
     const removed = [...leaving.values()]
-    for (const endpoint of removed) this.#endpoints.delete(endpoint.key)
+    for (const endpoint of removed) this.#leave(endpoint)
     this.#ordered = ordered
     this.#settle(membership, added, removed, reshuffled)
   }
@@ -270,8 +273,20 @@ export class Pool {
   #join (instance: Instance, key: string, now: number, added: Endpoint[]): Endpoint {
     const endpoint = new Endpoint(instance, now)
     this.#endpoints.set(key, endpoint)
+    const count = (this.#addressCounts.get(endpoint.address) ?? 0) + 1
+    this.#addressCounts.set(endpoint.address, count)
+    if (count > 1) this.#sharedAddresses.add(endpoint.address)
     added.push(endpoint)
     return endpoint
+  }
+
+  /** The endpoint left the membership. */
+  #leave (endpoint: Endpoint): void {
+    this.#endpoints.delete(endpoint.key)
+    const count = this.#addressCounts.get(endpoint.address)! - 1
+    if (count === 0) this.#addressCounts.delete(endpoint.address)
+    else this.#addressCounts.set(endpoint.address, count)
+    if (count <= 1) this.#sharedAddresses.delete(endpoint.address)
   }
 
   #settle (membership: Membership, added: readonly Endpoint[], removed: readonly Endpoint[], reshuffled: boolean): void {
@@ -416,16 +431,19 @@ export class Pool {
   #rebuild (): void {
     // One server registered under two ids (a ServerSet member back before its old znode expired) is
     // one server: one share, one connection limit, and a retry that does not land on it again. Its
-    // first entry takes the requests; the other serves what it already has.
-    const addresses = new Set<string>()
+    // first entry takes the requests; the other serves what it already has. Only addresses held twice
+    // are looked up: at 10,000 instances, a set of every address was most of a change's cost here.
+    const shared = this.#sharedAddresses
+    const seen = new Set<string>()
     this.#setAside.clear()
     const up = this.#ordered.filter(e => {
       if (e.instance.state !== 'up') return false
-      if (addresses.has(e.address)) {
+      if (shared.size === 0 || !shared.has(e.address)) return true
+      if (seen.has(e.address)) {
         this.#setAside.add(e)
         return false
       }
-      addresses.add(e.address)
+      seen.add(e.address)
       return true
     })
     this.#upCount = up.length
