@@ -13,7 +13,7 @@ export interface AdminOptions {
   /** A human status page; served for `Accept: text/html`. */
   readonly statusPage?: () => string | Promise<string>
   /** The /metrics body; defaults to the registry's own. */
-  readonly metrics?: () => Promise<string>
+  readonly metrics?: () => Promise<string | Buffer>
 }
 
 export function buildAdmin (options: AdminOptions): FastifyInstance {

@@ -4,7 +4,7 @@
 
 import cluster, { type Worker } from 'node:cluster'
 import { randomUUID } from 'node:crypto'
-import { AggregatorRegistry, Registry, type Aggregator, type MetricObjectWithValues, type MetricValue } from 'prom-client'
+import { Registry, type Aggregator, type MetricObjectWithValues, type MetricValue } from 'prom-client'
 import { splitHostPort, type ProxyConfig } from '../config.ts'
 import { FleetgateError } from '../errors.ts'
 import type { Logger } from '../logger.ts'
@@ -16,7 +16,8 @@ import { buildAdmin } from './admin.ts'
 import { missingNodeFlags } from './node-flags.ts'
 import { createProxy, describeQueue, describeSource, wireDiscoveryMetrics, type ProxyStatus } from './server.ts'
 import { renderStatusPage } from './status-page.ts'
-import { isCount, isRecord, isTrafficReport, MergedTraffic, type TrafficReport } from './traffic-report.ts'
+import { MetricsRenderer, PRIMARY_METRICS } from './metrics-renderer.ts'
+import { isCount, isRecord, isTrafficReport, type TrafficReport } from './traffic-report.ts'
 
 type ToWorker =
   | { readonly fleetgate: 'source', readonly update: SourceUpdate }
@@ -91,23 +92,24 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
   const pending = new Map<string, { answers: Array<[worker: number, answer: unknown]>, owing: Set<number>, resolve: () => void }>()
   const listening = new Map<Worker, number>()
 
-  // fleetgate's metrics only: the discovery ones are the primary's own, the rest add up the workers' last
-  // reports. The process metrics come from the workers, which serve the traffic.
+  // fleetgate's metrics only. The discovery ones are the primary's own; the rest add up the workers' last
+  // reports, as do the process metrics (the workers serve the traffic), on a thread of their own.
   const registry = new Registry()
-  const traffic = new MergedTraffic()
   const metrics = createProxyMetrics(registry, {
     service,
     sourceKind: source.kind,
-    instanceCounts: () => traffic.instanceCounts(),
-    instanceStates: () => traffic.instanceStates(),
+    instanceCounts: () => ({}),
+    instanceStates: () => [],
     discovery: () => {
       const state = source.state()
       return { connected: state.status === 'connected', stale: state.stale }
     },
-    traffic,
-    queue: traffic.queue,
   })
+  for (const metric of registry.getMetricsAsArray()) if (!PRIMARY_METRICS.has(metric.name)) registry.removeSingleMetric(metric.name)
   wireDiscoveryMetrics(source, metrics, service, log)
+  const renderer = new MetricsRenderer({ service, sourceKind: source.kind }, err => {
+    log.error({ err }, 'the metrics thread failed; the next scrape starts another, with the counts so far lost')
+  })
 
   // The last membership list sent to the workers, and its number: each change goes out as a delta from it.
   let sent: { seq: number, revision: number, instances: readonly Instance[] } | undefined
@@ -182,7 +184,7 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
     })
     worker.on('exit', (code, signal) => {
       listening.delete(worker)
-      traffic.retire(worker.id)
+      renderer.retire(worker.id)
       // A scrape does not wait out the query timeout for a worker that is gone.
       for (const entry of pending.values()) if (entry.owing.delete(worker.id) && entry.owing.size === 0) entry.resolve()
       if (closing) return
@@ -198,7 +200,7 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
   }
 
   let scrapes = 0
-  const scrape = async (): Promise<string> => {
+  const scrape = async (): Promise<Buffer> => {
     // Numbered when asked: a scrape that waited out a dead worker must not put back older reports.
     const asked = ++scrapes
     const answers: Array<[worker: number, answer: WorkerMetrics]> = []
@@ -208,11 +210,8 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
       else if (answer !== null) malformed++ // null: a worker that could not answer, and logged why
     }
     if (malformed > 0) log.warn({ malformed }, 'left out worker metrics of an unknown shape')
-    // From here to the text, nothing waits on I/O (prom-client's awaits are of settled promises), so a
-    // second scrape cannot update the reports while this one renders them.
-    const members = new Set(source.current()?.instances.map(instanceAddress))
-    traffic.update(answers.map(([worker, answer]) => [worker, answer.traffic]), { asked, members })
-    return Registry.merge([registry, AggregatorRegistry.aggregate(answers.map(([, answer]) => answer.process))]).metrics()
+    const members = source.current()?.instances.map(instanceAddress) ?? []
+    return renderer.render(await registry.metrics(), asked, members, answers)
   }
   const status = async (): Promise<ProxyStatus> => {
     const parts = (await query('status')).map(([, answer]) => answer).filter(isStatusPart)
@@ -278,6 +277,7 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
   } catch (err) {
     await stopWorkers()
     await source.close()
+    await renderer.close()
     // Stopped by a signal, the start ends quietly; a failure stays one, whatever came after it.
     if (err === stopped) return { close: async () => undefined }
     throw err
@@ -293,6 +293,7 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
       await stopWorkers()
       await source.close()
       await admin.close()
+      await renderer.close()
     },
   }
 }

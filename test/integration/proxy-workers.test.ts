@@ -41,6 +41,13 @@ t.test('two workers, one ZooKeeper session, merged status and metrics', async t 
   t.equal(sample(metrics, 'fleetgate_membership_changes_total'), 1, 'discovery metrics come from the primary alone')
   t.equal(sample(metrics, 'fleetgate_instances', { state: 'up' }), 2, 'membership gauges are not multiplied by workers')
   t.ok(sample(metrics, 'process_cpu_user_seconds_total') > 0, 'the workers\' process metrics are there too')
+  // The primary's own metrics and those rendered from the workers' reports make one exposition: every
+  // metric described once, and the proxy's whole set there.
+  const described = metrics.split('\n').filter(line => line.startsWith('# HELP ')).map(line => line.split(' ')[2]!)
+  t.same(described.filter((name, i) => described.indexOf(name) !== i), [], 'no metric twice')
+  for (const name of ['fleetgate_discovery_connected', 'fleetgate_invalid_registrations_total', 'fleetgate_instance_state', 'fleetgate_queued_requests', 'fleetgate_retries_total']) {
+    t.ok(described.includes(name), `${name} described`)
+  }
   const scrapes = await Promise.all([1, 2, 3].map(() => proxy.metrics()))
   t.same(scrapes.map(m => sample(m, 'fleetgate_request_duration_seconds_count')), [60, 60, 60], 'scrapes at once each get every worker\'s counts')
 
