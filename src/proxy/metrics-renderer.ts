@@ -34,14 +34,16 @@ type ToRenderer =
 type FromRenderer = { readonly id: number, readonly body: Uint8Array } | { readonly id: number, readonly error: string }
 
 /**
- * The primary's side: renders scrapes on the thread, started at the first. Counts carried from one
- * scrape to the next live on the thread; a thread that failed is replaced at the next scrape, with its
- * counts lost (Prometheus takes that as a counter reset), and says so in the log.
+ * The primary's side: renders scrapes on the thread, started at the first (or at a worker's exit before
+ * it). Counts carried from one scrape to the next live on the thread; a thread that failed (it should
+ * not: a scrape that fails fails alone) is replaced at the next scrape, with its counts lost (Prometheus
+ * takes that as a counter reset), and says so in the log.
  */
 export class MetricsRenderer {
   readonly #options: RendererOptions
   readonly #onError: (err: Error) => void
   #thread: Worker | undefined
+  #closed = false
   #next = 0
   readonly #pending = new Map<number, { resolve: (body: Buffer) => void, reject: (err: Error) => void }>()
 
@@ -56,6 +58,7 @@ export class MetricsRenderer {
    * membership (see MergedTraffic.update).
    */
   render (own: string, asked: number, members: readonly string[], answers: ReadonlyArray<readonly [worker: number, answer: WorkerMetrics]>): Promise<Buffer> {
+    if (this.#closed) return Promise.reject(new Error('the proxy is shutting down'))
     const thread = this.#start()
     const id = ++this.#next
     return new Promise((resolve, reject) => {
@@ -64,15 +67,25 @@ export class MetricsRenderer {
     })
   }
 
-  /** A worker exited: what it counted stays in the totals; what it held goes. */
+  /**
+   * A worker exited: what it counted stays in the totals; what it held goes. Told even with no scrape yet
+   * (the thread starts for it), so that its answer to a scrape under way is left out, as it was before.
+   */
   retire (worker: number): void {
-    this.#thread?.postMessage({ type: 'retire', worker } satisfies ToRenderer)
+    if (!this.#closed) this.#start().postMessage({ type: 'retire', worker } satisfies ToRenderer)
   }
 
   async close (): Promise<void> {
+    this.#closed = true
     const thread = this.#thread
     this.#thread = undefined
+    this.#failPending(new Error('the proxy is shutting down'))
     await thread?.terminate()
+  }
+
+  #failPending (err: Error): void {
+    for (const pending of this.#pending.values()) pending.reject(err)
+    this.#pending.clear()
   }
 
   #start (): Worker {
@@ -91,8 +104,7 @@ export class MetricsRenderer {
     const failed = (err: Error): void => {
       if (this.#thread !== thread) return
       this.#thread = undefined
-      for (const pending of this.#pending.values()) pending.reject(err)
-      this.#pending.clear()
+      this.#failPending(err)
       this.#onError(err)
     }
     thread.on('error', failed)
@@ -117,18 +129,20 @@ function serve (options: RendererOptions): void {
   })
   for (const name of PRIMARY_METRICS) registry.removeSingleMetric(name)
   const encoder = new TextEncoder()
-  port.on('message', (message: ToRenderer) => {
+  port.on('message', async (message: ToRenderer) => {
     if (message.type === 'retire') return traffic.retire(message.worker)
     const { id, own, asked, members, answers } = message
-    // Nothing below waits on I/O (prom-client's awaits are of settled promises), so the next message,
-    // another scrape's reports, is not taken until this text is done.
-    traffic.update(answers.map(([worker, answer]) => [worker, answer.traffic]), { asked, members: new Set(members) })
-    Registry.merge([registry, AggregatorRegistry.aggregate(answers.map(([, answer]) => answer.process))]).metrics().then(text => {
+    // A scrape that fails fails alone: the thread, and the counts it carries, stay.
+    try {
+      // Nothing below waits on I/O (prom-client's awaits are of settled promises), so the next message,
+      // another scrape's reports, is not taken until this text is done.
+      traffic.update(answers.map(([worker, answer]) => [worker, answer.traffic]), { asked, members: new Set(members) })
+      const text = await Registry.merge([registry, AggregatorRegistry.aggregate(answers.map(([, answer]) => answer.process))]).metrics()
       const body = encoder.encode(`${own}\n${text}`)
       port.postMessage({ id, body } satisfies FromRenderer, [body.buffer])
-    }, (err: unknown) => {
+    } catch (err) {
       port.postMessage({ id, error: err instanceof Error ? err.message : String(err) } satisfies FromRenderer)
-    })
+    }
   })
 }
 
