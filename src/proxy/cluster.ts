@@ -184,7 +184,8 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
     })
     worker.on('exit', (code, signal) => {
       listening.delete(worker)
-      renderer.retire(worker.id)
+      // (Not while shutting down: that would start the metrics thread only to stop it.)
+      if (!closing) renderer.retire(worker.id)
       // A scrape does not wait out the query timeout for a worker that is gone.
       for (const entry of pending.values()) if (entry.owing.delete(worker.id) && entry.owing.size === 0) entry.resolve()
       if (closing) return

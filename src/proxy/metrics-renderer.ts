@@ -69,7 +69,7 @@ export class MetricsRenderer {
 
   /**
    * A worker exited: what it counted stays in the totals; what it held goes. Told even with no scrape yet
-   * (the thread starts for it), so that its answer to a scrape under way is left out, as it was before.
+   * (the thread starts for it), so that its answer to a scrape under way is left out.
    */
   retire (worker: number): void {
     if (!this.#closed) this.#start().postMessage({ type: 'retire', worker } satisfies ToRenderer)
