@@ -8,11 +8,8 @@ import type { TObject } from '@sinclair/typebox'
 import { AgentConfigSchema, discoveryOf, kebab, loadConfig, ProxyConfigSchema, snake, type ProxyConfig } from './config.ts'
 import { FleetgateError, isFleetgateError } from './errors.ts'
 import { createLogger, type Logger } from './logger.ts'
-import { ConsulClient, consulConnection } from './consul/client.ts'
-import { ConsulSource } from './membership/consul.ts'
 import type { MembershipSource } from './membership/source.ts'
 import { parseStaticInstances, StaticSource } from './membership/static.ts'
-import { ZooKeeperSource } from './membership/zookeeper.ts'
 import { runPrimary, runWorker } from './proxy/cluster.ts'
 import { missingNodeFlags } from './proxy/node-flags.ts'
 import { createProxy } from './proxy/server.ts'
@@ -74,7 +71,7 @@ async function runProxy (argv: readonly string[], env: Readonly<Record<string, s
     await worker.closed
     return 0
   }
-  const source = buildSource(config, logger)
+  const source = await buildSource(config, logger)
   if (config.workers > 1) {
     // Signals are taken from the start: one during start-up stops the workers being started too.
     const stop = new AbortController()
@@ -96,14 +93,18 @@ async function runProxy (argv: readonly string[], env: Readonly<Record<string, s
   return 0
 }
 
-/** The discovery backend the configuration names. */
-export function buildSource (config: ProxyConfig, logger: Logger): MembershipSource {
+/**
+ * The discovery backend the configuration names. Only its client is loaded: a proxy on a static list or
+ * on Consul never loads the ZooKeeper client, and workers, which follow the primary, load neither.
+ */
+export async function buildSource (config: ProxyConfig, logger: Logger): Promise<MembershipSource> {
   const discovery = discoveryOf(config)
   if (discovery === 'static') {
     if (config.static === undefined) throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', '--static is required with --discovery static: expected http://HOST:PORT[,http://HOST:PORT...]')
     return new StaticSource(config.service, parseStaticInstances(config.static))
   }
   if (discovery === 'consul') {
+    const [{ ConsulClient, consulConnection }, { ConsulSource }] = await Promise.all([import('./consul/client.ts'), import('./membership/consul.ts')])
     return new ConsulSource({
       client: new ConsulClient(consulConnection(config)),
       service: config.service,
@@ -116,6 +117,7 @@ export function buildSource (config: ProxyConfig, logger: Logger): MembershipSou
   if (config.zookeeper === undefined) {
     throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', '--zookeeper is required (or --static for a fixed list): expected HOST:PORT[,HOST:PORT...][/chroot]')
   }
+  const { ZooKeeperSource } = await import('./membership/zookeeper.ts')
   return new ZooKeeperSource({
     connectString: config.zookeeper,
     basePath: config.basePath,

@@ -2,9 +2,11 @@
 // the primary; /status and /metrics add up what the workers did. Workers run with the node flags a
 // serving proxy wants, which a single process started without them names.
 
-import { readdirSync, readFileSync, readlinkSync } from 'node:fs'
+import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs'
 import http from 'node:http'
-import t from 'tap'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import t, { type Test } from 'tap'
 import { eventually } from '../helpers/eventually.ts'
 import { type FleetgateProcess, get, registerCurator, removeNode, runFleetgate, sample, startBackend, startProxy, zkClient } from '../helpers/fleet.ts'
 import { isAlive, killIfSame, startTimeOf } from '../helpers/reaper.ts'
@@ -127,6 +129,38 @@ t.test('a worker that dies is replaced, and the new one follows later changes', 
 
   proxy.kill('SIGTERM')
   t.same(await proxy.exited, { code: 0, signal: null })
+})
+
+/** Runs a proxy with a preload that records, per process, the packages it loaded; stops it and reads them. */
+async function loadedPackages (t: Test, args: string[]): Promise<Array<{ worker: boolean, packages: string[] }>> {
+  const dir = mkdtempSync(join(tmpdir(), 'fleetgate-loaded-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const preload = new URL('../fixtures/loaded-packages.mjs', import.meta.url).href
+  const proxy = await startProxy(t, args, { FLEETGATE_TEST_LOADED_DIR: dir }, ['--import', preload])
+  await eventually(() => proxy.ready(), { timeoutMs: 20_000 })
+  proxy.kill('SIGTERM')
+  t.same(await proxy.exited, { code: 0, signal: null }, 'the proxy stops cleanly')
+  return readdirSync(dir).map(file => JSON.parse(readFileSync(join(dir, file), 'utf8')))
+}
+
+t.test('only the discovery backend in use is loaded: workers and a static proxy never load the ZooKeeper client', async t => {
+  const client = await zkClient(t, server.connectString)
+  const backend = await startBackend(t, 'a')
+  await registerCurator(client, { service: 'loaded', id: backend.name, port: backend.port })
+  const processes = await loadedPackages(t, ['--zookeeper', server.connectString, '--service', 'loaded', '--workers', '2'])
+  const primary = processes.filter(p => !p.worker)
+  const workers = processes.filter(p => p.worker)
+  t.equal(primary.length, 1, 'the primary recorded what it loaded')
+  t.equal(workers.length, 2, 'and so did both workers')
+  t.ok(primary[0]!.packages.includes('node-zookeeper-client'), 'the primary holds the session: it loads the ZooKeeper client')
+  for (const worker of workers) {
+    t.ok(worker.packages.includes('undici') && worker.packages.includes('fastify'), 'a worker loads what it serves with')
+    t.notOk(worker.packages.includes('node-zookeeper-client'), 'but not the ZooKeeper client: it follows the primary')
+  }
+
+  const [single] = await loadedPackages(t, ['--static', `http://127.0.0.1:${backend.port}`])
+  t.ok(single!.packages.includes('undici'), 'a static proxy loads what it serves with')
+  t.notOk(single!.packages.includes('node-zookeeper-client'), 'but not the ZooKeeper client')
 })
 
 t.test('a single process started without the proxy\'s node flags says which are missing', async t => {
