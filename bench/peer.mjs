@@ -11,8 +11,8 @@ const upstreams = process.argv[3].split(',')
 const app = Fastify({ logger: false })
 await app.register(replyFrom, {
   base: upstreams[0],
-  // An undici Agent: one keep-alive pool per backend of at most 128 connections, reply-from's default:
-  // the peer runs as its users run it. More requests wait in undici's queue.
+  // An undici Agent: one keep-alive pool per backend of at most 128 connections (reply-from's default,
+  // and fleetgate's --max-connections-per-instance default).
   undici: { keepAliveTimeout: 60_000, keepAliveMaxTimeout: 60_000, pipelining: 1, connections: 128 },
 })
 // Bodies pass through as streams, as @fastify/http-proxy does.

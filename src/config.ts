@@ -68,7 +68,7 @@ export const ProxyConfigSchema = Type.Object({
   headersTimeoutMs: Milliseconds('Upstream response headers timeout (above Superset\'s 60 s)', 120_000),
   idleTimeoutMs: Milliseconds('Idle timeout while a body streams, either way', 300_000),
   maxConnectionsPerInstance: Type.Integer({
-    minimum: 0, maximum: 100_000, default: 1024,
+    minimum: 0, maximum: 100_000, default: 128,
     description: 'Requests (connections) an instance carries at once, per proxy process (HAProxy\'s maxconn); more wait in a queue. 0: no limit',
     expected: 'an integer from 0 to 100000',
   }),

@@ -37,7 +37,7 @@ t.test('two workers, one ZooKeeper session, merged status and metrics', async t 
   t.ok(served.a! > 0 && served.b! > 0, `both instances served: ${JSON.stringify(served)}`)
   const status = await proxy.status()
   t.equal(status.instances.reduce((sum, i) => sum + i.requests, 0), 60, '/status adds up every worker')
-  t.same(status.queue, { limitPerInstance: 1024, timeoutMs: 5000, waiting: 0, timedOut: 0 }, 'and shows the limit each worker applies')
+  t.same(status.queue, { limitPerInstance: 128, timeoutMs: 5000, waiting: 0, timedOut: 0 }, 'and shows the limit each worker applies')
   const metrics = await proxy.metrics()
   t.equal(sample(metrics, 'fleetgate_requests_total', { code: '200' }), 60, '/metrics adds up every worker')
   t.equal(sample(metrics, 'fleetgate_membership_changes_total'), 1, 'discovery metrics come from the primary alone')

@@ -98,7 +98,7 @@ if (executablePath) {
     t.equal(await page.locator('#source-kind').textContent(), 'zookeeper', 'the source is shown')
     t.equal(await page.locator('#membership .pill').textContent(), 'current', 'the membership is not stale')
     t.equal(await page.locator('#queue-waiting').textContent(), '0', 'no request waits for a connection')
-    t.equal(await page.locator('#queue-limit').textContent(), 'limit 1024 per instance \u00b7 0 timed out', 'the connection limit is shown')
+    t.equal(await page.locator('#queue-limit').textContent(), 'limit 128 per instance \u00b7 0 timed out', 'the connection limit is shown')
 
     const rows = page.locator('tbody tr[data-instance]')
     const address = (port: number): string => `127.0.0.1:${port}`
