@@ -60,6 +60,23 @@ t.test('bad values name the key, the value and what was expected', async t => {
   throwsConfig(t, () => load(['--connect-timeout-ms=-1']), 'FLEETGATE_ERR_CONFIG_INVALID', /--connect-timeout-ms/)
 })
 
+t.test('numbers are whole and decimal: text JavaScript would also read as a number is refused', async t => {
+  const escape = (text: string): string => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
+  for (const bad of ['0x3', '1e0', '+3', '3.0', ' 3', '3 ', '-1', '']) {
+    throwsConfig(t, () => load([`--tries=${bad}`]), 'FLEETGATE_ERR_CONFIG_INVALID',
+      new RegExp(escape(`--tries = ${JSON.stringify(bad)}: expected an integer from 1 to 10`)))
+  }
+  throwsConfig(t, () => load([], { FLEETGATE_CONNECT_TIMEOUT_MS: '5e3' }), 'FLEETGATE_ERR_CONFIG_INVALID', /FLEETGATE_CONNECT_TIMEOUT_MS = "5e3": expected/)
+  const dir = mkdtempSync(join(tmpdir(), 'fg-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const file = join(dir, 'c.yaml')
+  writeFileSync(file, 'tries: "0x2"\nworkers: 2\n')
+  throwsConfig(t, () => load(['--config', file]), 'FLEETGATE_ERR_CONFIG_INVALID', /tries in config file .* = "0x2": expected an integer from 1 to 10/)
+  writeFileSync(file, 'tries: "2"\nworkers: 2\n')
+  t.match(load(['--config', file]).config, { tries: 2, workers: 2 }, 'decimal text and numbers in a file are taken')
+  t.match(load(['--tries', '03'], { FLEETGATE_WORKERS: '4' }).config, { tries: 3, workers: 4 }, 'decimal digits from flags and variables are taken')
+})
+
 t.test('unknown key in the config file is rejected with the file named', async t => {
   const dir = tempDir(t)
   const file = join(dir, 'c.json')
