@@ -67,9 +67,7 @@ t.test('numbers are whole and decimal: text JavaScript would also read as a numb
       new RegExp(escape(`--tries = ${JSON.stringify(bad)}: expected an integer from 1 to 10`)))
   }
   throwsConfig(t, () => load([], { FLEETGATE_CONNECT_TIMEOUT_MS: '5e3' }), 'FLEETGATE_ERR_CONFIG_INVALID', /FLEETGATE_CONNECT_TIMEOUT_MS = "5e3": expected/)
-  const dir = mkdtempSync(join(tmpdir(), 'fg-'))
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  const file = join(dir, 'c.yaml')
+  const file = join(tempDir(t), 'c.yaml')
   writeFileSync(file, 'tries: "0x2"\nworkers: 2\n')
   throwsConfig(t, () => load(['--config', file]), 'FLEETGATE_ERR_CONFIG_INVALID', /tries in config file .* = "0x2": expected an integer from 1 to 10/)
   writeFileSync(file, 'tries: "2"\nworkers: 2\n')
