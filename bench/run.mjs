@@ -1,5 +1,5 @@
-// The benchmark: fleetgate side by side with HAProxy, NGINX, the Node peer (fastify + @fastify/reply-from)
-// and a direct connection, then fleetgate's own failover and discovery figures. Prints every table and writes
+// The benchmark: fleetgate side by side with HAProxy, NGINX, the Node peer (fastify + @fastify/reply-from),
+// the Node floor (node:http + undici, nothing else) and a direct connection, then fleetgate's own failover and discovery figures. Prints every table and writes
 // bench/results/<date>.md (or <date>-<commit>.md beside an earlier run). Start it with `npm run bench`.
 //   node bench/run.mjs [--quick] [--repeats N] [--duration S] [--warmup S] [--backend nginx|node]
 //                      [--scenarios ID,...] [--skip throughput,workers,failover,discovery]
@@ -151,6 +151,7 @@ async function main () {
     { id: 'haproxy', kind: 'haproxy' },
     { id: 'nginx', kind: 'nginx' },
     { id: 'peer', kind: 'peer' },
+    { id: 'floor', kind: 'floor' },
     { id: 'fleetgate', kind: 'fleetgate', fleetgateArgs },
   ]
   const labels = {
@@ -158,6 +159,7 @@ async function main () {
     haproxy: 'HAProxy (nbthread 1)',
     nginx: 'NGINX (1 worker)',
     peer: 'Node peer (fastify + reply-from)',
+    floor: 'Node floor (node:http + undici, nothing else)',
     fleetgate: `**fleetgate**${fleetgateArgs.length ? ` \`${fleetgateArgs.join(' ')}\`` : ''}`,
   }
   const sections = { throughput: [], workers: undefined, failover: undefined, convergence: undefined, scale: undefined, resync: undefined }
@@ -238,7 +240,7 @@ async function main () {
     ]),
     '',
     `Method: the proxy under test runs pinned to core ${PROXY_CPU} (\`taskset -c ${PROXY_CPU}\`), single-process (fleetgate as`,
-    `its image starts it, \`node ${PROXY_NODE_FLAGS.join(' ')} dist/cli.js proxy\`; the Node peer with node's defaults);`,
+    `its image starts it, \`node ${PROXY_NODE_FLAGS.join(' ')} dist/cli.js proxy\`; the Node peer and the Node floor with node's defaults);`,
     `wrk (\`-t1\`), the ${config.backend === 'nginx' ? 'NGINX (one process each)' : 'node:http'} backends and this harness share core ${LOAD_CPU}. Every competitor is started fresh per`,
     `scenario; each row is ${config.repeats} run(s) of ${config.durationS} s after a ${config.warmupS} s warm-up, the order of competitors rotating`,
     'between rounds. Cells show the median and (min–max). Ratios are of median req/s. "req/s per proxy core" is req/s',
@@ -314,6 +316,11 @@ function scaleSection (results, resync) {
   return `### Discovery: scale on a real ZooKeeper\n\nInstances registered as Curator JSON before fleetgate starts (nothing listens on their ports; no traffic). First membership: from spawning \`fleetgate proxy\` to its log line for the first published membership (node's own startup included), and to \`/readyz\` answering 200. One change: from the create/delete call to the published membership's log timestamp (the proxy runs with \`--log-level info\` here, so the change is observed without polling the proxy), median (min–max) of ${(results[0]?.changes.length ?? 0) / 2} samples each, and of it the time ZooKeeper took to acknowledge the write (it logs the write to disk first; the watch fires once it is applied); its ZooKeeper requests are the change in \`mntr\`'s zk_packets_received less the harness's own 2 requests (a ping can add 1). The last columns are one \`/metrics\` scrape and one \`/status\` (JSON, timed first) after the changes.${resyncLine}\n\n${table(['instances', 'in first membership', 'first membership ms', '/readyz ms', 'RSS MB at ready', 'peak RSS MB', 'create: ms', 'of which ZK ack ms', 'create: ZK requests', 'delete: ms', 'of which ZK ack ms', 'delete: ZK requests', '/metrics scrape', '/status'], rows)}\n`
 }
 
+/** The floor's figure for a target, formatted; '—' when the run did not measure it. */
+function floorFigure (value, format) {
+  return Number.isFinite(value) ? format(value) : '—'
+}
+
 /** The performance targets, each checked against this run's figures. */
 function targetsSection (s) {
   const rows = []
@@ -332,15 +339,18 @@ function targetsSection (s) {
     const fg = perCore(g1k, 'fleetgate')
     const peerRatio = fg / perCore(g1k, 'peer')
     const haRatio = fg / perCore(g1k, 'haproxy')
-    rows.push(['req/s per core ≥ 1.5× the Node peer (1 KB)', `${ratio(peerRatio, x => x >= 1.5)}×`, verdict(peerRatio >= 1.5)])
-    rows.push(['req/s per core ≥ 0.5× HAProxy (1 KB)', `${ratio(haRatio, x => x >= 0.5)}×`, verdict(haRatio >= 0.5)])
+    const floorHa = perCore(g1k, 'floor') / perCore(g1k, 'haproxy')
+    rows.push(['req/s per core ≥ 1.5× the Node peer (1 KB)', `${ratio(peerRatio, x => x >= 1.5)}×`, verdict(peerRatio >= 1.5), '—'])
+    rows.push(['req/s per core ≥ 0.5× HAProxy (1 KB)', `${ratio(haRatio, x => x >= 0.5)}×`, verdict(haRatio >= 0.5), floorFigure(floorHa, x => `${x.toFixed(2)}× HAProxy`)])
     const p99Ratio = p99(g1k, 'fleetgate') / p99(g1k, 'haproxy')
-    rows.push(['p99 at 50 connections ≤ 2× HAProxy', `${p99(g1k, 'fleetgate').toFixed(2)} ms vs ${p99(g1k, 'haproxy').toFixed(2)} ms (${ratio(p99Ratio, x => x <= 2)}×)`, verdict(p99Ratio <= 2)])
+    const floorP99 = p99(g1k, 'floor')
+    rows.push(['p99 at 50 connections ≤ 2× HAProxy', `${p99(g1k, 'fleetgate').toFixed(2)} ms vs ${p99(g1k, 'haproxy').toFixed(2)} ms (${ratio(p99Ratio, x => x <= 2)}×)`, verdict(p99Ratio <= 2),
+      floorFigure(floorP99, x => `${x.toFixed(2)} ms (${(x / p99(g1k, 'haproxy')).toFixed(2)}×)`)])
   }
   for (const [c, label] of [[s.convergence, ''], [s.convergenceWorkers, ', --workers 2']]) {
     if (!c) continue
     const p = percentile([...c.created, ...c.deleted], 99)
-    rows.push([`convergence p99 ≤ 50 ms${label}`, `${p.toFixed(2)} ms (creates and deletes together)`, verdict(p <= 50 && c.timeouts === 0)])
+    rows.push([`convergence p99 ≤ 50 ms${label}`, `${p.toFixed(2)} ms (creates and deletes together)`, verdict(p <= 50 && c.timeouts === 0), '—'])
   }
   const big = s.scale?.find(r => r.size === 10_000)
   if (big) {
@@ -349,25 +359,26 @@ function targetsSection (s) {
     const reads = median(big.changes.map(c => c.reads))
     const small = s.scale.find(r => r.size === 1000)
     const smallReads = small ? median(small.changes.map(c => c.reads)) : NaN
-    rows.push(['10,000 instances: first membership ≤ 5 s', `${num(big.firstMembershipMs)} ms from spawn (${big.known} instances)`, verdict(big.firstMembershipMs <= 5000 && big.known === 10_000)])
-    rows.push(['10,000 instances: one change ≤ 50 ms', `${ms.toFixed(1)} ms (slowest sample, from the call; ZooKeeper's acknowledgement took ${slowest.ackMs} ms of it)`, verdict(ms <= 50)])
-    rows.push(['10,000 instances: one change costs O(1) reads', `${reads} ZooKeeper requests (${smallReads} at 1,000)`, verdict(reads <= 4 && (!Number.isFinite(smallReads) || reads <= smallReads + 1))])
+    rows.push(['10,000 instances: first membership ≤ 5 s', `${num(big.firstMembershipMs)} ms from spawn (${big.known} instances)`, verdict(big.firstMembershipMs <= 5000 && big.known === 10_000), '—'])
+    rows.push(['10,000 instances: one change ≤ 50 ms', `${ms.toFixed(1)} ms (slowest sample, from the call; ZooKeeper's acknowledgement took ${slowest.ackMs} ms of it)`, verdict(ms <= 50), '—'])
+    rows.push(['10,000 instances: one change costs O(1) reads', `${reads} ZooKeeper requests (${smallReads} at 1,000)`, verdict(reads <= 4 && (!Number.isFinite(smallReads) || reads <= smallReads + 1)), '—'])
   }
   if (s.failover) {
     const failed = s.failover.reduce((sum, r) => sum + r.killed.socketErrors + r.killed.statusErrors, 0)
-    rows.push(['zero failed requests in failover', String(failed), verdict(failed === 0)])
+    rows.push(['zero failed requests in failover', String(failed), verdict(failed === 0), '—'])
   }
   const c1000 = get('get-1k-c1000')
   if (c1000) {
     const rss = max(c1000.runs.fleetgate.map(r => r.peakRss)) / 1048576
-    rows.push(['RSS ≤ 120 MB at 1,000 connections', `${rss.toFixed(0)} MB peak`, verdict(rss <= 120)])
+    const floorRss = max((c1000.runs.floor ?? []).map(r => r.peakRss)) / 1048576
+    rows.push(['RSS ≤ 120 MB at 1,000 connections', `${rss.toFixed(0)} MB peak`, verdict(rss <= 120), floorFigure(floorRss, x => `${x.toFixed(0)} MB peak`)])
   }
   if (s.workers) {
     const w1 = median(s.workers.runs['fleetgate-w1'].map(r => r.rps))
     const w2 = median(s.workers.runs['fleetgate-w2'].map(r => r.rps))
-    rows.push(['scaling 1 → 2 workers (indicative)', `${(w2 / w1).toFixed(2)}×`, 'reported'])
+    rows.push(['scaling 1 → 2 workers (indicative)', `${(w2 / w1).toFixed(2)}×`, 'reported', '—'])
   }
-  return `### Targets, from this run\n\n${table(['target', 'measured', ''], rows)}\n`
+  return `### Targets, from this run\n\nThe last column is the same figure for the Node floor (node:http and undici with nothing else, \`bench/floor.mjs\`), where it applies: how near any proxy on fleetgate's engine came on this host in this run.\n\n${table(['target', 'measured', '', 'the Node floor'], rows)}\n`
 }
 
 main().then(cleanup, async err => {

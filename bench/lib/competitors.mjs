@@ -165,7 +165,7 @@ ${backends.map(b => `    server 127.0.0.1:${b.port};`).join('\n')}
 
 /**
  * Starts one competitor and resolves once a request through it reaches a backend.
- * `spec`: { id, kind: 'direct'|'haproxy'|'nginx'|'fleetgate'|'peer', fleetgateArgs?, cpus? }.
+ * `spec`: { id, kind: 'direct'|'haproxy'|'nginx'|'fleetgate'|'peer'|'floor', fleetgateArgs?, cpus? }.
  * Returns { spec, url, entry?, admin? } where entry is the measured process (none for direct).
  */
 export async function startCompetitor (spec, { dir, backends }) {
@@ -205,7 +205,8 @@ export async function startCompetitor (spec, { dir, backends }) {
       break
     }
     case 'peer':
-      entry = startProcess(spec.id, process.execPath, [...(spec.nodeArgs ?? []), join(BENCH, 'peer.mjs'), String(port), backends.map(b => b.url).join(',')], { cpus, logFile: log })
+    case 'floor':
+      entry = startProcess(spec.id, process.execPath, [...(spec.nodeArgs ?? []), join(BENCH, `${spec.kind}.mjs`), String(port), backends.map(b => b.url).join(',')], { cpus, logFile: log })
       break
     default:
       throw new Error(`unknown competitor kind ${spec.kind}`)

@@ -1,0 +1,51 @@
+// The Node floor: the least a proxy on fleetgate's engine does. A bare node:http server hands each request
+// to an undici Pool per backend, round robin, with nothing else: no Fastify, no timeouts, no retries, no
+// metrics, no logging. Bodies stream both ways with backpressure; hop-by-hop headers are dropped and
+// X-Forwarded-For added, as every other proxy here does. What it serves per core on a scenario is about as
+// much as any Node proxy built on node:http and undici can.
+//   node bench/floor.mjs LISTEN_PORT http://127.0.0.1:A,http://127.0.0.1:B,...
+
+import { createServer } from 'node:http'
+import { Pool } from 'undici'
+
+const port = Number(process.argv[2])
+// The same connection limit per backend as fleetgate's default and the Node peer's.
+const pools = process.argv[3].split(',').map(url => new Pool(url, { connections: 128, pipelining: 1, headersTimeout: 0, bodyTimeout: 0 }))
+
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'expect'])
+
+let next = 0
+const server = createServer((req, res) => {
+  const pool = pools[next]
+  next = next + 1 === pools.length ? 0 : next + 1
+  const headers = []
+  for (let i = 0; i < req.rawHeaders.length; i += 2) {
+    if (!HOP_BY_HOP.has(req.rawHeaders[i].toLowerCase())) headers.push(req.rawHeaders[i], req.rawHeaders[i + 1])
+  }
+  headers.push('x-forwarded-for', req.socket.remoteAddress)
+  const bodyless = req.method === 'GET' || req.method === 'HEAD'
+  let abort
+  res.on('close', () => { if (!res.writableFinished) abort?.() })
+  pool.dispatch({ method: req.method, path: req.url, headers, body: bodyless ? null : req }, {
+    onConnect (abortRequest) { abort = abortRequest },
+    onHeaders (status, raw, resume) {
+      const out = []
+      for (let i = 0; i < raw.length; i += 2) {
+        const name = raw[i].toString('latin1')
+        if (!HOP_BY_HOP.has(name.toLowerCase())) out.push(name, raw[i + 1].toString('latin1'))
+      }
+      res.writeHead(status, out)
+      res.on('drain', resume)
+      return true
+    },
+    onData (chunk) { return res.write(chunk) },
+    onComplete () { res.end() },
+    onError () {
+      if (res.headersSent) return res.destroy()
+      res.writeHead(502, { 'content-length': 0 })
+      res.end()
+    },
+  })
+})
+server.listen(port, '127.0.0.1')
+process.on('SIGTERM', () => server.close(() => process.exit(0)))
