@@ -1,6 +1,6 @@
 // The Node floor: the least a proxy on fleetgate's engine does. A bare node:http server hands each request
-// to an undici Pool per backend, round robin, with nothing else: no Fastify, no timeouts, no retries, no
-// metrics, no logging. Bodies stream both ways with backpressure; hop-by-hop headers are dropped and
+// to an undici Pool per backend, round robin, with nothing else: no Fastify, no timeouts of its own, no
+// retries, no metrics, no logging. Bodies stream both ways with backpressure; hop-by-hop headers are dropped and
 // X-Forwarded-For added, as every other proxy here does. What it serves per core on a scenario is about as
 // much as any Node proxy built on node:http and undici can.
 //   node bench/floor.mjs LISTEN_PORT http://127.0.0.1:A,http://127.0.0.1:B,...
@@ -24,10 +24,20 @@ const server = createServer((req, res) => {
   }
   headers.push('x-forwarded-for', req.socket.remoteAddress)
   const bodyless = req.method === 'GET' || req.method === 'HEAD'
+  // A client that leaves takes its request with it, also one still waiting for a connection: sent on
+  // anyway, its answer would pause that connection for a 'drain' that never comes.
   let abort
-  res.on('close', () => { if (!res.writableFinished) abort?.() })
+  let gone = false
+  res.on('close', () => {
+    if (res.writableFinished) return
+    gone = true
+    abort?.()
+  })
   pool.dispatch({ method: req.method, path: req.url, headers, body: bodyless ? null : req }, {
-    onConnect (abortRequest) { abort = abortRequest },
+    onConnect (abortRequest) {
+      if (gone) abortRequest()
+      else abort = abortRequest
+    },
     onHeaders (status, raw, resume) {
       const out = []
       for (let i = 0; i < raw.length; i += 2) {
