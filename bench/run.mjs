@@ -151,7 +151,8 @@ async function main () {
     { id: 'haproxy', kind: 'haproxy' },
     { id: 'nginx', kind: 'nginx' },
     { id: 'peer', kind: 'peer' },
-    { id: 'floor', kind: 'floor' },
+    // The floor bounds fleetgate's engine, so it runs with the node flags fleetgate runs with.
+    { id: 'floor', kind: 'floor', nodeArgs: [...PROXY_NODE_FLAGS] },
     { id: 'fleetgate', kind: 'fleetgate', fleetgateArgs },
   ]
   const labels = {
@@ -240,7 +241,7 @@ async function main () {
     ]),
     '',
     `Method: the proxy under test runs pinned to core ${PROXY_CPU} (\`taskset -c ${PROXY_CPU}\`), single-process (fleetgate as`,
-    `its image starts it, \`node ${PROXY_NODE_FLAGS.join(' ')} dist/cli.js proxy\`; the Node peer and the Node floor with node's defaults);`,
+    `its image starts it, \`node ${PROXY_NODE_FLAGS.join(' ')} dist/cli.js proxy\`; the Node floor with the same node flags; the Node peer with node's defaults);`,
     `wrk (\`-t1\`), the ${config.backend === 'nginx' ? 'NGINX (one process each)' : 'node:http'} backends and this harness share core ${LOAD_CPU}. Every competitor is started fresh per`,
     `scenario; each row is ${config.repeats} run(s) of ${config.durationS} s after a ${config.warmupS} s warm-up, the order of competitors rotating`,
     'between rounds. Cells show the median and (min–max). Ratios are of median req/s. "req/s per proxy core" is req/s',
@@ -378,7 +379,7 @@ function targetsSection (s) {
     const w2 = median(s.workers.runs['fleetgate-w2'].map(r => r.rps))
     rows.push(['scaling 1 → 2 workers (indicative)', `${(w2 / w1).toFixed(2)}×`, 'reported', '—'])
   }
-  return `### Targets, from this run\n\nThe last column is the same figure for the Node floor (node:http and undici with nothing else, \`bench/floor.mjs\`), where it applies: how near any proxy on fleetgate's engine came on this host in this run.\n\n${table(['target', 'measured', '', 'the Node floor'], rows)}\n`
+  return `### Targets, from this run\n\nThe last column is the same figure for the Node floor (node:http and undici with nothing else, \`bench/floor.mjs\`), where it applies: how far a minimal proxy on the same engine got on this host in this run.\n\n${table(['target', 'measured', '', 'the Node floor'], rows)}\n`
 }
 
 main().then(cleanup, async err => {
