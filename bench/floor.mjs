@@ -1,8 +1,8 @@
-// The Node floor: the least a proxy on fleetgate's engine does. A bare node:http server hands each request
-// to an undici Pool per backend, round robin, with nothing else: no Fastify, no timeouts of its own, no
-// retries, no metrics, no logging. Bodies stream both ways with backpressure; hop-by-hop headers are dropped and
-// X-Forwarded-For added, as every other proxy here does. It says how far a minimal proxy on fleetgate's
-// engine gets on the same host in the same run.
+// The Node floor: the least a proxy on fleetgate's engine does. A bare node:http server hands each
+// request to an undici Pool per backend, round robin, with nothing else: no Fastify, no timeouts of its
+// own, no retries, no metrics, no logging. Bodies stream both ways with backpressure; hop-by-hop headers
+// are dropped and X-Forwarded-For added, as every other proxy here does. It says how far a minimal proxy
+// on fleetgate's engine gets on the same host in the same run.
 //   node bench/floor.mjs LISTEN_PORT http://127.0.0.1:A,http://127.0.0.1:B,...
 
 import { createServer } from 'node:http'

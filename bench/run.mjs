@@ -1,6 +1,6 @@
 // The benchmark: fleetgate side by side with HAProxy, NGINX, the Node peer (fastify + @fastify/reply-from),
-// the Node floor (node:http + undici, nothing else) and a direct connection, then fleetgate's own failover and discovery figures. Prints every table and writes
-// bench/results/<date>.md (or <date>-<commit>.md beside an earlier run). Start it with `npm run bench`.
+// the Node floor (node:http + undici, nothing else) and a direct connection, then fleetgate's own failover
+// and discovery figures. Prints every table and writes bench/results/<date>.md (or <date>-<commit>.md beside an earlier run). Start it with `npm run bench`.
 //   node bench/run.mjs [--quick] [--repeats N] [--duration S] [--warmup S] [--backend nginx|node]
 //                      [--scenarios ID,...] [--skip throughput,workers,failover,discovery]
 //                      [--fleetgate-args "ARGS"] [--changes N] [--scale N,N] [--nice=N] [--out FILE]
@@ -151,7 +151,7 @@ async function main () {
     { id: 'haproxy', kind: 'haproxy' },
     { id: 'nginx', kind: 'nginx' },
     { id: 'peer', kind: 'peer' },
-    // The floor bounds fleetgate's engine, so it runs with the node flags fleetgate runs with.
+    // The floor is a minimal proxy on fleetgate's engine: it runs with the node flags fleetgate runs with.
     { id: 'floor', kind: 'floor', nodeArgs: [...PROXY_NODE_FLAGS] },
     { id: 'fleetgate', kind: 'fleetgate', fleetgateArgs },
   ]
