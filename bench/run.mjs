@@ -1,6 +1,7 @@
 // The benchmark: fleetgate side by side with HAProxy, NGINX, the Node peer (fastify + @fastify/reply-from),
 // the Node floor (node:http + undici, nothing else) and a direct connection, then fleetgate's own failover
-// and discovery figures. Prints every table and writes bench/results/<date>.md (or <date>-<commit>.md beside an earlier run). Start it with `npm run bench`.
+// and discovery figures. Prints every table and writes bench/results/<date>.md (or <date>-<commit>.md
+// beside an earlier run). Start it with `npm run bench`.
 //   node bench/run.mjs [--quick] [--repeats N] [--duration S] [--warmup S] [--backend nginx|node]
 //                      [--scenarios ID,...] [--skip throughput,workers,failover,discovery]
 //                      [--fleetgate-args "ARGS"] [--changes N] [--scale N,N] [--nice=N] [--out FILE]
