@@ -4,7 +4,7 @@
 import { readFileSync } from 'node:fs'
 import { availableParallelism } from 'node:os'
 import { parseArgs } from 'node:util'
-import { Type, type Static, type TObject, type TProperties } from '@sinclair/typebox'
+import { KindGuard, Type, type Static, type TObject, type TProperties } from '@sinclair/typebox'
 import { Ajv, type ErrorObject } from 'ajv'
 import { parse as parseYaml } from 'yaml'
 import { FleetgateError } from './errors.ts'
@@ -196,7 +196,7 @@ export function loadConfig<S extends TObject> (schema: S, input: LoadInput): Loa
   // value (null) for 0 and true for 1. It reads text as JavaScript does, which takes "0x10", "1e3",
   // "+3", "3.0" and " 3" for numbers: every number here is a whole one, written in decimal digits.
   const untyped = Object.entries(raw).filter(([key, value]) => key in schema.properties && value !== undefined &&
-    (typeof value === 'string' ? isInteger(schema.properties[key]!) && !/^[0-9]+$/.test(value) : typeof value !== 'number'))
+    (typeof value === 'string' ? KindGuard.IsInteger(schema.properties[key]) && !/^[0-9]+$/.test(value) : typeof value !== 'number'))
   if (untyped.length > 0) {
     throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', untyped.map(([key, value]) =>
       `${where(key, origins)} = ${JSON.stringify(value)}: expected ${(schema.properties[key] as { expected?: string }).expected ?? 'a value'}`).join('; '))
@@ -210,10 +210,6 @@ export function loadConfig<S extends TObject> (schema: S, input: LoadInput): Loa
     throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', `${where('ejectBaseMs', origins)} = ${raw.ejectBaseMs} is above ${where('ejectMaxMs', origins)} = ${raw.ejectMaxMs}: the first ejection cannot be longer than the longest`)
   }
   return { config: Object.freeze(raw) as Readonly<Static<S>>, command, ignored }
-}
-
-function isInteger (property: unknown): boolean {
-  return (property as { type?: unknown }).type === 'integer'
 }
 
 /** The discovery backend a configuration uses: the one named, else static with --static, else ZooKeeper. */
