@@ -4,7 +4,7 @@
 
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { Duplex } from 'node:stream'
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import { Pool, type Endpoint } from '../balancer/pool.ts'
 import type { ProxyConfig } from '../config.ts'
 import { splitHostPort } from '../config.ts'
@@ -162,12 +162,10 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
   // A client connection may stay silent as long as the proxy may wait for it: the idle timeout, or the
   // queue, the connect and the instance's answer. Then it is closed, and its request with it.
   const clientIdleMs = Math.max(options.idleTimeoutMs, options.queueTimeoutMs + options.connectTimeoutMs + options.headersTimeoutMs)
+  // Fastify gets no logger: the route hijacks every request, and the proxy logs what it has to say through
+  // `log`. Given a logger, Fastify listens on every response for its end even with request logging off:
+  // 1.4 KB more allocated per request (`--trace-gc-nvp`), and 2–3 % fewer requests served per core on small ones.
   const app = Fastify({
-    loggerInstance: log.child({ component: 'proxy' }) as FastifyBaseLogger,
-    logController: new LogController({ disableRequestLogging: true }),
-    // No child logger per request: the route logs nothing per request, and a pino child costs more
-    // than the rest of Fastify's request handling together.
-    childLoggerFactory: logger => logger,
     // While draining, requests on open connections are still served, each with `Connection: close`.
     return503OnClosing: false,
     forceCloseConnections: 'idle',
