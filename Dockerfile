@@ -39,5 +39,5 @@ EXPOSE 8080 9901 9902
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 CMD ["node", "/app/healthcheck.mjs"]
 # The proxy's node flags (README: Memory). The agent runs under them too, at no cost worth a second
 # entrypoint: its heap is small.
-ENTRYPOINT ["node", "--no-memory-reducer", "/app/dist/cli.js"]
+ENTRYPOINT ["node", "--no-memory-reducer", "--no-allocation-site-pretenuring", "/app/dist/cli.js"]
 CMD ["proxy"]

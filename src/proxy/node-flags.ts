@@ -1,6 +1,7 @@
-// The node (V8) flags a serving proxy process runs with. They work only on node's command line: V8
-// reads them when it sets up the heap, so v8.setFlagsFromString at start-up is too late. Workers get
-// them from the primary; a single process gets them from whoever starts node (the image does).
+// The node (V8) flags a serving proxy process runs with, given on node's command line. V8 reads the memory
+// reducer's when it sets up the heap, so v8.setFlagsFromString at start-up is too late for it; the other
+// goes the same way, so that one list says what a proxy runs with. Workers get them from the primary; a
+// single process gets them from whoever starts node (the image does).
 
 /**
  * `--no-memory-reducer`: V8's memory reducer shrinks the heap of a process that has gone idle, then
@@ -8,12 +9,18 @@
  * under a fast young one, V8 then ran a full collection after nearly every young one: after half a
  * minute idle, 256 KB responses were served at half the rate. A proxy is meant to stay ready for the
  * next burst, so it keeps the heap it grew instead.
+ *
+ * `--no-allocation-site-pretenuring`: when most objects made at one place in the code outlive a young
+ * collection, V8 makes that place's next objects in the old generation straight away. Under load a
+ * request's objects often outlive one young collection (while a 64 KB body streams, or behind 1,000
+ * connections), but die soon after; made in the old generation, they wait for a full collection instead.
+ * Without it, 64 KB uploads were served 9 % faster per core, at a peak of 150–160 MB instead of 185.
  */
-export const PROXY_NODE_FLAGS: readonly string[] = ['--no-memory-reducer']
+export const PROXY_NODE_FLAGS: readonly string[] = ['--no-memory-reducer', '--no-allocation-site-pretenuring']
 
 /**
  * The proxy's flags whose option `execArgv` (node's own arguments) does not set either way: an operator
- * who starts node with `--memory-reducer` keeps it.
+ * who starts node with `--memory-reducer` or `--allocation-site-pretenuring` keeps it.
  */
 export function missingNodeFlags (execArgv: readonly string[]): string[] {
   const given = new Set(execArgv.map(optionName))

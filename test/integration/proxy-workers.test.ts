@@ -7,6 +7,7 @@ import http from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
+import { PROXY_NODE_FLAGS } from '../../src/proxy/node-flags.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { type FleetgateProcess, get, registerCurator, removeNode, runFleetgate, sample, startBackend, startProxy, zkClient } from '../helpers/fleet.ts'
 import { isAlive, killIfSame, startTimeOf } from '../helpers/reaper.ts'
@@ -112,7 +113,7 @@ t.test('a worker that dies is replaced, and the new one follows later changes', 
   t.equal(served(await proxy.metrics()), 20, 'the dead worker\'s requests stay counted: a counter never goes down')
   // The primary was started without them, and hands them to every worker it forks.
   t.same(nodeArgs(proxy.pid), [], 'the primary runs on node\'s defaults')
-  for (const pid of pids) t.same(nodeArgs(pid), ['--no-memory-reducer'], `worker ${pid} runs with the proxy's node flags`)
+  for (const pid of pids) t.same(nodeArgs(pid), PROXY_NODE_FLAGS, `worker ${pid} runs with the proxy's node flags`)
 
   // Changes after the replacement: each worker applies them to the list it holds.
   await registerCurator(client, { service: 'respawn', id: 'd', port: d!.port })
@@ -169,7 +170,7 @@ t.test('a single process started without the proxy\'s node flags says which are 
   const backend = await startBackend(t, 'single')
   const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, '--workers', '1'])
   const [line] = await proxy.waitForOutput(/.*node runs without the flags a serving proxy wants.*/)
-  t.same(JSON.parse(line).missing, ['--no-memory-reducer'], 'names the flag')
+  t.same(JSON.parse(line).missing, PROXY_NODE_FLAGS, 'names the flags')
   t.equal((await get(proxy.url)).servedBy, 'single', 'and serves all the same')
 })
 
@@ -177,14 +178,16 @@ t.test('an operator who starts node with the option set either way keeps that ch
   const backend = await startBackend(t, 'chosen')
   const target = `http://127.0.0.1:${backend.port}`
   // The line is logged before the port is bound, so it would be in the output by now.
-  const single = await startProxy(t, ['--static', target, '--workers', '1'], {}, ['--no-memory-reducer'])
-  t.notMatch(single.output(), /node runs without/, 'a single process given the flag does not ask for it')
+  const single = await startProxy(t, ['--static', target, '--workers', '1'], {}, [...PROXY_NODE_FLAGS])
+  t.notMatch(single.output(), /node runs without/, 'a single process given the flags does not ask for them')
   t.equal((await get(single.url)).servedBy, 'chosen')
 
   const primary = await startProxy(t, ['--static', target, '--workers', '2'], {}, ['--memory-reducer'])
   const pids = workerPids(primary.pid)
   t.equal(pids.length, 2, 'the workers are up once the primary listens')
-  for (const pid of pids) t.same(nodeArgs(pid), ['--memory-reducer'], `worker ${pid} keeps the operator's --memory-reducer`)
+  for (const pid of pids) {
+    t.same(nodeArgs(pid), ['--memory-reducer', '--no-allocation-site-pretenuring'], `worker ${pid} keeps the operator's --memory-reducer, and gets the other flag`)
+  }
   t.equal((await get(primary.url)).servedBy, 'chosen')
 })
 
