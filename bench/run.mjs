@@ -358,12 +358,18 @@ function targetsSection (s) {
   if (big) {
     const slowest = big.changes.reduce((a, b) => (b.ms > a.ms ? b : a))
     const ms = slowest.ms
-    const reads = median(big.changes.map(c => c.reads))
+    // The ZooKeeper requests of the costlier kind of change, by that kind's median: a create reads the
+    // children list and the new child, a delete only the list.
+    const costliest = (changes) => {
+      const medians = ['create', 'delete'].map(kind => median(changes.filter(c => c.kind === kind).map(c => c.reads))).filter(Number.isFinite)
+      return medians.length > 0 ? Math.max(...medians) : NaN
+    }
+    const reads = costliest(big.changes)
     const small = s.scale.find(r => r.size === 1000)
-    const smallReads = small ? median(small.changes.map(c => c.reads)) : NaN
+    const smallReads = small ? costliest(small.changes) : NaN
     rows.push(['10,000 instances: first membership ≤ 5 s', `${num(big.firstMembershipMs)} ms from spawn (${big.known} instances)`, verdict(big.firstMembershipMs <= 5000 && big.known === 10_000)])
     rows.push(['10,000 instances: one change ≤ 50 ms', `${ms.toFixed(1)} ms (slowest sample, from the call; ZooKeeper's acknowledgement took ${slowest.ackMs} ms of it)`, verdict(ms <= 50)])
-    rows.push(['10,000 instances: one change costs O(1) reads', `${reads} ZooKeeper requests (${smallReads} at 1,000)`, verdict(reads <= 4 && (!Number.isFinite(smallReads) || reads <= smallReads + 1))])
+    rows.push(['10,000 instances: one change costs O(1) reads', `${reads} ZooKeeper requests at most (the median of creates or of deletes${Number.isFinite(smallReads) ? `; ${smallReads} at 1,000` : ''})`, verdict(reads <= 4 && (!Number.isFinite(smallReads) || reads <= smallReads + 1))])
   }
   if (s.failover) {
     const failed = s.failover.reduce((sum, r) => sum + r.killed.socketErrors + r.killed.statusErrors, 0)
