@@ -3,7 +3,7 @@
 
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import { connect, type AddressInfo } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import zookeeper from 'node-zookeeper-client'
 import type { Client } from 'node-zookeeper-client'
@@ -234,4 +234,25 @@ export async function get (url: string, path = '/', method: 'GET' | 'POST' = 'GE
   const body = await res.body.text()
   const servedBy = res.headers['x-served-by']
   return { status: res.statusCode, servedBy: servedBy === undefined ? undefined : String(servedBy), body, headers: res.headers }
+}
+
+/**
+ * Writes raw bytes to the proxy and returns what it answered before closing, or after 5 s.
+ * `closeAfterAnswer`: done once a JSON body has come whole; `until`: done once the answer so far passes.
+ */
+export function raw (url: string, payload: string | Buffer, options: { destroyAfterWrite?: boolean, closeAfterAnswer?: boolean, until?: (answer: string) => boolean } = {}): Promise<string> {
+  const { port } = new URL(url)
+  return new Promise((resolve, reject) => {
+    const socket = connect(Number(port), '127.0.0.1')
+    let answer = ''
+    const timer = setTimeout(() => { socket.destroy(); resolve(answer) }, 5_000)
+    socket.setEncoding('utf8').on('data', (s: string) => {
+      answer += s
+      // A keep-alive answer leaves the connection open.
+      if ((options.closeAfterAnswer && answer.endsWith('}')) || options.until?.(answer)) socket.destroy()
+    })
+    socket.on('close', () => { clearTimeout(timer); resolve(answer) })
+    socket.on('error', err => { clearTimeout(timer); options.destroyAfterWrite ? resolve(answer) : reject(err) })
+    socket.write(payload, () => { if (options.destroyAfterWrite) socket.destroy() })
+  })
 }

@@ -7,25 +7,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
-import { get, runFleetgate, sample, startBackend, startProxy } from '../helpers/fleet.ts'
-
-/** Writes raw bytes and returns what the proxy answered before closing (or after 5 s). */
-function raw (url: string, payload: string | Buffer, options: { destroyAfterWrite?: boolean, closeAfterAnswer?: boolean } = {}): Promise<string> {
-  const { port } = new URL(url)
-  return new Promise((resolve, reject) => {
-    const socket = connect(Number(port), '127.0.0.1')
-    let answer = ''
-    const timer = setTimeout(() => { socket.destroy(); resolve(answer) }, 5_000)
-    socket.setEncoding('utf8').on('data', (s: string) => {
-      answer += s
-      // A keep-alive answer leaves the connection open: done once its JSON body has come whole.
-      if (options.closeAfterAnswer && answer.endsWith('}')) socket.destroy()
-    })
-    socket.on('close', () => { clearTimeout(timer); resolve(answer) })
-    socket.on('error', err => { clearTimeout(timer); options.destroyAfterWrite ? resolve(answer) : reject(err) })
-    socket.write(payload, () => { if (options.destroyAfterWrite) socket.destroy() })
-  })
-}
+import { get, raw, runFleetgate, sample, startBackend, startProxy } from '../helpers/fleet.ts'
 
 t.test('malformed, oversize and aborted requests', async t => {
   const backend = await startBackend(t, 'a')
