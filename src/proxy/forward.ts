@@ -1,7 +1,7 @@
 // Forwarding one request: pick an instance, stream the request to it and its answer back, and retry on
 // a different instance when that is safe (nothing was sent, or an idempotent request got no answer).
 
-import type { IncomingMessage, ServerResponse } from 'node:http'
+import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
 import { errors, type Dispatcher } from 'undici'
 import type { Endpoint, Pool } from '../balancer/pool.ts'
@@ -94,6 +94,8 @@ const CONNECT_FAILURES = new Set([
 /** The connection broke before any answer: the instance may have started work. */
 const RESETS = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED'])
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE'])
+/** What Node rejects in a reason phrase: undici reads it as UTF-8, and an instance may send any bytes. */
+const INVALID_REASON = /[^\t\x20-\x7e\x80-\xff]/
 
 /**
  * One client request, through as many tries as it takes. A handler of undici's core dispatch
@@ -251,6 +253,8 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     // Should the head not pass Node's checks, this throws before anything reached the client: undici
     // aborts the request and onError answers 502.
     const headers = clientResponseHeaders(rawHeaders)
+    // A reason phrase Node would not write (`404 中文`) is replaced by the standard one, as Envoy does.
+    if (INVALID_REASON.test(statusText)) statusText = STATUS_CODES[statusCode] ?? ''
     if (this.#res.getHeaderNames().length === 0) {
       this.#res.writeHead(statusCode, statusText, headers)
     } else {
@@ -296,8 +300,11 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
 
   onError (error: Error): void {
     const endpoint = this.#endpoint!
-    this.#endAttempt()
     const code = (error as NodeJS.ErrnoException).code ?? ''
+    // A 304 may carry the Content-Length its full answer would have (RFC 9110 8.6), and has no body;
+    // undici takes that for a body cut short. The answer is whole.
+    if (code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH' && this.#responded && this.#res.statusCode === 304) return this.onComplete()
+    this.#endAttempt()
     if (code === 'UND_ERR_INVALID_ARG') {
       // A request Node parsed but undici will not send (a second Host, `OPTIONS *`, an absolute target
       // with an upper-case scheme): the client's fault, not the instance's, and no other would take it.
@@ -413,7 +420,8 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     if (extraHeaders?.connection === 'close') closeAfterAnswer(this.#req.socket)
     if (!this.#clientGone && !this.#res.headersSent) {
       const body = JSON.stringify({ error: code, message: ERRORS[code].message, service: this.#ctx.service })
-      this.#res.writeHead(statusCode, {
+      // The reason is given: a rejected one from the instance's answer would otherwise still be set.
+      this.#res.writeHead(statusCode, STATUS_CODES[statusCode], {
         'content-type': 'application/json; charset=utf-8',
         'content-length': Buffer.byteLength(body),
         'cache-control': 'no-store',

@@ -58,6 +58,7 @@ export function upstreamRequestHeaders (req: IncomingMessage, keepUpgrade = fals
   const authority = absoluteTarget(req.url)?.host
   const out: string[] = []
   let forwardedFor: string | undefined
+  let sentHost = false
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!
     const lower = name.toLowerCase()
@@ -70,8 +71,15 @@ export function upstreamRequestHeaders (req: IncomingMessage, keepUpgrade = fals
       continue
     }
     if (HOP_BY_HOP.has(lower) || (dropped !== undefined && dropped.has(lower))) continue
-    out.push(name, authority !== undefined && lower === 'host' ? authority : raw[i + 1]!)
+    if (authority !== undefined && lower === 'host') {
+      sentHost = true
+      out.push(name, authority)
+      continue
+    }
+    out.push(name, raw[i + 1]!)
   }
+  // An HTTP/1.0 client may send an absolute-form target without Host: the instance still gets the authority.
+  if (authority !== undefined && !sentHost) out.push('host', authority)
   const client = req.socket.remoteAddress ?? ''
   out.push(
     'x-forwarded-for', forwardedFor ? `${forwardedFor}, ${client}` : client,

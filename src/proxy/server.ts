@@ -2,7 +2,7 @@
 // plus WebSocket upgrades, the admin listener and a graceful shutdown. createProxy() wires a source to
 // all of it and never listens until asked, so tests can build many.
 
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
+import { createServer, METHODS, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { Duplex } from 'node:stream'
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import { Pool, type Endpoint } from '../balancer/pool.ts'
@@ -18,7 +18,7 @@ import { InstanceMetrics } from './instance-metrics.ts'
 import { WaitQueue } from './queue.ts'
 import { renderStatusPage } from './status-page.ts'
 import { reportTraffic, type ReportedCollectors, type TrafficReport } from './traffic-report.ts'
-import { proxyUpgrade, type UpgradeContext } from './upgrade.ts'
+import { offersOnlyH2c, proxyUpgrade, refuse, serveWithoutUpgrade, type UpgradeContext } from './upgrade.ts'
 import { Upstreams } from './upstreams.ts'
 
 export type ProxyOptions = Pick<ProxyConfig,
@@ -187,12 +187,16 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
       return server
     },
   })
-  app.removeAllContentTypeParsers()
-  // Bodies are never parsed: the route streams the raw request on.
-  app.addContentTypeParser('*', (_req, _payload, done) => done(null))
+  // Every method Node parses is routed (WebDAV's PROPFIND, PURGE, QUERY: the instance's business), and
+  // as bodyless: Fastify then never looks at a body, which the route streams on raw. A body method's
+  // Content-Type would be judged first (`Content-Type: text` got a 415).
+  for (const method of METHODS) if (method !== 'CONNECT') app.addHttpMethod(method, { hasBody: false, overrideExisting: true })
   function proxyRequest (request: FastifyRequest, reply: FastifyReply): void {
     reply.hijack()
     if (closing) reply.raw.setHeader('connection', 'close')
+    // Node answers an HTTP/1.0 client that sent `TE: chunked` in chunks, which only HTTP/1.1 may get
+    // (RFC 9112 6.1): a body of unknown length is then delimited by closing the connection.
+    if (request.raw.httpVersionMinor === 0) reply.raw.useChunkedEncodingByDefault = false
     new Exchange(forward, request.raw, reply.raw as ServerResponse).start()
     // Once it has started: a request pipelined behind it will get no answer, and is not sent either.
     if (closing) closeAfterAnswer(request.raw.socket)
@@ -201,7 +205,17 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
   app.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     // An upgrade pipelined behind an answer that closes the connection would never be answered either.
     if (closing || closesAfterAnswer(req.socket)) return socket.destroy()
+    // HTTP/2 over cleartext (`curl --http2 http://…`) is not tunnelled, which would send every request of
+    // the connection to one instance: as Envoy does, the request is served as HTTP/1.1.
+    if (offersOnlyH2c(req)) return serveWithoutUpgrade(app.server, req, socket, head)
     proxyUpgrade(upgrades, req, socket, head)
+  })
+  // A tunnel (CONNECT) is not a request the proxy forwards: 400, rather than the bare close Node gives
+  // it without a listener.
+  app.server.on('connect', (_req: IncomingMessage, socket: Duplex) => {
+    socket.on('error', () => socket.destroy())
+    refuse(socket, 'FLEETGATE_ERR_BAD_REQUEST', service)
+    instanceMetrics.finished(undefined, 'CONNECT', 400, 0)
   })
 
   const status = (): ProxyStatus => {

@@ -1,7 +1,7 @@
 // WebSocket (and any HTTP/1.1 Upgrade) proxying: after the handshake the bytes are the instance's and
 // the client's, so the proxy writes the request head itself and splices the two sockets.
 
-import type { IncomingMessage } from 'node:http'
+import type { IncomingMessage, Server } from 'node:http'
 import { connect, type Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import type { Endpoint, Pool } from '../balancer/pool.ts'
@@ -104,6 +104,39 @@ export function proxyUpgrade (ctx: UpgradeContext, req: IncomingMessage, client:
   attempt()
 }
 
+/** Whether an upgrade asks for nothing but HTTP/2 over cleartext (`Upgrade: h2c`). */
+export function offersOnlyH2c (req: IncomingMessage): boolean {
+  const upgrade = req.headers.upgrade
+  return upgrade !== undefined && upgrade.split(',').every(protocol => protocol.trim().toLowerCase() === 'h2c')
+}
+
+/**
+ * Hands an upgrade request back to the HTTP server as a plain one: its head again, without Upgrade,
+ * HTTP2-Settings and their Connection tokens, then what came behind it (its body, further requests).
+ * Node parses it all afresh, so the request is served and the connection kept like any other
+ * (RFC 9110 7.8: a server may ignore an upgrade).
+ */
+export function serveWithoutUpgrade (server: Server, req: IncomingMessage, socket: Duplex, head: Buffer): void {
+  const raw = req.rawHeaders
+  let text = `${req.method} ${req.url} HTTP/${req.httpVersion}\r\n`
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!
+    const lower = name.toLowerCase()
+    if (lower === 'upgrade' || lower === 'http2-settings') continue
+    if (lower === 'connection') {
+      const kept = raw[i + 1]!.split(',').map(token => token.trim()).filter(token => token !== '' && !UPGRADE_TOKENS.has(token.toLowerCase()))
+      if (kept.length > 0) text += `${name}: ${kept.join(', ')}\r\n`
+      continue
+    }
+    text += `${name}: ${raw[i + 1]}\r\n`
+  }
+  // Header strings are latin1, as Node read them: written back so, they are the bytes that came.
+  socket.unshift(Buffer.concat([Buffer.from(`${text}\r\n`, 'latin1'), head]))
+  server.emit('connection', socket)
+}
+
+const UPGRADE_TOKENS = new Set(['upgrade', 'http2-settings'])
+
 function requestHead (req: IncomingMessage): string {
   const headers = upstreamRequestHeaders(req, true)
   let head = `${req.method} ${originForm(req.url)} HTTP/1.1\r\n`
@@ -200,7 +233,7 @@ function statusOf (first: Buffer): number {
  * Answers the error and closes the connection once the answer is out. Closed, not only ended: what the
  * client sent behind its handshake is never read, so its side would never end by itself.
  */
-function refuse (client: Duplex, code: ErrorCode, service: string): void {
+export function refuse (client: Duplex, code: ErrorCode, service: string): void {
   if (client.destroyed) return
   const { statusCode, message } = ERRORS[code]
   const body = JSON.stringify({ error: code, message, service })

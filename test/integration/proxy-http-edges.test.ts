@@ -1,0 +1,146 @@
+// End to end: requests and answers at the edges of HTTP/1.1 that a proxy must pass on, or answer, as
+// HAProxy and Envoy do: any method and Content-Type, odd answers from an instance, HTTP/1.0 clients,
+// CONNECT, and HTTP/2 upgrades over cleartext.
+
+import type { IncomingMessage } from 'node:http'
+import t, { type Test } from 'tap'
+import { eventually } from '../helpers/eventually.ts'
+import { get, raw, sample, startBackend, startProxy, type Backend } from '../helpers/fleet.ts'
+
+interface Seen { method: string, url: string, headers: IncomingMessage['headers'], body: string }
+
+/** A backend that records every request it reads whole, and answers `ok`. */
+async function recordingBackend (t: Test): Promise<{ backend: Backend, seen: Seen[] }> {
+  const backend = await startBackend(t, 'edge')
+  const seen: Seen[] = []
+  backend.handle((req, res) => {
+    const chunks: Buffer[] = []
+    req.on('data', (c: Buffer) => chunks.push(c))
+    req.on('end', () => {
+      seen.push({ method: req.method!, url: req.url!, headers: req.headers, body: Buffer.concat(chunks).toString() })
+      res.end('ok')
+    })
+  })
+  return { backend, seen }
+}
+
+/** Whether a raw answer holds a whole `ok` body after its head. */
+const answeredOk = (answer: string): boolean => /\r\n\r\nok$/.test(answer)
+
+t.test('every method and any Content-Type reach the instance as sent', async t => {
+  const { backend, seen } = await recordingBackend(t)
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`])
+  await eventually(() => proxy.ready())
+  const requests = [
+    ['PROPFIND /dav/ HTTP/1.1', 'Depth: 1', 'PROPFIND', ''],
+    ['PURGE /cache/x HTTP/1.1', '', 'PURGE', ''],
+    ['QUERY /search HTTP/1.1', 'Content-Length: 5', 'QUERY', 'q=abc'],
+    ['POST /api/upload HTTP/1.1', 'Content-Type: text\r\nContent-Length: 5', 'POST', 'hello'],
+    ['POST /api/upload HTTP/1.1', 'Content-Type: \r\nContent-Length: 5', 'POST', 'hello'],
+    ['PUT /api/x HTTP/1.1', 'Content-Type: application/x-unheard-of\r\nContent-Length: 2', 'PUT', '{}'],
+  ] as const
+  for (const [line, headers, method, body] of requests) {
+    const answer = await raw(proxy.url, `${line}\r\nHost: x\r\n${headers ? `${headers}\r\n` : ''}\r\n${body}`, { until: answeredOk })
+    t.match(answer, /^HTTP\/1\.1 200 /, `${line} [${headers}]: the instance's answer`)
+    t.match(seen.at(-1), { method, url: line.split(' ')[1], body }, `${line}: reached the instance with its body`)
+  }
+  t.equal(seen.length, requests.length, 'each once')
+})
+
+t.test('a reason phrase Node would not write is replaced by the standard one, and the answer passes', async t => {
+  const backend = await startBackend(t, 'utf8-reason')
+  backend.handle(req => {
+    req.resume()
+    // As UTF-8 bytes, which undici reads as such: "404 中文".
+    req.on('end', () => req.socket.end(Buffer.from('HTTP/1.1 404 \xe4\xb8\xad\xe6\x96\x87\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno', 'latin1')))
+  })
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`])
+  await eventually(() => proxy.ready())
+  const answer = await raw(proxy.url, 'GET /x HTTP/1.1\r\nHost: x\r\n\r\n', { until: a => a.endsWith('\r\n\r\nno') })
+  t.match(answer, /^HTTP\/1\.1 404 Not Found\r\n[^]*\r\n\r\nno$/, 'the status and body, with the standard reason')
+  const metrics = await proxy.metrics()
+  t.equal(sample(metrics, 'fleetgate_requests_total', { code: '404' }), 1, 'counted as the 404 it was')
+  t.equal(sample(metrics, 'fleetgate_in_flight_requests'), 0, 'and finished')
+})
+
+t.test('a 304 that carries its Content-Length is passed on, and the connection kept', async t => {
+  const backend = await startBackend(t, 'etag')
+  backend.handle((req, res) => {
+    req.resume()
+    req.on('end', () => {
+      if (req.headers['if-none-match'] === '"v1"') {
+        // RFC 9110 8.6: the length the full answer would have; a 304 never has a body.
+        res.writeHead(304, { etag: '"v1"', 'content-length': 1234 })
+        return res.end()
+      }
+      res.end('ok')
+    })
+  })
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`])
+  await eventually(() => proxy.ready())
+  const answer = await raw(proxy.url, 'GET /chart HTTP/1.1\r\nHost: x\r\nIf-None-Match: "v1"\r\n\r\nGET /next HTTP/1.1\r\nHost: x\r\n\r\n', { until: answeredOk })
+  t.match(answer, /^HTTP\/1\.1 304 Not Modified\r\n[^]*content-length: 1234\r\n[^]*\r\n\r\nHTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nok$/i, 'the 304 with its length, then the next answer on the same connection')
+  const metrics = await proxy.metrics()
+  t.equal(sample(metrics, 'fleetgate_requests_total', { code: '304' }), 1, 'counted as a 304')
+  t.equal(sample(metrics, 'fleetgate_responses_cut_off_total'), 0, 'not as an answer cut off')
+})
+
+t.test('an HTTP/1.0 client gets no chunked answer, even one that asks for it', async t => {
+  const backend = await startBackend(t, 'unsized')
+  backend.handle((req, res) => {
+    req.resume()
+    // No Content-Length: chunked to HTTP/1.1 clients, delimited by the close to HTTP/1.0 ones.
+    req.on('end', () => { res.write('hel'); res.end('lo') })
+  })
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`])
+  await eventually(() => proxy.ready())
+  for (const te of ['', 'TE: chunked\r\n']) {
+    const answer = await raw(proxy.url, `GET /export HTTP/1.0\r\n${te}\r\n`)
+    t.match(answer, /^HTTP\/1\.1 200 /, `${te.trim() || 'no TE'}: answered`)
+    t.notMatch(answer, /transfer-encoding/i, `${te.trim() || 'no TE'}: not chunked (RFC 9112 6.1)`)
+    t.match(answer, /\r\n\r\nhello$/, `${te.trim() || 'no TE'}: the body whole, ended by the close`)
+  }
+  const chunked = await raw(proxy.url, 'GET /export HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
+  t.match(chunked, /transfer-encoding: chunked/i, 'an HTTP/1.1 client still gets chunks')
+})
+
+t.test('an absolute-form target without Host gives the instance its authority as Host', async t => {
+  const { backend, seen } = await recordingBackend(t)
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`])
+  await eventually(() => proxy.ready())
+  const answer = await raw(proxy.url, 'GET http://superset.example/login/ HTTP/1.0\r\n\r\n')
+  t.match(answer, /^HTTP\/1\.1 200 [^]*\r\n\r\nok$/)
+  t.match(seen.at(-1), { url: '/login/', headers: { host: 'superset.example', 'x-forwarded-host': 'superset.example' } })
+})
+
+t.test('CONNECT gets 400 and a closed connection, counted as answered by no instance', async t => {
+  const { backend, seen } = await recordingBackend(t)
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`])
+  await eventually(() => proxy.ready())
+  const answer = await raw(proxy.url, 'CONNECT db.internal:5432 HTTP/1.1\r\nHost: db.internal:5432\r\n\r\n')
+  t.match(answer, /^HTTP\/1\.1 400 [^]*connection: close[^]*"error":"FLEETGATE_ERR_BAD_REQUEST"/i, 'a 400, and the close (the 5 s limit was not needed)')
+  t.equal(seen.length, 0, 'nothing reached the instance')
+  t.equal(sample(await proxy.metrics(), 'fleetgate_requests_total', { instance: 'none', method: 'CONNECT', code: '400' }), 1)
+  t.equal((await get(proxy.url, '/after')).status, 200, 'still serving')
+})
+
+t.test('an upgrade to HTTP/2 over cleartext is served as HTTP/1.1, body and keep-alive included', async t => {
+  const { backend, seen } = await recordingBackend(t)
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, '--headers-timeout-ms', '3000'])
+  await eventually(() => proxy.ready())
+  // As `curl --http2 http://…` sends it, with a second request behind it on the same connection.
+  const upload = 'POST /api/v1/chart/data HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n' +
+    'HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\nContent-Type: application/json\r\nContent-Length: 9\r\n\r\n{"a":"b"}' +
+    'GET /next HTTP/1.1\r\nHost: x\r\n\r\n'
+  const startedAt = Date.now()
+  const answer = await raw(proxy.url, upload, { until: a => (a.match(/\r\n\r\nok/g) ?? []).length === 2 })
+  t.match(answer, /^HTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nokHTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nok$/, 'both answered, one after the other')
+  t.ok(Date.now() - startedAt < 2_500, 'at once, not after a headers timeout')
+  // Pipelined, the two go to the instance side by side: the GET may arrive first.
+  t.equal(seen.length, 2, 'both reached the instance')
+  const post = seen.find(s => s.method === 'POST')
+  t.match(post, { url: '/api/v1/chart/data', body: '{"a":"b"}' }, 'the upload with its body')
+  t.notOk(post === undefined || 'upgrade' in post.headers || 'http2-settings' in post.headers, 'without the upgrade')
+  t.match(seen.find(s => s.method === 'GET'), { url: '/next' })
+  t.equal(sample(await proxy.metrics(), 'fleetgate_requests_total', { code: '200' }), 2, 'counted as two requests')
+})
