@@ -22,8 +22,15 @@ const FORWARDED = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-
  * (RFC 9112 3.2.2), so the proxy and the instance agree on which host was asked for.
  */
 export function originForm (url: string | undefined): string {
-  const absolute = absoluteTarget(url)
-  return absolute ? absolute.pathname + absolute.search : url ?? '/'
+  if (url === undefined) return '/'
+  if (absoluteTarget(url) === undefined) return url
+  // The path and query as they came, as those of an origin-form target go: URL's own would resolve dot
+  // segments, turn backslashes into slashes and percent-encode what the client did not.
+  let end = url.indexOf('//') + 2
+  while (end < url.length && url[end] !== '/' && url[end] !== '?' && url[end] !== '#') end++
+  const hash = url.indexOf('#', end)
+  const rest = hash < 0 ? url.slice(end) : url.slice(end, hash)
+  return rest.startsWith('/') ? rest : `/${rest}`
 }
 
 /** The URL of an absolute-form http(s) target; undefined for anything else (`*`, a path). */

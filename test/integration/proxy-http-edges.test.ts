@@ -111,6 +111,11 @@ t.test('an absolute-form target without Host gives the instance its authority as
   const answer = await raw(proxy.url, 'GET http://superset.example/login/ HTTP/1.0\r\n\r\n')
   t.match(answer, /^HTTP\/1\.1 200 [^]*\r\n\r\nok$/)
   t.match(seen.at(-1), { url: '/login/', headers: { host: 'superset.example', 'x-forwarded-host': 'superset.example' } })
+  // Its path goes on as it came, as an origin-form one does: dot segments, backslashes and all.
+  for (const [target, path] of [['http://superset.example/x/../admin\\y?q={1}', '/x/../admin\\y?q={1}'], ['http://superset.example?x=/y', '/?x=/y'], ['http://superset.example:8088', '/']]) {
+    await raw(proxy.url, `GET ${target} HTTP/1.1\r\nHost: other\r\nConnection: close\r\n\r\n`)
+    t.equal(seen.at(-1)?.url, path, `${target}: ${path}`)
+  }
 })
 
 t.test('CONNECT gets 400 and a closed connection, counted as answered by no instance', async t => {
