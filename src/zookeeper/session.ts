@@ -34,6 +34,72 @@ function socketOf (client: Client): { destroy (): void } | undefined {
   return (client as unknown as { connectionManager?: { socket?: { destroy (): void } } }).connectionManager?.socket
 }
 
+/** One SetWatches packet's budget of watched paths: the Java client's (ZOOKEEPER-706). */
+const SET_WATCHES_MAX_BYTES = 128 * 1024
+/** ZooKeeper's opcode for SetWatches. */
+const OP_SET_WATCHES = 101
+
+/** node-zookeeper-client's connection manager, as far as batchSetWatches() uses it (not part of its API). */
+interface ConnectionManager {
+  chrootPath?: string
+  onSocketConnected (): void
+  queue (request: JuteRequest, callback?: (err: unknown) => void): void
+}
+interface JuteRequest {
+  readonly header: { readonly type: number } | null
+  readonly payload: unknown
+}
+type SetWatches = Record<'dataWatches' | 'existWatches' | 'childWatches', string[]>
+
+/**
+ * node-zookeeper-client sends every watch it holds in one SetWatches packet when it reconnects within a
+ * session. Past the server's jute.maxbuffer (1 MB by default: about 17,800 watched children with UUID
+ * names) the server drops the connection, and the client reconnects at once and sends it again, for
+ * ever. This client sends them as the Java client does: in packets of at most 128 KB of paths.
+ */
+export function batchSetWatches (client: Client): void {
+  const manager = (client as unknown as { connectionManager: ConnectionManager }).connectionManager
+  const onSocketConnected = manager.onSocketConnected
+  manager.onSocketConnected = function (this: ConnectionManager): void {
+    const queue = this.queue
+    this.queue = (request, callback) => {
+      if (request.header?.type !== OP_SET_WATCHES) return queue.call(this, request, callback)
+      for (const part of splitSetWatches(request.payload as SetWatches, this.chrootPath ?? '')) {
+        queue.call(this, Object.assign(Object.create(Object.getPrototypeOf(request)) as JuteRequest, request, { header: clone(request.header), payload: part }), callback)
+      }
+    }
+    try {
+      onSocketConnected.call(this)
+    } finally {
+      delete (this as Partial<ConnectionManager>).queue
+    }
+  }
+}
+
+function * splitSetWatches (payload: SetWatches, chroot: string): Generator<SetWatches> {
+  const empty = (): SetWatches => Object.assign(clone(payload), { dataWatches: [], existWatches: [], childWatches: [] })
+  let part = empty()
+  let bytes = 0
+  for (const kind of ['dataWatches', 'existWatches', 'childWatches'] as const) {
+    for (const path of payload[kind]) {
+      const size = 4 + Buffer.byteLength(chroot) + Buffer.byteLength(path)
+      if (bytes > 0 && bytes + size > SET_WATCHES_MAX_BYTES) {
+        yield part
+        part = empty()
+        bytes = 0
+      }
+      part[kind].push(path)
+      bytes += size
+    }
+  }
+  yield part
+}
+
+/** A shallow copy with the same prototype: a jute record's methods come with it. */
+function clone<T extends object> (value: T): T {
+  return Object.assign(Object.create(Object.getPrototypeOf(value)) as T, value)
+}
+
 export class ZooKeeperSession {
   readonly #options: ZooKeeperSessionOptions
   readonly #log: Logger
@@ -127,6 +193,7 @@ export class ZooKeeperSession {
       spinDelay: Math.min(MAX_SPIN_DELAY_MS, 200 * 2 ** this.#failedBuilds),
       retries: 0,
     })
+    batchSetWatches(client)
     this.#client = client
     this.#connected = false
     this.#sessionId = ''

@@ -53,6 +53,8 @@ export interface StartZooKeeperOptions {
   minSessionTimeoutMs?: number
   /** Default 10 000 ms. */
   maxSessionTimeoutMs?: number
+  /** More JVM flags for the server, e.g. `-Djute.maxbuffer=262144`. */
+  javaOptions?: string[]
 }
 
 /** A TCP port that was free a moment ago (bind 127.0.0.1:0, read the port, close). */
@@ -157,6 +159,7 @@ export async function startZooKeeper(opts: StartZooKeeperOptions = {}): Promise<
           '-Dzookeeper.nio.numSelectorThreads=1',
           '-Dzookeeper.nio.numWorkerThreads=0',
           // Extra JVM flags for debugging, e.g. -Dorg.slf4j.simpleLogger.defaultLogLevel=debug
+          ...(opts.javaOptions ?? []),
           ...(process.env.FLEETGATE_TEST_ZK_JAVA_OPTS ?? '').split(/\s+/).filter(Boolean),
           '-cp',
           `${ZOOKEEPER_JAR}:${SLF4J_JAR}`,

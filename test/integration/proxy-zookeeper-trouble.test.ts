@@ -5,6 +5,7 @@ import t from 'tap'
 import { expiredSessions } from '../helpers/agent.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { createChild, curatorData, get, loadLoop, registerCurator, removeNode, sample, startBackend, startProxy, zkClient } from '../helpers/fleet.ts'
+import { startRelay } from '../helpers/tcp-relay.ts'
 import { startZooKeeper } from '../helpers/zookeeper.ts'
 
 t.test('ZooKeeper stopped for 10 s under traffic: every request succeeds on the last membership', async t => {
@@ -127,3 +128,33 @@ function connectionsTo (pid: number, port: number): number {
   }
   return count
 }
+
+t.test('a reconnect with more watches than one ZooKeeper packet holds keeps the session and resyncs', async t => {
+  // 3,000 children with 100-character names: about 350 KB of watched paths, over a server limit of 256 KB
+  // (jute.maxbuffer; 1 MB by default, which about 17,800 UUID-named children exceed).
+  const server = await startZooKeeper({ javaOptions: ['-Djute.maxbuffer=262144'] })
+  t.teardown(() => server.close())
+  const relay = await startRelay(server.port)
+  t.teardown(() => relay.close())
+  const writer = await zkClient(t, server.connectString, 30_000)
+  const name = (i: number): string => `instance-${String(i).padStart(5, '0')}-`.padEnd(100, 'x')
+  await createChild(writer, '/services/big', name(0), curatorData({ service: 'big', id: name(0), port: 20_000 }), false)
+  for (let from = 1; from < 3_000; from += 500) {
+    await Promise.all(Array.from({ length: Math.min(500, 3_000 - from) }, (_, k) => createChild(writer, '/services/big', name(from + k), curatorData({ service: 'big', id: name(from + k), port: 20_000 + from + k }), false)))
+  }
+  const proxy = await startProxy(t, ['--zookeeper', `127.0.0.1:${relay.port}`, '--service', 'big', '--session-timeout-ms', '8000'])
+  await eventually(async () => (await proxy.status()).instances.length === 3_000, { timeoutMs: 30_000, intervalMs: 200 })
+
+  // Cut off briefly: the client reconnects within its session and sends its watches again.
+  await relay.down()
+  await relay.up()
+  await removeNode(writer, `/services/big/${name(0)}`)
+  await eventually(async () => {
+    const status = await proxy.status()
+    return !status.source.stale && status.instances.length === 2_999
+  }, { timeoutMs: 15_000, intervalMs: 200, message: 'fresh again, and the removal followed' })
+  t.equal(sample(await proxy.metrics(), 'fleetgate_zookeeper_session_expirations_total'), 0, 'on the same session')
+  const reconnects = proxy.output().split('\n').filter(line => line.includes('"zookeeper connected"')).length
+  t.ok(reconnects <= 3, `connected ${reconnects} times: the first connect and the reconnect, not a loop`)
+  t.notMatch(server.logTail(200), /Len error/, 'no packet over the server\'s limit')
+})
