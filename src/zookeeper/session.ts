@@ -109,8 +109,13 @@ export class ZooKeeperSession {
   #sessionId = ''
   /** The timeout the server granted the current session (it clamps the one asked for), 0 before one. */
   #grantedTimeoutMs = 0
-  /** When the current client was built or last lost its connection: the start of the connect deadline. */
+  /**
+   * Since when the client has had no connection that worked: when it was built, or lost a connection on
+   * which the server had answered a request. The start of the connect deadline.
+   */
   #waitingSinceMs = 0
+  /** Whether the server answered a request on the current connection. A handshake alone is no proof. */
+  #answered = false
   /** Clients in a row that never got a session: the back-off between connect attempts grows with it. */
   #failedBuilds = 0
   #probeSentAtMs: number | undefined
@@ -217,9 +222,11 @@ export class ZooKeeperSession {
       this.#grantedTimeoutMs = client.getSessionTimeout()
       this.#armWatchdog()
       this.#failedBuilds = 0
-      this.#probeSentAtMs = undefined
+      this.#answered = false
       this.#log.info({ sessionId, newSession, timeoutMs: this.#grantedTimeoutMs }, 'zookeeper connected')
       this.#emit({ type: 'connected', client, newSession })
+      // Proof that the connection works, or its loss, comes at once.
+      this.#probe(client)
     } else if (state === State.DISCONNECTED) {
       this.#lost()
     } else if (state === State.EXPIRED) {
@@ -233,7 +240,9 @@ export class ZooKeeperSession {
   #lost (): void {
     if (!this.#connected) return
     this.#connected = false
-    this.#waitingSinceMs = performance.now()
+    // A server that drops every connection after the handshake (one packet over its limit, say) would
+    // otherwise restart the deadline at each drop, and the client would never be rebuilt.
+    if (this.#answered) this.#waitingSinceMs = performance.now()
     this.#log.warn('zookeeper disconnected')
     this.#emit({ type: 'disconnected' })
   }
@@ -283,11 +292,18 @@ export class ZooKeeperSession {
       }
       return
     }
+    this.#probe(client)
+  }
+
+  #probe (client: Client): void {
     const generation = this.#generation
-    this.#probeSentAtMs = now
-    client.exists('/', (_err: unknown, _stat: Stat) => {
-      // Any answer, even an error, proves the server is alive.
-      if (generation === this.#generation) this.#probeSentAtMs = undefined
+    this.#probeSentAtMs = performance.now()
+    client.exists('/', (err: unknown, _stat: Stat) => {
+      if (generation !== this.#generation) return
+      this.#probeSentAtMs = undefined
+      // Any answer from the server, even an error, proves it alive; a lost connection fails the probe here.
+      const code = zkErrorCode(err)
+      if (code !== zookeeper.Exception.CONNECTION_LOSS && code !== zookeeper.Exception.SESSION_EXPIRED) this.#answered = true
     })
   }
 

@@ -1,6 +1,7 @@
 // End to end: ZooKeeper outages, hung servers, expired sessions and a late ZooKeeper never empty the pool.
 
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs'
+import { connect as connectTcp, createServer, type AddressInfo, type Socket } from 'node:net'
 import t from 'tap'
 import { expiredSessions } from '../helpers/agent.ts'
 import { eventually } from '../helpers/eventually.ts'
@@ -157,4 +158,44 @@ t.test('a reconnect with more watches than one ZooKeeper packet holds keeps the 
   const reconnects = proxy.output().split('\n').filter(line => line.includes('"zookeeper connected"')).length
   t.ok(reconnects <= 3, `connected ${reconnects} times: the first connect and the reconnect, not a loop`)
   t.notMatch(server.logTail(200), /Len error/, 'no packet over the server\'s limit')
+})
+
+t.test('a server that drops every connection right after its handshake gets the client rebuilt after the session timeout', async t => {
+  const server = await startZooKeeper()
+  t.teardown(() => server.close())
+  const writer = await zkClient(t, server.connectString, 30_000)
+  await registerCurator(writer, { service: 'flaky', id: 'a', port: 20_001 })
+  // In front of ZooKeeper: while `dropping`, a connection gets the server's handshake answer, then is closed.
+  let dropping = false
+  const connections = new Set<Socket>()
+  const relay = createServer(client => {
+    const upstream = connectTcp(server.port, '127.0.0.1')
+    for (const socket of [client, upstream]) {
+      connections.add(socket)
+      socket.once('close', () => { connections.delete(socket); client.destroy(); upstream.destroy() })
+      socket.on('error', () => socket.destroy())
+    }
+    client.pipe(upstream)
+    upstream.on('data', (chunk: Buffer) => {
+      client.write(chunk)
+      if (dropping) client.end(() => upstream.destroy())
+    })
+  })
+  await new Promise<void>(resolve => relay.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { relay.close(); for (const socket of connections) socket.destroy() })
+  const proxy = await startProxy(t, ['--zookeeper', `127.0.0.1:${(relay.address() as AddressInfo).port}`, '--service', 'flaky', '--session-timeout-ms', '3000'])
+  await eventually(async () => (await proxy.status()).instances.length === 1)
+
+  dropping = true
+  for (const socket of connections) socket.destroy()
+  await eventually(() => proxy.output().split('\n').filter(line => line.includes('"zookeeper connected"')).length >= 3, { message: 'reconnects, each dropped' })
+  await eventually(async () => sample(await proxy.metrics(), 'fleetgate_zookeeper_session_expirations_total') >= 1, { timeoutMs: 10_000, intervalMs: 200, message: 'the client rebuilt once the session timeout passed with no connection that worked' })
+  t.equal((await proxy.status()).instances.length, 1, 'the membership kept meanwhile')
+
+  dropping = false
+  await registerCurator(writer, { service: 'flaky', id: 'b', port: 20_002 })
+  await eventually(async () => {
+    const status = await proxy.status()
+    return !status.source.stale && status.instances.length === 2
+  }, { timeoutMs: 15_000, intervalMs: 200, message: 'fresh again once connections hold, and the change followed' })
 })
