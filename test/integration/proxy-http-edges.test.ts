@@ -5,7 +5,7 @@
 import type { IncomingMessage } from 'node:http'
 import t, { type Test } from 'tap'
 import { eventually } from '../helpers/eventually.ts'
-import { get, raw, sample, startBackend, startProxy, type Backend } from '../helpers/fleet.ts'
+import { get, raw, sample, startBackend, startProxy, type Backend, type ProxyProcess } from '../helpers/fleet.ts'
 
 interface Seen { method: string, url: string, headers: IncomingMessage['headers'], body: string }
 
@@ -24,13 +24,19 @@ async function recordingBackend (t: Test): Promise<{ backend: Backend, seen: See
   return { backend, seen }
 }
 
+/** A ready proxy in front of `backend` alone. */
+async function proxyTo (t: Test, backend: Backend, ...args: string[]): Promise<ProxyProcess> {
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, ...args])
+  await eventually(() => proxy.ready())
+  return proxy
+}
+
 /** Whether a raw answer holds a whole `ok` body after its head. */
 const answeredOk = (answer: string): boolean => /\r\n\r\nok$/.test(answer)
 
 t.test('every method and any Content-Type reach the instance as sent', async t => {
   const { backend, seen } = await recordingBackend(t)
-  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`])
-  await eventually(() => proxy.ready())
+  const proxy = await proxyTo(t, backend)
   const requests = [
     ['PROPFIND /dav/ HTTP/1.1', 'Depth: 1', 'PROPFIND', ''],
     ['PURGE /cache/x HTTP/1.1', '', 'PURGE', ''],
@@ -54,8 +60,7 @@ t.test('a reason phrase Node would not write is replaced by the standard one, an
     // As UTF-8 bytes, which undici reads as such: "404 中文".
     req.on('end', () => req.socket.end(Buffer.from('HTTP/1.1 404 \xe4\xb8\xad\xe6\x96\x87\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno', 'latin1')))
   })
-  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`])
-  await eventually(() => proxy.ready())
+  const proxy = await proxyTo(t, backend)
   const answer = await raw(proxy.url, 'GET /x HTTP/1.1\r\nHost: x\r\n\r\n', { until: a => a.endsWith('\r\n\r\nno') })
   t.match(answer, /^HTTP\/1\.1 404 Not Found\r\n[^]*\r\n\r\nno$/, 'the status and body, with the standard reason')
   const metrics = await proxy.metrics()
@@ -76,8 +81,7 @@ t.test('a 304 that carries its Content-Length is passed on, and the connection k
       res.end('ok')
     })
   })
-  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`])
-  await eventually(() => proxy.ready())
+  const proxy = await proxyTo(t, backend)
   const answer = await raw(proxy.url, 'GET /chart HTTP/1.1\r\nHost: x\r\nIf-None-Match: "v1"\r\n\r\nGET /next HTTP/1.1\r\nHost: x\r\n\r\n', { until: answeredOk })
   t.match(answer, /^HTTP\/1\.1 304 Not Modified\r\n[^]*content-length: 1234\r\n[^]*\r\n\r\nHTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nok$/i, 'the 304 with its length, then the next answer on the same connection')
   const metrics = await proxy.metrics()
@@ -92,8 +96,7 @@ t.test('an HTTP/1.0 client gets no chunked answer, even one that asks for it', a
     // No Content-Length: chunked to HTTP/1.1 clients, delimited by the close to HTTP/1.0 ones.
     req.on('end', () => { res.write('hel'); res.end('lo') })
   })
-  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`])
-  await eventually(() => proxy.ready())
+  const proxy = await proxyTo(t, backend)
   for (const te of ['', 'TE: chunked\r\n']) {
     const answer = await raw(proxy.url, `GET /export HTTP/1.0\r\n${te}\r\n`)
     t.match(answer, /^HTTP\/1\.1 200 /, `${te.trim() || 'no TE'}: answered`)
@@ -106,8 +109,7 @@ t.test('an HTTP/1.0 client gets no chunked answer, even one that asks for it', a
 
 t.test('an absolute-form target without Host gives the instance its authority as Host', async t => {
   const { backend, seen } = await recordingBackend(t)
-  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`])
-  await eventually(() => proxy.ready())
+  const proxy = await proxyTo(t, backend)
   const answer = await raw(proxy.url, 'GET http://superset.example/login/ HTTP/1.0\r\n\r\n')
   t.match(answer, /^HTTP\/1\.1 200 [^]*\r\n\r\nok$/)
   t.match(seen.at(-1), { url: '/login/', headers: { host: 'superset.example', 'x-forwarded-host': 'superset.example' } })
@@ -120,8 +122,7 @@ t.test('an absolute-form target without Host gives the instance its authority as
 
 t.test('CONNECT gets 400 and a closed connection, counted as answered by no instance', async t => {
   const { backend, seen } = await recordingBackend(t)
-  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`])
-  await eventually(() => proxy.ready())
+  const proxy = await proxyTo(t, backend)
   const answer = await raw(proxy.url, 'CONNECT db.internal:5432 HTTP/1.1\r\nHost: db.internal:5432\r\n\r\n')
   t.match(answer, /^HTTP\/1\.1 400 [^]*connection: close[^]*"error":"FLEETGATE_ERR_BAD_REQUEST"/i, 'a 400, and the close (the 5 s limit was not needed)')
   t.equal(seen.length, 0, 'nothing reached the instance')
@@ -131,8 +132,7 @@ t.test('CONNECT gets 400 and a closed connection, counted as answered by no inst
 
 t.test('an upgrade to HTTP/2 over cleartext is served as HTTP/1.1, body and keep-alive included', async t => {
   const { backend, seen } = await recordingBackend(t)
-  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, '--headers-timeout-ms', '3000'])
-  await eventually(() => proxy.ready())
+  const proxy = await proxyTo(t, backend, '--headers-timeout-ms', '3000')
   // As `curl --http2 http://…` sends it, with a second request behind it on the same connection.
   const upload = 'POST /api/v1/chart/data HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n' +
     'HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\nContent-Type: application/json\r\nContent-Length: 9\r\n\r\n{"a":"b"}' +
