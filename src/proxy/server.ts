@@ -18,7 +18,7 @@ import { InstanceMetrics } from './instance-metrics.ts'
 import { WaitQueue } from './queue.ts'
 import { renderStatusPage } from './status-page.ts'
 import { reportTraffic, type ReportedCollectors, type TrafficReport } from './traffic-report.ts'
-import { offersOnlyH2c, proxyUpgrade, refuse, serveWithoutUpgrade, type UpgradeContext } from './upgrade.ts'
+import { afterEarlierAnswers, offersOnlyH2c, proxyUpgrade, refuse, serveWithoutUpgrade, type UpgradeContext } from './upgrade.ts'
 import { Upstreams } from './upstreams.ts'
 
 export type ProxyOptions = Pick<ProxyConfig,
@@ -203,19 +203,28 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
   }
   app.all('*', proxyRequest)
   app.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
-    // An upgrade pipelined behind an answer that closes the connection would never be answered either.
-    if (closing || closesAfterAnswer(req.socket)) return socket.destroy()
-    // HTTP/2 over cleartext (`curl --http2 http://…`) is not tunnelled, which would send every request of
-    // the connection to one instance: as Envoy does, the request is served as HTTP/1.1.
-    if (offersOnlyH2c(req)) return serveWithoutUpgrade(app.server, req, socket, head)
-    proxyUpgrade(upgrades, req, socket, head)
+    // Node listens for the connection's errors no more: until it is handed on, an error ends it.
+    const onError = (): void => { socket.destroy() }
+    socket.on('error', onError)
+    afterEarlierAnswers(socket, () => {
+      socket.off('error', onError)
+      // An upgrade pipelined behind an answer that closes the connection would never be answered either.
+      if (closing || closesAfterAnswer(req.socket)) return socket.destroy()
+      // HTTP/2 over cleartext (`curl --http2 http://…`) is not tunnelled, which would send every request
+      // of the connection to one instance: as Envoy does, the request is served as HTTP/1.1.
+      if (offersOnlyH2c(req)) return serveWithoutUpgrade(app.server, req, socket, head)
+      proxyUpgrade(upgrades, req, socket, head)
+    })
   })
   // A tunnel (CONNECT) is not a request the proxy forwards: 400, rather than the bare close Node gives
   // it without a listener.
-  app.server.on('connect', (_req: IncomingMessage, socket: Duplex) => {
+  app.server.on('connect', (req: IncomingMessage, socket: Duplex) => {
     socket.on('error', () => socket.destroy())
-    refuse(socket, 'FLEETGATE_ERR_BAD_REQUEST', service)
-    instanceMetrics.finished(undefined, 'CONNECT', 400, 0)
+    afterEarlierAnswers(socket, () => {
+      if (closing || closesAfterAnswer(req.socket)) return socket.destroy()
+      refuse(socket, 'FLEETGATE_ERR_BAD_REQUEST', service)
+      instanceMetrics.finished(undefined, 'CONNECT', 400, 0)
+    })
   })
 
   const status = (): ProxyStatus => {

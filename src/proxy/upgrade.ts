@@ -1,7 +1,7 @@
 // WebSocket (and any HTTP/1.1 Upgrade) proxying: after the handshake the bytes are the instance's and
 // the client's, so the proxy writes the request head itself and splices the two sockets.
 
-import type { IncomingMessage, Server } from 'node:http'
+import type { IncomingMessage, Server, ServerResponse } from 'node:http'
 import { connect, type Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import type { Endpoint, Pool } from '../balancer/pool.ts'
@@ -102,6 +102,21 @@ export function proxyUpgrade (ctx: UpgradeContext, req: IncomingMessage, client:
     })
   }
   attempt()
+}
+
+/**
+ * Runs `then` once the answers Node is still writing on the connection have all gone out: a request read
+ * behind them (pipelined), and taken out of Node's hands, is answered after them, not in their middle.
+ */
+export function afterEarlierAnswers (socket: Duplex, then: () => void): void {
+  // Node's record of the answer going out on the connection (not part of its API); when it finishes,
+  // the next one queued behind it takes its place.
+  const writing = (socket as Duplex & { _httpMessage?: ServerResponse | null })._httpMessage
+  if (writing === undefined || writing === null) {
+    if (!socket.destroyed) then()
+    return
+  }
+  writing.once('finish', () => setImmediate(afterEarlierAnswers, socket, then))
 }
 
 /** Whether an upgrade asks for nothing but HTTP/2 over cleartext (`Upgrade: h2c`). */

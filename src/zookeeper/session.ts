@@ -223,6 +223,8 @@ export class ZooKeeperSession {
       this.#armWatchdog()
       this.#failedBuilds = 0
       this.#answered = false
+      // A new session is the server's answer already; a handshake that resumes one proves nothing.
+      if (newSession) this.#waitingSinceMs = performance.now()
       this.#log.info({ sessionId, newSession, timeoutMs: this.#grantedTimeoutMs }, 'zookeeper connected')
       this.#emit({ type: 'connected', client, newSession })
       // Proof that the connection works, or its loss, comes at once.

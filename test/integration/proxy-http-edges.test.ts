@@ -149,3 +149,17 @@ t.test('an upgrade to HTTP/2 over cleartext is served as HTTP/1.1, body and keep
   t.match(seen.find(s => s.method === 'GET'), { url: '/next' })
   t.equal(sample(await proxy.metrics(), 'fleetgate_requests_total', { code: '200' }), 2, 'counted as two requests')
 })
+
+t.test('an h2c upgrade or a CONNECT pipelined behind an answer still going out is answered after it', async t => {
+  const backend = await startBackend(t, 'slow-first')
+  backend.handle((req, res) => {
+    req.resume()
+    req.on('end', () => req.url === '/slow' ? setTimeout(() => res.end('slow'), 300) : res.end('ok'))
+  })
+  const proxy = await proxyTo(t, backend)
+  const h2c = await raw(proxy.url, 'GET /slow HTTP/1.1\r\nHost: x\r\n\r\n' +
+    'POST /up HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\nContent-Length: 2\r\n\r\nhi', { until: answeredOk })
+  t.match(h2c, /^HTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nslowHTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nok$/, 'the slow answer whole, then the upgrade\'s')
+  const connect = await raw(proxy.url, 'GET /slow HTTP/1.1\r\nHost: x\r\n\r\nCONNECT db.internal:5432 HTTP/1.1\r\nHost: db.internal:5432\r\n\r\n')
+  t.match(connect, /^HTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nslowHTTP\/1\.1 400 [^]*"error":"FLEETGATE_ERR_BAD_REQUEST"/, 'the slow answer whole, then the 400')
+})

@@ -5,7 +5,7 @@ import { connect as connectTcp, createServer, type AddressInfo, type Socket } fr
 import t from 'tap'
 import { expiredSessions } from '../helpers/agent.ts'
 import { eventually } from '../helpers/eventually.ts'
-import { createChild, curatorData, get, loadLoop, registerCurator, removeNode, sample, startBackend, startProxy, zkClient } from '../helpers/fleet.ts'
+import { createChild, curatorData, get, loadLoop, registerCurator, removeNode, sample, startBackend, startProxy, zk, zkClient } from '../helpers/fleet.ts'
 import { startRelay } from '../helpers/tcp-relay.ts'
 import { startZooKeeper } from '../helpers/zookeeper.ts'
 
@@ -143,7 +143,8 @@ t.test('a reconnect with more watches than one ZooKeeper packet holds keeps the 
   for (let from = 1; from < 3_000; from += 500) {
     await Promise.all(Array.from({ length: Math.min(500, 3_000 - from) }, (_, k) => createChild(writer, '/services/big', name(from + k), curatorData({ service: 'big', id: name(from + k), port: 20_000 + from + k }), false)))
   }
-  const proxy = await startProxy(t, ['--zookeeper', `127.0.0.1:${relay.port}`, '--service', 'big', '--session-timeout-ms', '8000'])
+  // No periodic resync within the test: what changes after the reconnect is seen through watches alone.
+  const proxy = await startProxy(t, ['--zookeeper', `127.0.0.1:${relay.port}`, '--service', 'big', '--session-timeout-ms', '8000', '--resync-interval-ms', '600000'])
   await eventually(async () => (await proxy.status()).instances.length === 3_000, { timeoutMs: 30_000, intervalMs: 200 })
 
   // Cut off briefly: the client reconnects within its session and sends its watches again.
@@ -154,6 +155,14 @@ t.test('a reconnect with more watches than one ZooKeeper packet holds keeps the 
     const status = await proxy.status()
     return !status.source.stale && status.instances.length === 2_999
   }, { timeoutMs: 15_000, intervalMs: 200, message: 'fresh again, and the removal followed' })
+  // Known children are not read again after a reconnect: only their data watches, sent again in one
+  // packet or another, say that these 30 moved.
+  const moved = Array.from({ length: 30 }, (_, k) => 100 * k + 99)
+  await Promise.all(moved.map(i => zk(cb => writer.setData(`/services/big/${name(i)}`, curatorData({ service: 'big', id: name(i), port: 40_000 + i }), -1, cb))))
+  await eventually(async () => {
+    const ports = new Map((await proxy.status()).instances.map(instance => [instance.id, instance.address]))
+    return moved.every(i => ports.get(name(i)) === `127.0.0.1:${40_000 + i}`)
+  }, { timeoutMs: 15_000, intervalMs: 200, message: 'the data changes followed through the watches set again' })
   t.equal(sample(await proxy.metrics(), 'fleetgate_zookeeper_session_expirations_total'), 0, 'on the same session')
   const reconnects = proxy.output().split('\n').filter(line => line.includes('"zookeeper connected"')).length
   t.ok(reconnects <= 3, `connected ${reconnects} times: the first connect and the reconnect, not a loop`)
