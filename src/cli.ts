@@ -128,7 +128,7 @@ export async function buildSource (config: ProxyConfig, logger: Logger): Promise
   })
 }
 
-/** Resolves once SIGTERM or SIGINT has been handled by `shutdown`; a second signal exits at once. */
+/** Resolves once SIGTERM or SIGINT has been handled by `shutdown`; a second signal exits at once. SIGHUP is ignored. */
 export function untilSignal (logger: Logger, shutdown: () => Promise<void>): Promise<void> {
   return new Promise(resolve => {
     let stopping = false
@@ -146,6 +146,9 @@ export function untilSignal (logger: Logger, shutdown: () => Promise<void>): Pro
     }
     process.on('SIGTERM', onSignal)
     process.on('SIGINT', onSignal)
+    // Node's default for SIGHUP (a closed terminal or SSH session) is to die on the spot, cutting every
+    // request in flight; the proxy has no configuration to reload either.
+    process.on('SIGHUP', () => logger.info({ signal: 'SIGHUP' }, 'SIGHUP ignored: SIGTERM drains and stops the proxy'))
   })
 }
 

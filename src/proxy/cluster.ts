@@ -337,9 +337,14 @@ export async function runWorker (config: ProxyConfig, logger: Logger): Promise<{
         break
     }
   })
-  // The primary owns shutdown; a signal sent to the whole group (Ctrl-C) must not race it.
+  // The primary owns shutdown; a signal sent to the whole group (Ctrl-C, a closed terminal's SIGHUP)
+  // must not race it.
   process.on('SIGINT', () => undefined)
+  process.on('SIGHUP', () => undefined)
   process.on('SIGTERM', shutdown)
+  // A primary that is gone (killed, out of memory) leaves the worker to finish what it carries. Node's
+  // cluster would end the worker at once, unless the disconnect is marked as one it asked for.
+  if (cluster.worker) cluster.worker.exitedAfterDisconnect = true
   process.on('disconnect', shutdown)
   const answer = async (what: 'status' | 'metrics'): Promise<unknown> => {
     if (what === 'status') return proxy.status()

@@ -215,6 +215,39 @@ t.test('SIGTERM to the whole process group (systemd, kill 0) drains the workers 
   t.same(await proxy.exited, { code: 0, signal: null }, 'then everything exits cleanly')
 })
 
+t.test('SIGHUP is logged and ignored; workers whose primary is killed finish what they carry, then exit', async t => {
+  const backend = await startBackend(t, 'held')
+  let release: (() => void) | undefined
+  backend.handle((req, res) => {
+    req.resume()
+    if (req.url !== '/held') return res.end('ok')
+    release = () => res.end('answered after the primary died')
+  })
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, '--workers', '2', '--shutdown-timeout-ms', '20000'])
+  const workers = workerPids(proxy.pid)
+  t.equal(workers.length, 2)
+  for (const pid of workers) {
+    const started = startTimeOf(pid)
+    t.teardown(() => killIfSame(pid, started))
+  }
+  // A closed terminal or SSH session sends SIGHUP to the whole group: Node's default would end them all.
+  for (const pid of [proxy.pid, ...workers]) process.kill(pid, 'SIGHUP')
+  await proxy.waitForOutput(/SIGHUP ignored/)
+  t.equal((await get(proxy.url, '/after-hup')).status, 200, 'still serving')
+  t.ok([proxy.pid, ...workers].every(isAlive), 'nothing died')
+
+  const answer = get(proxy.url, '/held')
+  await eventually(() => release !== undefined, { message: 'the request reached the instance' })
+  process.kill(proxy.pid, 'SIGKILL')
+  await eventually(() => proxy.output().split('\n').filter(line => line.includes('"msg":"shutting down: draining in-flight requests"')).length === 2,
+    { message: 'both workers draining' })
+  t.ok(workers.some(isAlive), 'the worker holding the request waits for it')
+  release!()
+  const res = await answer
+  t.same([res.status, res.body], [200, 'answered after the primary died'], 'the request in flight is answered')
+  await eventually(() => !workers.some(isAlive), { message: 'then the workers exit' })
+})
+
 /** How the process exited, if it did within `timeoutMs`; fails the wait otherwise. */
 const exitWithin = async (proc: FleetgateProcess, timeoutMs: number): Promise<Awaited<FleetgateProcess['exited']>> => {
   let exit: Awaited<FleetgateProcess['exited']> | undefined
