@@ -150,6 +150,11 @@ export class ConsulSource extends BaseSource {
       throw requestError('GET', this.#path, err)
     }
     if (!Array.isArray(entries)) throw answerError('GET', this.#path, { ...res, body: `not a JSON array: ${res.body.slice(0, 100)}` })
+    const { instances, excluded, invalid } = readHealthEntries(entries)
+    this.#report(invalid)
+    // Entries none of which reads as one would empty the pool (an empty list is `[]`): like a malformed
+    // znode, they are skipped, and the last membership is kept.
+    if (invalid.length > 0 && invalid.length === entries.length) throw answerError('GET', this.#path, { ...res, body: `not a list of health entries: ${res.body.slice(0, 100)}` })
 
     this.#takeIndex(res.headers['x-consul-index'], blockOn)
     if (this.#failures > 0) {
@@ -159,8 +164,6 @@ export class ConsulSource extends BaseSource {
     this.#lastFailureLog = undefined
     this.#everSucceeded = true
 
-    const { instances, excluded, invalid } = readHealthEntries(entries)
-    this.#report(invalid)
     if (excluded !== this.#excluded) {
       this.#excluded = excluded
       if (excluded > 0) this.#log.debug({ excluded }, 'instances with a failing check are left out')
