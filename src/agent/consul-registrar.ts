@@ -218,7 +218,9 @@ export class ConsulRegistrar implements Registrar {
     if (desired.kind === 'registered') {
       if (!this.#registered || this.#state !== desired.state) {
         await this.#register(desired.state)
-        return true
+        // Over a leftover (a crashed run's, gone critical), Consul keeps the check's status: passed now,
+        // not a third of the TTL later.
+        return this.#passTtl()
       }
       if (tick) return this.#passTtl()
       return true

@@ -192,6 +192,16 @@ t.test('a killed agent stops passing its TTL: the check turns critical and the p
   await eventually(async () => (await proxy.status()).instances.length === 0, { timeoutMs: 15_000, message: 'dropped once the TTL ran out' })
   t.comment(`dropped ${Date.now() - killedAt} ms after SIGKILL (TTL 1.5 s)`)
   t.equal((await target.api.checks())[`service:${agent.id}`]?.Status, 'critical')
+
+  // Started again over its critical leftover, which Consul keeps critical when re-registered: the TTL is
+  // passed at once, not at the first tick, a third of the 30 s TTL later.
+  const again = await startConsulAgent(t, target, service, backend.port, ['--session-timeout-ms', '30000'])
+  t.equal(again.id, agent.id)
+  await again.waitForOutput(/"msg":"registered"/, 30_000)
+  const registeredAt = Date.now()
+  await eventually(async () => (await proxy.status()).instances.length === 1, { timeoutMs: 30_000, message: 'back in the pool' })
+  t.ok(Date.now() - registeredAt < 5_000, `back ${Date.now() - registeredAt} ms after registering (the first tick: 10 s)`)
+  t.equal((await target.api.checks())[`service:${agent.id}`]?.Status, 'passing')
 })
 
 t.test('Consul down when the agent starts: it keeps trying and registers once Consul is up', { skip: needsDouble('the listener taken down') }, async t => {
