@@ -50,7 +50,8 @@ const Common = {
     pattern: '^([A-Za-z]+://)?[^\\s/]+/?$', default: 'http://127.0.0.1:8500', description: 'Consul HTTP address (with --discovery consul)',
     expected: 'http(s)://HOST:PORT or HOST:PORT',
   }),
-  consulToken: Type.Optional(Type.String({ description: 'Consul ACL token, sent as X-Consul-Token', expected: 'a token' })),
+  // Sent as a header: a line break (a token read from a file with its newline) would fail every request.
+  consulToken: Type.Optional(Type.String({ pattern: '^[!-~]*$', description: 'Consul ACL token, sent as X-Consul-Token', expected: 'a token of visible ASCII characters, without spaces or line breaks' })),
   consulCaFile: Type.Optional(Type.String({ minLength: 1, description: 'PEM CA file for an https:// Consul address', expected: 'a file path' })),
   consulTag: Type.Optional(Type.String({ pattern: '^[^\\s,]{1,255}$', description: 'Proxy: follow only instances with this tag; agent: register with it', expected: 'a tag without spaces or commas' })),
   logLevel: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map(l => Type.Literal(l)), {

@@ -58,6 +58,11 @@ t.test('bad values name the key, the value and what was expected', async t => {
   throwsConfig(t, () => load([], { FLEETGATE_TRIES: 'lots' }), 'FLEETGATE_ERR_CONFIG_INVALID', /FLEETGATE_TRIES = "lots": expected an integer/)
   throwsConfig(t, () => load(['--log-level', 'loud']), 'FLEETGATE_ERR_CONFIG_INVALID', /--log-level = "loud": expected fatal, error/)
   throwsConfig(t, () => load(['--connect-timeout-ms=-1']), 'FLEETGATE_ERR_CONFIG_INVALID', /--connect-timeout-ms/)
+  // A token read from a file with its newline: no header could carry it, so no request would ever go out.
+  const consul = { FLEETGATE_DISCOVERY: 'consul' }
+  throwsConfig(t, () => load([], { ...consul, FLEETGATE_CONSUL_TOKEN: 'secret\n' }), 'FLEETGATE_ERR_CONFIG_INVALID', /FLEETGATE_CONSUL_TOKEN = "secret\\n": expected a token of visible ASCII characters/)
+  throwsConfig(t, () => load(['--consul-token', 'two words'], consul), 'FLEETGATE_ERR_CONFIG_INVALID', /--consul-token = "two words"/)
+  t.equal(load([], { ...consul, FLEETGATE_CONSUL_TOKEN: 'b1gs33cr3t-4c5d-8e9f' }).config.consulToken, 'b1gs33cr3t-4c5d-8e9f', 'a token like Consul\'s passes')
 })
 
 t.test('numbers are whole and decimal: text JavaScript would also read as a number is refused', async t => {
