@@ -6,7 +6,7 @@ import { availableParallelism } from 'node:os'
 import { parseArgs } from 'node:util'
 import { KindGuard, Type, type Static, type TObject, type TProperties } from '@sinclair/typebox'
 import { Ajv, type ErrorObject } from 'ajv'
-import { parse as parseYaml } from 'yaml'
+import { parseDocument, visit } from 'yaml'
 import { FleetgateError } from './errors.ts'
 
 // Patterns of the parts of addresses: a port from 0 (listen on any free port) or 1 to 65535, a host name
@@ -259,12 +259,17 @@ function readConfigFile (file: string): Record<string, unknown> {
   } catch (err) {
     throw new FleetgateError('FLEETGATE_ERR_CONFIG_FILE', `${file}: ${(err as Error).message}`, { cause: err })
   }
-  let doc: unknown
-  try {
-    doc = parseYaml(text) // YAML is a superset of JSON
-  } catch (err) {
-    throw new FleetgateError('FLEETGATE_ERR_CONFIG_FILE', `${file}: ${(err as Error).message}`, { cause: err })
-  }
+  const document = parseDocument(text) // YAML is a superset of JSON
+  const [error] = document.errors
+  if (error !== undefined) throw new FleetgateError('FLEETGATE_ERR_CONFIG_FILE', `${file}: ${error.message}`, { cause: error })
+  // A number not written in decimal digits stays the text it was: YAML and JSON read `0x10`, `1e3`, `+3`
+  // and `3.0` as numbers, which loadConfig() then could not tell from 16, 1000, 3 and 3.
+  visit(document, {
+    Scalar (_key, node) {
+      if (typeof node.value === 'number' && node.source !== undefined && !/^[0-9]+$/.test(node.source)) node.value = node.source
+    },
+  })
+  const doc: unknown = document.toJS()
   if (doc === null || doc === undefined) return {}
   if (typeof doc !== 'object' || Array.isArray(doc)) {
     throw new FleetgateError('FLEETGATE_ERR_CONFIG_FILE', `${file}: expected a mapping of keys to values`)

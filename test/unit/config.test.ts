@@ -75,8 +75,18 @@ t.test('numbers are whole and decimal: text JavaScript would also read as a numb
   const file = join(tempDir(t), 'c.yaml')
   writeFileSync(file, 'tries: "0x2"\nworkers: 2\n')
   throwsConfig(t, () => load(['--config', file]), 'FLEETGATE_ERR_CONFIG_INVALID', /tries in config file .* = "0x2": expected an integer from 1 to 10/)
+  // Unquoted too: YAML and JSON would read these as numbers.
+  for (const bad of ['0x3', '1e0', '+3', '3.0', '0o3']) {
+    writeFileSync(file, `tries: ${bad}\nworkers: 2\n`)
+    throwsConfig(t, () => load(['--config', file]), 'FLEETGATE_ERR_CONFIG_INVALID', new RegExp(escape(`tries in config file ${file} = "${bad}": expected an integer from 1 to 10`)))
+  }
+  const json = join(tempDir(t), 'c.json')
+  writeFileSync(json, '{"tries": 3.0, "workers": 2}')
+  throwsConfig(t, () => load(['--config', json]), 'FLEETGATE_ERR_CONFIG_INVALID', /tries in config file .* = "3\.0": expected an integer/)
   writeFileSync(file, 'tries: "2"\nworkers: 2\n')
   t.match(load(['--config', file]).config, { tries: 2, workers: 2 }, 'decimal text and numbers in a file are taken')
+  writeFileSync(json, '{"tries": 2, "workers": 2}')
+  t.match(load(['--config', json]).config, { tries: 2, workers: 2 }, 'in JSON too')
   t.match(load(['--tries', '03'], { FLEETGATE_WORKERS: '4' }).config, { tries: 3, workers: 4 }, 'decimal digits from flags and variables are taken')
 })
 
