@@ -57,7 +57,7 @@ type SetWatches = Record<'dataWatches' | 'existWatches' | 'childWatches', string
  * names) the server drops the connection, and the client reconnects at once and sends it again, for
  * ever. This client sends them as the Java client does: in packets of at most 128 KB of paths.
  */
-export function batchSetWatches (client: Client): void {
+function batchSetWatches (client: Client): void {
   const manager = (client as unknown as { connectionManager: ConnectionManager }).connectionManager
   const onSocketConnected = manager.onSocketConnected
   manager.onSocketConnected = function (this: ConnectionManager): void {

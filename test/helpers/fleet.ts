@@ -21,6 +21,8 @@ export interface FleetgateProcess {
   readonly pid: number
   /** Everything printed so far, stdout and stderr. */
   output(): string
+  /** How many log lines so far carry this message (pino's `"msg"`). */
+  logLines(msg: string): number
   waitForOutput(pattern: RegExp, timeoutMs?: number): Promise<RegExpMatchArray>
   kill(signal?: NodeJS.Signals): void
   readonly exited: Promise<{ code: number | null, signal: NodeJS.Signals | null }>
@@ -46,6 +48,7 @@ export function runFleetgate (t: Test, args: string[], env: Record<string, strin
     child,
     pid: child.pid!,
     output: () => output,
+    logLines: msg => output.split('\n').filter(line => line.includes(`"msg":${JSON.stringify(msg)}`)).length,
     exited,
     kill: (signal = 'SIGTERM') => { if (isRunning(child)) child.kill(signal) },
     waitForOutput: (pattern, timeoutMs = 10_000) => eventually<RegExpMatchArray>(() => output.match(pattern) as RegExpMatchArray, {
@@ -237,10 +240,10 @@ export async function get (url: string, path = '/', method: 'GET' | 'POST' = 'GE
 }
 
 /**
- * Writes raw bytes to the proxy and returns what it answered before closing, or after 5 s.
- * `closeAfterAnswer`: done once a JSON body has come whole; `until`: done once the answer so far passes.
+ * Writes raw bytes to the proxy and returns what it answered before closing, or after 5 s; with `until`,
+ * as soon as the answer so far passes it (a keep-alive answer leaves the connection open).
  */
-export function raw (url: string, payload: string | Buffer, options: { destroyAfterWrite?: boolean, closeAfterAnswer?: boolean, until?: (answer: string) => boolean } = {}): Promise<string> {
+export function raw (url: string, payload: string | Buffer, options: { destroyAfterWrite?: boolean, until?: (answer: string) => boolean } = {}): Promise<string> {
   const { port } = new URL(url)
   return new Promise((resolve, reject) => {
     const socket = connect(Number(port), '127.0.0.1')
@@ -248,8 +251,7 @@ export function raw (url: string, payload: string | Buffer, options: { destroyAf
     const timer = setTimeout(() => { socket.destroy(); resolve(answer) }, 5_000)
     socket.setEncoding('utf8').on('data', (s: string) => {
       answer += s
-      // A keep-alive answer leaves the connection open.
-      if ((options.closeAfterAnswer && answer.endsWith('}')) || options.until?.(answer)) socket.destroy()
+      if (options.until?.(answer)) socket.destroy()
     })
     socket.on('close', () => { clearTimeout(timer); resolve(answer) })
     socket.on('error', err => { clearTimeout(timer); options.destroyAfterWrite ? resolve(answer) : reject(err) })

@@ -101,7 +101,7 @@ t.test('a worker that dies is replaced, and the new one follows later changes', 
 
   const [victim] = workerPids(proxy.pid)
   t.ok(victim, 'the primary has workers')
-  const listeningLines = (): number => proxy.output().split('\n').filter(line => line.includes('"msg":"proxy worker listening"')).length
+  const listeningLines = (): number => proxy.logLines('proxy worker listening')
   t.equal(listeningLines(), 2)
   process.kill(victim!, 'SIGKILL')
   await proxy.waitForOutput(/proxy worker died; starting another/)
@@ -206,7 +206,7 @@ t.test('SIGTERM to the whole process group (systemd, kill 0) drains the workers 
   t.equal(workers.length, 2)
   for (const pid of [proxy.pid, ...workers]) process.kill(pid, 'SIGTERM')
   // Both the signal and the primary's message reached each worker: the second must not end the drain.
-  await eventually(() => proxy.output().split('\n').filter(line => line.includes('"msg":"shutting down: draining in-flight requests"')).length === 2,
+  await eventually(() => proxy.logLines('shutting down: draining in-flight requests') === 2,
     { message: 'both workers draining' })
   t.ok(workers.some(isAlive), 'the worker holding the request waits for it')
   release!()
@@ -239,7 +239,7 @@ t.test('SIGHUP is logged and ignored; workers whose primary is killed finish wha
   const answer = get(proxy.url, '/held')
   await eventually(() => release !== undefined, { message: 'the request reached the instance' })
   process.kill(proxy.pid, 'SIGKILL')
-  await eventually(() => proxy.output().split('\n').filter(line => line.includes('"msg":"shutting down: draining in-flight requests"')).length === 2,
+  await eventually(() => proxy.logLines('shutting down: draining in-flight requests') === 2,
     { message: 'both workers draining' })
   t.ok(workers.some(isAlive), 'the worker holding the request waits for it')
   release!()
@@ -337,11 +337,11 @@ t.test('workers that keep dying young are replaced ever more slowly', async t =>
   // One place crashes again and again: each kill takes the replacement of the last.
   let victim = first!
   for (let kill = 1; kill <= 3; kill++) {
-    const listening = proxy.output().split('"msg":"proxy worker listening"').length
+    const listening = proxy.logLines('proxy worker listening')
     process.kill(victim, 'SIGKILL')
     await eventually(() => delays().length === kill, { message: `death ${kill} logged` })
     if (kill === 3) break
-    await eventually(() => proxy.output().split('"msg":"proxy worker listening"').length > listening, { timeoutMs: 15_000, message: 'replaced' })
+    await eventually(() => proxy.logLines('proxy worker listening') > listening, { timeoutMs: 15_000, message: 'replaced' })
     const dead = victim
     victim = workerPids(proxy.pid).find(pid => pid !== steady && pid !== dead)!
   }

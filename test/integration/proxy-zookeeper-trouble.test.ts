@@ -164,7 +164,7 @@ t.test('a reconnect with more watches than one ZooKeeper packet holds keeps the 
     return moved.every(i => ports.get(name(i)) === `127.0.0.1:${40_000 + i}`)
   }, { timeoutMs: 15_000, intervalMs: 200, message: 'the data changes followed through the watches set again' })
   t.equal(sample(await proxy.metrics(), 'fleetgate_zookeeper_session_expirations_total'), 0, 'on the same session')
-  const reconnects = proxy.output().split('\n').filter(line => line.includes('"zookeeper connected"')).length
+  const reconnects = proxy.logLines('zookeeper connected')
   t.ok(reconnects <= 3, `connected ${reconnects} times: the first connect and the reconnect, not a loop`)
   t.notMatch(server.logTail(200), /Len error/, 'no packet over the server\'s limit')
 })
@@ -197,7 +197,7 @@ t.test('a server that drops every connection right after its handshake gets the 
 
   dropping = true
   for (const socket of connections) socket.destroy()
-  await eventually(() => proxy.output().split('\n').filter(line => line.includes('"zookeeper connected"')).length >= 3, { message: 'reconnects, each dropped' })
+  await eventually(() => proxy.logLines('zookeeper connected') >= 3, { message: 'reconnects, each dropped' })
   await eventually(async () => sample(await proxy.metrics(), 'fleetgate_zookeeper_session_expirations_total') >= 1, { timeoutMs: 10_000, intervalMs: 200, message: 'the client rebuilt once the session timeout passed with no connection that worked' })
   t.equal((await proxy.status()).instances.length, 1, 'the membership kept meanwhile')
 
