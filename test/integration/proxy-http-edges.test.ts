@@ -1,8 +1,9 @@
 // End to end: requests and answers at the edges of HTTP/1.1 that a proxy must pass on, or answer, as
 // HAProxy and Envoy do: any method and Content-Type, odd answers from an instance, HTTP/1.0 clients,
-// CONNECT, and HTTP/2 upgrades over cleartext.
+// CONNECT, HTTP/2 upgrades over cleartext, and upgrades pipelined behind an answer.
 
 import type { IncomingMessage } from 'node:http'
+import type { Socket } from 'node:net'
 import t, { type Test } from 'tap'
 import { eventually } from '../helpers/eventually.ts'
 import { get, raw, sample, startBackend, startProxy, type Backend, type ProxyProcess } from '../helpers/fleet.ts'
@@ -163,3 +164,21 @@ t.test('an h2c upgrade or a CONNECT pipelined behind an answer still going out i
   const connect = await raw(proxy.url, 'GET /slow HTTP/1.1\r\nHost: x\r\n\r\nCONNECT db.internal:5432 HTTP/1.1\r\nHost: db.internal:5432\r\n\r\n')
   t.match(connect, /^HTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nslowHTTP\/1\.1 400 [^]*"error":"FLEETGATE_ERR_BAD_REQUEST"/, 'the slow answer whole, then the 400')
 })
+
+t.test('a WebSocket upgrade pipelined behind an answer still going out is answered after it', async t => {
+  const backend = await startBackend(t, 'slow-then-ws')
+  backend.handle((req, res) => {
+    req.resume()
+    req.on('end', () => setTimeout(() => res.end('slow'), 300))
+  })
+  backend.server.on('upgrade', (req: IncomingMessage, socket: Socket) => {
+    socket.end(`HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nupgraded ${req.url}`)
+  })
+  const proxy = await proxyTo(t, backend)
+  const answer = await raw(proxy.url, 'GET /slow HTTP/1.1\r\nHost: x\r\n\r\n' +
+    'GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
+  { until: a => a.endsWith('upgraded /ws') })
+  t.match(answer, /^HTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nslowHTTP\/1\.1 101 Switching Protocols\r\n[^]*\r\n\r\nupgraded \/ws$/, 'the slow answer whole, then the switch and the tunnel')
+  t.equal(sample(await proxy.metrics(), 'fleetgate_requests_total', { code: '101' }), 1, 'the upgrade counted once')
+})
+
