@@ -255,6 +255,12 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     const headers = clientResponseHeaders(rawHeaders)
     // A reason phrase Node would not write (`404 中文`) is replaced by the standard one, as Envoy does.
     if (INVALID_REASON.test(statusText)) statusText = STATUS_CODES[statusCode] ?? ''
+    // An answer before the whole upload is in (a 413, a 401) ends the exchange: the rest of the body is
+    // not read, so the connection closes after the answer, as HAProxy closes it.
+    if (this.#hasBody && !this.#req.complete) {
+      closeAfterAnswer(this.#req.socket)
+      this.#res.setHeader('connection', 'close')
+    }
     if (this.#res.getHeaderNames().length === 0) {
       this.#res.writeHead(statusCode, statusText, headers)
     } else {

@@ -170,6 +170,41 @@ t.test('an instance that resets mid-body: the client is cut off too, and the cut
   t.equal(sample(metrics, 'fleetgate_requests_total', { service: 'reset', code: '200' }), 1, 'with the status it had begun with')
 })
 
+t.test('an instance that answers an upload before reading it, and closes: the client gets that answer', async t => {
+  const backend = await startBackend(t, 'early')
+  backend.handle((_req, res) => {
+    res.writeHead(413, { connection: 'close', 'content-type': 'text/plain' })
+    res.end('upload too large')
+  })
+  // Counted as a server error, one would eject the instance.
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, '--eject-after-errors', '1'])
+  await eventually(() => proxy.ready())
+  const answers: string[] = []
+  for (let i = 0; i < 5; i++) answers.push(await uploadReadingAlong(proxy.url, 32 * MB))
+  for (const answer of answers) {
+    t.match(answer, /^HTTP\/1\.1 413 Payload Too Large\r\n[^]*\r\n\r\n[^]*upload too large/, 'the instance\'s answer')
+    t.match(answer, /\r\nConnection: close\r\n/i, 'and the connection closed after it: the rest of the upload is not read')
+  }
+  const metrics = await proxy.metrics()
+  t.equal(sample(metrics, 'fleetgate_requests_total', { service: 'superset', code: '413' }), 5, 'counted as the 413s they were')
+  t.equal(sample(metrics, 'fleetgate_ejections_total', { service: 'superset' }), 0, 'the instance not ejected')
+  t.equal((await proxy.status()).instances[0]?.errors, 0, 'nor its errors counted')
+})
+
+/**
+ * POSTs `size` bytes as fast as the proxy takes them, reading its answer all along, as curl does; stops
+ * writing when the connection ends. Resolves with all that was answered.
+ */
+function uploadReadingAlong (url: string, size: number): Promise<string> {
+  const socket = connect(Number(new URL(url).port), '127.0.0.1')
+  let answer = ''
+  socket.setEncoding('latin1').on('data', (s: string) => { answer += s })
+  socket.on('error', () => {})
+  socket.write(`POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: ${size}\r\n\r\n`)
+  generated(size).pipe(socket).on('error', () => {})
+  return new Promise(resolve => socket.on('close', () => resolve(answer)))
+}
+
 /**
  * A proxy in front of one instance whose every answer is a 32 MB download, and a client connection that
  * reads none of it. `closed`: answers the instance has seen end.
