@@ -118,6 +118,10 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
   /** Whose allowance a retry of this request took: the instance that failed it, or the shared budget. */
   #retryCharge: Endpoint | 'shared' | undefined
   #lastFailure: ErrorCode = 'FLEETGATE_ERR_UPSTREAM_CONNECT'
+  /** Why the next try is a retry: counted once it is sent, not when no instance is left to take it. */
+  #retryReason: 'connect_failure' | 'reset_before_response' | undefined
+  /** The try's failed connect is counted as the instance's error already: the 502 that ends on it is not another. */
+  #errorCounted = false
   #abort: ((reason?: Error) => void) | undefined
   #resume: (() => void) | undefined
   #responded = false
@@ -187,7 +191,12 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     this.#headers ??= upstreamRequestHeaders(this.#req)
     const upstream = ctx.upstreams.get(endpoint)
     this.#tries++
+    if (this.#retryReason !== undefined) {
+      ctx.metrics.retry(this.#retryReason)
+      this.#retryReason = undefined
+    }
     this.#endpoint = endpoint
+    this.#errorCounted = false
     this.#abort = undefined
     this.#attemptOpen = true
     endpoint.started(this.#startedAt)
@@ -324,6 +333,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     if (connectFailure) {
       this.#ctx.metrics.connectFailure(endpoint)
       this.#ctx.pool.reportConnectFailure(endpoint)
+      this.#errorCounted = true
     }
     if (this.#clientGone) return this.#finish(499)
     // The rest of the body will not come: the connection cannot carry another request.
@@ -357,7 +367,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
       this.#lastFailure = code === 'UND_ERR_CONNECT_TIMEOUT'
         ? 'FLEETGATE_ERR_UPSTREAM_TIMEOUT'
         : connectFailure ? 'FLEETGATE_ERR_UPSTREAM_CONNECT' : 'FLEETGATE_ERR_UPSTREAM_RESET'
-      this.#ctx.metrics.retry(connectFailure ? 'connect_failure' : 'reset_before_response')
+      this.#retryReason = connectFailure ? 'connect_failure' : 'reset_before_response'
       return this.start()
     }
     if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT') return this.#fail('FLEETGATE_ERR_UPSTREAM_TIMEOUT')
@@ -452,7 +462,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     this.#retryCharge = undefined
     if (statusCode !== undefined) {
       const seconds = (performance.now() - this.#startedAt) / 1000
-      this.#ctx.metrics.finished(this.#endpoint, this.#req.method ?? 'GET', statusCode, seconds)
+      this.#ctx.metrics.finished(this.#endpoint, this.#req.method ?? 'GET', statusCode, seconds, this.#errorCounted)
     }
     this.#ctx.inFlight--
   }

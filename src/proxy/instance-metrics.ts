@@ -103,13 +103,17 @@ export class InstanceMetrics implements Traffic {
     if (use !== undefined && use.removed && !use.released) setImmediate(() => this.#release(endpoint, use))
   }
 
-  finished (endpoint: Endpoint | undefined, method: string, statusCode: number, seconds: number): void {
+  /**
+   * A request answered: by `endpoint`, or for it, when the proxy answers the failure of the last instance
+   * tried (a `502` after its refused connect, which `errorCounted` says was counted as its error already).
+   */
+  finished (endpoint: Endpoint | undefined, method: string, statusCode: number, seconds: number, errorCounted = false): void {
     if (!endpoint) return this.#unanswered.add(method, statusCode)
     const series = this.#live(endpoint)
     if (!series) return
     series.requestCounts.add(method, statusCode)
     series.observe(seconds)
-    if (statusCode >= 500) series.errors++
+    if (statusCode >= 500 && !errorCounted) series.errors++
   }
 
   connectFailure (endpoint: Endpoint): void {
