@@ -47,13 +47,13 @@ export async function main (argv: readonly string[], env: Readonly<Record<string
     case '-h':
     case undefined:
       if (rest[0] !== undefined && rest[0] !== 'proxy' && rest[0] !== 'agent') {
-        process.stderr.write(`fleetgate: no help for ${JSON.stringify(rest[0])}: expected proxy or agent\n\n${USAGE}\n`)
+        process.stderr.write(`fleetgate: FLEETGATE_ERR_CLI_USAGE: no help for ${JSON.stringify(rest[0])}: expected proxy or agent\n\n${USAGE}\n`)
         return 2
       }
       process.stdout.write(help(rest[0]))
       return command === undefined ? 2 : 0
     default:
-      process.stderr.write(`fleetgate: unknown command ${JSON.stringify(command)}\n\n${USAGE}\n`)
+      process.stderr.write(`fleetgate: FLEETGATE_ERR_CLI_USAGE: unknown command ${JSON.stringify(command)}\n\n${USAGE}\n`)
       return 2
   }
 }

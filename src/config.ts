@@ -88,7 +88,7 @@ export const ProxyConfigSchema = Type.Object({
   consulDatacenter: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9_.-]{1,64}$', description: 'Consul datacenter to follow (default: the agent\'s own)', expected: 'a datacenter name' })),
   // Consul holds a query 10 min at most: a longer wait would only stretch the time to notice a dead connection.
   consulWaitMs: Type.Integer({ minimum: 100, maximum: 600_000, default: 240_000, description: 'Longest hold of a Consul blocking query (Consul caps it at 10 min)', expected: 'milliseconds, from 100 to 600000' }),
-  workers: Type.Integer({ minimum: 1, maximum: 256, default: availableParallelism(), description: 'Proxy processes serving the port (default: one per core); one discovery session for all', expected: 'an integer from 1 to 256' }),
+  workers: Type.Integer({ minimum: 1, maximum: 256, default: availableParallelism(), description: 'Proxy processes serving the port; one discovery session for all. The default is one per core', expected: 'an integer from 1 to 256' }),
 }, { additionalProperties: false })
 
 export type ProxyConfig = Readonly<Static<typeof ProxyConfigSchema>>
@@ -101,7 +101,7 @@ export const AgentConfigSchema = Type.Object({
   target: Type.String({ pattern: `^https?://${HOST}(:${PORT_1})?$`, default: 'http://127.0.0.1:8088', description: 'The local instance to health-check', expected: 'http://HOST:PORT, a port from 1 to 65535' }),
   advertise: HostPort('Address the proxy should use for this instance', undefined, { anyPort: false }),
   // "." and ".." are not znode names: joined to the service path they would name the service node or its parent.
-  id: Type.Optional(Type.String({ pattern: '^(?!\\.\\.?$)[A-Za-z0-9_.:-]{1,128}$', description: 'Instance id (znode name); defaults to one derived from --advertise', expected: 'letters, digits, "_", ".", ":" and "-", other than "." and ".."' })),
+  id: Type.Optional(Type.String({ pattern: '^(?!\\.\\.?$)[A-Za-z0-9_.:-]{1,128}$', description: 'Instance id (znode name); defaults to one derived from --advertise', expected: '1 to 128 letters, digits, "_", ".", ":" and "-", other than "." and ".."' })),
   healthCheck: Type.Union([Type.Literal('http'), Type.Literal('tcp')], { default: 'http', description: 'http: GET the health path; tcp: connect only', expected: '"http" or "tcp"' }),
   // Not "//x": resolved against --target, that would name another host.
   healthPath: Type.String({ pattern: '^/(?!/)\\S*$', default: '/health', description: 'Health check path', expected: 'a path starting with a single / and without spaces' }),
@@ -146,6 +146,7 @@ const ajv = new Ajv({ allErrors: true, useDefaults: true, coerceTypes: true, str
  */
 export function loadConfig<S extends TObject> (schema: S, input: LoadInput): Loaded<Readonly<Static<S>>> {
   const keys = Object.keys(schema.properties)
+  const isProxy = (schema as TObject) === ProxyConfigSchema
   const raw: Record<string, unknown> = {}
   const origins = new Map<string, Origin>()
 
@@ -164,7 +165,10 @@ export function loadConfig<S extends TObject> (schema: S, input: LoadInput): Loa
   try {
     parsed = parseArgs({ args, options, strict: true, allowPositionals: true })
   } catch (err) {
-    throw new FleetgateError('FLEETGATE_ERR_CLI_USAGE', (err as Error).message, { cause: err })
+    // Node's own hint for an unknown option (put it after `--` as a positional) is wrong for fleetgate.
+    const unknown = /^Unknown option '[^']*'/.exec((err as Error).message)?.[0]
+    const message = unknown === undefined ? (err as Error).message : `${unknown}: see fleetgate help ${isProxy ? 'proxy' : 'agent'}`
+    throw new FleetgateError('FLEETGATE_ERR_CLI_USAGE', message, { cause: err })
   }
   if (parsed.positionals.length > 0) {
     throw new FleetgateError('FLEETGATE_ERR_CLI_USAGE', `unexpected argument ${JSON.stringify(parsed.positionals[0])}`)
@@ -206,7 +210,7 @@ export function loadConfig<S extends TObject> (schema: S, input: LoadInput): Loa
   if (!validate(raw)) {
     throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', describe(validate.errors ?? [], schema, raw, origins))
   }
-  const ignored = checkDiscovery(raw, origins)
+  const ignored = checkDiscovery(raw, origins, isProxy ? PROXY_DISCOVERY_KEYS : DISCOVERY_KEYS)
   if (typeof raw.ejectBaseMs === 'number' && typeof raw.ejectMaxMs === 'number' && raw.ejectBaseMs > raw.ejectMaxMs) {
     throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', `${where('ejectBaseMs', origins)} = ${raw.ejectBaseMs} is above ${where('ejectMaxMs', origins)} = ${raw.ejectMaxMs}: the first ejection cannot be longer than the longest`)
   }
@@ -224,14 +228,16 @@ const DISCOVERY_KEYS: Readonly<Record<string, readonly string[]>> = {
   static: ['static'],
   consul: ['consul', 'consulToken', 'consulDatacenter', 'consulTag', 'consulCaFile', 'consulWaitMs'],
 }
+/** The proxy's: its session timeout is ZooKeeper's alone (the agent's is its Consul TTL too). */
+const PROXY_DISCOVERY_KEYS = { ...DISCOVERY_KEYS, zookeeper: [...DISCOVERY_KEYS.zookeeper!, 'sessionTimeoutMs'] }
 
 /**
  * Flags for a backend other than the one in use are a mistake, and an error. Variables and file keys for
  * one are left to the caller to log as ignored: an environment may be set up for either backend.
  */
-function checkDiscovery (raw: Record<string, unknown>, origins: Map<string, Origin>): string[] {
+function checkDiscovery (raw: Record<string, unknown>, origins: Map<string, Origin>, backendKeys: Readonly<Record<string, readonly string[]>>): string[] {
   const discovery = discoveryOf(raw as { discovery?: string, static?: string })
-  const stray = Object.entries(DISCOVERY_KEYS)
+  const stray = Object.entries(backendKeys)
     .filter(([backend]) => backend !== discovery)
     .flatMap(([backend, keys]) => keys.filter(key => origins.has(key)).map(key => ({ key, backend })))
   const flags = stray.filter(({ key }) => origins.get(key)?.kind === 'flag')

@@ -94,7 +94,11 @@ t.test('bad configuration: clear error, exit code 2', async t => {
 
   const help = runFleetgate(t, ['help', 'bogus'])
   t.same(await help.exited, { code: 2, signal: null })
-  t.match(help.output(), /no help for "bogus": expected proxy or agent/)
+  t.match(help.output(), /FLEETGATE_ERR_CLI_USAGE: no help for "bogus": expected proxy or agent/)
+
+  const command = runFleetgate(t, ['porxy'])
+  t.same(await command.exited, { code: 2, signal: null })
+  t.match(command.output(), /FLEETGATE_ERR_CLI_USAGE: unknown command "porxy"/)
 })
 
 t.test('SIGTERM lets in-flight requests finish, then exits 0', async t => {

@@ -191,6 +191,18 @@ t.test('flags of another discovery backend are an error, not ignored', async t =
   throwsConfig(t, () => loadConfig(AgentConfigSchema, { argv: ['--discovery', 'consul', '--zookeeper', 'zk:2', '--advertise', '10.0.0.1:80'], env: {} }),
     'FLEETGATE_ERR_CONFIG_INVALID', /--zookeeper \(for zookeeper\)/)
   t.equal(load(['--discovery', 'consul', '--consul-token', 't', '--consul-tag', 'web']).config.consulTag, 'web', 'its own settings are fine')
+  // The proxy's session timeout is ZooKeeper's; the agent's is its Consul TTL as well.
+  throwsConfig(t, () => load(['--static', 'http://b:2', '--session-timeout-ms', '5000']), 'FLEETGATE_ERR_CONFIG_INVALID',
+    /--session-timeout-ms \(for zookeeper\) would be ignored/)
+  throwsConfig(t, () => load(['--discovery', 'consul', '--session-timeout-ms', '5000']), 'FLEETGATE_ERR_CONFIG_INVALID', /--session-timeout-ms \(for zookeeper\)/)
+  t.equal(load(['--zookeeper', 'zk', '--session-timeout-ms', '5000']).config.sessionTimeoutMs, 5000)
+  t.equal(loadConfig(AgentConfigSchema, { argv: ['--discovery', 'consul', '--session-timeout-ms', '5000', '--advertise', '10.0.0.1:80'], env: {} }).config.sessionTimeoutMs,
+    5000, 'the agent\'s TTL with Consul')
+})
+
+t.test('an unknown flag names itself and where the flags are listed', async t => {
+  throwsConfig(t, () => load(['--zookeper', 'zk']), 'FLEETGATE_ERR_CLI_USAGE', /^Invalid command line: Unknown option '--zookeper': see fleetgate help proxy$/)
+  throwsConfig(t, () => loadConfig(AgentConfigSchema, { argv: ['--advertize', '10.0.0.1:80'], env: {} }), 'FLEETGATE_ERR_CLI_USAGE', /Unknown option '--advertize': see fleetgate help agent$/)
 })
 
 t.test('a config file\'s empty or true/false value is an error, not 0 or 1', async t => {
