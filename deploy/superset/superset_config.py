@@ -15,7 +15,8 @@ SQLALCHEMY_DATABASE_URI = "postgresql+psycopg2://{user}:{password}@{host}:{port}
 
 # fleetgate appends the client to X-Forwarded-For and sets X-Forwarded-Proto, -Host and -Port: trust
 # exactly that one hop, so Superset sees the real client (AUTH_RATE_LIMIT is per client address) and
-# builds redirects with the browser's scheme and host.
+# builds redirects with the browser's scheme and host. Behind a TLS terminator, fleetgate passes on the
+# terminator's Proto, Host and Port, and the client is one hop further: "x_for": 2.
 ENABLE_PROXY_FIX = True
 PROXY_FIX_CONFIG = {"x_for": 1, "x_proto": 1, "x_host": 1, "x_port": 1, "x_prefix": 1}
 

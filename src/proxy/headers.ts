@@ -10,9 +10,12 @@ const HOP_BY_HOP = new Set([
 ])
 
 /**
- * What ProxyFix reads (Superset's default PROXY_FIX_CONFIG trusts one hop of each): set by the proxy,
- * never taken from the client. fleetgate serves at the root and sets no prefix, so a client's
- * X-Forwarded-Prefix (which Werkzeug makes the SCRIPT_NAME of every link and redirect) is dropped.
+ * What ProxyFix reads (Superset's PROXY_FIX_CONFIG trusts one hop of each). X-Forwarded-For gets the
+ * client's address appended. X-Forwarded-Proto, -Host and -Port are kept as a proxy in front set them
+ * (the TLS terminator knows the scheme the browser used, fleetgate does not), as HAProxy passes them and
+ * Envoy keeps them when it is not the edge; the proxy sets them when they are absent. fleetgate serves at
+ * the root and sets no prefix, so a client's X-Forwarded-Prefix (which Werkzeug makes the SCRIPT_NAME of
+ * every link and redirect) is dropped.
  */
 const FORWARDED = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port', 'x-forwarded-prefix'])
 
@@ -65,12 +68,19 @@ export function upstreamRequestHeaders (req: IncomingMessage, keepUpgrade = fals
   const authority = absoluteTarget(req.url)?.host
   const out: string[] = []
   let forwardedFor: string | undefined
+  let forwardedProto: string | undefined
+  let forwardedHost: string | undefined
+  let forwardedPort: string | undefined
   let sentHost = false
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!
     const lower = name.toLowerCase()
     if (FORWARDED.has(lower)) {
-      if (lower === 'x-forwarded-for') forwardedFor = forwardedFor ? `${forwardedFor}, ${raw[i + 1]}` : raw[i + 1]
+      const value = raw[i + 1]!
+      if (lower === 'x-forwarded-for') forwardedFor = forwardedFor ? `${forwardedFor}, ${value}` : value
+      else if (lower === 'x-forwarded-proto') forwardedProto = forwardedProto ? `${forwardedProto}, ${value}` : value
+      else if (lower === 'x-forwarded-host') forwardedHost = forwardedHost ? `${forwardedHost}, ${value}` : value
+      else if (lower === 'x-forwarded-port') forwardedPort = forwardedPort ? `${forwardedPort}, ${value}` : value
       continue
     }
     if (keepUpgrade && (lower === 'connection' || lower === 'upgrade')) {
@@ -90,11 +100,11 @@ export function upstreamRequestHeaders (req: IncomingMessage, keepUpgrade = fals
   const client = req.socket.remoteAddress ?? ''
   out.push(
     'x-forwarded-for', forwardedFor ? `${forwardedFor}, ${client}` : client,
-    'x-forwarded-proto', 'encrypted' in req.socket && req.socket.encrypted ? 'https' : 'http',
-    'x-forwarded-port', String(req.socket.localPort ?? ''),
+    'x-forwarded-proto', forwardedProto || ('encrypted' in req.socket && req.socket.encrypted ? 'https' : 'http'),
+    'x-forwarded-port', forwardedPort || String(req.socket.localPort ?? ''),
   )
-  const host = authority ?? req.headers.host
-  if (host !== undefined) out.push('x-forwarded-host', host)
+  const host = forwardedHost || authority || req.headers.host
+  if (host) out.push('x-forwarded-host', host)
   return out
 }
 

@@ -129,7 +129,9 @@ t.test('forwarding: methods, bodies, query strings and headers reach the instanc
     const req = httpRequest(`${proxy.url}/api/v1/chart/data?form_data=%7B%7D&x=1`, {
       method: 'POST',
       headers: {
-        'content-type': 'application/json', 'x-forwarded-for': '203.0.113.7', 'x-forwarded-proto': 'https', 'x-forwarded-prefix': '//evil.example',
+        'content-type': 'application/json', 'x-forwarded-for': '203.0.113.7', 'x-forwarded-prefix': '//evil.example',
+        // As a TLS terminator in front sets them.
+        'x-forwarded-proto': 'https', 'x-forwarded-host': 'bi.example.com', 'x-forwarded-port': '443',
         connection: 'keep-alive, x-secret', 'x-secret': 'hop', 'keep-alive': 'timeout=5', host: 'superset.example:8088', cookie: 'session=abc',
       },
     }, r => {
@@ -145,9 +147,9 @@ t.test('forwarding: methods, bodies, query strings and headers reach the instanc
   t.equal(seen.url, '/api/v1/chart/data?form_data=%7B%7D&x=1')
   t.equal(seen.body, JSON.stringify({ queries: [1, 2, 3] }))
   t.equal(seen.headers['x-forwarded-for'], '203.0.113.7, 127.0.0.1', 'client address appended')
-  t.equal(seen.headers['x-forwarded-proto'], 'http', 'proto is what the proxy saw')
-  t.equal(seen.headers['x-forwarded-host'], 'superset.example:8088')
-  t.equal(seen.headers['x-forwarded-port'], new URL(proxy.url).port)
+  t.equal(seen.headers['x-forwarded-proto'], 'https', 'proto, host and port as the proxy in front saw them: the browser\'s')
+  t.equal(seen.headers['x-forwarded-host'], 'bi.example.com')
+  t.equal(seen.headers['x-forwarded-port'], '443')
   t.notOk('x-forwarded-prefix' in seen.headers, 'a client\'s X-Forwarded-Prefix does not reach the instance: ProxyFix would build links on it')
   t.equal(seen.headers.host, 'superset.example:8088', 'Host is passed through')
   t.equal(seen.headers.cookie, 'session=abc')
@@ -164,6 +166,11 @@ t.test('forwarding: methods, bodies, query strings and headers reach the instanc
   const head = await request(`${proxy.url}/h`, { method: 'HEAD' })
   await head.body.dump()
   t.equal(head.statusCode, 200)
+
+  const direct = await request(`${proxy.url}/d`, { headers: { host: 'superset.example:8088' } })
+  const { headers } = await direct.body.json() as { headers: Record<string, string> }
+  t.match(headers, { 'x-forwarded-for': '127.0.0.1', 'x-forwarded-proto': 'http', 'x-forwarded-host': 'superset.example:8088', 'x-forwarded-port': new URL(proxy.url).port },
+    'without a proxy in front, what this proxy saw')
 })
 
 t.test('one keep-alive connection carries GETs, POSTs and DELETEs in turn, each answered in full', async t => {
