@@ -68,6 +68,7 @@ export const ProxyConfigSchema = Type.Object({
   connectTimeoutMs: Milliseconds('Upstream connect timeout', 5_000),
   headersTimeoutMs: Milliseconds('Upstream response headers timeout (above Superset\'s 60 s)', 120_000),
   idleTimeoutMs: Milliseconds('Idle timeout while a body streams, either way', 300_000),
+  clientKeepAliveTimeoutMs: Milliseconds('How long an idle client connection waits for its next request (HAProxy\'s timeout http-keep-alive); above the idle timeout of a load balancer in front', 75_000, 100),
   maxConnectionsPerInstance: Type.Integer({
     minimum: 0, maximum: 100_000, default: 128,
     description: 'Requests (connections) an instance carries at once, per proxy process (HAProxy\'s maxconn); more wait in a queue. 0: no limit',

@@ -22,7 +22,7 @@ import { afterEarlierAnswers, offersOnlyH2c, proxyUpgrade, refuse, serveWithoutU
 import { Upstreams } from './upstreams.ts'
 
 export type ProxyOptions = Pick<ProxyConfig,
-  'service' | 'listen' | 'connectTimeoutMs' | 'headersTimeoutMs' | 'idleTimeoutMs' | 'tries' |
+  'service' | 'listen' | 'connectTimeoutMs' | 'headersTimeoutMs' | 'idleTimeoutMs' | 'clientKeepAliveTimeoutMs' | 'tries' |
   'ejectBaseMs' | 'ejectMaxMs' | 'ejectAfterErrors' | 'panicThresholdPercent' | 'shutdownTimeoutMs' | 'maxHeaderBytes' |
   'maxConnectionsPerInstance' | 'queueTimeoutMs'> & {
   /** Without one, no admin listener (a worker of a multi-process proxy: the primary has it). */
@@ -184,6 +184,9 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
       const server = createServer({ maxHeaderSize: options.maxHeaderBytes, requestTimeout: 0 }, handler)
       // Fastify applies its connectionTimeout only to a server it makes itself.
       server.setTimeout(clientIdleMs)
+      // Node's 5 s default would close connections that a load balancer in front keeps for a minute
+      // (AWS ALB, ingress-nginx): it would send its next request as the proxy closes, and fail it.
+      server.keepAliveTimeout = options.clientKeepAliveTimeoutMs
       return server
     },
   })

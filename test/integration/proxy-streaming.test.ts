@@ -6,7 +6,7 @@ import { Readable } from 'node:stream'
 import t, { type Test } from 'tap'
 import { request } from 'undici'
 import { eventually } from '../helpers/eventually.ts'
-import { registerCurator, sample, startBackend, startProxy, zkClient } from '../helpers/fleet.ts'
+import { raw, registerCurator, sample, startBackend, startProxy, zkClient } from '../helpers/fleet.ts'
 import { startZooKeeper } from '../helpers/zookeeper.ts'
 
 const server = await startZooKeeper()
@@ -256,4 +256,32 @@ t.test('a client connection silent past the client idle timeout is closed, and i
   await eventually(async () => await inFlight() === 1, { message: 'the request reached the instance' })
   await eventually(async () => await inFlight() === 0, { message: 'its instance request ended' })
   await eventually(() => closed() === 1, { message: 'the instance saw it go' })
+})
+
+t.test('an idle client connection is kept for --client-keep-alive-timeout-ms, not Node\'s 5 s', async t => {
+  const backend = await startBackend(t, 'keep-alive')
+  backend.handle((req, res) => { req.resume(); req.on('end', () => res.end('ok')) })
+  const idleClose = async (args: string[]): Promise<{ answer: string, idleMs: number }> => {
+    const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, ...args])
+    await eventually(() => proxy.ready())
+    const socket = connect(Number(new URL(proxy.url).port), '127.0.0.1')
+    t.teardown(() => socket.destroy())
+    let answer = ''
+    let answeredAt = 0
+    socket.setEncoding('latin1').on('data', (s: string) => { answer += s; answeredAt = performance.now() })
+    const closedAt = new Promise<number>(resolve => socket.on('close', () => resolve(performance.now())))
+    socket.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n')
+    await eventually(() => answer.endsWith('\r\n\r\nok'), { message: 'the answer' })
+    return { answer, idleMs: await closedAt - answeredAt }
+  }
+  const short = await idleClose(['--client-keep-alive-timeout-ms', '1500'])
+  t.match(short.answer, /\r\nKeep-Alive: timeout=1\r\n/, 'the client is told')
+  t.ok(short.idleMs >= 1400, `closed after 1.5 s idle, not before (${Math.round(short.idleMs)} ms)`)
+
+  // The default, above the idle timeout of AWS ALB and ingress-nginx (60 s), is only told here: the
+  // connection is not waited out.
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`])
+  await eventually(() => proxy.ready())
+  const answer = await raw(proxy.url, 'GET / HTTP/1.1\r\nHost: x\r\n\r\n', { until: a => a.includes('\r\n\r\n') })
+  t.match(answer, /\r\nKeep-Alive: timeout=75\r\n/, 'by default 75 s, as NGINX\'s keepalive_timeout')
 })
