@@ -93,6 +93,8 @@ export type PoolEvent =
   /** Left the membership. Requests already running on it go on; the pool will not pick it again. */
   | { readonly type: 'removed', readonly endpoint: Endpoint }
   | { readonly type: 'ejected', readonly endpoint: Endpoint, readonly durationMs: number, readonly reason: EjectionReason }
+  /** An ejected endpoint answered a request sent to it while ejected (panic): its ejection ends early. */
+  | { readonly type: 'readmitted', readonly endpoint: Endpoint }
   | { readonly type: 'changed', readonly membership: Membership }
 
 export interface PoolOptions {
@@ -337,6 +339,11 @@ export class Pool {
     return healthyPercent < this.#options.panicThresholdPercent
   }
 
+  /** Whether the endpoint is ejected now: a request pick() gives it was picked in panic. */
+  isEjected (endpoint: Endpoint): boolean {
+    return this.#ejected.size > 0 && this.#ejected.has(endpoint)
+  }
+
   /** The endpoint answered (see reportAnswer): it is reachable, and its ejections in a row are over. */
   reportSuccess (endpoint: Endpoint): void {
     if (endpoint.failures === 0 && endpoint.ejections === 0) return
@@ -352,10 +359,15 @@ export class Pool {
   /**
    * The endpoint answered a request with `statusCode`. With ejectAfterErrors, a server error counts
    * toward an ejection (see reportServerError); any other answer ends the run, and the ejections in a row.
+   * `sentWhileEjected`: the request was sent to it in panic, after its ejection began. Answered, the
+   * ejection is over: it serves again, and it need not wait out an ejection that doubled while it was
+   * down, with the requests of a panicking pool spread over instances that still refuse. (A request it
+   * carried from before its ejection says nothing of that.)
    */
-  reportAnswer (endpoint: Endpoint, statusCode: number): void {
+  reportAnswer (endpoint: Endpoint, statusCode: number, sentWhileEjected = false): void {
     if (this.#errorLimit === 0 || statusCode < 500 || statusCode === 501 || statusCode === 505) {
       if (endpoint.serverErrors !== 0) endpoint.serverErrors = 0
+      if (sentWhileEjected) this.#readmit(endpoint)
       return this.reportSuccess(endpoint)
     }
     endpoint.failures = 0
@@ -397,6 +409,14 @@ export class Pool {
     endpoint.changedAtMs = now
     this.#ejected.add(endpoint)
     this.#emit({ type: 'ejected', endpoint, durationMs, reason })
+  }
+
+  #readmit (endpoint: Endpoint): void {
+    if (!this.#ejected.has(endpoint)) return
+    this.#ejected.delete(endpoint)
+    endpoint.ejectedUntilMs = 0
+    endpoint.changedAtMs = this.#now()
+    this.#emit({ type: 'readmitted', endpoint })
   }
 
   /**

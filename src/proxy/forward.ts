@@ -122,6 +122,8 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
   #retryReason: 'connect_failure' | 'reset_before_response' | undefined
   /** The try's failed connect is counted as the instance's error already: the 502 that ends on it is not another. */
   #errorCounted = false
+  /** The try went to an ejected instance (panic): its answer ends the ejection. */
+  #sentWhileEjected = false
   #abort: ((reason?: Error) => void) | undefined
   #resume: (() => void) | undefined
   #responded = false
@@ -197,6 +199,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     }
     this.#endpoint = endpoint
     this.#errorCounted = false
+    this.#sentWhileEjected = ctx.pool.isEjected(endpoint)
     this.#abort = undefined
     this.#attemptOpen = true
     endpoint.started(this.#startedAt)
@@ -254,7 +257,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     }
     this.#ctx.deadlines.watch(this, this.#ctx.idleTimeoutMs)
     if (this.#clientGone) {
-      this.#ctx.pool.reportAnswer(this.#endpoint!, statusCode)
+      this.#ctx.pool.reportAnswer(this.#endpoint!, statusCode, this.#sentWhileEjected)
       this.#responded = true
       return true
     }
@@ -279,7 +282,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
       this.#res.writeHead(statusCode, statusText)
     }
     // Only once its head passed: one that does not is a broken answer, which onError counts.
-    this.#ctx.pool.reportAnswer(this.#endpoint!, statusCode)
+    this.#ctx.pool.reportAnswer(this.#endpoint!, statusCode, this.#sentWhileEjected)
     this.#responded = true
     return true
   }

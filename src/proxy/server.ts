@@ -156,6 +156,9 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
       } else {
         log.warn({ instance: event.endpoint.address, durationMs: event.durationMs, serverErrors: options.ejectAfterErrors }, 'instance ejected after server errors in a row')
       }
+    } else if (event.type === 'readmitted') {
+      queue.serveSoon()
+      log.info({ instance: event.endpoint.address }, 'ejected instance answered: back in rotation')
     }
   })
 

@@ -32,11 +32,14 @@ export function proxyUpgrade (ctx: UpgradeContext, req: IncomingMessage, client:
   const seconds = (): number => (performance.now() - startedAt) / 1000
   const method = req.method ?? 'GET'
   const tried = new Set<Endpoint>()
-  /** Answers the error and counts it like any other answer, against the last instance tried (if any). */
-  const fail = (code: ErrorCode, last: Endpoint | undefined): void => {
+  /**
+   * Answers the error and counts it like any other answer, against the last instance tried (if any);
+   * `errorCounted`: its failed connect is that instance's error already.
+   */
+  const fail = (code: ErrorCode, last: Endpoint | undefined, errorCounted = false): void => {
     if (code === 'FLEETGATE_ERR_NO_LIVE_INSTANCE') ctx.metrics.noLiveInstance()
     refuse(client, code, ctx.service)
-    ctx.metrics.finished(last, method, ERRORS[code].statusCode, seconds())
+    ctx.metrics.finished(last, method, ERRORS[code].statusCode, seconds(), errorCounted)
   }
   const attempt = (): void => {
     // An upgrade is not queued behind the connection limit (a WebSocket may stay open for hours, and
@@ -46,6 +49,7 @@ export function proxyUpgrade (ctx: UpgradeContext, req: IncomingMessage, client:
       return tried.size === 0 ? fail('FLEETGATE_ERR_NO_LIVE_INSTANCE', undefined) : fail('FLEETGATE_ERR_UPSTREAM_CONNECT', [...tried].pop())
     }
     tried.add(endpoint)
+    const sentWhileEjected = ctx.pool.isEjected(endpoint)
     endpoint.started(startedAt)
     const upstream = connect({ host: endpoint.instance.host, port: endpoint.instance.port, timeout: ctx.connectTimeoutMs })
     let connected = false
@@ -76,7 +80,7 @@ export function proxyUpgrade (ctx: UpgradeContext, req: IncomingMessage, client:
       ctx.pool.reportConnectFailure(endpoint)
       ctx.log.debug({ err, instance: endpoint.address }, 'upgrade connect failed')
       if (tried.size < ctx.tries && !client.destroyed) return attempt()
-      fail((err as NodeJS.ErrnoException).code === 'UND_ERR_CONNECT_TIMEOUT' ? 'FLEETGATE_ERR_UPSTREAM_TIMEOUT' : 'FLEETGATE_ERR_UPSTREAM_CONNECT', endpoint)
+      fail((err as NodeJS.ErrnoException).code === 'UND_ERR_CONNECT_TIMEOUT' ? 'FLEETGATE_ERR_UPSTREAM_TIMEOUT' : 'FLEETGATE_ERR_UPSTREAM_CONNECT', endpoint, true)
     })
     upstream.once('connect', () => {
       client.off('close', clientGone)
@@ -89,7 +93,7 @@ export function proxyUpgrade (ctx: UpgradeContext, req: IncomingMessage, client:
         // The upgrade counts with the status the instance answered (101, or a refusal such as 403), and
         // lasts until then; the session after it is not a request.
         answered: status => {
-          ctx.pool.reportAnswer(endpoint, status)
+          ctx.pool.reportAnswer(endpoint, status, sentWhileEjected)
           ctx.metrics.finished(endpoint, method, status, seconds())
         },
         unanswered: code => {

@@ -166,6 +166,27 @@ t.test('retries go to a different instance; with none left the answer is 502', a
   t.same(states, ['ejected', 'ejected'], 'instances that refused are ejected')
 })
 
+t.test('with every instance ejected, the first that answers again is back at once, not after its ejection', async t => {
+  const ports = [await freePort(), await freePort(), await freePort()]
+  // One try a request, and ejections far longer than the test: only a readmission serves them all.
+  const proxy = await startProxy(t, ['--static', ports.map(port => `http://127.0.0.1:${port}`).join(','),
+    '--tries', '1', '--eject-base-ms', '60000', '--eject-max-ms', '60000'])
+  await eventually(() => proxy.ready())
+  for (let i = 0; i < 3; i++) t.equal((await get(proxy.url)).status, 502, 'every instance refuses, and is ejected')
+  t.same((await proxy.status()).instances.map(i => i.state), ['ejected', 'ejected', 'ejected'])
+
+  const back = createServer((req, res) => { req.resume(); res.end('back') })
+  t.teardown(() => new Promise(resolve => { back.closeAllConnections(); back.close(resolve) }))
+  await new Promise<void>(resolve => back.listen(ports[1], '127.0.0.1', resolve))
+  // In panic the ejected instances take requests in turn: the first to reach the one that is back ends its ejection.
+  await eventually(async () => (await get(proxy.url)).status === 200, { message: 'a request reaches the instance that is back' })
+  const statuses = []
+  for (let i = 0; i < 12; i++) statuses.push((await get(proxy.url)).status)
+  t.same(statuses, Array(12).fill(200), 'then every request goes to it, none to those still refusing')
+  t.same((await proxy.status()).instances.map(i => i.state), ['ejected', 'up', 'ejected'], 'only the one that answered is back')
+  t.match(proxy.output(), /ejected instance answered: back in rotation/)
+})
+
 t.test('--eject-after-errors: an instance that answers 500 after 500 is ejected and the others take its share', async t => {
   const good = await startBackend(t, 'good')
   // A Superset whose metadata database is gone: its /health still answers, everything else is a 500.

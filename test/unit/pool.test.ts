@@ -196,6 +196,42 @@ t.test('panic: with most instances ejected, all up instances get traffic again',
   t.ok(pool.pick(new Set([[...pool.endpoints()][2]!])), 'falls back to an ejected instance instead of none')
 })
 
+t.test('panic: an ejected instance that answers a request sent to it while ejected is back at once', async t => {
+  const { pool, now } = build()
+  pool.update(membership(inst('a', 1), inst('b', 2), inst('c', 3)))
+  const [a, b, c] = [...pool.endpoints()] as [Endpoint, Endpoint, Endpoint]
+  const events: string[] = []
+  pool.onEvent(event => { if (event.type === 'readmitted') events.push(event.endpoint.instance.id) })
+  for (let i = 0; i < 3; i++) for (const e of [a, b, c]) pool.reportConnectFailure(e)
+  t.same(pool.counts(), { up: 0, draining: 0, ejected: 3 }, 'all ejected, for 4 s each now')
+
+  // A request a carried from before its ejection says nothing: only one sent to it in panic does.
+  pool.reportAnswer(a, 200)
+  t.equal(a.state(now.ms), 'ejected', 'an answer to a request from before the ejection does not end it')
+  const picked = pool.pick()!
+  t.ok(pool.isEjected(picked), 'in panic, an ejected instance is picked')
+  pool.reportAnswer(picked, 200, true)
+  t.equal(picked.state(now.ms), 'up', 'its answer ends its ejection')
+  t.same(events, [picked.instance.id], 'and says so')
+  t.same(ids(pool, 3), [picked.instance.id, picked.instance.id, picked.instance.id], 'the one that answers takes the requests, not the ones that refuse')
+
+  // Without ejectAfterErrors, any answer shows the instance reachable, as it resets the back-off.
+  const other = [a, b, c].find(e => e !== picked)!
+  pool.reportAnswer(other, 503, true)
+  t.equal(other.state(now.ms), 'up', 'so does a 503, when only refused connects eject')
+
+  // With it, a server error is no sign of health.
+  const strict = new Pool({ service: 's', ejectBaseMs: 1000, ejectMaxMs: 8000, panicThresholdPercent: 50, ejectAfterErrors: 2, now: () => now.ms })
+  strict.update(membership(inst('a', 1), inst('b', 2)))
+  const [x, y] = [...strict.endpoints()] as [Endpoint, Endpoint]
+  strict.reportConnectFailure(x)
+  strict.reportConnectFailure(y)
+  strict.reportAnswer(x, 503, true)
+  t.equal(x.state(now.ms), 'ejected', 'with --eject-after-errors, a 5xx sent in panic leaves it ejected')
+  strict.reportAnswer(x, 404, true)
+  t.equal(x.state(now.ms), 'up', 'and any other answer ends it')
+})
+
 t.test('exclusion skips already-tried instances', async t => {
   const { pool } = build()
   pool.update(membership(inst('a', 1), inst('b', 2)))
