@@ -183,7 +183,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     if (!endpoint) {
       if (this.#tries === 0) {
         this.#ctx.metrics.noLiveInstance()
-        this.#fail('FLEETGATE_ERR_NO_LIVE_INSTANCE', { 'retry-after': '1' })
+        this.#fail('FLEETGATE_ERR_NO_LIVE_INSTANCE')
       } else {
         this.#fail(this.#lastFailure)
       }
@@ -444,6 +444,8 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
         'content-type': 'application/json; charset=utf-8',
         'content-length': Buffer.byteLength(body),
         'cache-control': 'no-store',
+        // The service is unavailable for now: no instance took the request, none is live or has room.
+        ...(statusCode === 503 ? { 'retry-after': '1' } : {}),
         ...extraHeaders,
       })
       this.#res.end(body)

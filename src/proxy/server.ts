@@ -8,6 +8,7 @@ import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest }
 import { Pool, type Endpoint } from '../balancer/pool.ts'
 import type { ProxyConfig } from '../config.ts'
 import { splitHostPort } from '../config.ts'
+import { ERRORS } from '../errors.ts'
 import type { Logger } from '../logger.ts'
 import type { MembershipSource, SourceState } from '../membership/source.ts'
 import { createProxyMetrics, createRegistry, type ProxyMetrics } from '../metrics.ts'
@@ -182,6 +183,18 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
       const body = JSON.stringify({ error: error.code, message: error.message, service })
       reply.raw.writeHead(400, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body) })
       reply.raw.end(body)
+    },
+    // Requests Node's parser refuses (a malformed head, one over --max-header-bytes, a head still not
+    // whole after Node's headers timeout) are answered like the proxy's other errors, and counted.
+    clientErrorHandler: (err, socket) => {
+      // Nothing to answer on a connection that is gone, or once an answer on it has begun (Node's own rule).
+      const writing = (socket as Duplex & { _httpMessage?: ServerResponse | null })._httpMessage
+      if (err.code === 'ECONNRESET' || !socket.writable || writing?.headersSent === true) return void socket.destroy()
+      const code = err.code === 'HPE_HEADER_OVERFLOW'
+        ? 'FLEETGATE_ERR_HEADERS_TOO_LARGE'
+        : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'FLEETGATE_ERR_CLIENT_TIMEOUT' : 'FLEETGATE_ERR_BAD_REQUEST'
+      refuse(socket, code, service)
+      instanceMetrics.finished(undefined, 'OTHER', ERRORS[code].statusCode, 0)
     },
     serverFactory: handler => {
       const server = createServer({ maxHeaderSize: options.maxHeaderBytes, requestTimeout: 0 }, handler)

@@ -258,7 +258,7 @@ export function refuse (client: Duplex, code: ErrorCode, service: string): void 
   const body = JSON.stringify({ error: code, message, service })
   client.write(
     `HTTP/1.1 ${statusCode} ${message}\r\nconnection: close\r\ncontent-type: application/json\r\n` +
-    (code === 'FLEETGATE_ERR_NO_LIVE_INSTANCE' ? 'retry-after: 1\r\n' : '') +
+    (statusCode === 503 ? 'retry-after: 1\r\n' : '') +
     `content-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
   )
   endSoon(client)

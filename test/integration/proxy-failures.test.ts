@@ -142,19 +142,20 @@ t.test('a service node fleetgate may not list (its ACL): the last membership is 
   await eventually(async () => (await proxy.status()).instances.map(i => i.id).join() === 'a,b', { timeoutMs: 30_000, message: 'b joins once the list may be read' })
 })
 
-t.test('retries go to a different instance; with none left the answer is 502', async t => {
+t.test('retries go to a different instance; with none left the answer is 503, as Envoy and HAProxy answer it', async t => {
   const client = await zkClient(t, server.connectString)
   const deadPorts = [await freePort(), await freePort()]
   for (const [i, port] of deadPorts.entries()) await registerCurator(client, { service: 'dead', id: `dead-${i}`, port })
   const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'dead'])
   await eventually(async () => (await proxy.status()).instances.length === 2)
   const res = await get(proxy.url)
-  t.equal(res.status, 502)
+  t.equal(res.status, 503)
   t.equal(JSON.parse(res.body).error, 'FLEETGATE_ERR_UPSTREAM_CONNECT')
+  t.equal(res.headers['retry-after'], '1', 'nothing was sent: the client may try again shortly')
   const metrics = await proxy.metrics()
   t.equal(sample(metrics, 'fleetgate_retries_total', { reason: 'connect_failure' }), 1, 'one retry was sent; the third try had no instance left')
   t.equal(sample(metrics, 'fleetgate_upstream_connect_failures_total'), 2, 'a refused connect on each')
-  t.same((await proxy.status()).instances.map(i => [i.requests, i.errors]), [[1, 1], [1, 1]], 'each tried once, each an error once: the 502 is not a second')
+  t.same((await proxy.status()).instances.map(i => [i.requests, i.errors]), [[1, 1], [1, 1]], 'each tried once, each an error once: the 503 is not a second')
   const alive = await startBackend(t, 'alive')
   await registerCurator(client, { service: 'dead', id: 'alive', port: alive.port })
   await eventually(async () => (await proxy.status()).instances.length === 3)
@@ -172,7 +173,7 @@ t.test('with every instance ejected, the first that answers again is back at onc
   const proxy = await startProxy(t, ['--static', ports.map(port => `http://127.0.0.1:${port}`).join(','),
     '--tries', '1', '--eject-base-ms', '60000', '--eject-max-ms', '60000'])
   await eventually(() => proxy.ready())
-  for (let i = 0; i < 3; i++) t.equal((await get(proxy.url)).status, 502, 'every instance refuses, and is ejected')
+  for (let i = 0; i < 3; i++) t.equal((await get(proxy.url)).status, 503, 'every instance refuses, and is ejected')
   t.same((await proxy.status()).instances.map(i => i.state), ['ejected', 'ejected', 'ejected'])
 
   const back = createServer((req, res) => { req.resume(); res.end('back') })
@@ -183,7 +184,8 @@ t.test('with every instance ejected, the first that answers again is back at onc
   const statuses = []
   for (let i = 0; i < 12; i++) statuses.push((await get(proxy.url)).status)
   t.same(statuses, Array(12).fill(200), 'then every request goes to it, none to those still refusing')
-  t.same((await proxy.status()).instances.map(i => i.state), ['ejected', 'up', 'ejected'], 'only the one that answered is back')
+  const states = Object.fromEntries((await proxy.status()).instances.map(i => [i.address, i.state]))
+  t.same(states, { [`127.0.0.1:${ports[0]}`]: 'ejected', [`127.0.0.1:${ports[1]}`]: 'up', [`127.0.0.1:${ports[2]}`]: 'ejected' }, 'only the one that answered is back')
   t.match(proxy.output(), /ejected instance answered: back in rotation/)
 })
 
