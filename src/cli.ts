@@ -2,6 +2,8 @@
 // The command line: `fleetgate proxy` and `fleetgate agent`. The only place that reads process.env and
 // process.argv; a configuration error exits 2 with a message naming the key, value and expectation.
 
+// First: a SIGUSR1 during start-up must not open Node's inspector.
+import './no-inspector.ts'
 import cluster from 'node:cluster'
 import { readFileSync } from 'node:fs'
 import type { TObject } from '@sinclair/typebox'
@@ -128,7 +130,10 @@ export async function buildSource (config: ProxyConfig, logger: Logger): Promise
   })
 }
 
-/** Resolves once SIGTERM or SIGINT has been handled by `shutdown`; a second signal exits at once. SIGHUP is ignored. */
+/**
+ * Resolves once SIGTERM or SIGINT has been handled by `shutdown`; a second signal exits at once. SIGHUP
+ * and SIGUSR1 are ignored.
+ */
 export function untilSignal (logger: Logger, shutdown: () => Promise<void>): Promise<void> {
   return new Promise(resolve => {
     let stopping = false
@@ -149,6 +154,8 @@ export function untilSignal (logger: Logger, shutdown: () => Promise<void>): Pro
     // Node's default for SIGHUP (a closed terminal or SSH session) is to die on the spot, cutting every
     // request in flight; the proxy has no configuration to reload either.
     process.on('SIGHUP', () => logger.info({ signal: 'SIGHUP' }, 'SIGHUP ignored: SIGTERM drains and stops the proxy'))
+    // Node's default for SIGUSR1 opens its inspector, which runs any code a local client sends it.
+    process.on('SIGUSR1', () => logger.info({ signal: 'SIGUSR1' }, 'SIGUSR1 ignored'))
   })
 }
 

@@ -48,7 +48,7 @@ export function resolveAgentSettings (config: AgentConfig): AgentSettings {
 }
 
 /** What the agent passes on to its wrapped command as it comes. */
-const PASSED_ON: readonly NodeJS.Signals[] = ['SIGHUP', 'SIGUSR2', 'SIGQUIT', 'SIGWINCH', 'SIGTTIN', 'SIGTTOU']
+const PASSED_ON: readonly NodeJS.Signals[] = ['SIGHUP', 'SIGUSR1', 'SIGUSR2', 'SIGQUIT', 'SIGWINCH', 'SIGTTIN', 'SIGTTOU']
 
 export async function runAgent (argv: readonly string[], env: Readonly<Record<string, string | undefined>>): Promise<number> {
   const { config, command, ignored } = loadConfig(AgentConfigSchema, { argv, env, takesCommand: true })
@@ -109,9 +109,10 @@ export async function runAgent (argv: readonly string[], env: Readonly<Record<st
   })
 
   // SIGTERM and SIGINT drain first and reach the command only at the end. The signals a server takes
-  // while it runs go through, as tini and dumb-init pass them: a reload (HUP), and gunicorn's more or
-  // fewer workers (TTIN, TTOU), new binary (USR2), quick stop (QUIT) and graceful worker stop (WINCH).
-  // Without a command, only HUP is taken (and ignored); the others keep node's default.
+  // while it runs go through, as tini and dumb-init pass them: a reload (HUP), and gunicorn's log reopening
+  // (USR1, logrotate's), more or fewer workers (TTIN, TTOU), new binary (USR2), quick stop (QUIT) and
+  // graceful worker stop (WINCH). Without a command, HUP and USR1 are taken (and ignored): node's default
+  // for USR1 opens its inspector, which runs any code a local client sends it. The others keep node's.
   const handlers = new Map<NodeJS.Signals, (signal: NodeJS.Signals) => void>()
   const onStop = (signal: NodeJS.Signals): void => { void agent!.shutdown(signal) }
   handlers.set('SIGTERM', onStop).set('SIGINT', onStop)
@@ -125,6 +126,7 @@ export async function runAgent (argv: readonly string[], env: Readonly<Record<st
     }
   } else {
     handlers.set('SIGHUP', () => logger.info('SIGHUP ignored: no wrapped command'))
+    handlers.set('SIGUSR1', () => logger.info({ signal: 'SIGUSR1' }, 'SIGUSR1 ignored: no wrapped command'))
   }
   for (const [signal, handler] of handlers) process.on(signal, handler)
   try {

@@ -90,9 +90,9 @@ async function main (): Promise<void> {
   }
   process.once('SIGTERM', stop)
   process.once('SIGINT', stop)
-  // Stand for a reload (gunicorn re-reads its config on SIGHUP) and gunicorn's other signals (more or
-  // fewer workers on TTIN and TTOU, a new binary on USR2): say so, keep serving.
-  for (const signal of ['SIGHUP', 'SIGUSR2', 'SIGTTIN', 'SIGTTOU'] as const) {
+  // Stand for a reload (gunicorn re-reads its config on SIGHUP) and gunicorn's other signals (its logs
+  // reopened on USR1, more or fewer workers on TTIN and TTOU, a new binary on USR2): say so, keep serving.
+  for (const signal of ['SIGHUP', 'SIGUSR1', 'SIGUSR2', 'SIGTTIN', 'SIGTTOU'] as const) {
     process.on(signal, () => process.stdout.write(`${JSON.stringify({ backend: name, signal })}\n`))
   }
   if (values['exit-with-parent']) {

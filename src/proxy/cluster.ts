@@ -341,6 +341,8 @@ export async function runWorker (config: ProxyConfig, logger: Logger): Promise<{
   // must not race it.
   process.on('SIGINT', () => undefined)
   process.on('SIGHUP', () => undefined)
+  // Node's default would open its inspector, which runs any code a local client sends it.
+  process.on('SIGUSR1', () => log.info({ signal: 'SIGUSR1' }, 'SIGUSR1 ignored'))
   process.on('SIGTERM', shutdown)
   // A primary that is gone (killed, out of memory) leaves the worker to finish what it carries. Node's
   // cluster would end the worker at once, unless the disconnect is marked as one it asked for.

@@ -52,7 +52,7 @@ t.test('wrapper mode: a SIGKILLed command\'s znode goes within 1 s, and the agen
   t.equal(code, 137, 'exits like a shell reports a SIGKILLed command')
 })
 
-t.test('wrapper mode: signals reach the command; SIGTERM drains first, then stops it, exit 0', async t => {
+t.test('wrapper mode: signals reach the command (SIGUSR1 too, for logrotate); SIGTERM drains first, then stops it, exit 0', async t => {
   const client = await zkClient(t, server.connectString)
   const port = await freePort()
   const path = `/services/wrapped-term/127.0.0.1-${port}`
@@ -63,12 +63,13 @@ t.test('wrapper mode: signals reach the command; SIGTERM drains first, then stop
   await eventually(() => readNode(client, path), { message: 'registered' })
   const pid = (await agent.status()).command!.pid!
 
-  for (const signal of ['SIGHUP', 'SIGUSR2', 'SIGTTIN', 'SIGTTOU'] as const) {
+  for (const signal of ['SIGHUP', 'SIGUSR1', 'SIGUSR2', 'SIGTTIN', 'SIGTTOU'] as const) {
     agent.kill(signal)
     await agent.waitForOutput(new RegExp(`"backend":"wt","signal":"${signal}"`))
     t.ok(isAlive(pid), `${signal} is passed on and the command keeps running`)
   }
   t.equal(agent.child.exitCode, null, 'and so does the agent')
+  t.notMatch(agent.output(), /Debugger listening|inspector/i, 'SIGUSR1 did not open the agent\'s inspector')
 
   agent.kill('SIGTERM')
   await eventually(async () => JSON.parse((await readNode(client, path))?.data.toString() ?? '{}').payload?.state === 'draining', { message: 'draining' })

@@ -161,3 +161,16 @@ t.test('an unreachable target is not registered, and SIGTERM still exits promptl
   t.comment(`SIGTERM -> exit: ${tookMs} ms`)
   t.ok(tookMs < 2000, `exited in ${tookMs} ms, not after the 30 s drain`)
 })
+
+t.test('without a command, SIGHUP and SIGUSR1 are logged and ignored: the inspector stays closed', async t => {
+  const backend = await startBackend(t, 'usr1')
+  const agent = await startAgent(t, { zookeeper: server.connectString, service: 'usr1', port: backend.port })
+  for (const signal of ['SIGHUP', 'SIGUSR1'] as const) {
+    agent.kill(signal)
+    await agent.waitForOutput(new RegExp(`"msg":"${signal} ignored`))
+  }
+  t.notMatch(agent.output(), /Debugger listening|inspector/i, 'no inspector opened')
+  t.equal(agent.child.exitCode, null, 'the agent keeps running')
+  agent.kill('SIGTERM')
+  t.equal((await agent.exited).code, 0)
+})

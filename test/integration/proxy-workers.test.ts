@@ -215,7 +215,7 @@ t.test('SIGTERM to the whole process group (systemd, kill 0) drains the workers 
   t.same(await proxy.exited, { code: 0, signal: null }, 'then everything exits cleanly')
 })
 
-t.test('SIGHUP is logged and ignored; workers whose primary is killed finish what they carry, then exit', async t => {
+t.test('SIGHUP and SIGUSR1 are logged and ignored; workers whose primary is killed finish what they carry, then exit', async t => {
   const backend = await startBackend(t, 'held')
   let release: (() => void) | undefined
   backend.handle((req, res) => {
@@ -233,6 +233,10 @@ t.test('SIGHUP is logged and ignored; workers whose primary is killed finish wha
   // A closed terminal or SSH session sends SIGHUP to the whole group: Node's default would end them all.
   for (const pid of [proxy.pid, ...workers]) process.kill(pid, 'SIGHUP')
   await proxy.waitForOutput(/SIGHUP ignored/)
+  // Node's default for SIGUSR1 opens its inspector, in the primary and in each worker.
+  for (const pid of [proxy.pid, ...workers]) process.kill(pid, 'SIGUSR1')
+  await eventually(() => proxy.logLines('SIGUSR1 ignored') === 3, { message: 'SIGUSR1 ignored by the primary and both workers' })
+  t.notMatch(proxy.output(), /Debugger listening|inspector/i, 'no inspector opened')
   t.equal((await get(proxy.url, '/after-hup')).status, 200, 'still serving')
   t.ok([proxy.pid, ...workers].every(isAlive), 'nothing died')
 
