@@ -201,7 +201,10 @@ export class Agent {
     const { registrar, supervisor } = this.#options
     this.#phase = 'draining'
     this.#checker.stop()
-    const registered = registrar.status().desired.kind === 'registered'
+    // What the registry holds, not what was asked of it: a registration asked for but never written (the
+    // registry unreachable since the start, or its write refused) has nothing to drain. One written
+    // before the registry went out of reach is still there, for as long as the session lives.
+    const registered = registrar.status().registered
     if (registered && !this.#drainCut) {
       const startedAt = performance.now()
       await this.#written(registrar.setState('draining'))

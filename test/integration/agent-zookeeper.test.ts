@@ -5,7 +5,7 @@ import t from 'tap'
 import { children, readNode, startAgent, startHealthBackend } from '../helpers/agent.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { sample, zk, zkClient } from '../helpers/fleet.ts'
-import { fourLetterWord, startZooKeeper } from '../helpers/zookeeper.ts'
+import { fourLetterWord, freePort, startZooKeeper } from '../helpers/zookeeper.ts'
 
 t.test('after a 10 s ZooKeeper outage the znode is present again', async t => {
   const server = await startZooKeeper()
@@ -140,4 +140,24 @@ t.test('two agents with one id: the second says so and leaves the first one\'s z
   t.ok(after, 'the first agent\'s znode is there')
   t.equal(after!.stat.czxid.toString('hex'), settled.stat.czxid.toString('hex'), 'and was not deleted and created again meanwhile')
   t.equal(JSON.parse(after!.data.toString()).port, serving.port, 'it is the serving instance\'s')
+})
+
+t.test('ZooKeeper out of reach, so nothing registered: SIGTERM exits at once, without a drain', async t => {
+  const nothing = await freePort()
+  const backend = await startHealthBackend(t, 'unreached')
+  const agent = await startAgent(t, { zookeeper: `127.0.0.1:${nothing}`, service: 'unreached', port: backend.port, args: ['--drain-ms', '30000'] })
+  await eventually(async () => {
+    const status = await agent.status()
+    return status.health === 'healthy' && status.registration.desired.kind === 'registered'
+  }, { message: 'healthy, and its registration asked for' })
+  t.equal((await agent.status()).registration.registered, false, 'but not registered')
+  const startedAt = Date.now()
+  agent.kill('SIGTERM')
+  const { code } = await agent.exited
+  const tookMs = Date.now() - startedAt
+  t.equal(code, 0)
+  t.comment(`SIGTERM -> exit: ${tookMs} ms`)
+  t.ok(tookMs < 5000, `exited in ${tookMs} ms, not after the 30 s drain`)
+  t.equal(agent.logLines('not registered: nothing to drain'), 1)
+  t.equal(agent.logLines('draining: no new requests; in-flight ones finish'), 0)
 })

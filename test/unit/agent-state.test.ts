@@ -14,6 +14,8 @@ class RecordingRegistrar implements Registrar {
   closed = false
   /** While set, setState is recorded at once but its write resolves only when this does. */
   hold: Promise<void> | undefined
+  /** False: the registry is out of reach, and holds nothing whatever is asked. */
+  reachable = true
   start (): void { this.calls.push('start') }
   async register (state: InstanceState): Promise<void> { this.#want(`register:${state}`, { kind: 'registered', state }) }
   async setState (state: InstanceState): Promise<void> {
@@ -23,7 +25,7 @@ class RecordingRegistrar implements Registrar {
   async deregister (): Promise<void> { this.#want('deregister', { kind: 'absent' }) }
   async close (): Promise<void> { this.closed = true; this.calls.push('close') }
   status (): RegistrarStatus {
-    return { registry: 'fake', key: 'k', connected: true, session: 's', desired: this.desired, registered: this.desired.kind === 'registered', state: undefined, lastError: undefined }
+    return { registry: 'fake', key: 'k', connected: true, session: 's', desired: this.desired, registered: this.reachable && this.desired.kind === 'registered', state: undefined, lastError: undefined }
   }
 
   #want (call: string, desired: Desired): void {
@@ -73,6 +75,17 @@ t.test('health still unknown: an earlier registration is neither kept nor remove
   t.equal(agent.status().health, 'unknown')
   t.equal(await agent.shutdown(), 0)
   t.same(registrar.calls, ['start', 'deregister', 'close'], 'no drain for an instance that was never registered')
+})
+
+t.test('asked to register but never registered (registry out of reach): nothing to drain, it stops at once', async t => {
+  const { agent, registrar } = build('1', { drainMs: 60_000 })
+  registrar.reachable = false
+  agent.start()
+  await eventually(() => registrar.desired.kind === 'registered', { message: 'healthy: registration asked for' })
+  const startedAt = Date.now()
+  t.equal(await agent.shutdown('SIGTERM'), 0)
+  t.ok(Date.now() - startedAt < 5000, `did not wait the 60 s drain (took ${Date.now() - startedAt} ms)`)
+  t.same(registrar.calls, ['start', 'register:up', 'deregister', 'close'], 'no draining write')
 })
 
 t.test('maintenance drains without stopping and holds through an unhealthy spell', async t => {
