@@ -18,6 +18,13 @@ export interface SupervisorOptions {
   readonly logger: Logger
 }
 
+/**
+ * The agent's own secrets, left out of the command's environment: the Consul ACL token may write any
+ * registration of the service (service:write), which the instance has no business with. The agent reads
+ * it only from this variable (or a flag, or its config file), never from Consul's CONSUL_HTTP_TOKEN.
+ */
+export const WITHHELD_VARIABLES: readonly string[] = ['FLEETGATE_CONSUL_TOKEN']
+
 /** How often a stop looks whether the command's process group is gone. */
 const GROUP_POLL_MS = 50
 
@@ -56,7 +63,9 @@ export class Supervisor {
     // Its own process group: a command that does not exec its server (a shell script, `sh -c`) takes it
     // along when signalled, and a Ctrl-C or a signal to the agent's group reaches the agent alone, which
     // drains before it passes the signal on.
-    const child = spawn(file, args, { stdio: 'inherit', env: { ...this.#options.env }, detached: true })
+    const env = { ...this.#options.env }
+    for (const name of WITHHELD_VARIABLES) delete env[name]
+    const child = spawn(file, args, { stdio: 'inherit', env, detached: true })
     this.#child = child
     this.#exited = new Promise(resolve => {
       child.once('exit', (code, signal) => {

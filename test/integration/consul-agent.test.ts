@@ -6,10 +6,11 @@
 import t, { type Test } from 'tap'
 import { request } from 'undici'
 import type { AgentStatus } from '../../src/agent/agent.ts'
-import { FAST, startHealthBackend } from '../helpers/agent.ts'
+import { DEMO_BACKEND, FAST, startHealthBackend } from '../helpers/agent.ts'
 import { consulTarget, doubleOf, needsDouble, uniqueService, type ConsulTarget } from '../helpers/consul.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { get, runFleetgate, startProxy, type FleetgateProcess, type ProxyProcess } from '../helpers/fleet.ts'
+import { freePort } from '../helpers/zookeeper.ts'
 
 interface ConsulAgent extends FleetgateProcess {
   readonly id: string
@@ -249,4 +250,25 @@ t.test('ACLs: the agent registers with its token and fails without one', { skip:
   const without = await startConsulAgent(t, { ...target, token: undefined }, service, b!.port)
   await eventually(async () => /403/.test((await without.status()).registration.lastError ?? ''), { timeoutMs: 30_000, message: '403 without' })
   t.equal(double.service(without.id), undefined)
+})
+
+t.test('wrapper mode: the command does not get the agent\'s Consul token; other variables pass', { skip: needsDouble('ACLs switched on') }, async t => {
+  const target = await consulTarget(t, { aclToken: 'agent-secret' })
+  const double = doubleOf(target)
+  const service = uniqueService('env')
+  const port = await freePort()
+  const id = `127.0.0.1-${port}`
+  t.teardown(() => target.api.deregister(id))
+  const show = 'echo "child env: token=[${FLEETGATE_CONSUL_TOKEN-unset}] kept=[${FLEETGATE_TEST_KEPT-unset}]"'
+  const agent = runFleetgate(t, [
+    'agent', '--discovery', 'consul', '--consul', target.address, '--service', service,
+    '--advertise', `127.0.0.1:${port}`, '--target', `http://127.0.0.1:${port}`, '--admin-listen', '127.0.0.1:0', ...FAST,
+    '--', 'sh', '-c', `${show}; exec "${process.execPath}" "${DEMO_BACKEND}" --name env --port ${port} --exit-with-parent`,
+  ], { FLEETGATE_CONSUL_TOKEN: 'agent-secret', FLEETGATE_TEST_KEPT: 'kept' })
+  const [, token, kept] = await agent.waitForOutput(/child env: token=\[([^\]]*)\] kept=\[([^\]]*)\]/, 30_000)
+  t.equal(token, 'unset', 'FLEETGATE_CONSUL_TOKEN is not in the command\'s environment')
+  t.equal(kept, 'kept', 'other variables are')
+  await eventually(() => double.service(id), { timeoutMs: 30_000, message: 'the agent registers with its token all the same' })
+  agent.kill('SIGTERM')
+  t.equal((await agent.exited).code, 0)
 })
