@@ -109,13 +109,21 @@ export class Agent {
   /**
    * SIGTERM: registration to draining, wait drainMs, deregister, stop the command, resolve `done`.
    * An instance that is not registered has nothing to drain and stops at once. A second call cuts the
-   * drain wait short.
+   * drain wait short; once the command has been asked to stop, each further call passes its signal on to
+   * it (as tini does), and --stop-timeout-ms still bounds the wait with SIGKILL.
    */
   shutdown (signal: NodeJS.Signals = 'SIGTERM'): Promise<number> {
     if (this.#shutdown) {
+      const supervisor = this.#options.supervisor
       if (this.#phase === 'draining' && !this.#drainCut) {
         this.#log.warn({ signal }, 'second signal: ending the drain now')
         this.#endDrain()
+      } else if (supervisor?.stopping) {
+        supervisor.passStop(signal)
+      } else {
+        // Between the drain and the command's stop (the deregistration under way), or stopping already
+        // without a command: every step left is under way, each with its deadline.
+        this.#log.warn({ signal, command: supervisor ? (supervisor.running ? 'not stopped yet' : 'exited') : 'none' }, 'already stopping')
       }
       return this.#shutdown
     }

@@ -34,8 +34,8 @@ export class Supervisor {
   #child: ChildProcess | undefined
   #exit: ChildExit | undefined
   #exited: Promise<ChildExit> | undefined
-  /** The signal stop() sent: a child that dies of it stopped as asked. */
-  #stopSignal: NodeJS.Signals | undefined
+  /** The signals stop() and passStop() sent: a child that dies of one of them stopped as asked. */
+  readonly #stopSignals = new Set<NodeJS.Signals>()
 
   constructor (options: SupervisorOptions) {
     if (options.command.length === 0) throw new FleetgateError('FLEETGATE_ERR_AGENT_COMMAND', 'no command after --')
@@ -49,6 +49,11 @@ export class Supervisor {
 
   get running (): boolean {
     return this.#child !== undefined && this.#exit === undefined
+  }
+
+  /** Whether stop() has asked the command to stop. */
+  get stopping (): boolean {
+    return this.#stopSignals.size > 0
   }
 
   /** Resolves once the child has exited (after start()). */
@@ -106,11 +111,23 @@ export class Supervisor {
       await this.reap(timeoutMs)
       return this.#exit
     }
-    this.#stopSignal = signal
+    this.#stopSignals.add(signal)
     this.#log.info({ pid: this.#child.pid, signal }, 'stopping the command')
     this.#signalGroup(signal)
     await this.#untilGroupGone(timeoutMs)
     return await this.exited
+  }
+
+  /**
+   * A stop signal that comes once the command has been asked to stop: passed on to its whole group, as the
+   * stop was, whatever the command makes of it (gunicorn stops at once on SIGINT or SIGQUIT after a
+   * graceful SIGTERM). The stop timeout still ends with SIGKILL.
+   */
+  passStop (signal: NodeJS.Signals): void {
+    if (!this.#child || !this.stopping) return
+    this.#stopSignals.add(signal)
+    this.#log.warn({ pid: this.#child.pid, signal }, 'the command is stopping; passing the signal on')
+    this.#signalGroup(signal)
   }
 
   /**
@@ -155,12 +172,12 @@ export class Supervisor {
   }
 
   /**
-   * The agent's exit code for the child's exit: its own code; 0 if it died of the signal stop() sent
-   * (it stopped as asked); 128 + the signal number for any other signal, as shells report it.
+   * The agent's exit code for the child's exit: its own code; 0 if it died of a signal stop() or
+   * passStop() sent (it stopped as asked); 128 + the signal number for any other signal, as shells report it.
    */
   exitCode (exit: ChildExit): number {
     if (exit.code !== null) return exit.code
-    if (exit.signal && exit.signal === this.#stopSignal) return 0
+    if (exit.signal && this.#stopSignals.has(exit.signal)) return 0
     return 128 + (exit.signal ? constants.signals[exit.signal] ?? 0 : 0)
   }
 }

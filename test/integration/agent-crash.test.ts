@@ -155,3 +155,41 @@ t.test('wrapper mode: a command that does not exec its server (sh -c) takes the 
   t.same(pids.filter(isAlive), [], 'only once everything the shell started is gone, the slow one included')
   t.equal(await readNode(client, path), undefined, 'and deregistered')
 })
+
+t.test('wrapper mode: once the command has been asked to stop, each further signal is passed on to it and logged', async t => {
+  const client = await zkClient(t, server.connectString)
+  const port = await freePort()
+  const path = `/services/wrapped-stubborn/127.0.0.1-${port}`
+  // Serves /health, says which signals it gets, ignores SIGINT, and dies of SIGTERM only when it comes again.
+  const stubborn = [
+    `require('http').createServer((q, r) => r.end('OK')).listen(${port}, '127.0.0.1')`,
+    `const say = s => console.log(JSON.stringify({ stubborn: s }))`,
+    `process.on('SIGINT', () => say('SIGINT'))`,
+    `process.on('SIGTERM', () => { say('SIGTERM'); process.removeAllListeners('SIGTERM'); process.kill(process.pid, 'SIGTERM') })`,
+  ].join('; ')
+  const agent = await startAgent(t, {
+    zookeeper: server.connectString, service: 'wrapped-stubborn', port, args: ['--drain-ms', '30000', '--stop-timeout-ms', '60000'],
+    command: [process.execPath, '-e', stubborn],
+  })
+  await eventually(() => readNode(client, path), { message: 'registered' })
+  const pid = (await agent.status()).command!.pid!
+  const started = startTimeOf(pid)
+  t.teardown(() => killIfSame(pid, started))
+  const stubbornSaw = (signal: string): number => agent.output().split('\n').filter(l => l === JSON.stringify({ stubborn: signal })).length
+
+  agent.kill('SIGINT')
+  await agent.waitForOutput(/"msg":"draining: no new requests/)
+  agent.kill('SIGINT')
+  await agent.waitForOutput(/"msg":"second signal: ending the drain now"/)
+  await eventually(() => stubbornSaw('SIGINT') === 1, { message: 'the command got its stop signal (SIGINT), and ignored it' })
+  t.equal(await readNode(client, path), undefined, 'deregistered before the command was stopped')
+
+  agent.kill('SIGINT')
+  await eventually(() => stubbornSaw('SIGINT') === 2, { message: 'a third SIGINT reaches the command' })
+  agent.kill('SIGTERM')
+  await eventually(() => stubbornSaw('SIGTERM') === 1, { message: 'then a SIGTERM' })
+  t.equal(agent.logLines('the command is stopping; passing the signal on'), 2, 'each signal passed on is logged')
+  t.same(await agent.exited, { code: 0, signal: null }, 'the command died of a stop signal the agent passed on: exit 0')
+  t.notOk(isAlive(pid))
+  t.equal(agent.logLines('command did not stop in time; killing it'), 0, 'without waiting for the stop timeout\'s SIGKILL')
+})
