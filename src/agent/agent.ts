@@ -59,6 +59,8 @@ export class Agent {
   /** Ends the drain wait early: a second signal, or the wrapped command died. */
   #cutDrain: (() => void) | undefined
   #drainCut = false
+  /** Whether health has left unknown: the first rise or fall sets where the instance starts. */
+  #settled = false
 
   constructor (options: AgentOptions) {
     this.#options = options
@@ -181,6 +183,15 @@ export class Agent {
     this.#options.metrics.healthChecks.inc({ ...this.#labels, result: result.ok ? 'pass' : 'fail' })
     if (!result.ok) this.#log.debug({ detail: result.detail, streak: this.#riseFall.streak }, 'health check failed')
     if (!transition || this.#phase !== 'running') return
+    const first = !this.#settled
+    this.#settled = true
+    if (transition === 'unhealthy' && first) {
+      // An instance still starting (not listening yet) was never healthy: that is where it starts, not a
+      // change worth a warning or a transition. A registration left by an earlier run goes all the same.
+      this.#log.info({ detail: result.detail, fall: this.#options.fall }, 'instance not healthy yet: not registering')
+      void this.#apply()
+      return
+    }
     this.#options.metrics.transitions.inc({ ...this.#labels, to: transition })
     if (transition === 'healthy') {
       this.#log.info({ detail: result.detail, rise: this.#options.rise }, 'instance healthy: registering')

@@ -144,7 +144,7 @@ t.test('bad flags: a clear error naming the flag, and exit code 2', async t => {
   }))
 })
 
-t.test('an unreachable target is not registered, and SIGTERM still exits promptly', async t => {
+t.test('an unreachable target is not registered nor counted as a transition, and SIGTERM still exits promptly', async t => {
   const client = await zkClient(t, server.connectString)
   const gone = await startBackend(t, 'gone')
   const port = gone.port
@@ -153,6 +153,10 @@ t.test('an unreachable target is not registered, and SIGTERM still exits promptl
   await eventually(async () => (await agent.status()).health === 'unhealthy', { message: 'unhealthy after the fall threshold' })
   t.equal(await readNode(client, `/services/unreachable/127.0.0.1-${port}`), undefined)
   t.match((await agent.status()).lastCheck, { ok: false, detail: 'ECONNREFUSED' })
+  // Never healthy, as a Superset still booting: where it starts, not a transition to alert on.
+  t.equal(sample(await agent.metrics(), 'fleetgate_agent_transitions_total'), 0, 'no transition counted')
+  t.equal(agent.logLines('instance unhealthy: deregistering'), 0, 'no warning')
+  t.equal(agent.logLines('instance not healthy yet: not registering'), 1)
   const startedAt = Date.now()
   agent.kill('SIGTERM')
   const { code } = await agent.exited

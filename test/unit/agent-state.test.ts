@@ -2,9 +2,10 @@ import t from 'tap'
 import { Agent } from '../../src/agent/agent.ts'
 import type { ProbeResult } from '../../src/agent/health-check.ts'
 import type { Desired, Registrar, RegistrarStatus } from '../../src/agent/registrar.ts'
-import { silentLogger } from '../../src/logger.ts'
+import { pino } from 'pino'
+import { silentLogger, type Logger } from '../../src/logger.ts'
 import type { InstanceState } from '../../src/membership/instance.ts'
-import { createAgentMetrics, createRegistry } from '../../src/metrics.ts'
+import { createAgentMetrics, createRegistry, type AgentMetrics } from '../../src/metrics.ts'
 import { eventually } from '../helpers/eventually.ts'
 
 /** Records what the agent asks; the registry "says it" at once. */
@@ -47,16 +48,29 @@ function scripted (results: string, cycle = false) {
   return { probe, state }
 }
 
-function build (results: string, options: { drainMs?: number, rise?: number, fall?: number, cycle?: boolean } = {}) {
+function build (results: string, options: { drainMs?: number, rise?: number, fall?: number, cycle?: boolean, logger?: Logger } = {}) {
   const registrar = new RecordingRegistrar()
   const { probe, state } = scripted(results, options.cycle)
+  const metrics = createAgentMetrics(createRegistry())
   const agent = new Agent({
     service: 'superset', id: 'a', registrar, probe,
     healthIntervalMs: 2, rise: options.rise ?? 2, fall: options.fall ?? 2,
     drainMs: options.drainMs ?? 50, stopTimeoutMs: 1000,
-    metrics: createAgentMetrics(createRegistry()), logger: silentLogger,
+    metrics, logger: options.logger ?? silentLogger,
   })
-  return { agent, registrar, state }
+  return { agent, registrar, state, metrics }
+}
+
+/** A logger that keeps its lines, parsed. */
+function recordingLogger (): { logger: Logger, lines: Array<{ level: number, msg: string }> } {
+  const lines: Array<{ level: number, msg: string }> = []
+  return { logger: pino({ level: 'info' }, { write: (line: string) => { lines.push(JSON.parse(line)) } }), lines }
+}
+
+async function transitions (metrics: AgentMetrics): Promise<Record<string, number>> {
+  const counts: Record<string, number> = {}
+  for (const { labels, value } of (await metrics.transitions.get()).values) counts[String(labels.to)] = value
+  return counts
 }
 
 t.test('registers and deregisters on transitions only', async t => {
@@ -65,6 +79,26 @@ t.test('registers and deregisters on transitions only', async t => {
   t.teardown(() => agent.shutdown())
   await eventually(() => state.probes >= 20, { message: '20 probes' })
   t.same(registrar.calls, ['start', 'register:up', 'deregister', 'register:up'])
+})
+
+t.test('a slow start is where the instance starts, not a transition: logged at info, not counted', async t => {
+  const { logger, lines } = recordingLogger()
+  const { agent, registrar, state, metrics } = build('0', { rise: 2, fall: 2, logger })
+  agent.start()
+  t.teardown(() => agent.shutdown())
+  await eventually(() => agent.status().health === 'unhealthy', { message: 'not healthy yet after the fall threshold' })
+  t.same(await transitions(metrics), {}, 'no transition counted')
+  t.same(lines.filter(l => l.level >= 40).map(l => l.msg), [], 'nothing at warn')
+  t.ok(lines.some(l => l.level === 30 && l.msg === 'instance not healthy yet: not registering'), 'said at info')
+  t.same(registrar.calls, ['start', 'deregister'], 'a registration an earlier run left goes all the same')
+
+  state.override = true
+  await eventually(() => agent.status().health === 'healthy', { message: 'healthy once it listens' })
+  state.override = false
+  await eventually(() => agent.status().health === 'unhealthy', { message: 'then unhealthy' })
+  t.same(await transitions(metrics), { healthy: 1, unhealthy: 1 }, 'a fall after being healthy is one')
+  t.same(lines.filter(l => l.level === 40).map(l => l.msg), ['instance unhealthy: deregistering'], 'and a warning')
+  t.same(registrar.calls, ['start', 'deregister', 'register:up', 'deregister'])
 })
 
 t.test('health still unknown: an earlier registration is neither kept nor removed', async t => {
