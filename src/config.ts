@@ -17,10 +17,24 @@ const PORT_1 = '(?!0+(?![0-9]))' + PORT
 export const HOST = '(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9_.-]+)'
 const ZNODE_PATH = '(/(?!\\.\\.?(/|$))[^/\\s]+)+'
 
-const HostPort = (description: string, defaultValue?: string, { anyPort = true } = {}) => Type.String({
-  pattern: `^${HOST}:${anyPort ? PORT : PORT_1}$`,
+/**
+ * The unspecified address, as a host followed by ":": 0.0.0.0 in any form the resolver reads as it ("0",
+ * "0.0", "0x0"), and [::] in any form ("[0:0:0:0:0:0:0:0]", "[::0.0.0.0]", "[::ffff:0.0.0.0]").
+ */
+const ZERO = '(0+|0[xX]0*)'
+const UNSPECIFIED = `(${ZERO}(\\.${ZERO}){0,3}|\\[[0:]*([Ff]{4}:)?(0+(\\.0+){3})?\\]):`
+
+/**
+ * A listener's address (any port, 0 for any free one, and any host, 0.0.0.0 and [::] included), or with
+ * `reach`, an address others connect to: a port from 1, and not the unspecified address, which means
+ * "every address of this host" to a listener and no host at all to anyone connecting.
+ */
+const HostPort = (description: string, defaultValue?: string, { reach = false } = {}) => Type.String({
+  pattern: reach ? `^(?!${UNSPECIFIED})${HOST}:${PORT_1}$` : `^${HOST}:${PORT}$`,
   description,
-  expected: `HOST:PORT with a port from ${anyPort ? 0 : 1} to 65535, e.g. 0.0.0.0:8080 or [::1]:8080`,
+  expected: reach
+    ? 'HOST:PORT with a port from 1 to 65535 and a host others can reach, e.g. 10.0.0.7:8088 or [2001:db8::7]:8088; not 0.0.0.0 or [::], which stand for every address of this host'
+    : 'HOST:PORT with a port from 0 to 65535, e.g. 0.0.0.0:8080 or [::1]:8080',
   ...(defaultValue === undefined ? {} : { default: defaultValue }),
 })
 
@@ -100,7 +114,7 @@ export const AgentConfigSchema = Type.Object({
     description: 'Registry to register in; defaults to zookeeper', expected: '"zookeeper" or "consul" (the agent registers; static is the proxy\'s)',
   })),
   target: Type.String({ pattern: `^https?://${HOST}(:${PORT_1})?$`, default: 'http://127.0.0.1:8088', description: 'The local instance to health-check', expected: 'http://HOST:PORT, a port from 1 to 65535' }),
-  advertise: HostPort('Address the proxy should use for this instance', undefined, { anyPort: false }),
+  advertise: HostPort('Address the proxy should use for this instance', undefined, { reach: true }),
   // "." and ".." are not znode names: joined to the service path they would name the service node or its parent.
   id: Type.Optional(Type.String({ pattern: '^(?!\\.\\.?$)[A-Za-z0-9_.:-]{1,128}$', description: 'Instance id (znode name); defaults to one derived from --advertise', expected: '1 to 128 letters, digits, "_", ".", ":" and "-", other than "." and ".."' })),
   healthCheck: Type.Union([Type.Literal('http'), Type.Literal('tcp')], { default: 'http', description: 'http: GET the health path; tcp: connect only', expected: '"http" or "tcp"' }),

@@ -161,6 +161,21 @@ t.test('ports: 0 to 65535 to listen on, 1 to 65535 to reach', async t => {
   t.equal(agent('--advertise', '10.0.0.1:80', '--target', 'http://[::1]:8088').config.target, 'http://[::1]:8088')
 })
 
+t.test('--advertise is an address others can reach: not 0.0.0.0 or [::]; listeners may still use them', async t => {
+  const agent = (argv: string[], env: Record<string, string> = {}) => loadConfig(AgentConfigSchema, { argv: ['--zookeeper', 'zk:2181', ...argv], env }).config
+  for (const unspecified of ['0.0.0.0:8088', '[::]:8088', '[0:0:0:0:0:0:0:0]:8088', '[::0]:8088', '[::ffff:0.0.0.0]:8088', '0:8088', '0.0:8088', '0x0:8088']) {
+    throwsConfig(t, () => agent(['--advertise', unspecified]), 'FLEETGATE_ERR_CONFIG_INVALID',
+      new RegExp(`--advertise = ${JSON.stringify(unspecified).replace(/[[\].]/g, '\\$&')}: expected HOST:PORT .*a host others can reach.*not 0\\.0\\.0\\.0 or \\[::\\]`))
+  }
+  throwsConfig(t, () => agent([], { FLEETGATE_ADVERTISE: '0.0.0.0:8088' }), 'FLEETGATE_ERR_CONFIG_INVALID', /FLEETGATE_ADVERTISE = "0\.0\.0\.0:8088"/)
+  for (const reachable of ['10.0.0.7:8088', '10.0.0.0:8088', '0.example:8088', 'superset-0:8088', '[::1]:8088', '[fe80::]:8088', '[2001:db8::7]:8088']) {
+    t.equal(agent(['--advertise', reachable]).advertise, reachable, `${reachable} is accepted`)
+  }
+  t.equal(agent(['--advertise', '10.0.0.7:8088', '--admin-listen', '0.0.0.0:9902']).adminListen, '0.0.0.0:9902', 'the agent\'s admin may listen on every address')
+  t.equal(load(['--listen', '0.0.0.0:8080']).config.listen, '0.0.0.0:8080', 'and so may the proxy')
+  t.equal(load(['--listen', '[::]:8080']).config.listen, '[::]:8080')
+})
+
 t.test('a ZooKeeper connect string is checked whole before start-up', async t => {
   for (const good of ['zk:2181', 'zk1:2181,zk2:2182/prod/superset', 'zk', '10.0.0.1:2181/x', 'zk:2181/']) t.equal(load(['--zookeeper', good]).config.zookeeper, good)
   for (const bad of ['zk:2181/prod/', 'zk:2181//', 'zk:2181//x', 'zk:2181/a/..', 'zk:2181/./a', 'zk1:2181x', 'zk1:99999', 'zk1:0', 'zk 1:2181', ',zk:2181']) {
