@@ -26,12 +26,53 @@ export interface ZooKeeperSessionOptions {
 const MAX_SPIN_DELAY_MS = 3_200
 /** How long a client may try for its first session before it is rebuilt (a handshake can hang: ZOOKEEPER-5051). */
 const FIRST_CONNECT_DEADLINE_MS = 10_000
-/** How long a replaced client may take to close its session before its socket is destroyed. */
+/** How long a client may take to close its session before its socket is destroyed. */
 const CLOSE_GRACE_MS = 1_000
 
-/** The socket of a node-zookeeper-client client (not part of its API: the connection manager's own). */
-function socketOf (client: Client): { destroy (): void } | undefined {
-  return (client as unknown as { connectionManager?: { socket?: { destroy (): void } } }).connectionManager?.socket
+/** node-zookeeper-client's connection manager states, as far as this file uses them (not part of its API). */
+const CM_CONNECTED = 2
+const CM_CONNECTED_READ_ONLY = 3
+const CM_CLOSING = -1
+const CM_CLOSED = -2
+
+/** Connection managers of clients dropped by abandon(): a connect attempt they had scheduled is not made. */
+const abandoned = new WeakSet<object>()
+
+/**
+ * Makes abandon() final: the library schedules its next connect attempt (a tick, or up to spinDelay after
+ * a lost connection) with no way to cancel it, and the attempt opens a socket whatever the state.
+ */
+function cancellableReconnects (client: Client): void {
+  const manager = managerOf(client)
+  const findNextServer = manager.findNextServer
+  manager.findNextServer = function (this: ConnectionManager, callback): void {
+    findNextServer.call(this, server => { if (!abandoned.has(this)) callback(server) })
+  }
+}
+
+/** Whether the client has a session and a connection it can send closeSession on. */
+function hasSession (client: Client): boolean {
+  const { state } = managerOf(client)
+  return state === CM_CONNECTED || state === CM_CONNECTED_READ_ONLY
+}
+
+/**
+ * Drops a client in any state without a word to the server, as the Java client closes one that has no
+ * connection: its session, if any, is left to expire. The library's close() must not be used on a client
+ * in its handshake: it sends closeSession anyway, then reads the server's handshake answer as the reply
+ * to it and throws from the socket's 'data' handler, an uncaught exception; and a connect attempt it had
+ * scheduled still opens a new connection.
+ */
+function abandon (client: Client): void {
+  const manager = managerOf(client)
+  abandoned.add(manager)
+  if (manager.connectTimeoutHandler) clearTimeout(manager.connectTimeoutHandler)
+  // A manager whose socket closes reconnects unless it is closing (or its session expired, or auth failed).
+  if (manager.state !== CM_CLOSED) manager.setState(CM_CLOSING)
+  // Requests waiting for a connection fail now rather than never.
+  const loss = (zookeeper.Exception as unknown as { create (code: number): Error }).create(zookeeper.Exception.CONNECTION_LOSS)
+  for (let packet = manager.packetQueue.shift(); packet; packet = manager.packetQueue.shift()) packet.callback?.(loss)
+  manager.socket?.destroy()
 }
 
 /** One SetWatches packet's budget of watched paths: the Java client's (ZOOKEEPER-706). */
@@ -39,9 +80,15 @@ const SET_WATCHES_MAX_BYTES = 128 * 1024
 /** ZooKeeper's opcode for SetWatches. */
 const OP_SET_WATCHES = 101
 
-/** node-zookeeper-client's connection manager, as far as batchSetWatches() uses it (not part of its API). */
+/** node-zookeeper-client's connection manager, as far as this file uses it (not part of its API). */
 interface ConnectionManager {
+  state: number
+  socket?: { destroy (): void }
+  connectTimeoutHandler: NodeJS.Timeout | null
+  packetQueue: { shift (): { callback?: (err: unknown) => void } | undefined }
   chrootPath?: string
+  findNextServer (callback: (server: unknown) => void): void
+  setState (state: number): void
   onSocketConnected (): void
   queue (request: JuteRequest, callback?: (err: unknown) => void): void
 }
@@ -58,7 +105,7 @@ type SetWatches = Record<'dataWatches' | 'existWatches' | 'childWatches', string
  * ever. This client sends them as the Java client does: in packets of at most 128 KB of paths.
  */
 function batchSetWatches (client: Client): void {
-  const manager = (client as unknown as { connectionManager: ConnectionManager }).connectionManager
+  const manager = managerOf(client)
   const onSocketConnected = manager.onSocketConnected
   manager.onSocketConnected = function (this: ConnectionManager): void {
     const queue = this.queue
@@ -93,6 +140,10 @@ function * splitSetWatches (payload: SetWatches, chroot: string): Generator<SetW
     }
   }
   yield part
+}
+
+function managerOf (client: Client): ConnectionManager {
+  return (client as unknown as { connectionManager: ConnectionManager }).connectionManager
 }
 
 /** A shallow copy with the same prototype: a jute record's methods come with it. */
@@ -180,11 +231,12 @@ export class ZooKeeperSession {
     this.#client = undefined
     this.#connected = false
     if (!client) return
+    if (!hasSession(client)) return abandon(client)
     // The 'state' listeners stay: the client's own one turns the final state into the 'disconnected'
     // event awaited below, and ours ignores everything once closed.
     // close() sends closeSession, which removes our ephemeral nodes at once; wait for it briefly.
     await new Promise<void>(resolve => {
-      const timer = setTimeout(resolve, 1000)
+      const timer = setTimeout(() => { abandon(client); resolve() }, CLOSE_GRACE_MS)
       client.once('disconnected', () => { clearTimeout(timer); resolve() })
       client.close()
     })
@@ -199,6 +251,7 @@ export class ZooKeeperSession {
       retries: 0,
     })
     batchSetWatches(client)
+    cancellableReconnects(client)
     this.#client = client
     this.#connected = false
     this.#sessionId = ''
@@ -255,10 +308,14 @@ export class ZooKeeperSession {
     const old = this.#client
     if (old) {
       old.removeAllListeners('state')
-      old.close()
-      // close() only queues closeSession, which a hung server never answers: its socket would stay open
-      // for as long as the server hangs, one more with every rebuild.
-      setTimeout(() => socketOf(old)?.destroy(), CLOSE_GRACE_MS).unref()
+      if (hasSession(old)) {
+        old.close()
+        // close() only queues closeSession, which a hung server never answers: its socket would stay open
+        // for as long as the server hangs, one more with every rebuild.
+        setTimeout(() => abandon(old), CLOSE_GRACE_MS).unref()
+      } else {
+        abandon(old)
+      }
     }
     this.#connected = false
     this.#failedBuilds = hadSession ? 0 : this.#failedBuilds + 1

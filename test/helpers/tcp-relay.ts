@@ -2,6 +2,7 @@
 // (up, same port) while the registry itself keeps running and changing.
 
 import net, { type AddressInfo, type Socket } from 'node:net'
+import { Transform } from 'node:stream'
 
 export interface Relay {
   /** The relay's port: point the client here. */
@@ -12,12 +13,41 @@ export interface Relay {
   /** Listens again on the same port. */
   up(): Promise<void>
   close(): Promise<void>
+  /** From now on, what the registry sends is held back (each connection's first chunk held stops it). */
+  hold(): void
+  /** Passes on what was held, and all that follows. */
+  release(): void
+  /** Bytes from the registry held back so far, released or not. */
+  readonly heldBytes: number
+  /** Connections accepted since the relay started. */
+  readonly connections: number
+  /** Relayed connections still open. */
+  readonly openConnections: number
 }
 
 export async function startRelay (targetPort: number, targetHost = '127.0.0.1'): Promise<Relay> {
   const sockets = new Set<Socket>()
+  let holding = false
+  let heldBytes = 0
+  let connections = 0
+  const clients = new Set<Socket>()
+  const held = new Set<() => void>()
   const server = net.createServer(client => {
+    connections++
+    clients.add(client)
     const upstream = net.connect(targetPort, targetHost)
+    // A chunk held is one not yet passed on: the pipe stops reading the registry until it is.
+    const gate = new Transform({
+      transform (chunk: Buffer, _encoding, done) {
+        if (!holding) return done(null, chunk)
+        heldBytes += chunk.length
+        const pass = (): void => {
+          held.delete(pass)
+          if (!gate.destroyed) done(null, chunk)
+        }
+        held.add(pass)
+      },
+    })
     for (const socket of [client, upstream]) {
       sockets.add(socket)
       socket.once('close', () => sockets.delete(socket))
@@ -27,8 +57,12 @@ export async function startRelay (targetPort: number, targetHost = '127.0.0.1'):
       })
     }
     client.pipe(upstream)
-    upstream.pipe(client)
-    client.once('close', () => upstream.destroy())
+    upstream.pipe(gate).pipe(client)
+    client.once('close', () => {
+      clients.delete(client)
+      upstream.destroy()
+      gate.destroy()
+    })
     upstream.once('close', () => client.destroy())
   })
   let port = 0
@@ -56,5 +90,13 @@ export async function startRelay (targetPort: number, targetHost = '127.0.0.1'):
     down,
     up: async () => { if (!isUp) await listen() },
     close: down,
+    hold: () => { holding = true },
+    release: () => {
+      holding = false
+      for (const pass of held) pass()
+    },
+    get heldBytes () { return heldBytes },
+    get connections () { return connections },
+    get openConnections () { return clients.size },
   }
 }

@@ -2,9 +2,9 @@
 // znode goes at once; a restarted agent replaces the znode its predecessor left instead of adding one.
 
 import t from 'tap'
-import { children, DEMO_BACKEND, expiredSessions, readNode, startAgent, startHealthBackend } from '../helpers/agent.ts'
+import { children, DEMO_BACKEND, expiredSessions, FAST, readNode, startAgent, startHealthBackend } from '../helpers/agent.ts'
 import { eventually } from '../helpers/eventually.ts'
-import { get, zkClient } from '../helpers/fleet.ts'
+import { get, runFleetgate, zkClient } from '../helpers/fleet.ts'
 import { isAlive, killIfSame, startTimeOf } from '../helpers/reaper.ts'
 import { freePort, startZooKeeper } from '../helpers/zookeeper.ts'
 
@@ -192,4 +192,18 @@ t.test('wrapper mode: once the command has been asked to stop, each further sign
   t.same(await agent.exited, { code: 0, signal: null }, 'the command died of a stop signal the agent passed on: exit 0')
   t.notOk(isAlive(pid))
   t.equal(agent.logLines('command did not stop in time; killing it'), 0, 'without waiting for the stop timeout\'s SIGKILL')
+})
+
+t.test('wrapper mode: a command that exits at once, before the first session, gives the agent its exit code', async t => {
+  const port = await freePort()
+  // The command is gone while the ZooKeeper handshake is still under way: the agent closes a session
+  // that the server has not answered yet, and must still end as the command did.
+  const agent = runFleetgate(t, [
+    'agent', '--zookeeper', server.connectString, '--service', 'gone-at-once',
+    '--advertise', `127.0.0.1:${port}`, '--target', `http://127.0.0.1:${port}`, '--admin-listen', '127.0.0.1:0',
+    ...FAST, '--', 'sh', '-c', 'exit 7',
+  ])
+  const exited = await eventually(() => agent.exited, { timeoutMs: 30_000, message: 'the agent exited' })
+  t.same(exited, { code: 7, signal: null }, 'the command\'s exit code')
+  t.notMatch(agent.output(), /Unknown code|^\s+at /m, 'no uncaught exception')
 })

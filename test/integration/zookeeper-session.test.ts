@@ -38,3 +38,50 @@ t.test('a disconnection shorter than the granted timeout keeps the session, what
   const last = events.at(-1)
   t.equal(last?.type === 'connected' && last.newSession, false, 'announced as the same session')
 })
+
+t.test('closed while the server\'s answer to its handshake is on the way, the session leaves quietly', async t => {
+  const server = await startZooKeeper()
+  t.teardown(() => server.close())
+  const relay = await startRelay(server.port)
+  t.teardown(() => relay.close())
+  relay.hold()
+  const session = new ZooKeeperSession({ connectString: `127.0.0.1:${relay.port}`, sessionTimeoutMs: 4000, logger: silentLogger })
+  t.teardown(() => session.close())
+  session.start()
+
+  await eventually(() => relay.heldBytes > 0, { message: 'the server answered the handshake (held back)' })
+  // Nothing the client sends from now on is read, and the server closes nothing, until the answer is through.
+  server.pause()
+  t.teardown(() => { if (server.running) server.resume() })
+  await session.close()
+  // Were the answer read now as the reply to a closeSession, the library would throw: an uncaught exception.
+  relay.release()
+  await eventually(() => relay.openConnections === 0, { message: 'its connection closed' })
+  server.resume()
+  const other = new ZooKeeperSession({ connectString: `127.0.0.1:${relay.port}`, sessionTimeoutMs: 4000, logger: silentLogger })
+  t.teardown(() => other.close())
+  other.start()
+  await eventually(() => other.connected, { message: 'another session through the relay' })
+  t.equal(relay.connections, 2, 'the closed session never connected again')
+})
+
+t.test('a client replaced while its handshake hangs is dropped quietly, and the server\'s late answer is harmless', async t => {
+  const server = await startZooKeeper()
+  t.teardown(() => server.close())
+  // A stopped server: connections are accepted, and the handshake sent on them is read only once it resumes.
+  server.pause()
+  t.teardown(() => { if (server.running) server.resume() })
+  const session = new ZooKeeperSession({ connectString: server.connectString, sessionTimeoutMs: 2000, logger: silentLogger })
+  t.teardown(() => session.close())
+  const events: SessionEvent[] = []
+  session.on(event => events.push(event))
+  session.start()
+
+  // The first session may take 10 s before its client is rebuilt.
+  await eventually(() => session.generation === 2, { timeoutMs: 20_000, message: 'the client rebuilt' })
+  // The old client's handshake is answered now, along with whatever it sent after it.
+  server.resume()
+  await eventually(() => session.connected, { message: 'a session for the new client' })
+  t.equal(session.generation, 2, 'the new client\'s')
+  t.same(events.map(e => e.type), ['connected'], 'no session lost: the old client never had one')
+})
