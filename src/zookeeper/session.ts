@@ -30,6 +30,7 @@ const FIRST_CONNECT_DEADLINE_MS = 10_000
 const CLOSE_GRACE_MS = 1_000
 
 /** node-zookeeper-client's connection manager states, as far as this file uses them (not part of its API). */
+const CM_CONNECTING = 1
 const CM_CONNECTED = 2
 const CM_CONNECTED_READ_ONLY = 3
 const CM_CLOSING = -1
@@ -47,6 +48,28 @@ function cancellableReconnects (client: Client): void {
   const findNextServer = manager.findNextServer
   manager.findNextServer = function (this: ConnectionManager, callback): void {
     findNextServer.call(this, server => { if (!abandoned.has(this)) callback(server) })
+  }
+}
+
+/**
+ * node-zookeeper-client gives a connection sessionTimeout / hosts to open, but once TCP is up it waits
+ * for the handshake's answer for ever: one host that accepts connections and never answers (hung, or
+ * not serving yet) held the client until its whole session was given up, and the session with it. The
+ * handshake now gets that time too, then the next host is tried with the same session, as the Java
+ * client does.
+ */
+function handshakeTimeout (client: Client): void {
+  const manager = managerOf(client)
+  let timer: NodeJS.Timeout | undefined
+  // Any change ends the handshake: answered, refused, lost or abandoned.
+  manager.on('state', () => clearTimeout(timer))
+  const onSocketConnected = manager.onSocketConnected
+  manager.onSocketConnected = function (this: ConnectionManager): void {
+    onSocketConnected.call(this)
+    const socket = this.socket
+    clearTimeout(timer)
+    // Closing the socket makes the manager connect to the next host.
+    if (this.state === CM_CONNECTING) timer = setTimeout(() => socket?.destroy(), this.connectTimeout)
   }
 }
 
@@ -84,11 +107,14 @@ const OP_SET_WATCHES = 101
 interface ConnectionManager {
   state: number
   socket?: { destroy (): void }
+  /** Milliseconds a connection may take to open: the session timeout over the number of hosts. */
+  connectTimeout: number
   connectTimeoutHandler: NodeJS.Timeout | null
   packetQueue: { shift (): { callback?: (err: unknown) => void } | undefined }
   chrootPath?: string
   findNextServer (callback: (server: unknown) => void): void
   setState (state: number): void
+  on (event: 'state', listener: (state: number) => void): void
   onSocketConnected (): void
   queue (request: JuteRequest, callback?: (err: unknown) => void): void
 }
@@ -252,6 +278,7 @@ export class ZooKeeperSession {
     })
     batchSetWatches(client)
     cancellableReconnects(client)
+    handshakeTimeout(client)
     this.#client = client
     this.#connected = false
     this.#sessionId = ''

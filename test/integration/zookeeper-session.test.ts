@@ -85,3 +85,33 @@ t.test('a client replaced while its handshake hangs is dropped quietly, and the 
   t.equal(session.generation, 2, 'the new client\'s')
   t.same(events.map(e => e.type), ['connected'], 'no session lost: the old client never had one')
 })
+
+t.test('a host that accepts connections and never answers them is passed over, and the session kept', async t => {
+  const server = await startZooKeeper()
+  t.teardown(() => server.close())
+  // Two hosts, both ZooKeeper behind a relay. `hung` accepts connections and holds back every answer.
+  const [hung, good] = await Promise.all([startRelay(server.port), startRelay(server.port)])
+  t.teardown(() => hung.close())
+  t.teardown(() => good.close())
+  await good.down()
+  const session = new ZooKeeperSession({ connectString: `127.0.0.1:${hung.port},127.0.0.1:${good.port}`, sessionTimeoutMs: 4000, logger: silentLogger })
+  t.teardown(() => session.close())
+  const events: SessionEvent[] = []
+  session.on(event => events.push(event))
+  session.start()
+  await eventually(() => session.connected, { message: 'a session through the one host up' })
+  const sessionId = session.client!.getSessionId().toString('hex')
+
+  hung.hold()
+  await hung.down()
+  await hung.up()
+  // The other host still refuses: the client's handshake now waits on the hung one.
+  await eventually(() => hung.heldBytes > 0 && hung.openConnections === 1, { message: 'a handshake held on the hung host' })
+  await good.up()
+
+  // 4 s granted, over two hosts: each attempt may take 2 s, and the session lives 4 s.
+  await eventually(() => session.connected, { message: 'reconnected' })
+  t.same(events.map(e => e.type), ['connected', 'disconnected', 'connected'], 'never given up')
+  t.equal(session.client!.getSessionId().toString('hex'), sessionId, 'the same session, through the other host')
+  t.equal(session.generation, 1, 'the same client')
+})
