@@ -119,7 +119,8 @@ export class ZooKeeperRegistrar implements Registrar {
       desired: this.#desired.current,
       registered: this.#registered,
       state: this.#registered ? this.#state : undefined,
-      lastError: this.#lastError,
+      // Out of reach, why the connection fails says more than a write lost with it (CONNECTION_LOSS).
+      lastError: (this.#session.connected ? undefined : this.#session.connectionError) ?? this.#lastError,
     }
   }
 
@@ -165,6 +166,7 @@ export class ZooKeeperRegistrar implements Registrar {
         connectString: this.#options.connectString,
         waitingMs: Math.round(performance.now() - this.#waitingSinceMs),
         desired: this.#desired.current.kind,
+        lastError: this.#session.connectionError,
       }, 'waiting for ZooKeeper; still trying')
       this.#scheduleWaitLog(Math.min(WAIT_LOG_MAX_MS, delayMs * 2))
     }, delayMs)

@@ -73,6 +73,19 @@ function handshakeTimeout (client: Client): void {
   }
 }
 
+/**
+ * Hands `record` each error of the client's connections (a refused connect, a name that does not
+ * resolve): the library only reconnects on them, and says nothing of why.
+ */
+function socketErrors (client: Client, record: (err: Error) => void): void {
+  const manager = managerOf(client)
+  const onSocketError = manager.onSocketError
+  manager.onSocketError = function (this: ConnectionManager, err: Error): void {
+    record(err)
+    onSocketError.call(this, err)
+  }
+}
+
 /** Whether the client has a session and a connection it can send closeSession on. */
 function hasSession (client: Client): boolean {
   const { state } = managerOf(client)
@@ -116,6 +129,7 @@ interface ConnectionManager {
   setState (state: number): void
   on (event: 'state', listener: (state: number) => void): void
   onSocketConnected (): void
+  onSocketError (err: Error): void
   queue (request: JuteRequest, callback?: (err: unknown) => void): void
 }
 interface JuteRequest {
@@ -199,6 +213,7 @@ export class ZooKeeperSession {
   #watchdog: NodeJS.Timeout | undefined
   #watchdogTickMs = 0
   #closed = false
+  #connectionError: string | undefined
   #listeners = new Set<(event: SessionEvent) => void>()
 
   constructor (options: ZooKeeperSessionOptions) {
@@ -208,6 +223,11 @@ export class ZooKeeperSession {
 
   get connected (): boolean {
     return this.#connected
+  }
+
+  /** Why the last connection to a server failed (`connect ECONNREFUSED 127.0.0.1:2181`), until one succeeds. */
+  get connectionError (): string | undefined {
+    return this.#connectionError
   }
 
   /** The current client when connected; requests made through it fail or hang once the session is lost. */
@@ -279,6 +299,7 @@ export class ZooKeeperSession {
     batchSetWatches(client)
     cancellableReconnects(client)
     handshakeTimeout(client)
+    socketErrors(client, err => { if (generation === this.#generation) this.#connectionError = err.message })
     this.#client = client
     this.#connected = false
     this.#sessionId = ''
@@ -299,6 +320,7 @@ export class ZooKeeperSession {
       const newSession = sessionId !== this.#sessionId
       this.#sessionId = sessionId
       this.#connected = true
+      this.#connectionError = undefined
       this.#grantedTimeoutMs = client.getSessionTimeout()
       this.#armWatchdog()
       this.#failedBuilds = 0
@@ -350,7 +372,11 @@ export class ZooKeeperSession {
       this.#log.warn({ reason }, 'zookeeper session lost, building a new client')
       this.#emit({ type: 'expired', reason })
     } else {
-      this.#log.warn({ connectString: this.#options.connectString, waitedMs: Math.round(performance.now() - this.#waitingSinceMs) }, 'still no zookeeper session, retrying with a new client')
+      this.#log.warn({
+        connectString: this.#options.connectString,
+        waitedMs: Math.round(performance.now() - this.#waitingSinceMs),
+        lastError: this.#connectionError,
+      }, 'still no zookeeper session, retrying with a new client')
     }
     if (!this.#closed) this.#build()
   }

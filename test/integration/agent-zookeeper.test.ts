@@ -27,7 +27,8 @@ t.test('after a 10 s ZooKeeper outage the znode is present again', async t => {
     return !status.registration.connected && Date.now() - stoppedAt >= 10_000
   }, { timeoutMs: 15_000, intervalMs: 250, message: '10 s of outage' })
   t.equal(sample(await agent.metrics(), 'fleetgate_agent_registry_connected'), 0)
-  t.match(agent.output(), /waiting for ZooKeeper; still trying/)
+  t.match(agent.output(), /"lastError":"connect ECONNREFUSED 127\.0\.0\.1:\d+","msg":"waiting for ZooKeeper; still trying"/, 'the log says why')
+  t.match((await agent.status()).registration.lastError, /ECONNREFUSED/, 'and so does /status')
 
   await server.start()
   const backAt = Date.now()
@@ -43,6 +44,7 @@ t.test('after a 10 s ZooKeeper outage the znode is present again', async t => {
   t.equal(JSON.parse(node.data.toString()).payload.state, 'up')
   t.same(await children(client, '/services/outage'), [`127.0.0.1-${backend.port}`])
   await eventually(async () => sample(await agent.metrics(), 'fleetgate_agent_registry_connected') === 1)
+  t.equal((await agent.status()).registration.lastError, undefined, 'connected, the reason is gone')
 })
 
 t.test('after a forced session expiry (agent stopped past its session timeout) the znode is back within 2 s', async t => {
