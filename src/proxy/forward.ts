@@ -87,6 +87,15 @@ export function closeAfterAnswer (socket: Socket): void {
   closingConnections.add(socket)
 }
 
+/** Whether an instance's raw response head has `Connection: close`. */
+function closesConnection (rawHeaders: readonly Buffer[]): boolean {
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    if (rawHeaders[i]!.length === 10 && rawHeaders[i]!.toString('latin1').toLowerCase() === 'connection' &&
+      /(^|,)\s*close\s*(,|$)/i.test(rawHeaders[i + 1]!.toString('latin1'))) return true
+  }
+  return false
+}
+
 /** Errors where the connection never carried the request: safe to send anywhere else. */
 const CONNECT_FAILURES = new Set([
   'ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL', 'ENOTFOUND', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT',
@@ -267,9 +276,10 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     const headers = clientResponseHeaders(rawHeaders)
     // A reason phrase Node would not write (`404 中文`) is replaced by the standard one, as Envoy does.
     if (INVALID_REASON.test(statusText)) statusText = STATUS_CODES[statusCode] ?? ''
-    // An answer before the whole upload is in (a 413, a 401) ends the exchange: the rest of the body is
-    // not read, so the connection closes after the answer, as HAProxy closes it.
-    if (this.#hasBody && !this.#req.complete) {
+    // An instance that answers before it has the whole upload (a 413, a 401) and closes takes no more of
+    // it, and the rest would stay unread, the client stuck sending it: the client's connection closes
+    // after the answer too, and says so, as the instance's did.
+    if (this.#hasBody && !this.#req.complete && closesConnection(rawHeaders)) {
       closeAfterAnswer(this.#req.socket)
       this.#res.setHeader('connection', 'close')
     }
