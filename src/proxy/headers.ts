@@ -101,8 +101,11 @@ export function upstreamRequestHeaders (req: IncomingMessage, keepUpgrade = fals
   out.push(
     'x-forwarded-for', forwardedFor ? `${forwardedFor}, ${client}` : client,
     'x-forwarded-proto', forwardedProto || ('encrypted' in req.socket && req.socket.encrypted ? 'https' : 'http'),
-    'x-forwarded-port', forwardedPort || String(req.socket.localPort ?? ''),
   )
+  // A proxy in front that sets the scheme or host but no port (Caddy, Envoy, many NGINX setups) means
+  // the port of its own URL: this proxy's listening port would make ProxyFix build links to it.
+  if (forwardedPort) out.push('x-forwarded-port', forwardedPort)
+  else if (!forwardedProto && !forwardedHost) out.push('x-forwarded-port', String(req.socket.localPort ?? ''))
   const host = forwardedHost || authority || req.headers.host
   if (host) out.push('x-forwarded-host', host)
   return out

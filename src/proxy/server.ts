@@ -197,7 +197,9 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
       instanceMetrics.finished(undefined, 'OTHER', ERRORS[code].statusCode, 0)
     },
     serverFactory: handler => {
-      const server = createServer({ maxHeaderSize: options.maxHeaderBytes, requestTimeout: 0 }, handler)
+      // No total time for a request (a long upload is the idle timeout's), but 60 s for its head, as
+      // Node gives by default: a client that trickles one in (slowloris) gets 408.
+      const server = createServer({ maxHeaderSize: options.maxHeaderBytes, requestTimeout: 0, headersTimeout: 60_000 }, handler)
       // Fastify applies its connectionTimeout only to a server it makes itself.
       server.setTimeout(clientIdleMs)
       // Node's 5 s default would close connections that a load balancer in front keeps for a minute

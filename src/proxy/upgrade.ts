@@ -46,7 +46,8 @@ export function proxyUpgrade (ctx: UpgradeContext, req: IncomingMessage, client:
     // queued requests would time out behind it), but it counts toward it while it lasts.
     const endpoint = ctx.pool.pick(tried, false)
     if (!endpoint) {
-      return tried.size === 0 ? fail('FLEETGATE_ERR_NO_LIVE_INSTANCE', undefined) : fail('FLEETGATE_ERR_UPSTREAM_CONNECT', [...tried].pop())
+      // Only a failed connect leads to another try: the last one's is counted as its error already.
+      return tried.size === 0 ? fail('FLEETGATE_ERR_NO_LIVE_INSTANCE', undefined) : fail('FLEETGATE_ERR_UPSTREAM_CONNECT', [...tried].pop(), true)
     }
     tried.add(endpoint)
     const sentWhileEjected = ctx.pool.isEjected(endpoint)

@@ -9,7 +9,7 @@ import { ACL, CreateMode, Id, Permission } from 'node-zookeeper-client'
 import t from 'tap'
 import { request } from 'undici'
 import { eventually } from '../helpers/eventually.ts'
-import { createChild, curatorData, get, loadLoop, registerCurator, removeNode, sample, startBackend, startProxy, zk, zkClient } from '../helpers/fleet.ts'
+import { createChild, curatorData, get, loadLoop, raw, registerCurator, removeNode, sample, startBackend, startProxy, zk, zkClient } from '../helpers/fleet.ts'
 import { isRunning, track } from '../helpers/reaper.ts'
 import { freePort, startZooKeeper } from '../helpers/zookeeper.ts'
 
@@ -156,6 +156,9 @@ t.test('retries go to a different instance; with none left the answer is 503, as
   t.equal(sample(metrics, 'fleetgate_retries_total', { reason: 'connect_failure' }), 1, 'one retry was sent; the third try had no instance left')
   t.equal(sample(metrics, 'fleetgate_upstream_connect_failures_total'), 2, 'a refused connect on each')
   t.same((await proxy.status()).instances.map(i => [i.requests, i.errors]), [[1, 1], [1, 1]], 'each tried once, each an error once: the 503 is not a second')
+  const upgrade = await raw(proxy.url, 'GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n')
+  t.match(upgrade, /^HTTP\/1\.1 503 [^]*"error":"FLEETGATE_ERR_UPSTREAM_CONNECT"/, 'a WebSocket upgrade likewise')
+  t.same((await proxy.status()).instances.map(i => [i.requests, i.errors]), [[2, 2], [2, 2]], 'and it too counts each refused connect once')
   const alive = await startBackend(t, 'alive')
   await registerCurator(client, { service: 'dead', id: 'alive', port: alive.port })
   await eventually(async () => (await proxy.status()).instances.length === 3)

@@ -171,6 +171,12 @@ t.test('forwarding: methods, bodies, query strings and headers reach the instanc
   const { headers } = await direct.body.json() as { headers: Record<string, string> }
   t.match(headers, { 'x-forwarded-for': '127.0.0.1', 'x-forwarded-proto': 'http', 'x-forwarded-host': 'superset.example:8088', 'x-forwarded-port': new URL(proxy.url).port },
     'without a proxy in front, what this proxy saw')
+
+  // Caddy and Envoy set the scheme and host, and no port: that of their own URL.
+  const caddy = await request(`${proxy.url}/c`, { headers: { host: 'superset.example:8088', 'x-forwarded-proto': 'https', 'x-forwarded-host': 'bi.example.com' } })
+  const behindCaddy = (await caddy.body.json() as { headers: Record<string, string> }).headers
+  t.match(behindCaddy, { 'x-forwarded-proto': 'https', 'x-forwarded-host': 'bi.example.com' })
+  t.notOk('x-forwarded-port' in behindCaddy, 'and not this proxy\'s port, which ProxyFix would put in every link')
 })
 
 t.test('one keep-alive connection carries GETs, POSTs and DELETEs in turn, each answered in full', async t => {

@@ -274,7 +274,7 @@ t.test('an idle client connection is kept for --client-keep-alive-timeout-ms, no
   }
   const short = await idleClose(['--client-keep-alive-timeout-ms', '1500'])
   t.match(short.answer, /\r\nKeep-Alive: timeout=1\r\n/, 'the client is told')
-  t.ok(short.idleMs >= 1400, `closed after 1.5 s idle, not before (${Math.round(short.idleMs)} ms)`)
+  t.ok(short.idleMs >= 1400 && short.idleMs < 4000, `closed after 1.5 s idle (and Node's 1 s more), not before nor at Node's 5 s (${Math.round(short.idleMs)} ms)`)
 
   // The default, above the idle timeout of AWS ALB and ingress-nginx (60 s), is only told here: the
   // connection is not waited out.
