@@ -69,7 +69,8 @@ function handshakeTimeout (client: Client): void {
     const socket = this.socket
     clearTimeout(timer)
     // Closing the socket makes the manager connect to the next host.
-    if (this.state === CM_CONNECTING) timer = setTimeout(() => socket?.destroy(), this.connectTimeout)
+    const ms = this.connectTimeout
+    if (this.state === CM_CONNECTING) timer = setTimeout(() => socket?.destroy(new Error(`no answer to the handshake within ${ms} ms`)), ms)
   }
 }
 
@@ -119,7 +120,7 @@ const OP_SET_WATCHES = 101
 /** node-zookeeper-client's connection manager, as far as this file uses it (not part of its API). */
 interface ConnectionManager {
   state: number
-  socket?: { destroy (): void }
+  socket?: { destroy (err?: Error): void }
   /** Milliseconds a connection may take to open: the session timeout over the number of hosts. */
   connectTimeout: number
   connectTimeoutHandler: NodeJS.Timeout | null
