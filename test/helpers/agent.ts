@@ -17,6 +17,8 @@ export interface AgentProcess extends FleetgateProcess {
   metrics(): Promise<string>
   /** PUT (true) or DELETE (false) /maintenance; resolves with the HTTP status. */
   maintenance(draining: boolean): Promise<number>
+  /** Sends `signal` (SIGTERM) and resolves with the exit code and how long the agent took to exit. */
+  stop(signal?: NodeJS.Signals): Promise<{ code: number | null, ms: number }>
 }
 
 export interface AgentOptions {
@@ -63,6 +65,12 @@ export async function startAgent (t: Test, options: AgentOptions): Promise<Agent
       const res = await request(`${adminUrl}/maintenance`, { method: draining ? 'PUT' : 'DELETE' })
       await res.body.dump()
       return res.statusCode
+    },
+    stop: async (signal = 'SIGTERM') => {
+      const startedAt = performance.now()
+      proc.kill(signal)
+      const { code } = await proc.exited
+      return { code, ms: Math.round(performance.now() - startedAt) }
     },
   }
 }
