@@ -129,7 +129,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
   #lastFailure: ErrorCode = 'FLEETGATE_ERR_UPSTREAM_CONNECT'
   /** Why the next try is a retry: counted once it is sent, not when no instance is left to take it. */
   #retryReason: 'connect_failure' | 'reset_before_response' | undefined
-  /** The try's failed connect is counted as the instance's error already: the 502 that ends on it is not another. */
+  /** The try's failed connect is counted as the instance's error already: the 503 that ends on it is not another. */
   #errorCounted = false
   /** The try went to an ejected instance (panic): its answer ends the ejection. */
   #sentWhileEjected = false

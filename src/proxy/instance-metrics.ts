@@ -105,7 +105,7 @@ export class InstanceMetrics implements Traffic {
 
   /**
    * A request answered: by `endpoint`, or for it, when the proxy answers the failure of the last instance
-   * tried (a `502` after its refused connect, which `errorCounted` says was counted as its error already).
+   * tried (a `503` after its refused connect, which `errorCounted` says was counted as its error already).
    */
   finished (endpoint: Endpoint | undefined, method: string, statusCode: number, seconds: number, errorCounted = false): void {
     if (!endpoint) return this.#unanswered.add(method, statusCode)

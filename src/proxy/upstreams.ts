@@ -79,7 +79,7 @@ const PEER_GONE = new Set(['EPIPE', 'ECONNRESET'])
  * and Envoy read it. Here a write to an instance that has gone is dropped instead, and the reading
  * side tells how the exchange ended: the answer, or the reset (and then undici's error is the same).
  */
-export function readsOnWhenWritesFail (socket: Socket): void {
+function readsOnWhenWritesFail (socket: Socket): void {
   const writable = socket as Socket & {
     _write(chunk: unknown, encoding: BufferEncoding, callback: (err?: Error | null) => void): void
     _writev(chunks: unknown[], callback: (err?: Error | null) => void): void
