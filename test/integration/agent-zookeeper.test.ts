@@ -1,6 +1,7 @@
 // End to end: ZooKeeper trouble. The agent's znode comes back after an outage and after a forced session
-// expiry, and an agent started while ZooKeeper is down waits for it and says so.
+// expiry, an agent started while ZooKeeper is down waits for it and says so, and a hung ZooKeeper is named as such.
 
+import { createServer, type AddressInfo, type Socket } from 'node:net'
 import t from 'tap'
 import { children, readNode, startAgent, startHealthBackend } from '../helpers/agent.ts'
 import { eventually } from '../helpers/eventually.ts'
@@ -158,4 +159,22 @@ t.test('ZooKeeper out of reach, so nothing registered: SIGTERM exits at once, wi
   t.ok(ms < 5000, `exited in ${ms} ms, not after the 30 s drain`)
   t.equal(agent.logLines('not registered: nothing to drain'), 1)
   t.equal(agent.logLines('draining: no new requests; in-flight ones finish'), 0)
+})
+
+t.test('a ZooKeeper that takes connections and never answers: the agent says its handshake got no answer', async t => {
+  // Hung as a stopped server is, with its port open: the connection opens, the handshake is never answered.
+  const sockets = new Set<Socket>()
+  const hung = createServer(socket => { sockets.add(socket) })
+  t.teardown(() => { for (const socket of sockets) socket.destroy(); hung.close() })
+  await new Promise<void>(resolve => hung.listen(0, '127.0.0.1', resolve))
+  const backend = await startHealthBackend(t, 'hung-zk')
+  const agent = await startAgent(t, {
+    zookeeper: `127.0.0.1:${(hung.address() as AddressInfo).port}`, service: 'hung-zk', port: backend.port,
+    args: ['--session-timeout-ms', '2000'],
+  })
+  // One host: each handshake may take the whole session timeout, then the host is tried again.
+  await eventually(async () => /^no answer to the handshake within 2000 ms$/.test((await agent.status()).registration.lastError ?? ''),
+    { timeoutMs: 15_000, message: '/status says why' })
+  await eventually(() => sockets.size >= 2, { timeoutMs: 10_000, message: 'the host is tried again after a silent handshake' })
+  t.equal((await agent.stop()).code, 0)
 })
