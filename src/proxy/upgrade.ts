@@ -49,6 +49,8 @@ export function proxyUpgrade (ctx: UpgradeContext, req: IncomingMessage, client:
       // Only a failed connect leads to another try: the last one's is counted as its error already.
       return tried.size === 0 ? fail('FLEETGATE_ERR_NO_LIVE_INSTANCE', undefined) : fail('FLEETGATE_ERR_UPSTREAM_CONNECT', [...tried].pop(), true)
     }
+    // A try after a failed connect is a retry: counted once it is sent, as a request's is.
+    if (tried.size > 0) ctx.metrics.retry('connect_failure')
     tried.add(endpoint)
     const sentWhileEjected = ctx.pool.isEjected(endpoint)
     endpoint.started(startedAt)

@@ -12,7 +12,7 @@ import { eventually } from '../helpers/eventually.ts'
 import {
   createChild, registerCurator, removeNode, sample, startBackend, startProxy, zkClient, type Backend,
 } from '../helpers/fleet.ts'
-import { startZooKeeper } from '../helpers/zookeeper.ts'
+import { freePort, startZooKeeper } from '../helpers/zookeeper.ts'
 
 const server = await startZooKeeper()
 t.teardown(() => server.close())
@@ -105,6 +105,30 @@ t.test('WebSocket upgrades are counted like requests: 101 by instance, 503 with 
   metrics = await proxy.metrics()
   t.equal(sample(metrics, 'fleetgate_requests_total', { instance: 'none', code: '503' }), 1, 'and is counted in requests_total')
   t.equal(sample(metrics, 'fleetgate_no_live_instance_total', { service }), 1, 'and in no_live_instance_total')
+})
+
+t.test('an upgrade sent on after a refused connect counts in retries_total, as a request does', async t => {
+  const a = await startBackend(t, 'ws-a')
+  const wss = new WebSocketServer({ server: a.server })
+  t.teardown(() => wss.close())
+  // Two instances that refuse every connect, back after 1 ms: an upgrade may meet both before `a`.
+  const refusing = [await freePort(), await freePort()]
+  const proxy = await startProxy(t, ['--static', [...refusing, a.port].map(port => `http://127.0.0.1:${port}`).join(','),
+    '--eject-base-ms', '1', '--eject-max-ms', '1', '--panic-threshold-percent', '0'])
+  await eventually(async () => (await proxy.status()).instances.length === 3, { message: 'three instances' })
+  const open = async (): Promise<number> => await new Promise<number>(resolve => {
+    const ws = new WebSocket(`${proxy.url.replace('http', 'ws')}/ws`)
+    ws.once('open', () => { ws.terminate(); resolve(101) })
+    ws.once('unexpected-response', (_req, res) => { res.resume(); ws.terminate(); resolve(res.statusCode ?? 0) })
+    ws.once('error', () => resolve(0))
+  })
+  for (let i = 0; i < 6; i++) t.equal(await open(), 101, 'the upgrade reaches the instance that accepts')
+  const metrics = await proxy.metrics()
+  const failed = refusing.reduce((sum, port) => sum + sample(metrics, 'fleetgate_upstream_connect_failures_total', { instance: `127.0.0.1:${port}` }), 0)
+  t.ok(failed > 0, `connects were refused (${failed})`)
+  // Each refused connect was followed by a try elsewhere, the last of which succeeded.
+  t.equal(sample(metrics, 'fleetgate_retries_total', { reason: 'connect_failure' }), failed, 'one retry per refused connect')
+  t.equal(sample(metrics, 'fleetgate_requests_total', { code: '101' }), 6, 'each upgrade counted once')
 })
 
 t.test('an upgrade counts as the instance answered it: a refusal, a hang-up, silence past the headers timeout', async t => {
