@@ -129,7 +129,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
   #lastFailure: ErrorCode = 'FLEETGATE_ERR_UPSTREAM_CONNECT'
   /** Why the next try is a retry: counted once it is sent, not when no instance is left to take it. */
   #retryReason: 'connect_failure' | 'reset_before_response' | undefined
-  /** The try's failed connect is counted as the instance's error already: the 503 that ends on it is not another. */
+  /** The try's failure is counted as the instance's error already: the 502, 503 or 504 that ends on it is not another. */
   #errorCounted = false
   /** The try went to an ejected instance (panic): its answer ends the ejection. */
   #sentWhileEjected = false
@@ -369,7 +369,12 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     // --max-header-bytes is the proxy's own limit, not a fault of the instance's.
     // (A request whose body was read whole is destroyed too: only an aborted one is the client's doing.)
     const clientsDoing = code.startsWith('UND_ERR_REQ_') || this.#req.readableAborted
-    if (!connectFailure && !clientsDoing && code !== 'UND_ERR_HEADERS_OVERFLOW') this.#ctx.pool.reportServerError(endpoint)
+    if (!connectFailure && !clientsDoing && code !== 'UND_ERR_HEADERS_OVERFLOW') {
+      this.#ctx.pool.reportServerError(endpoint)
+      // Its error on the status page as a failed connect is, even when a retry elsewhere succeeds.
+      this.#ctx.metrics.failedBeforeAnswer(endpoint)
+      this.#errorCounted = true
+    }
     const bodyIntact = !this.#hasBody || (!this.#req.readableDidRead && !this.#req.destroyed)
     const reset = RESETS.has(code)
     const retryable = bodyIntact && (connectFailure || (reset && IDEMPOTENT.has(this.#req.method ?? '')))

@@ -46,7 +46,7 @@ class Series implements InstanceTraffic {
   /** A ring buffer of the last latencies, newest overwriting oldest; made at the first request (a 10,000-instance fleet mostly idle would hold 20 MB of them). */
   recent: Float64Array | undefined
   recentCount = 0
-  /** 5xx answers, failed connects and responses cut off, for the status page. */
+  /** 5xx answers, failed connects, failures before an answer and responses cut off, for the status page. */
   errors = 0
 
   constructor (readonly instance: string) {}
@@ -105,7 +105,8 @@ export class InstanceMetrics implements Traffic {
 
   /**
    * A request answered: by `endpoint`, or for it, when the proxy answers the failure of the last instance
-   * tried (a `503` after its refused connect, which `errorCounted` says was counted as its error already).
+   * tried (a `503` after its refused connect, a `502` after a reset, which `errorCounted` says was counted
+   * as its error already).
    */
   finished (endpoint: Endpoint | undefined, method: string, statusCode: number, seconds: number, errorCounted = false): void {
     if (!endpoint) return this.#unanswered.add(method, statusCode)
@@ -122,6 +123,15 @@ export class InstanceMetrics implements Traffic {
     series.connectFailures++
     // The request went elsewhere (or failed), but for this instance the attempt was an error.
     series.errors++
+  }
+
+  /**
+   * The instance failed a request before any answer (a reset, a timeout, a broken answer): its error
+   * whether the request goes on to another instance or is answered 502 or 504 for it.
+   */
+  failedBeforeAnswer (endpoint: Endpoint): void {
+    const series = this.#live(endpoint)
+    if (series) series.errors++
   }
 
   /**
@@ -162,7 +172,7 @@ export class InstanceMetrics implements Traffic {
     if (endpoint.inflight === 0) this.#release(endpoint, use)
   }
 
-  /** p50 and p99 of the last requests, in seconds, and the errors (5xx answers, failed connects, cut-offs); for the status page. */
+  /** p50 and p99 of the last requests, in seconds, and the errors (5xx answers, failed connects and requests, cut-offs); for the status page. */
   summary (endpoint: Endpoint): { p50: number | null, p99: number | null, errors: number } {
     const series = this.#uses.get(endpoint)?.series
     if (!series?.recent || series.recentCount === 0) return { p50: null, p99: null, errors: series?.errors ?? 0 }

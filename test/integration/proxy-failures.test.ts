@@ -170,6 +170,24 @@ t.test('retries go to a different instance; with none left the answer is 503, as
   t.same(states, ['ejected', 'ejected'], 'instances that refused are ejected')
 })
 
+t.test('a reset is an error of the instance that reset, on the status page, whether the GET is retried elsewhere or a POST gets 502', async t => {
+  const [reset, ok] = await Promise.all([startBackend(t, 'reset'), startBackend(t, 'ok')])
+  reset.handle(req => { req.socket.destroy() })
+  const proxy = await startProxy(t, ['--static', [reset, ok].map(b => `http://127.0.0.1:${b.port}`).join(',')])
+  await eventually(async () => (await proxy.status()).instances.length === 2)
+  const statuses: number[] = []
+  for (let i = 0; i < 6; i++) statuses.push((await get(proxy.url)).status)
+  for (let i = 0; i < 6; i++) statuses.push((await get(proxy.url, '/', 'POST')).status)
+  const failedPosts = statuses.filter(status => status === 502).length
+  t.equal(statuses.filter(status => status === 200).length, 12 - failedPosts, 'every GET served, and each POST the reset did not take')
+  t.ok(failedPosts > 0 && reset.hits > failedPosts, `the instance reset ${reset.hits}: ${failedPosts} POSTs, the rest GETs`)
+  const byAddress = new Map((await proxy.status()).instances.map(i => [i.address, i]))
+  const failing = byAddress.get(`127.0.0.1:${reset.port}`)!
+  t.same([failing.requests, failing.errors], [reset.hits, reset.hits], 'each reset an error once: the GETs served elsewhere too, the 502s not twice')
+  t.equal(byAddress.get(`127.0.0.1:${ok.port}`)!.errors, 0, 'the instance that served them has none')
+  t.equal(sample(await proxy.metrics(), 'fleetgate_requests_total', { instance: `127.0.0.1:${reset.port}`, code: '502' }), failedPosts, 'the 502s are counted under the instance that reset')
+})
+
 t.test('with every instance ejected, the first that answers again is back at once, not after its ejection', async t => {
   const ports = [await freePort(), await freePort(), await freePort()]
   // One try a request, and ejections far longer than the test: only a readmission serves them all.
