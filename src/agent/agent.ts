@@ -77,6 +77,9 @@ export class Agent {
     options.metrics.registered.set(this.#labels, 0)
     options.metrics.draining.set(this.#labels, 0)
     options.metrics.registryConnected.set(this.#labels, 0)
+    // From 0: a series that first shows at 1 is no increase() to Prometheus, and the first fall is the one that matters.
+    for (const result of ['pass', 'fail']) options.metrics.healthChecks.inc({ ...this.#labels, result }, 0)
+    for (const to of ['healthy', 'unhealthy']) options.metrics.transitions.inc({ ...this.#labels, to }, 0)
   }
 
   /** Resolves with the process exit code once the agent has stopped (shutdown, or the command exited). */

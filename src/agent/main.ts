@@ -57,6 +57,8 @@ export async function runAgent (argv: readonly string[], env: Readonly<Record<st
   if (ignored.length > 0) logger.info({ ignored }, 'settings of another discovery backend are ignored')
   const registry = createRegistry()
   const metrics = createAgentMetrics(registry)
+  // From 0, as the agent's other counters (see Agent).
+  if (settings.registry !== 'consul') metrics.sessionExpirations.labels(config.service).inc(0)
   // Like a Curator ServiceInstance, built once: re-registering after an expiry writes the same document.
   const registrationTimeUTC = Date.now()
 

@@ -20,7 +20,8 @@ export interface Instance {
 
 export type RegistrationFormat = 'curator' | 'serverset' | 'nerve' | 'consul'
 
-export type InvalidReason = 'too_large' | 'not_json' | 'unknown_format' | 'no_host' | 'bad_port' | 'unreadable'
+export const INVALID_REASONS = ['too_large', 'not_json', 'unknown_format', 'no_host', 'bad_port', 'unreadable'] as const
+export type InvalidReason = typeof INVALID_REASONS[number]
 
 export type DecodeResult =
   | { readonly ok: true, readonly instance: Instance, readonly format: RegistrationFormat }

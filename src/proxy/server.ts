@@ -10,6 +10,7 @@ import type { ProxyConfig } from '../config.ts'
 import { splitHostPort } from '../config.ts'
 import { ERRORS } from '../errors.ts'
 import type { Logger } from '../logger.ts'
+import { INVALID_REASONS } from '../membership/instance.ts'
 import type { MembershipSource, SourceState } from '../membership/source.ts'
 import { createProxyMetrics, createRegistry, type ProxyMetrics } from '../metrics.ts'
 import { buildAdmin } from './admin.ts'
@@ -339,6 +340,9 @@ export function describeSource (state: SourceState): ProxyStatus['source'] {
 
 /** The discovery metrics and logs of a source. */
 export function wireDiscoveryMetrics (source: MembershipSource, metrics: ProxyMetrics, service: string, log: Logger): void {
+  // From 0, where the source can count them: a series that first shows at 1 is no increase() to Prometheus.
+  if (source.kind === 'zookeeper') metrics.sessionExpirations.labels(service).inc(0)
+  if (source.kind !== 'static') for (const reason of INVALID_REASONS) metrics.invalidRegistrations.labels(service, reason).inc(0)
   source.onEvent(event => {
     switch (event.type) {
       case 'membership':

@@ -154,7 +154,12 @@ t.test('an unreachable target is not registered nor counted as a transition, and
   t.equal(await readNode(client, `/services/unreachable/127.0.0.1-${port}`), undefined)
   t.match((await agent.status()).lastCheck, { ok: false, detail: 'ECONNREFUSED' })
   // Never healthy, as a Superset still booting: where it starts, not a transition to alert on.
-  t.equal(sample(await agent.metrics(), 'fleetgate_agent_transitions_total'), 0, 'no transition counted')
+  const metrics = await agent.metrics()
+  t.equal(sample(metrics, 'fleetgate_agent_transitions_total'), 0, 'no transition counted')
+  // Yet every counter is there from 0, so that increase() sees its first event (the first fall from healthy).
+  for (const to of ['healthy', 'unhealthy']) t.match(metrics, new RegExp(`^fleetgate_agent_transitions_total\\{[^}]*to="${to}"\\} 0$`, 'm'), `transitions to ${to} from 0`)
+  t.match(metrics, /^fleetgate_agent_health_checks_total\{[^}]*result="pass"\} 0$/m, 'passed checks from 0')
+  t.match(metrics, /^fleetgate_zookeeper_session_expirations_total\{service="unreachable"\} 0$/m, 'session expirations from 0')
   t.equal(agent.logLines('instance unhealthy: deregistering'), 0, 'no warning')
   t.equal(agent.logLines('instance not healthy yet: not registering'), 1)
   const { code, ms } = await agent.stop()

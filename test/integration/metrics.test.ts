@@ -76,6 +76,11 @@ for (const workers of [1, 2]) {
     const sentCodes = new Set(Array.from({ length: N }, (_, i) => plan(i).path).map(p => p.startsWith('/code/') ? p.slice(6) : '200'))
     t.same([...sentCodes].sort(), ['200', '404', '500', '503'], 'the plan covers 4 codes')
     t.equal(sample(metrics, 'fleetgate_instances', { service, state: 'up' }), 3)
+    // Counters of rare events are there from 0: one that first shows at 1 is no increase() to Prometheus.
+    t.match(metrics, new RegExp(`^fleetgate_zookeeper_session_expirations_total\\{service="${service}"\\} 0$`, 'm'), 'session expirations from 0')
+    for (const reason of ['not_json', 'unknown_format', 'no_host', 'bad_port', 'too_large', 'unreadable']) {
+      t.match(metrics, new RegExp(`^fleetgate_invalid_registrations_total\\{service="${service}",reason="${reason}"\\} 0$`, 'm'), `invalid registrations (${reason}) from 0`)
+    }
   })
 }
 
