@@ -321,7 +321,7 @@ export function renderStatusPage (status: ProxyStatus, options: StatusPageOption
           <th scope="col">Instance</th>
           <th scope="col">State</th>
           <th scope="col" class="num">Requests/s</th>
-          <th scope="col" class="num" title="5xx answers and failed connects">Errors</th>
+          <th scope="col" class="num" title="5xx answers, failed connects, failures before an answer and responses cut off">Errors</th>
           <th scope="col" class="num">p50</th>
           <th scope="col" class="num">p99</th>
           <th scope="col" class="num">In flight</th>
@@ -334,7 +334,7 @@ export function renderStatusPage (status: ProxyStatus, options: StatusPageOption
   </div>
 </main>
 <footer>
-  <p id="table-note">Requests/s and errors (5xx answers, failed connects and responses cut off, as a share of requests) are measured
+  <p id="table-note">Requests/s and errors (5xx answers, failed connects, resets and timeouts before an answer, and responses cut off, as a share of requests) are measured
   by this page over the last 10 s, from successive counts; p50 and p99 cover each instance's last 256 requests.
   Queued requests wait for a connection under the limit per instance, which each proxy process applies on its own.
   Machine-readable: /status (JSON) and /metrics (Prometheus).</p>
