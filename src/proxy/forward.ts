@@ -336,6 +336,8 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     if (code === 'UND_ERR_INVALID_ARG') {
       // A request Node parsed but undici will not send (a second Host, `OPTIONS *`, an absolute target
       // with an upper-case scheme): the client's fault, not the instance's, and no other would take it.
+      // Nothing reached the instance: not one of its requests on the status page either.
+      endpoint.requests--
       this.#endpoint = undefined
       if (this.#clientGone) return this.#finish(499)
       return this.#fail('FLEETGATE_ERR_BAD_REQUEST')
