@@ -215,13 +215,18 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
   for (const method of METHODS) if (method !== 'CONNECT') app.addHttpMethod(method, { hasBody: false, overrideExisting: true })
   function proxyRequest (request: FastifyRequest, reply: FastifyReply): void {
     reply.hijack()
-    if (closing) reply.raw.setHeader('connection', 'close')
+    const http10 = request.raw.httpVersionMinor === 0
+    // An HTTP/1.0 request has no transfer codings, so one with Transfer-Encoding is framed faultily (RFC
+    // 9112 6.1): a hop in front that reads no chunks takes their bytes for a next request, where Node reads
+    // them as this one's body. It is answered, then the connection closes.
+    const closes = closing || (http10 && request.raw.headers['transfer-encoding'] !== undefined)
+    if (closes) reply.raw.setHeader('connection', 'close')
     // Node answers an HTTP/1.0 client that sent `TE: chunked` in chunks, which only HTTP/1.1 may get
     // (RFC 9112 6.1): a body of unknown length is then delimited by closing the connection.
-    if (request.raw.httpVersionMinor === 0) reply.raw.useChunkedEncodingByDefault = false
+    if (http10) reply.raw.useChunkedEncodingByDefault = false
     new Exchange(forward, request.raw, reply.raw as ServerResponse).start()
     // Once it has started: a request pipelined behind it will get no answer, and is not sent either.
-    if (closing) closeAfterAnswer(request.raw.socket)
+    if (closes) closeAfterAnswer(request.raw.socket)
   }
   app.all('*', proxyRequest)
   app.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {

@@ -108,6 +108,18 @@ t.test('an HTTP/1.0 client gets no chunked answer, even one that asks for it', a
   t.match(chunked, /transfer-encoding: chunked/i, 'an HTTP/1.1 client still gets chunks')
 })
 
+t.test('an HTTP/1.0 request with Transfer-Encoding is answered, then its connection closes', async t => {
+  const { backend, seen } = await recordingBackend(t)
+  const proxy = await proxyTo(t, backend)
+  // A hop in front that knows no chunks would take them for the next request: RFC 9112 6.1.
+  const answer = await raw(proxy.url, 'POST /upload HTTP/1.0\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n' +
+    '2\r\nhi\r\n0\r\n\r\nGET /behind HTTP/1.0\r\nConnection: keep-alive\r\n\r\n')
+  t.match(answer, /^HTTP\/1\.1 200 OK\r\n[^]*connection: close\r\n[^]*\r\n\r\nok$/i, 'answered, with Connection: close, and closed')
+  t.same(seen.map(s => [s.url, s.body]), [['/upload', 'hi']], 'the request behind it never reached the instance')
+  await eventually(async () => sample(await proxy.metrics(), 'fleetgate_in_flight_requests') === 0, { message: 'nothing in flight' })
+  t.equal(sample(await proxy.metrics(), 'fleetgate_requests_total'), 1, 'one request counted')
+})
+
 t.test('an absolute-form target without Host gives the instance its authority as Host', async t => {
   const { backend, seen } = await recordingBackend(t)
   const proxy = await proxyTo(t, backend)
