@@ -273,7 +273,9 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     this.#resume = resume
     // Should the head not pass Node's checks, this throws before anything reached the client: undici
     // aborts the request and onError answers 502.
-    const headers = clientResponseHeaders(rawHeaders)
+    // A 204 ends with its head, and states no length (RFC 9110 8.6): one from the instance would tell a
+    // client to read that much of the next answer as this one's body.
+    const headers = clientResponseHeaders(rawHeaders, statusCode === 204)
     // A reason phrase Node would not write (`404 中文`) is replaced by the standard one, as Envoy does.
     if (INVALID_REASON.test(statusText)) statusText = STATUS_CODES[statusCode] ?? ''
     // An instance that answers before it has the whole upload (a 413, a 401) and closes takes no more of
@@ -329,9 +331,9 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
   onError (error: Error): void {
     const endpoint = this.#endpoint!
     const code = (error as NodeJS.ErrnoException).code ?? ''
-    // A 304 may carry the Content-Length its full answer would have (RFC 9110 8.6), and has no body;
-    // undici takes that for a body cut short. The answer is whole.
-    if (code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH' && this.#responded && this.#res.statusCode === 304) return this.onComplete()
+    // A 304 may carry the Content-Length its full answer would have (RFC 9110 8.6), and a 204 one it must
+    // not; neither has a body, and undici takes that for a body cut short. The answer is whole.
+    if (code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH' && this.#responded && (this.#res.statusCode === 304 || this.#res.statusCode === 204)) return this.onComplete()
     this.#endAttempt()
     if (code === 'UND_ERR_INVALID_ARG') {
       // A request Node parsed but undici will not send (a second Host, `OPTIONS *`, an absolute target

@@ -119,8 +119,9 @@ const HOP_BY_HOP_LENGTHS = new Set([...HOP_BY_HOP].map(name => name.length))
  * [name, value, ...] list that Node writes as it is: hop-by-hop headers dropped, everything else in
  * order and in the instance's own spelling, repeated headers (Set-Cookie) as repeated lines. Bytes are
  * read as latin1, which Node writes back unchanged, so a value passes byte for byte whatever its encoding.
+ * `withoutLength` drops Content-Length too, for an answer that may not state one.
  */
-export function clientResponseHeaders (raw: readonly Buffer[]): string[] {
+export function clientResponseHeaders (raw: readonly Buffer[], withoutLength = false): string[] {
   const out: string[] = []
   let connection: string | undefined
   for (let i = 0; i < raw.length; i += 2) {
@@ -133,6 +134,7 @@ export function clientResponseHeaders (raw: readonly Buffer[]): string[] {
         continue
       }
     }
+    if (withoutLength && name.length === 14 && name.toLowerCase() === 'content-length') continue
     out.push(name, value)
   }
   // Rare: headers the instance named in Connection are its own business too.

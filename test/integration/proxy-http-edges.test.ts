@@ -90,6 +90,26 @@ t.test('a 304 that carries its Content-Length is passed on, and the connection k
   t.equal(sample(metrics, 'fleetgate_responses_cut_off_total'), 0, 'not as an answer cut off')
 })
 
+t.test('a 204 that states a Content-Length is passed on whole, without it, and the connection kept', async t => {
+  const backend = await startBackend(t, 'no-content')
+  backend.handle((req, res) => {
+    req.resume()
+    req.on('end', () => {
+      if (req.url !== '/empty') return res.end('ok')
+      // A length RFC 9110 8.6 forbids on a 204, which Node writes as it is given.
+      res.writeHead(204, { 'content-length': 2 })
+      res.end()
+    })
+  })
+  const proxy = await proxyTo(t, backend)
+  const answer = await raw(proxy.url, 'DELETE /empty HTTP/1.1\r\nHost: x\r\n\r\nGET /next HTTP/1.1\r\nHost: x\r\n\r\n', { until: answeredOk })
+  t.match(answer, /^HTTP\/1\.1 204 No Content\r\n[^]*\r\n\r\nHTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nok$/, 'the 204, then the next answer on the same connection')
+  t.notMatch(answer.split('\r\n\r\n')[0], /content-length/i, 'the 204 states no length: a client would read the next answer as its body')
+  const metrics = await proxy.metrics()
+  t.equal(sample(metrics, 'fleetgate_requests_total', { code: '204' }), 1, 'counted as a 204')
+  t.equal(sample(metrics, 'fleetgate_responses_cut_off_total'), 0, 'not as an answer cut off')
+})
+
 t.test('an HTTP/1.0 client gets no chunked answer, even one that asks for it', async t => {
   const backend = await startBackend(t, 'unsized')
   backend.handle((req, res) => {
