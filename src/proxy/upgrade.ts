@@ -91,7 +91,8 @@ export function proxyUpgrade (ctx: UpgradeContext, req: IncomingMessage, client:
       upstream.setTimeout(0)
       ctx.pool.reportConnected(endpoint)
       ctx.sockets.add(client)
-      upstream.write(requestHead(req) + '\r\n')
+      // Latin-1, as Node read the head: a header's bytes go on as they came, as on any other request.
+      upstream.write(requestHead(req) + '\r\n', 'latin1')
       splice(client, upstream, head, ctx.headersTimeoutMs, {
         // The upgrade counts with the status the instance answered (101, or a refusal such as 403), and
         // lasts until then; the session after it is not a request.

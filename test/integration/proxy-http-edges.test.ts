@@ -214,3 +214,16 @@ t.test('a WebSocket upgrade pipelined behind an answer still going out is answer
   t.equal(sample(await proxy.metrics(), 'fleetgate_requests_total', { code: '101' }), 1, 'the upgrade counted once')
 })
 
+t.test('a WebSocket handshake reaches the instance with its header bytes as they came', async t => {
+  const backend = await startBackend(t, 'ws-bytes')
+  backend.server.on('upgrade', (req: IncomingMessage, socket: Socket) => {
+    const bytes = Buffer.from(String(req.headers['x-title']), 'latin1').toString('hex')
+    socket.end(`HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nx-title ${bytes}`)
+  })
+  const proxy = await proxyTo(t, backend)
+  // "café" in Latin-1, and a byte that is not UTF-8: neither is to be re-encoded on the way.
+  const handshake = Buffer.from('GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n' +
+    'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Title: caf\xe9 \xff\r\n\r\n', 'latin1')
+  const answer = await raw(proxy.url, handshake, { until: a => /x-title [0-9a-f]+$/.test(a) })
+  t.match(answer, /^HTTP\/1\.1 101 [^]*\r\n\r\nx-title 636166e920ff$/, 'the bytes the client sent')
+})
