@@ -175,6 +175,10 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
       if (closingConnections.has(this.#req.socket)) return this.#finish(undefined)
       // Its body is not read as a body: the connection closes after the answer.
       if (this.#hasBody && hasUnsupportedTransferCoding(this.#req)) return this.#fail('FLEETGATE_ERR_TRANSFER_CODING', { connection: 'close' })
+      // An HTTP/1.1 request without Host is refused (RFC 9112 3.2), and the connection closes after it.
+      if (this.#req.httpVersionMajor === 1 && this.#req.httpVersionMinor === 1 && this.#req.headers.host === undefined) {
+        return this.#fail('FLEETGATE_ERR_BAD_REQUEST', { connection: 'close' })
+      }
       // A new request queues behind those already waiting, even if room has just opened (an ejection ran
       // out): they go first.
       if (ctx.queue.size > 0) {

@@ -200,7 +200,10 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
     serverFactory: handler => {
       // No total time for a request (a long upload is the idle timeout's), but 60 s for its head, as
       // Node gives by default: a client that trickles one in (slowloris) gets 408.
-      const server = createServer({ maxHeaderSize: options.maxHeaderBytes, requestTimeout: 0, headersTimeout: 60_000 }, handler)
+      // An HTTP/1.1 request without Host is refused by the proxy itself (forward.ts): Node's own 400 is
+      // neither the proxy's answer nor counted, and Node hands on a request pipelined behind it, which
+      // would reach an instance though its answer is never sent.
+      const server = createServer({ maxHeaderSize: options.maxHeaderBytes, requestTimeout: 0, headersTimeout: 60_000, requireHostHeader: false }, handler)
       // Fastify applies its connectionTimeout only to a server it makes itself.
       server.setTimeout(clientIdleMs)
       // Node's 5 s default would close connections that a load balancer in front keeps for a minute

@@ -70,6 +70,27 @@ t.test('malformed, oversize and aborted requests', async t => {
   for (let i = 0; i < 5; i++) t.equal((await get(proxy.url)).status, 200, 'still serving')
 })
 
+t.test('an HTTP/1.1 request without Host gets the proxy\'s 400, and nothing pipelined behind it is sent', async t => {
+  const backend = await startBackend(t, 'hostless')
+  const seen: string[] = []
+  backend.handle((req, res) => {
+    seen.push(`${req.method} ${req.url}`)
+    req.resume()
+    req.on('end', () => res.end('ok'))
+  })
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`])
+  await eventually(() => proxy.ready())
+  // A connection to the instance kept alive from before: a request would go out on it at once.
+  t.equal((await get(proxy.url, '/warm')).status, 200)
+  const answer = await raw(proxy.url, 'GET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi')
+  t.match(answer, /^HTTP\/1\.1 400 [^]*connection: close[^]*"error":"FLEETGATE_ERR_BAD_REQUEST"/i, 'RFC 9112 3.2: a 400, answered as the proxy\'s other errors, and the connection closes')
+  await eventually(async () => sample(await proxy.metrics(), 'fleetgate_in_flight_requests') === 0, { message: 'nothing in flight' })
+  const metrics = await proxy.metrics()
+  t.equal(sample(metrics, 'fleetgate_requests_total', { instance: 'none', code: '400' }), 1, 'counted as answered by no instance')
+  t.equal(sample(metrics, 'fleetgate_requests_total', { code: '499' }), 0, 'the POST behind it was never started')
+  t.same(seen, ['GET /warm'], 'nor did it reach the instance')
+})
+
 t.test('bad configuration: clear error, exit code 2', async t => {
   const listen = runFleetgate(t, ['proxy', '--static', 'http://127.0.0.1:1', '--listen', 'nonsense'])
   t.same(await listen.exited, { code: 2, signal: null })
