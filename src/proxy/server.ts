@@ -79,6 +79,27 @@ const DRAIN_KEEP_ALIVE_MS = 500
 /** Upstream keep-alive, below gunicorn's 2 s default so an idle socket is not reused just as it closes. */
 const UPSTREAM_KEEP_ALIVE_MS = 1_500
 
+/** Connections whose broken request is answered already, or will be once the answers before it are out. */
+const refused = new WeakSet<Duplex>()
+
+/**
+ * Runs `then`, which answers a request Node's parser refused, once the answers to the requests read whole
+ * before it on the connection have gone out: answers go in order (RFC 9112 9.3.2), and the client would
+ * take one sent first for an earlier request's (which may well have run). An answer whose own request
+ * broke (a malformed chunk of its body) is not waited for: the rest of that request will never come. If
+ * that answer has begun, the connection is closed instead, as Node does.
+ */
+function afterAnswersBefore (socket: Duplex, then: () => void): void {
+  const writing = (socket as Duplex & { _httpMessage?: ServerResponse | null })._httpMessage
+  if (writing !== undefined && writing !== null && writing.req.complete) {
+    writing.once('finish', () => setImmediate(afterAnswersBefore, socket, then))
+    return
+  }
+  if (writing?.headersSent === true) return void socket.destroy()
+  // An answer before it that closes the connection leaves nothing to answer on.
+  if (socket.writable) then()
+}
+
 export function createProxy (options: ProxyOptions, source: MembershipSource, logger: Logger): Proxy {
   const service = options.service
   const log = logger.child({ service })
@@ -188,14 +209,18 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
     // Requests Node's parser refuses (a malformed head, one over --max-header-bytes, a head still not
     // whole after Node's headers timeout) are answered like the proxy's other errors, and counted.
     clientErrorHandler: (err, socket) => {
-      // Nothing to answer on a connection that is gone, or once an answer on it has begun (Node's own rule).
-      const writing = (socket as Duplex & { _httpMessage?: ServerResponse | null })._httpMessage
-      if (err.code === 'ECONNRESET' || !socket.writable || writing?.headersSent === true) return void socket.destroy()
+      // Nothing to answer on a connection that is gone.
+      if (err.code === 'ECONNRESET' || !socket.writable) return void socket.destroy()
+      // Node reports the error again for each chunk it reads after it: it is answered once.
+      if (refused.has(socket)) return
+      refused.add(socket)
       const code = err.code === 'HPE_HEADER_OVERFLOW'
         ? 'FLEETGATE_ERR_HEADERS_TOO_LARGE'
         : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'FLEETGATE_ERR_CLIENT_TIMEOUT' : 'FLEETGATE_ERR_BAD_REQUEST'
-      refuse(socket, code, service)
-      instanceMetrics.finished(undefined, 'OTHER', ERRORS[code].statusCode, 0)
+      afterAnswersBefore(socket, () => {
+        refuse(socket, code, service)
+        instanceMetrics.finished(undefined, 'OTHER', ERRORS[code].statusCode, 0)
+      })
     },
     serverFactory: handler => {
       // No total time for a request (a long upload is the idle timeout's), but 60 s for its head, as

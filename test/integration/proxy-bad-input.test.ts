@@ -91,6 +91,30 @@ t.test('an HTTP/1.1 request without Host gets the proxy\'s 400, and nothing pipe
   t.same(seen, ['GET /warm'], 'nor did it reach the instance')
 })
 
+t.test('a malformed request pipelined behind one still being answered is refused after that answer', async t => {
+  const backend = await startBackend(t, 'in-order')
+  const seen: string[] = []
+  backend.handle((req, res) => {
+    seen.push(`${req.method} ${req.url}`)
+    req.resume()
+    req.on('end', () => setTimeout(() => res.end('done'), req.url === '/slow' ? 300 : 0))
+  })
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`])
+  await eventually(() => proxy.ready())
+  // A connection to the instance kept alive from before: the POST goes out on it at once, and runs.
+  t.equal((await get(proxy.url, '/warm')).status, 200)
+  const answer = await raw(proxy.url, 'POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi' +
+    'GET / HTTP/1.1\r\nHost: x\r\nthis is not a header\r\n\r\n')
+  // First, the 400 would be taken for the POST's answer, and the POST for refused (RFC 9112 9.3.2).
+  t.match(answer, /^HTTP\/1\.1 200 OK\r\n[^]*\r\n\r\ndoneHTTP\/1\.1 400 [^]*connection: close[^]*"error":"FLEETGATE_ERR_BAD_REQUEST"/i,
+    'the POST\'s answer whole, then the 400, and the connection closes')
+  t.same(seen, ['GET /warm', 'POST /slow'])
+  await eventually(async () => sample(await proxy.metrics(), 'fleetgate_in_flight_requests') === 0, { message: 'nothing in flight' })
+  const metrics = await proxy.metrics()
+  t.equal(sample(metrics, 'fleetgate_requests_total', { method: 'POST', code: '200' }), 1, 'the POST counted as answered')
+  t.equal(sample(metrics, 'fleetgate_requests_total', { instance: 'none', code: '400' }), 1, 'the malformed one as refused')
+})
+
 t.test('bad configuration: clear error, exit code 2', async t => {
   const listen = runFleetgate(t, ['proxy', '--static', 'http://127.0.0.1:1', '--listen', 'nonsense'])
   t.same(await listen.exited, { code: 2, signal: null })
