@@ -103,6 +103,8 @@ const CONNECT_FAILURES = new Set([
 /** The connection broke before any answer: the instance may have started work. */
 const RESETS = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED'])
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE'])
+/** Most header lines a request may have (Node's own default); Envoy takes 100, HAProxy 101. */
+const MAX_REQUEST_HEADERS = 1_000
 /** What Node rejects in a reason phrase: undici reads it as UTF-8, and an instance may send any bytes. */
 const INVALID_REASON = /[^\t\x20-\x7e\x80-\xff]/
 
@@ -173,6 +175,8 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     if (this.#tries === 0 && !this.#queued) {
       // Behind an answer that closes the connection: no answer of this request will ever be sent.
       if (closingConnections.has(this.#req.socket)) return this.#finish(undefined)
+      // More header lines than the proxy passes on (server.ts has Node keep every one it reads).
+      if (this.#req.rawHeaders.length > 2 * MAX_REQUEST_HEADERS) return this.#fail('FLEETGATE_ERR_HEADERS_TOO_LARGE')
       // Its body is not read as a body: the connection closes after the answer.
       if (this.#hasBody && hasUnsupportedTransferCoding(this.#req)) return this.#fail('FLEETGATE_ERR_TRANSFER_CODING', { connection: 'close' })
       // An HTTP/1.1 request without Host is refused (RFC 9112 3.2), and the connection closes after it.

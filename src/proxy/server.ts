@@ -234,6 +234,10 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
       // Node's 5 s default would close connections that a load balancer in front keeps for a minute
       // (AWS ALB, ingress-nginx): it would send its next request as the proxy closes, and fail it.
       server.keepAliveTimeout = options.clientKeepAliveTimeoutMs
+      // Node keeps a request's first 1,000 headers and drops the rest unseen, a Content-Length or
+      // Transfer-Encoding among them: it still reads the body, which would then not be passed on. It
+      // keeps them all instead, and the proxy refuses a head with more than it passes on (forward.ts).
+      server.maxHeadersCount = 0
       return server
     },
   })

@@ -115,6 +115,35 @@ t.test('a malformed request pipelined behind one still being answered is refused
   t.equal(sample(metrics, 'fleetgate_requests_total', { instance: 'none', code: '400' }), 1, 'the malformed one as refused')
 })
 
+t.test('a request head with more than 1,000 header lines gets 431; one with 1,000 passes whole', async t => {
+  const backend = await startBackend(t, 'many-headers')
+  // Node's own limit would drop the instance's view of them past 1,000 (the proxy adds a few).
+  backend.server.maxHeadersCount = 0
+  const seen: Array<{ url: string, body: string, headers: number }> = []
+  backend.handle((req, res) => {
+    let body = ''
+    req.setEncoding('utf8').on('data', (s: string) => { body += s })
+    req.on('end', () => {
+      seen.push({ url: req.url!, body, headers: req.rawHeaders.length / 2 })
+      res.end('ok')
+    })
+  })
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`])
+  await eventually(() => proxy.ready())
+  const lines = (n: number): string => Array.from({ length: n }, (_, i) => `x-${i}: ${i}\r\n`).join('')
+  // Host, Content-Length (past Node's 1,000th line in the second: its body is read, and was not passed
+  // on) and Connection, and 997 or 998 more.
+  const whole = await raw(proxy.url, `POST /whole HTTP/1.1\r\nHost: x\r\n${lines(997)}Content-Length: 5\r\nConnection: close\r\n\r\nhello`)
+  t.match(whole, /^HTTP\/1\.1 200 /, '1,000 lines: passed on')
+  const many = await raw(proxy.url, `POST /many HTTP/1.1\r\nHost: x\r\n${lines(998)}Connection: keep-alive\r\nContent-Length: 5\r\n\r\nhello` +
+    'GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
+  t.match(many, /^HTTP\/1\.1 431 [^]*"error":"FLEETGATE_ERR_HEADERS_TOO_LARGE"[^]*HTTP\/1\.1 200 /, '1,001 lines: 431, and the next request on the connection is served')
+  t.same(seen.map(s => [s.url, s.body]), [['/whole', 'hello'], ['/next', '']], 'the body of the one passed on with it; the other never sent')
+  t.ok((seen[0]?.headers ?? 0) >= 1_000, 'every header line of it')
+  const metrics = await proxy.metrics()
+  t.equal(sample(metrics, 'fleetgate_requests_total', { instance: 'none', code: '431' }), 1, 'counted as answered by no instance')
+})
+
 t.test('bad configuration: clear error, exit code 2', async t => {
   const listen = runFleetgate(t, ['proxy', '--static', 'http://127.0.0.1:1', '--listen', 'nonsense'])
   t.same(await listen.exited, { code: 2, signal: null })
