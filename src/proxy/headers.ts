@@ -60,7 +60,9 @@ export function hasUnsupportedTransferCoding (req: IncomingMessage): boolean {
 
 /**
  * The request head for the instance, as a flat [name, value, ...] list (undici's cheapest form).
- * `keepUpgrade` keeps Connection/Upgrade for WebSocket handshakes.
+ * `keepUpgrade` keeps Upgrade for WebSocket handshakes, with `Connection: Upgrade` of the proxy's own: the
+ * client's other connection options are this hop's, and one naming X-Forwarded-For would have a next hop
+ * that honours it drop the proxy's (RFC 9110 7.6.1).
  */
 export function upstreamRequestHeaders (req: IncomingMessage, keepUpgrade = false): string[] {
   const raw = req.rawHeaders
@@ -83,7 +85,7 @@ export function upstreamRequestHeaders (req: IncomingMessage, keepUpgrade = fals
       else if (lower === 'x-forwarded-port') forwardedPort = forwardedPort ? `${forwardedPort}, ${value}` : value
       continue
     }
-    if (keepUpgrade && (lower === 'connection' || lower === 'upgrade')) {
+    if (keepUpgrade && lower === 'upgrade') {
       out.push(name, raw[i + 1]!)
       continue
     }
@@ -97,6 +99,7 @@ export function upstreamRequestHeaders (req: IncomingMessage, keepUpgrade = fals
   }
   // An HTTP/1.0 client may send an absolute-form target without Host: the instance still gets the authority.
   if (authority !== undefined && !sentHost) out.push('host', authority)
+  if (keepUpgrade) out.push('connection', 'Upgrade')
   const client = req.socket.remoteAddress ?? ''
   out.push(
     'x-forwarded-for', forwardedFor ? `${forwardedFor}, ${client}` : client,

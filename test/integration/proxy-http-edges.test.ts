@@ -227,3 +227,17 @@ t.test('a WebSocket handshake reaches the instance with its header bytes as they
   const answer = await raw(proxy.url, handshake, { until: a => /x-title [0-9a-f]+$/.test(a) })
   t.match(answer, /^HTTP\/1\.1 101 [^]*\r\n\r\nx-title 636166e920ff$/, 'the bytes the client sent')
 })
+
+t.test('a WebSocket handshake reaches the instance with Connection: Upgrade alone, not the client\'s options', async t => {
+  const backend = await startBackend(t, 'ws-connection')
+  backend.server.on('upgrade', (req: IncomingMessage, socket: Socket) => {
+    const seen = JSON.stringify({ connection: req.headers.connection, xff: req.headers['x-forwarded-for'], secret: req.headers['x-secret'] ?? null })
+    socket.end(`HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n${seen}`)
+  })
+  const proxy = await proxyTo(t, backend)
+  // Options naming the proxy's own X-Forwarded-* would have a next hop that honours them drop those.
+  const answer = await raw(proxy.url, 'GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, X-Forwarded-For, X-Secret\r\n' +
+    'Connection: keep-alive\r\nUpgrade: websocket\r\nX-Secret: 1\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n', { until: a => a.endsWith('}') })
+  t.match(answer, /^HTTP\/1\.1 101 /)
+  t.same(JSON.parse(answer.slice(answer.indexOf('{'))), { connection: 'Upgrade', xff: '127.0.0.1', secret: null })
+})
