@@ -114,6 +114,13 @@ export function upstreamRequestHeaders (req: IncomingMessage, keepUpgrade = fals
   return out
 }
 
+/** An answer with a transfer coding other than chunked, which the proxy cannot undo. */
+export class UnsupportedTransferCoding extends Error {
+  constructor (coding: string) {
+    super(`the answer has a transfer coding other than chunked: ${JSON.stringify(coding)}`)
+  }
+}
+
 /** The lengths of the hop-by-hop names: only a name of one of these lengths is lower-cased to be checked. */
 const HOP_BY_HOP_LENGTHS = new Set([...HOP_BY_HOP].map(name => name.length))
 
@@ -122,7 +129,8 @@ const HOP_BY_HOP_LENGTHS = new Set([...HOP_BY_HOP].map(name => name.length))
  * [name, value, ...] list that Node writes as it is: hop-by-hop headers dropped, everything else in
  * order and in the instance's own spelling, repeated headers (Set-Cookie) as repeated lines. Bytes are
  * read as latin1, which Node writes back unchanged, so a value passes byte for byte whatever its encoding.
- * `withoutLength` drops Content-Length too, for an answer that may not state one.
+ * `withoutLength` drops Content-Length too, for an answer that may not state one. Throws
+ * UnsupportedTransferCoding for a transfer coding other than chunked.
  */
 export function clientResponseHeaders (raw: readonly Buffer[], withoutLength = false): string[] {
   const out: string[] = []
@@ -134,6 +142,10 @@ export function clientResponseHeaders (raw: readonly Buffer[], withoutLength = f
       const lower = name.toLowerCase()
       if (HOP_BY_HOP.has(lower)) {
         if (lower === 'connection') connection = connection === undefined ? value : `${connection},${value}`
+        // undici undoes no coding but chunked: one before it (`gzip, chunked`), or instead of it, would
+        // reach the client as the body, the header that names it dropped. A broken answer, as HAProxy and
+        // Envoy take it (502).
+        else if (lower === 'transfer-encoding' && value.trim().toLowerCase() !== 'chunked') throw new UnsupportedTransferCoding(value)
         continue
       }
     }

@@ -4,6 +4,7 @@
 
 import type { IncomingMessage } from 'node:http'
 import type { Socket } from 'node:net'
+import { gzipSync } from 'node:zlib'
 import t, { type Test } from 'tap'
 import { eventually } from '../helpers/eventually.ts'
 import { get, raw, sample, startBackend, startProxy, type Backend, type ProxyProcess } from '../helpers/fleet.ts'
@@ -108,6 +109,24 @@ t.test('a 204 that states a Content-Length is passed on whole, without it, and t
   const metrics = await proxy.metrics()
   t.equal(sample(metrics, 'fleetgate_requests_total', { code: '204' }), 1, 'counted as a 204')
   t.equal(sample(metrics, 'fleetgate_responses_cut_off_total'), 0, 'not as an answer cut off')
+})
+
+t.test('an answer with a transfer coding other than chunked gets 502, not its coded bytes as the body', async t => {
+  const backend = await startBackend(t, 'gzip-coded')
+  backend.handle((req, res) => {
+    req.resume()
+    req.on('end', () => {
+      if (req.url !== '/coded') return res.end('ok')
+      // Node chunks it, and the header names gzip before: the bytes are a gzip stream.
+      res.writeHead(200, { 'transfer-encoding': 'gzip, chunked' })
+      res.end(gzipSync('hello'))
+    })
+  })
+  const proxy = await proxyTo(t, backend)
+  const answer = await raw(proxy.url, 'GET /coded HTTP/1.1\r\nHost: x\r\n\r\nGET /next HTTP/1.1\r\nHost: x\r\n\r\n', { until: answeredOk })
+  t.match(answer, /^HTTP\/1\.1 502 [^]*"error":"FLEETGATE_ERR_UPSTREAM_PROTOCOL"[^]*HTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nok$/,
+    'a 502, as HAProxy and Envoy answer it, then the next answer on the same connection')
+  t.equal(sample(await proxy.metrics(), 'fleetgate_requests_total', { code: '502' }), 1, 'counted as the 502 it got')
 })
 
 t.test('an HTTP/1.0 client gets no chunked answer, even one that asks for it', async t => {
