@@ -199,10 +199,25 @@ function splice (client: Duplex, upstream: Socket, head: Buffer, headersTimeoutM
       partial = first
       return
     }
+    const status = statusOf(first)
+    // An interim answer (103 Early Hints, an unasked 100) is not the instance's answer to the upgrade: as
+    // on any other request, it is not passed on, and the one after it is read. Its head is read whole.
+    if (status >= 100 && status < 200 && status !== 101) {
+      const end = first.indexOf('\r\n\r\n')
+      if (end >= 0) {
+        partial = undefined
+        if (end + 4 < first.length) onFirst(first.subarray(end + 4))
+        return
+      }
+      // One longer than any is taken for the answer, and refuses the upgrade.
+      if (first.length < INTERIM_HEAD_MAX) {
+        partial = first
+        return
+      }
+    }
     upstream.off('data', onFirst)
     answered = true
     clearTimeout(timer)
-    const status = statusOf(first)
     on.answered(status)
     if (status === 101) {
       if (head.length > 0) upstream.write(head)
@@ -246,6 +261,9 @@ function endSoon (client: Duplex): void {
 
 /** Longer than any status line an instance sends ("HTTP/1.1 101 Switching Protocols\r\n"). */
 const STATUS_LINE_MAX = 1024
+
+/** Longer than any interim answer's head (103 Early Hints with its Link headers). */
+const INTERIM_HEAD_MAX = 64 * 1024
 
 /** The status of an answer from its first bytes; 502 when they are not an HTTP/1.x status line. */
 function statusOf (first: Buffer): number {

@@ -260,3 +260,22 @@ t.test('a WebSocket handshake reaches the instance with Connection: Upgrade alon
   t.match(answer, /^HTTP\/1\.1 101 /)
   t.same(JSON.parse(answer.slice(answer.indexOf('{'))), { connection: 'Upgrade', xff: '127.0.0.1', secret: null })
 })
+
+t.test('an interim answer before a WebSocket\'s 101 is not taken for its answer', async t => {
+  const backend = await startBackend(t, 'ws-early-hints')
+  backend.server.on('upgrade', (_req: IncomingMessage, socket: Socket, head: Buffer) => {
+    const echo = (data: Buffer): void => { socket.end(`echo ${data.toString()}`) }
+    if (head.length > 0) echo(head)
+    else socket.once('data', echo)
+    socket.write('HTTP/1.1 103 Early Hints\r\nLink: </static/app.css>; rel=preload\r\n\r\n' +
+      'HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n')
+  })
+  const proxy = await proxyTo(t, backend)
+  // The first frame comes with the handshake: it goes on once the instance has switched.
+  const answer = await raw(proxy.url, 'GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n' +
+    'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\nframe', { until: a => a.endsWith('echo frame') })
+  t.match(answer, /^HTTP\/1\.1 101 Switching Protocols\r\n[^]*\r\n\r\necho frame$/, 'the switch, then the tunnel both ways')
+  const metrics = await proxy.metrics()
+  t.equal(sample(metrics, 'fleetgate_requests_total', { code: '101' }), 1, 'counted as the 101 it got')
+  t.equal(sample(metrics, 'fleetgate_requests_total', { code: '103' }), 0, 'not as a 103')
+})
