@@ -8,7 +8,7 @@ import type { Endpoint, Pool } from '../balancer/pool.ts'
 import { ERRORS, type ErrorCode } from '../errors.ts'
 import type { Logger } from '../logger.ts'
 import type { Deadlines, Timed } from './deadlines.ts'
-import { clientResponseHeaders, hasUnsupportedTransferCoding, originForm, upstreamRequestHeaders } from './headers.ts'
+import { clientResponseHeaders, hasUnsupportedTransferCoding, lacksHost, originForm, upstreamRequestHeaders } from './headers.ts'
 import type { InstanceMetrics } from './instance-metrics.ts'
 import type { Waiter, WaitQueue } from './queue.ts'
 import type { Upstreams } from './upstreams.ts'
@@ -179,10 +179,8 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
       if (this.#req.rawHeaders.length > 2 * MAX_REQUEST_HEADERS) return this.#fail('FLEETGATE_ERR_HEADERS_TOO_LARGE')
       // Its body is not read as a body: the connection closes after the answer.
       if (this.#hasBody && hasUnsupportedTransferCoding(this.#req)) return this.#fail('FLEETGATE_ERR_TRANSFER_CODING', { connection: 'close' })
-      // An HTTP/1.1 request without Host is refused (RFC 9112 3.2), and the connection closes after it.
-      if (this.#req.httpVersionMajor === 1 && this.#req.httpVersionMinor === 1 && this.#req.headers.host === undefined) {
-        return this.#fail('FLEETGATE_ERR_BAD_REQUEST', { connection: 'close' })
-      }
+      // The connection closes after the 400: nothing pipelined behind it is sent.
+      if (lacksHost(this.#req)) return this.#fail('FLEETGATE_ERR_BAD_REQUEST', { connection: 'close' })
       // A new request queues behind those already waiting, even if room has just opened (an ejection ran
       // out): they go first.
       if (ctx.queue.size > 0) {

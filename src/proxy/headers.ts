@@ -59,6 +59,14 @@ export function hasUnsupportedTransferCoding (req: IncomingMessage): boolean {
 }
 
 /**
+ * Whether an HTTP/1.1 request lacks Host, which RFC 9112 3.2 has a server refuse (400). The proxy refuses
+ * it itself (Node would answer its own 400, uncounted, and still hand on a request pipelined behind).
+ */
+export function lacksHost (req: IncomingMessage): boolean {
+  return req.httpVersionMajor === 1 && req.httpVersionMinor === 1 && req.headers.host === undefined
+}
+
+/**
  * The request head for the instance, as a flat [name, value, ...] list (undici's cheapest form).
  * `keepUpgrade` keeps Upgrade for WebSocket handshakes, with `Connection: Upgrade` of the proxy's own: the
  * client's other connection options are this hop's, and one naming X-Forwarded-For would have a next hop

@@ -16,6 +16,7 @@ import { createProxyMetrics, createRegistry, type ProxyMetrics } from '../metric
 import { buildAdmin } from './admin.ts'
 import { Deadlines } from './deadlines.ts'
 import { closeAfterAnswer, closesAfterAnswer, Exchange, type ForwardContext } from './forward.ts'
+import { lacksHost } from './headers.ts'
 import { InstanceMetrics } from './instance-metrics.ts'
 import { WaitQueue } from './queue.ts'
 import { renderStatusPage } from './status-page.ts'
@@ -225,7 +226,7 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
     serverFactory: handler => {
       // No total time for a request (a long upload is the idle timeout's), but 60 s for its head, as
       // Node gives by default: a client that trickles one in (slowloris) gets 408.
-      // An HTTP/1.1 request without Host is refused by the proxy itself (forward.ts): Node's own 400 is
+      // An HTTP/1.1 request without Host is refused by the proxy itself (lacksHost): Node's own 400 is
       // neither the proxy's answer nor counted, and Node hands on a request pipelined behind it, which
       // would reach an instance though its answer is never sent.
       const server = createServer({ maxHeaderSize: options.maxHeaderBytes, requestTimeout: 0, headersTimeout: 60_000, requireHostHeader: false }, handler)
@@ -269,6 +270,10 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
       socket.off('error', onError)
       // An upgrade pipelined behind an answer that closes the connection would never be answered either.
       if (closing || closesAfterAnswer(req.socket)) return socket.destroy()
+      if (lacksHost(req)) {
+        refuse(socket, 'FLEETGATE_ERR_BAD_REQUEST', service)
+        return instanceMetrics.finished(undefined, req.method ?? 'GET', 400, 0)
+      }
       // HTTP/2 over cleartext (`curl --http2 http://…`) is not tunnelled, which would send every request
       // of the connection to one instance: as Envoy does, the request is served as HTTP/1.1.
       if (offersOnlyH2c(req)) return serveWithoutUpgrade(app.server, req, socket, head)

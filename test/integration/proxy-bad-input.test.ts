@@ -89,6 +89,11 @@ t.test('an HTTP/1.1 request without Host gets the proxy\'s 400, and nothing pipe
   t.equal(sample(metrics, 'fleetgate_requests_total', { instance: 'none', code: '400' }), 1, 'counted as answered by no instance')
   t.equal(sample(metrics, 'fleetgate_requests_total', { code: '499' }), 0, 'the POST behind it was never started')
   t.same(seen, ['GET /warm'], 'nor did it reach the instance')
+
+  const upgrade = await raw(proxy.url, 'GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n')
+  t.match(upgrade, /^HTTP\/1\.1 400 [^]*"error":"FLEETGATE_ERR_BAD_REQUEST"/i, 'a WebSocket upgrade without Host is refused alike')
+  t.equal(sample(await proxy.metrics(), 'fleetgate_requests_total', { instance: 'none', code: '400' }), 2, 'and counted')
+  t.same(seen, ['GET /warm'], 'and never reaches the instance')
 })
 
 t.test('a malformed request pipelined behind one still being answered is refused after that answer', async t => {
