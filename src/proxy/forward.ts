@@ -49,31 +49,11 @@ class ClientStalledError extends Error {
   }
 }
 
-/** Exchanges whose responses wait on a connection behind another's; one 'close' listener per connection. */
-const waitingOn = new WeakMap<Socket, Set<() => void>>()
-
-function watchConnection (socket: Socket, onClose: () => void): void {
-  let waiting = waitingOn.get(socket)
-  if (!waiting) {
-    const set = waiting = new Set()
-    waitingOn.set(socket, set)
-    socket.once('close', () => {
-      waitingOn.delete(socket)
-      for (const callback of set) callback()
-    })
-  }
-  waiting.add(onClose)
-}
-
-function unwatchConnection (socket: Socket, onClose: () => void): void {
-  waitingOn.get(socket)?.delete(onClose)
-}
-
 /**
  * Connections whose answer under way closes them: one with `Connection: close` set before its request
  * started (while draining), or answered so before its request's body was read (a 501, a 408). Node
- * still hands on requests pipelined behind such an answer, and no answer of theirs is ever sent: they
- * are not sent to an instance either.
+ * still hands on a request pipelined behind such an answer (read past the unread body once the answer
+ * is out), and no answer of it is ever sent: it is not sent to an instance either.
  */
 const closingConnections = new WeakSet<Socket>()
 
@@ -141,8 +121,6 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
   #clientGone = false
   #finished = false
   #onDrain: (() => void) | undefined
-  /** The connection this exchange's response waits on behind another's, watched until it finishes. */
-  #queuedOn: Socket | undefined
   // Timed: the queue timeout, or the attempt's headers or idle deadline, kept by ctx.deadlines.
   deadline = Infinity
   previousTimed: Timed | undefined = undefined
@@ -157,13 +135,6 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     this.#hasBody = req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')
     ctx.inFlight++
     res.on('close', this.#onClientClose)
-    // A response queued behind another's on its connection (pipelining) is not attached to it yet, and
-    // would not close if the connection went; written to, it would hold its instance paused for a
-    // 'drain' that never comes. Meanwhile the connection itself is watched.
-    if (res.socket === null) {
-      this.#queuedOn = req.socket
-      watchConnection(req.socket, this.#onClientClose)
-    }
   }
 
   /**
@@ -482,7 +453,6 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
   #finish (statusCode: number | undefined): void {
     if (this.#finished) return
     this.#finished = true
-    if (this.#queuedOn) unwatchConnection(this.#queuedOn, this.#onClientClose)
     if (this.#retryCharge === 'shared') {
       this.#ctx.retriesInFlight--
     } else if (this.#retryCharge !== undefined) {

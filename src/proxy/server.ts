@@ -248,18 +248,28 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
   for (const method of METHODS) if (method !== 'CONNECT') app.addHttpMethod(method, { hasBody: false, overrideExisting: true })
   function proxyRequest (request: FastifyRequest, reply: FastifyReply): void {
     reply.hijack()
-    const http10 = request.raw.httpVersionMinor === 0
+    const res = reply.raw as ServerResponse
+    // A request pipelined behind one still being answered waits until that answer has gone out: as with
+    // HAProxy and Envoy, a connection's requests reach the instances one at a time and in order (RFC 9112
+    // 9.3.2 allows side by side only for safe methods), and a connection holds one instance connection at
+    // most. Node hands the connection to the next answer once the one before has finished, and to none
+    // if that one closed it.
+    if (res.socket === null) return void res.once('socket', () => forwardRequest(request.raw, res))
+    forwardRequest(request.raw, res)
+  }
+  function forwardRequest (req: IncomingMessage, res: ServerResponse): void {
+    const http10 = req.httpVersionMinor === 0
     // An HTTP/1.0 request has no transfer codings, so one with Transfer-Encoding is framed faultily (RFC
     // 9112 6.1): a hop in front that reads no chunks takes their bytes for a next request, where Node reads
     // them as this one's body. It is answered, then the connection closes.
-    const closes = closing || (http10 && request.raw.headers['transfer-encoding'] !== undefined)
-    if (closes) reply.raw.setHeader('connection', 'close')
+    const closes = closing || (http10 && req.headers['transfer-encoding'] !== undefined)
+    if (closes) res.setHeader('connection', 'close')
     // Node answers an HTTP/1.0 client that sent `TE: chunked` in chunks, which only HTTP/1.1 may get
     // (RFC 9112 6.1): a body of unknown length is then delimited by closing the connection.
-    if (http10) reply.raw.useChunkedEncodingByDefault = false
-    new Exchange(forward, request.raw, reply.raw as ServerResponse).start()
-    // Once it has started: a request pipelined behind it will get no answer, and is not sent either.
-    if (closes) closeAfterAnswer(request.raw.socket)
+    if (http10) res.useChunkedEncodingByDefault = false
+    new Exchange(forward, req, res).start()
+    // Once it has started: an upgrade or CONNECT read behind it will get no answer, and is not sent either.
+    if (closes) closeAfterAnswer(req.socket)
   }
   app.all('*', proxyRequest)
   app.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {

@@ -193,13 +193,40 @@ t.test('an upgrade to HTTP/2 over cleartext is served as HTTP/1.1, body and keep
   const answer = await raw(proxy.url, upload, { until: a => (a.match(/\r\n\r\nok/g) ?? []).length === 2 })
   t.match(answer, /^HTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nokHTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nok$/, 'both answered, one after the other')
   t.ok(Date.now() - startedAt < 2_500, 'at once, not after a headers timeout')
-  // Pipelined, the two go to the instance side by side: the GET may arrive first.
   t.equal(seen.length, 2, 'both reached the instance')
-  const post = seen.find(s => s.method === 'POST')
-  t.match(post, { url: '/api/v1/chart/data', body: '{"a":"b"}' }, 'the upload with its body')
+  const [post, next] = seen
+  t.match(post, { method: 'POST', url: '/api/v1/chart/data', body: '{"a":"b"}' }, 'the upload with its body, first')
   t.notOk(post === undefined || 'upgrade' in post.headers || 'http2-settings' in post.headers, 'without the upgrade')
-  t.match(seen.find(s => s.method === 'GET'), { url: '/next' })
+  t.match(next, { method: 'GET', url: '/next' })
   t.equal(sample(await proxy.metrics(), 'fleetgate_requests_total', { code: '200' }), 2, 'counted as two requests')
+})
+
+t.test('pipelined requests reach the instances one at a time, in order, each after the answer before it', async t => {
+  const events: string[] = []
+  let open = 0
+  let most = 0
+  // Two instances: side by side, the DELETE would go to the other one while the POST is still running.
+  const backends = [await startBackend(t, 'pipelined-a'), await startBackend(t, 'pipelined-b')]
+  for (const backend of backends) {
+    backend.handle((req, res) => {
+      events.push(`start ${req.method} ${req.url}`)
+      most = Math.max(most, ++open)
+      req.resume()
+      req.on('end', () => setTimeout(() => {
+        events.push(`end ${req.method} ${req.url}`)
+        open--
+        res.end(req.url)
+      }, req.url === '/first' ? 200 : 0))
+    })
+  }
+  const proxy = await startProxy(t, ['--static', backends.map(b => `http://127.0.0.1:${b.port}`).join(',')])
+  await eventually(() => proxy.ready())
+  const answer = await raw(proxy.url, 'POST /first HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi' +
+    'DELETE /second HTTP/1.1\r\nHost: x\r\n\r\nGET /third HTTP/1.1\r\nHost: x\r\n\r\n', { until: a => a.endsWith('/third') })
+  t.match(answer, /^HTTP\/1\.1 200 OK\r\n[^]*\/firstHTTP\/1\.1 200 OK\r\n[^]*\/secondHTTP\/1\.1 200 OK\r\n[^]*\/third$/, 'answered in order')
+  t.same(events, ['start POST /first', 'end POST /first', 'start DELETE /second', 'end DELETE /second', 'start GET /third', 'end GET /third'],
+    'the DELETE is sent only once the POST before it is answered (RFC 9112 9.3.2: side by side only when all are safe)')
+  t.equal(most, 1, 'one request of the connection at a time')
 })
 
 t.test('an h2c upgrade or a CONNECT pipelined behind an answer still going out is answered after it', async t => {
