@@ -214,14 +214,16 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
     const members = source.current()?.instances.map(instanceAddress) ?? []
     return renderer.render(await registry.metrics(), asked, members, answers)
   }
+  // One answer for /readyz and /status: ready once the first membership is known and a worker serves it.
+  const ready = (): boolean => !closing && source.current() !== undefined && listening.size > 0
   const status = async (): Promise<ProxyStatus> => {
     const parts = (await query('status')).map(([, answer]) => answer).filter(isStatusPart)
-    return mergeStatus(config, source, parts, !closing && listening.size > 0)
+    return mergeStatus(config, source, parts, ready())
   }
   const admin = buildAdmin({
     registry,
     logger: log,
-    ready: () => !closing && source.current() !== undefined && listening.size > 0,
+    ready,
     status,
     statusPage: async () => renderStatusPage(await status()),
     metrics: scrape,

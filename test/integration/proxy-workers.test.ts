@@ -11,7 +11,7 @@ import { PROXY_NODE_FLAGS } from '../../src/proxy/node-flags.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { type FleetgateProcess, get, registerCurator, removeNode, runFleetgate, sample, startBackend, startProxy, zkClient } from '../helpers/fleet.ts'
 import { isAlive, killIfSame, startTimeOf } from '../helpers/reaper.ts'
-import { fourLetterWord, startZooKeeper } from '../helpers/zookeeper.ts'
+import { fourLetterWord, freePort, startZooKeeper } from '../helpers/zookeeper.ts'
 
 const server = await startZooKeeper()
 t.teardown(() => server.close())
@@ -84,6 +84,19 @@ const nodeArgs = (pid: number): string[] => {
   if (script < 0) throw new Error(`process ${pid} does not run the CLI: ${argv.join(' ')}`)
   return argv.slice(1, script)
 }
+
+t.test('before the first membership, /status says not ready, as /readyz does', async t => {
+  // Nothing listens there: ZooKeeper unreachable at start. The workers listen all the same.
+  const nowhere = `127.0.0.1:${await freePort()}`
+  const proxy = await startProxy(t, ['--zookeeper', nowhere, '--service', 'unready', '--workers', '2'])
+  t.equal(workerPids(proxy.pid).length, 2, 'both workers listen')
+  t.equal(await proxy.ready(), false, '/readyz: 503')
+  const status = await proxy.status()
+  t.equal(status.source.revision, null, 'no membership known')
+  t.equal(status.ready, false, '/status agrees')
+  proxy.kill('SIGTERM')
+  t.same(await proxy.exited, { code: 0, signal: null })
+})
 
 t.test('a worker that dies is replaced, and the new one follows later changes', async t => {
   const client = await zkClient(t, server.connectString)
