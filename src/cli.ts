@@ -81,6 +81,9 @@ async function runProxy (argv: readonly string[], env: Readonly<Record<string, s
     const stopped = untilSignal(logger, async () => {
       stop.abort()
       await (await primary!).close()
+    }, () => {
+      // Exiting now means the workers too: left alone, each would go on draining without its primary.
+      for (const worker of Object.values(cluster.workers ?? {})) worker?.process.kill('SIGKILL')
     })
     primary = runPrimary(config, source, logger, config.workers, stop.signal)
     await primary
@@ -131,15 +134,16 @@ export async function buildSource (config: ProxyConfig, logger: Logger): Promise
 }
 
 /**
- * Resolves once SIGTERM or SIGINT has been handled by `shutdown`; a second signal exits at once. SIGHUP
- * and SIGUSR1 are ignored.
+ * Resolves once SIGTERM or SIGINT has been handled by `shutdown`; a second signal exits at once, after
+ * `exitNow`. SIGHUP and SIGUSR1 are ignored.
  */
-export function untilSignal (logger: Logger, shutdown: () => Promise<void>): Promise<void> {
+export function untilSignal (logger: Logger, shutdown: () => Promise<void>, exitNow: () => void = () => undefined): Promise<void> {
   return new Promise(resolve => {
     let stopping = false
     const onSignal = (signal: NodeJS.Signals): void => {
       if (stopping) {
         logger.warn({ signal }, 'second signal: exiting now')
+        exitNow()
         process.exit(130)
       }
       stopping = true

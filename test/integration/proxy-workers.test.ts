@@ -272,6 +272,30 @@ const exitWithin = async (proc: FleetgateProcess, timeoutMs: number): Promise<Aw
   return (await eventually(() => exit, { timeoutMs, message: 'the proxy exits' }))!
 }
 
+t.test('a second signal exits at once, and takes the workers with it', async t => {
+  const backend = await startBackend(t, 'held')
+  let held = false
+  backend.handle(req => {
+    req.resume()
+    held = true // never answered
+  })
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, '--workers', '2', '--shutdown-timeout-ms', '60000'])
+  const workers = workerPids(proxy.pid)
+  t.equal(workers.length, 2)
+  for (const pid of workers) {
+    const started = startTimeOf(pid)
+    t.teardown(() => killIfSame(pid, started))
+  }
+  const answer = get(proxy.url, '/held').then(() => 'answered', () => 'cut')
+  await eventually(() => held, { message: 'the request reached the instance' })
+  proxy.kill('SIGTERM')
+  await eventually(() => proxy.logLines('shutting down: draining in-flight requests') === 2, { message: 'both workers draining' })
+  proxy.kill('SIGTERM')
+  t.same(await exitWithin(proxy, 10_000), { code: 130, signal: null }, 'the primary exits at once')
+  await eventually(() => !workers.some(isAlive), { timeoutMs: 5_000, message: 'the workers are gone too' })
+  t.equal(await answer, 'cut', 'the request in flight is cut, as in a single process')
+})
+
 t.test('workers share the listening socket: the kernel hands out connections, not the primary', async t => {
   const backend = await startBackend(t, 'shared')
   const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, '--workers', '2'])
