@@ -308,7 +308,8 @@ function tell (message: ToPrimary): void {
 
 /** A worker: the proxy app on the shared port, following the primary's source. */
 export async function runWorker (config: ProxyConfig, logger: Logger): Promise<{ closed: Promise<void> }> {
-  const log = logger.child({ role: 'worker', worker: cluster.worker?.id })
+  // The pid too: the primary names a worker by it (listening, died, killed), as do ps and the OOM killer.
+  const log = logger.child({ role: 'worker', worker: cluster.worker?.id, pid: process.pid })
   const source = new RemoteSource(config.service, 'remote')
   const proxy = createProxy({ ...config, adminListen: undefined }, source, log)
   let resolveClosed!: () => void

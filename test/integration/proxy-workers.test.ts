@@ -369,6 +369,21 @@ t.test('a worker that does not stop is killed once the drain\'s deadline is long
   t.notOk(isAlive(stuck!), 'the stuck worker is gone')
 })
 
+t.test('a worker\'s own log lines carry the pid the primary names it by', async t => {
+  const backend = await startBackend(t, 'named')
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, '--workers', '2'])
+  const [victim] = workerPids(proxy.pid)
+  const lines = (msg: string): Array<Record<string, unknown>> => proxy.output().split('\n')
+    .filter(line => line.includes(`"msg":${JSON.stringify(msg)}`)).map(line => JSON.parse(line))
+  t.ok(lines('proxy worker listening').some(line => line.pid === victim), 'the primary names the worker by its pid')
+  process.kill(victim!, 'SIGUSR1')
+  await eventually(() => lines('SIGUSR1 ignored').length === 1, { message: 'the worker logged the signal' })
+  t.match(lines('SIGUSR1 ignored')[0], { role: 'worker', pid: victim }, 'and the worker\'s own line carries it')
+  process.kill(victim!, 'SIGKILL')
+  await proxy.waitForOutput(/proxy worker died; starting another/)
+  t.match(lines('proxy worker died; starting another')[0], { pid: victim }, 'as does the primary\'s line about its death')
+})
+
 t.test('workers that keep dying young are replaced ever more slowly', async t => {
   const backend = await startBackend(t, 'crashy')
   const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, '--workers', '2'])
