@@ -12,7 +12,7 @@ import { FleetgateError, isFleetgateError } from './errors.ts'
 import { createLogger, type Logger } from './logger.ts'
 import type { MembershipSource } from './membership/source.ts'
 import { parseStaticInstances, StaticSource } from './membership/static.ts'
-import { runPrimary, runWorker } from './proxy/cluster.ts'
+import { runPrimary, runWorker, WORKER_CONFIG_ENV } from './proxy/cluster.ts'
 import { missingNodeFlags } from './proxy/node-flags.ts'
 import { createProxy } from './proxy/server.ts'
 
@@ -65,7 +65,12 @@ async function runProxy (argv: readonly string[], env: Readonly<Record<string, s
     process.stdout.write(help('proxy'))
     return 0
   }
-  const { config, ignored } = loadConfig(ProxyConfigSchema, { argv, env })
+  // A worker takes its primary's configuration, not the file's as it reads now: a replacement forked after
+  // an edit would otherwise serve another port, or other timeouts, beside the workers started with it.
+  const inherited = cluster.isWorker ? env[WORKER_CONFIG_ENV] : undefined
+  const { config, ignored } = inherited === undefined
+    ? loadConfig(ProxyConfigSchema, { argv, env })
+    : { config: JSON.parse(inherited) as ProxyConfig, ignored: [] }
   const logger = createLogger({ level: config.logLevel, name: 'fleetgate-proxy' })
   if (ignored.length > 0 && !cluster.isWorker) logger.info({ ignored }, 'settings of another discovery backend are ignored')
   if (cluster.isWorker) {

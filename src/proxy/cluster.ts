@@ -70,6 +70,9 @@ export function isStatusPart (value: unknown): value is ProxyStatus {
     latency(instance.p50Ms) && latency(instance.p99Ms))
 }
 
+/** The environment variable that hands each worker the configuration its primary started with. */
+export const WORKER_CONFIG_ENV = 'FLEETGATE_WORKER_CONFIG'
+
 /** How long the primary waits for a worker's answer to /status or /metrics before leaving it out. */
 const QUERY_TIMEOUT_MS = 2_000
 /** A worker that dies is replaced after this; while replacements keep dying young, the wait doubles. */
@@ -162,8 +165,11 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
   let failStart: (err: Error) => void = () => undefined
   /** One per worker slot: how many of its workers in a row died young. A replacement takes its slot. */
   interface Slot { shortLives: number }
+  // A worker forked later (a replacement) runs on the same settings as the others, whatever the file says
+  // by then. It follows the primary's source, so it needs no registry credentials.
+  const workerEnv = { [WORKER_CONFIG_ENV]: JSON.stringify({ ...config, consulToken: undefined }) }
   const fork = (slot: Slot = { shortLives: 0 }): void => {
-    const worker = cluster.fork()
+    const worker = cluster.fork(workerEnv)
     const forkedAtMs = performance.now()
     // A message to a worker that is exiting fails (EPIPE) after isConnected() said yes. Its 'exit' follows
     // and is handled there; unheard, the error would take the primary down.

@@ -2,7 +2,7 @@
 // the primary; /status and /metrics add up what the workers did. Workers run with the node flags a
 // serving proxy wants, which a single process started without them names.
 
-import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs'
+import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs'
 import http from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -382,6 +382,27 @@ t.test('a worker\'s own log lines carry the pid the primary names it by', async 
   process.kill(victim!, 'SIGKILL')
   await proxy.waitForOutput(/proxy worker died; starting another/)
   t.match(lines('proxy worker died; starting another')[0], { pid: victim }, 'as does the primary\'s line about its death')
+})
+
+t.test('a replacement worker runs on the configuration the proxy started with, not on the file as edited since', async t => {
+  const backend = await startBackend(t, 'configured')
+  const dir = mkdtempSync(join(tmpdir(), 'fleetgate-config-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const file = join(dir, 'proxy.yaml')
+  const [port, edited] = [await freePort(), await freePort()]
+  const write = (listen: number): void => writeFileSync(file,
+    `static: http://127.0.0.1:${backend.port}\nlisten: 127.0.0.1:${listen}\nadminListen: 127.0.0.1:0\nworkers: 2\n`)
+  write(port)
+  const proxy = runFleetgate(t, ['proxy', '--config', file])
+  await proxy.waitForOutput(/"msg":"fleetgate proxy listening"/, 30_000)
+  // Edited for the next start; until then, the proxy serves as it was started.
+  write(edited)
+  const [victim] = workerPids(proxy.pid)
+  process.kill(victim!, 'SIGKILL')
+  await eventually(() => proxy.logLines('proxy worker listening') === 3, { timeoutMs: 15_000, message: 'replaced' })
+  const ports = proxy.output().split('\n').filter(line => line.includes('"msg":"proxy worker listening"')).map(line => JSON.parse(line).port)
+  t.same(ports, [port, port, port], 'the replacement listens where the others do')
+  t.equal((await get(`http://127.0.0.1:${port}`)).servedBy, 'configured')
 })
 
 t.test('workers that keep dying young are replaced ever more slowly', async t => {
