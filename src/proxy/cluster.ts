@@ -141,9 +141,13 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
     }
   })
 
-  /** Each connected worker's answer, by worker id; a worker that does not answer in time is left out. */
+  /**
+   * Each listening worker's answer, by worker id; a worker that does not answer in time is left out. One
+   * still starting (a replacement) has served nothing, and could not hear the question yet: it would
+   * hold every scrape for the whole timeout.
+   */
   const query = (what: 'status' | 'metrics'): Promise<Array<[worker: number, answer: unknown]>> => {
-    const workers = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined && w.isConnected())
+    const workers = [...listening.keys()].filter(worker => worker.isConnected())
     if (workers.length === 0) return Promise.resolve([])
     const id = randomUUID()
     return new Promise(resolve => {

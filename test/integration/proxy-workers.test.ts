@@ -405,6 +405,33 @@ t.test('a replacement worker runs on the configuration the proxy started with, n
   t.equal((await get(`http://127.0.0.1:${port}`)).servedBy, 'configured')
 })
 
+t.test('a scrape does not wait for a worker still starting', async t => {
+  const backend = await startBackend(t, 'scraped')
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, '--workers', '2'])
+  t.equal((await get(proxy.url)).servedBy, 'scraped')
+  t.equal(sample(await proxy.metrics(), 'fleetgate_requests_total', { code: '200' }), 1)
+  const [victim, survivor] = workerPids(proxy.pid)
+  process.kill(victim!, 'SIGKILL')
+  const replacement = await eventually(() => workerPids(proxy.pid).find(pid => pid !== victim && pid !== survivor),
+    { timeoutMs: 10_000, intervalMs: 5, message: 'a replacement forked' })
+  // Held while it loads: it cannot answer, nor listen.
+  const started = startTimeOf(replacement!)
+  process.kill(replacement!, 'SIGSTOP')
+  t.teardown(() => killIfSame(replacement!, started))
+  const timed = async <T>(fn: () => Promise<T>): Promise<[T, number]> => {
+    const from = performance.now()
+    const value = await fn()
+    return [value, performance.now() - from]
+  }
+  const [metrics, metricsMs] = await timed(() => proxy.metrics())
+  const [status, statusMs] = await timed(() => proxy.status())
+  t.ok(metricsMs < 1_500 && statusMs < 1_500, `answered at once: /metrics in ${Math.round(metricsMs)} ms, /status in ${Math.round(statusMs)} ms`)
+  t.equal(sample(metrics, 'fleetgate_requests_total', { code: '200' }), 1, 'with what the workers counted')
+  t.equal(status.ready, true, 'the survivor serves')
+  process.kill(replacement!, 'SIGCONT')
+  await eventually(() => proxy.logLines('proxy worker listening') === 3, { timeoutMs: 15_000, message: 'the replacement listens' })
+})
+
 t.test('workers that keep dying young are replaced ever more slowly', async t => {
   const backend = await startBackend(t, 'crashy')
   const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, '--workers', '2'])
