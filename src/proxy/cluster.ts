@@ -194,8 +194,9 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
     })
     worker.on('exit', (code, signal) => {
       listening.delete(worker)
-      // (Not while shutting down: that would start the metrics thread only to stop it.)
-      if (!closing) renderer.retire(worker.id)
+      // While shutting down too, once a scrape has started the metrics thread: a scrape during the drain
+      // must not count what a worker that has exited held. (Before any scrape, it holds nothing of it.)
+      if (!closing || scrapes > 0) renderer.retire(worker.id)
       // A scrape does not wait out the query timeout for a worker that is gone.
       for (const entry of pending.values()) if (entry.owing.delete(worker.id) && entry.owing.size === 0) entry.resolve()
       if (closing) return

@@ -432,6 +432,43 @@ t.test('a scrape does not wait for a worker still starting', async t => {
   await eventually(() => proxy.logLines('proxy worker listening') === 3, { timeoutMs: 15_000, message: 'the replacement listens' })
 })
 
+t.test('during the drain, a worker that has exited no longer counts in the gauges', async t => {
+  const backend = await startBackend(t, 'drained')
+  const release = new Map<string, () => void>()
+  backend.handle((req, res) => {
+    req.resume()
+    release.set(req.url!, () => res.end('done'))
+  })
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, '--workers', '2', '--shutdown-timeout-ms', '20000'])
+  const [a, b] = workerPids(proxy.pid)
+  const stopped = new Set<number>()
+  t.teardown(() => { for (const pid of stopped) process.kill(pid, 'SIGCONT') })
+  /** A request on a new connection, which the other worker takes while `pid` is stopped; its answer, to come. */
+  const sendPast = async (pid: number, path: string): Promise<{ answer: Promise<unknown> }> => {
+    process.kill(pid, 'SIGSTOP')
+    stopped.add(pid)
+    const answer = get(proxy.url, path)
+    await eventually(() => release.has(path), { message: `${path} reached the instance` })
+    process.kill(pid, 'SIGCONT')
+    stopped.delete(pid)
+    return { answer }
+  }
+  const long = await sendPast(a!, '/long') // on b
+  const short = await sendPast(b!, '/short') // on a
+  const inFlight = async (): Promise<number> => sample(await proxy.metrics(), 'fleetgate_in_flight_requests')
+  t.equal(await inFlight(), 2, 'one request in flight on each worker')
+
+  proxy.kill('SIGTERM')
+  await eventually(() => proxy.logLines('shutting down: draining in-flight requests') === 2, { message: 'both workers draining' })
+  release.get('/short')!()
+  await short.answer
+  await eventually(() => !isAlive(a!), { message: 'the worker that carried the short request exits' })
+  t.equal(await inFlight(), 1, 'only the request still in flight counts')
+  release.get('/long')!()
+  await long.answer
+  t.same(await exitWithin(proxy, 10_000), { code: 0, signal: null })
+})
+
 t.test('workers that keep dying young are replaced ever more slowly', async t => {
   const backend = await startBackend(t, 'crashy')
   const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, '--workers', '2'])
