@@ -352,7 +352,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     const clientsDoing = code.startsWith('UND_ERR_REQ_') || this.#req.readableAborted
     if (!connectFailure && !clientsDoing && code !== 'UND_ERR_HEADERS_OVERFLOW') {
       this.#ctx.pool.reportServerError(endpoint)
-      // Its error on the status page as a failed connect is, even when a retry elsewhere succeeds.
+      // The instance's error on the status page, as a failed connect is, even when a retry elsewhere succeeds.
       this.#ctx.metrics.failedBeforeAnswer(endpoint)
       this.#errorCounted = true
     }
