@@ -57,6 +57,19 @@ class ClientStalledError extends Error {
  */
 const closingConnections = new WeakSet<Socket>()
 
+/**
+ * Connections on which Node's parser refused a request: the proxy answers it with its own 4xx, and counts
+ * it (server.ts). An upload whose body turns out malformed midway is that request.
+ */
+const refusedConnections = new WeakSet<Socket>()
+
+/** Marks the connection's request as refused by Node's parser; false if it was already (Node reports each chunk it reads after it). */
+export function markRefused (socket: Socket): boolean {
+  if (refusedConnections.has(socket)) return false
+  refusedConnections.add(socket)
+  return true
+}
+
 /** Whether the connection's answer under way closes it, so requests read behind it get no answer (see above). */
 export function closesAfterAnswer (socket: Socket): boolean {
   return closingConnections.has(socket)
@@ -449,10 +462,15 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     this.#finish(statusCode)
   }
 
-  /** The request is done with; `undefined`: it was never answered nor sent, and is not counted. */
+  /**
+   * The request is done with; `undefined`: it is not counted, never answered nor sent, or answered by
+   * the proxy's refusal of what Node's parser could not read, which counts it.
+   */
   #finish (statusCode: number | undefined): void {
     if (this.#finished) return
     this.#finished = true
+    // Its body broke off where Node's parser refused it: the client got the proxy's 400, counted as such.
+    if (statusCode === 499 && !this.#req.complete && refusedConnections.has(this.#req.socket)) statusCode = undefined
     if (this.#retryCharge === 'shared') {
       this.#ctx.retriesInFlight--
     } else if (this.#retryCharge !== undefined) {

@@ -3,6 +3,7 @@
 // all of it and never listens until asked, so tests can build many.
 
 import { createServer, METHODS, type IncomingMessage, type ServerResponse } from 'node:http'
+import type { Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import { Pool, type Endpoint } from '../balancer/pool.ts'
@@ -15,7 +16,7 @@ import type { MembershipSource, SourceState } from '../membership/source.ts'
 import { createProxyMetrics, createRegistry, type ProxyMetrics } from '../metrics.ts'
 import { buildAdmin } from './admin.ts'
 import { Deadlines } from './deadlines.ts'
-import { closeAfterAnswer, closesAfterAnswer, Exchange, type ForwardContext } from './forward.ts'
+import { closeAfterAnswer, closesAfterAnswer, Exchange, markRefused, type ForwardContext } from './forward.ts'
 import { lacksHost } from './headers.ts'
 import { InstanceMetrics } from './instance-metrics.ts'
 import { WaitQueue } from './queue.ts'
@@ -79,9 +80,6 @@ const DRAIN_KEEP_ALIVE_MS = 500
 
 /** Upstream keep-alive, below gunicorn's 2 s default so an idle socket is not reused just as it closes. */
 const UPSTREAM_KEEP_ALIVE_MS = 1_500
-
-/** Connections whose broken request is answered already, or will be once the answers before it are out. */
-const refused = new WeakSet<Duplex>()
 
 /**
  * Runs `then`, which answers a request Node's parser refused, once the answers to the requests read whole
@@ -212,9 +210,8 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
     clientErrorHandler: (err, socket) => {
       // Nothing to answer on a connection that is gone.
       if (err.code === 'ECONNRESET' || !socket.writable) return void socket.destroy()
-      // Node reports the error again for each chunk it reads after it: it is answered once.
-      if (refused.has(socket)) return
-      refused.add(socket)
+      // Answered once, now or after the answers before it.
+      if (!markRefused(socket as Socket)) return
       const code = err.code === 'HPE_HEADER_OVERFLOW'
         ? 'FLEETGATE_ERR_HEADERS_TOO_LARGE'
         : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'FLEETGATE_ERR_CLIENT_TIMEOUT' : 'FLEETGATE_ERR_BAD_REQUEST'

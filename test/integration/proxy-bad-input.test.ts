@@ -120,6 +120,23 @@ t.test('a malformed request pipelined behind one still being answered is refused
   t.equal(sample(metrics, 'fleetgate_requests_total', { instance: 'none', code: '400' }), 1, 'the malformed one as refused')
 })
 
+t.test('an upload whose chunked body turns out malformed gets the proxy\'s 400, counted once', async t => {
+  const backend = await startBackend(t, 'bad-chunk')
+  backend.handle((req, res) => {
+    req.on('error', () => undefined)
+    req.resume()
+    req.on('end', () => res.end('ok'))
+  })
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`])
+  await eventually(() => proxy.ready())
+  const answer = await raw(proxy.url, 'POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nnot a chunk size\r\n')
+  t.match(answer, /^HTTP\/1\.1 400 [^]*"error":"FLEETGATE_ERR_BAD_REQUEST"/i, 'refused as a malformed request')
+  await eventually(async () => sample(await proxy.metrics(), 'fleetgate_in_flight_requests') === 0, { message: 'nothing in flight' })
+  const metrics = await proxy.metrics()
+  t.equal(sample(metrics, 'fleetgate_requests_total', { instance: 'none', code: '400' }), 1, 'counted as the 400 it got')
+  t.equal(sample(metrics, 'fleetgate_requests_total', { code: '499' }), 0, 'and not a second time, as a client gone')
+})
+
 t.test('a request head with more than 1,000 header lines gets 431; one with 1,000 passes whole', async t => {
   const backend = await startBackend(t, 'many-headers')
   // Node's own limit would drop the instance's view of them past 1,000 (the proxy adds a few).
