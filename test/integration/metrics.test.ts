@@ -17,6 +17,16 @@ import { freePort, startZooKeeper } from '../helpers/zookeeper.ts'
 const server = await startZooKeeper()
 t.teardown(() => server.close())
 
+/** Opens a WebSocket to /ws through the proxy and closes it: 101, the status of a refusal, or 0 for no answer. */
+async function openWebSocket (proxyUrl: string): Promise<number> {
+  return await new Promise<number>(resolve => {
+    const ws = new WebSocket(`${proxyUrl.replace('http', 'ws')}/ws`)
+    ws.once('open', () => { ws.terminate(); resolve(101) })
+    ws.once('unexpected-response', (_req, res) => { res.resume(); ws.terminate(); resolve(res.statusCode ?? 0) })
+    ws.once('error', () => resolve(0))
+  })
+}
+
 /** Answers the status code in the path (`/code/404`), 200 otherwise, and tallies what it answered. */
 function answerCodes (backend: Backend): Map<string, number> {
   const answered = new Map<string, number>()
@@ -93,20 +103,14 @@ t.test('WebSocket upgrades are counted like requests: 101 by instance, 503 with 
   const path = await registerCurator(client, { service, id: 'a', port: a.port })
   const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', service])
   await eventually(async () => (await proxy.status()).instances.length === 1, { message: 'one instance' })
-  const open = async (): Promise<number> => await new Promise<number>(resolve => {
-    const ws = new WebSocket(`${proxy.url.replace('http', 'ws')}/ws`)
-    ws.once('open', () => { ws.terminate(); resolve(101) })
-    ws.once('unexpected-response', (_req, res) => { res.resume(); ws.terminate(); resolve(res.statusCode ?? 0) })
-    ws.once('error', () => resolve(0))
-  })
-  for (let i = 0; i < 3; i++) t.equal(await open(), 101)
+  for (let i = 0; i < 3; i++) t.equal(await openWebSocket(proxy.url), 101)
   let metrics = await proxy.metrics()
   t.equal(sample(metrics, 'fleetgate_requests_total', { instance: `127.0.0.1:${a.port}`, method: 'GET', code: '101' }), 3, 'three upgrades counted for the instance')
   t.equal(sample(metrics, 'fleetgate_request_duration_seconds_count', { instance: `127.0.0.1:${a.port}` }), 3)
 
   await removeNode(client, path)
   await eventually(async () => (await proxy.status()).instances.length === 0, { message: 'the pool is empty' })
-  t.equal(await open(), 503, 'an upgrade with no live instance gets 503')
+  t.equal(await openWebSocket(proxy.url), 503, 'an upgrade with no live instance gets 503')
   metrics = await proxy.metrics()
   t.equal(sample(metrics, 'fleetgate_requests_total', { instance: 'none', code: '503' }), 1, 'and is counted in requests_total')
   t.equal(sample(metrics, 'fleetgate_no_live_instance_total', { service }), 1, 'and in no_live_instance_total')
@@ -121,13 +125,7 @@ t.test('an upgrade sent on after a refused connect counts in retries_total, as a
   const proxy = await startProxy(t, ['--static', [...refusing, a.port].map(port => `http://127.0.0.1:${port}`).join(','),
     '--eject-base-ms', '1', '--eject-max-ms', '1', '--panic-threshold-percent', '0'])
   await eventually(async () => (await proxy.status()).instances.length === 3, { message: 'three instances' })
-  const open = async (): Promise<number> => await new Promise<number>(resolve => {
-    const ws = new WebSocket(`${proxy.url.replace('http', 'ws')}/ws`)
-    ws.once('open', () => { ws.terminate(); resolve(101) })
-    ws.once('unexpected-response', (_req, res) => { res.resume(); ws.terminate(); resolve(res.statusCode ?? 0) })
-    ws.once('error', () => resolve(0))
-  })
-  for (let i = 0; i < 6; i++) t.equal(await open(), 101, 'the upgrade reaches the instance that accepts')
+  for (let i = 0; i < 6; i++) t.equal(await openWebSocket(proxy.url), 101, 'the upgrade reaches the instance that accepts')
   const metrics = await proxy.metrics()
   const failed = refusing.reduce((sum, port) => sum + sample(metrics, 'fleetgate_upstream_connect_failures_total', { instance: `127.0.0.1:${port}` }), 0)
   t.ok(failed > 0, `connects were refused (${failed})`)
