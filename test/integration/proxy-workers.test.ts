@@ -77,6 +77,16 @@ const servedByOnNewConnection = (url: string): Promise<string> => new Promise((r
 const workerPids = (primary: number): number[] =>
   readFileSync(`/proc/${primary}/task/${primary}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number)
 
+/** The primary's workers, each killed after the test should it outlive its primary (and still be the same process). */
+const workersReapedAfter = (t: Test, primary: number): number[] => {
+  const workers = workerPids(primary)
+  for (const pid of workers) {
+    const started = startTimeOf(pid)
+    t.teardown(() => killIfSame(pid, started))
+  }
+  return workers
+}
+
 /** A process's node flags: its arguments before the script. */
 const nodeArgs = (pid: number): string[] => {
   const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')
@@ -237,12 +247,8 @@ t.test('SIGHUP and SIGUSR1 are logged and ignored; workers whose primary is kill
     release = () => res.end('answered after the primary died')
   })
   const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, '--workers', '2', '--shutdown-timeout-ms', '20000'])
-  const workers = workerPids(proxy.pid)
+  const workers = workersReapedAfter(t, proxy.pid)
   t.equal(workers.length, 2)
-  for (const pid of workers) {
-    const started = startTimeOf(pid)
-    t.teardown(() => killIfSame(pid, started))
-  }
   // A closed terminal or SSH session sends SIGHUP to the whole group: Node's default would end them all.
   for (const pid of [proxy.pid, ...workers]) process.kill(pid, 'SIGHUP')
   await proxy.waitForOutput(/SIGHUP ignored/)
@@ -280,12 +286,8 @@ t.test('a second signal exits at once, and takes the workers with it', async t =
     held = true // never answered
   })
   const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, '--workers', '2', '--shutdown-timeout-ms', '60000'])
-  const workers = workerPids(proxy.pid)
+  const workers = workersReapedAfter(t, proxy.pid)
   t.equal(workers.length, 2)
-  for (const pid of workers) {
-    const started = startTimeOf(pid)
-    t.teardown(() => killIfSame(pid, started))
-  }
   const answer = get(proxy.url, '/held').then(() => 'answered', () => 'cut')
   await eventually(() => held, { message: 'the request reached the instance' })
   proxy.kill('SIGTERM')
