@@ -81,6 +81,9 @@ const DRAIN_KEEP_ALIVE_MS = 500
 /** Upstream keep-alive, below gunicorn's 2 s default so an idle socket is not reused just as it closes. */
 const UPSTREAM_KEEP_ALIVE_MS = 1_500
 
+/** What a pipelined request waiting for the answer before it counts for in Node's flood guard (see proxyRequest). */
+const PIPELINED_REQUEST_BYTES = 1024
+
 /**
  * Runs `then`, which answers a request Node's parser refused, once the answers to the requests read whole
  * before it on the connection have gone out: answers go in order (RFC 9112 9.3.2), and the client would
@@ -251,7 +254,18 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
     // 9.3.2 allows side by side only for safe methods), and a connection holds one instance connection at
     // most. Node hands the connection to the next answer once the one before has finished, and to none
     // if that one closed it.
-    if (res.socket === null) return void res.once('socket', () => forwardRequest(request.raw, res))
+    if (res.socket === null) {
+      // Node reads a connection no further while its answers hold its high-water mark unsent (16 KB), its
+      // guard against a flood of pipelined requests. A request waiting here has no answer yet, so it is
+      // counted as a share of that: a client is read at most about 16 requests ahead of its answers.
+      const waiting = res as ServerResponse & { _onPendingData: (bytes: number) => void }
+      waiting._onPendingData(PIPELINED_REQUEST_BYTES)
+      res.once('socket', () => {
+        waiting._onPendingData(-PIPELINED_REQUEST_BYTES)
+        forwardRequest(request.raw, res)
+      })
+      return
+    }
     forwardRequest(request.raw, res)
   }
   function forwardRequest (req: IncomingMessage, res: ServerResponse): void {

@@ -212,6 +212,26 @@ t.test('pipelined requests reach the instances one at a time, in order, each aft
   t.equal(most, 1, 'one request of the connection at a time')
 })
 
+t.test('a client that pipelines far ahead of its answers gets every one, in order', async t => {
+  const backend = await startBackend(t, 'far-ahead')
+  let release: (() => void) | undefined
+  backend.handle((req, res) => {
+    req.resume()
+    // The first is held: the rest wait behind it, more than the proxy reads ahead.
+    if (req.url === '/0') release = () => res.end('/0;')
+    else req.on('end', () => res.end(`${req.url};`))
+  })
+  const proxy = await proxyTo(t, backend)
+  const count = 200
+  const requests = Array.from({ length: count }, (_, i) => `GET /${i} HTTP/1.1\r\nHost: x\r\nX-Pad: ${'p'.repeat(1000)}\r\n\r\n`).join('')
+  const answer = raw(proxy.url, requests, { until: a => a.endsWith(`/${count - 1};`) })
+  await eventually(() => release !== undefined, { message: 'the first request reached the instance' })
+  t.equal(backend.hits, 1, 'the others wait behind it')
+  release!()
+  const bodies = (await answer).split('HTTP/1.1 200 OK').slice(1).map(part => part.slice(part.indexOf('\r\n\r\n') + 4))
+  t.same(bodies, Array.from({ length: count }, (_, i) => `/${i};`), 'all of them, each after the one before')
+})
+
 t.test('an h2c upgrade or a CONNECT pipelined behind an answer still going out is answered after it', async t => {
   const backend = await startBackend(t, 'slow-first')
   backend.handle((req, res) => {
