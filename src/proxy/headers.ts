@@ -75,6 +75,9 @@ export function lacksHost (req: IncomingMessage): boolean {
 export function upstreamRequestHeaders (req: IncomingMessage, keepUpgrade = false): string[] {
   const raw = req.rawHeaders
   const dropped = connectionTokens(req.headers.connection)
+  // Host is the request's, not the connection's: named there and dropped, undici would send the
+  // instance's own address in its place.
+  dropped?.delete('host')
   const authority = absoluteTarget(req.url)?.host
   const out: string[] = []
   let forwardedFor: string | undefined

@@ -132,7 +132,8 @@ t.test('forwarding: methods, bodies, query strings and headers reach the instanc
         'content-type': 'application/json', 'x-forwarded-for': '203.0.113.7', 'x-forwarded-prefix': '//evil.example',
         // As a TLS terminator in front sets them.
         'x-forwarded-proto': 'https', 'x-forwarded-host': 'bi.example.com', 'x-forwarded-port': '443',
-        connection: 'keep-alive, x-secret', 'x-secret': 'hop', 'keep-alive': 'timeout=5', host: 'superset.example:8088', cookie: 'session=abc',
+        // Host named too: it is the request's, not the connection's, and never dropped.
+        connection: 'keep-alive, x-secret, host', 'x-secret': 'hop', 'keep-alive': 'timeout=5', host: 'superset.example:8088', cookie: 'session=abc',
       },
     }, r => {
       let body = ''
@@ -151,7 +152,7 @@ t.test('forwarding: methods, bodies, query strings and headers reach the instanc
   t.equal(seen.headers['x-forwarded-host'], 'bi.example.com')
   t.equal(seen.headers['x-forwarded-port'], '443')
   t.notOk('x-forwarded-prefix' in seen.headers, 'a client\'s X-Forwarded-Prefix does not reach the instance: ProxyFix would build links on it')
-  t.equal(seen.headers.host, 'superset.example:8088', 'Host is passed through')
+  t.equal(seen.headers.host, 'superset.example:8088', 'Host is passed through, even named in Connection')
   t.equal(seen.headers.cookie, 'session=abc')
   t.notOk('x-secret' in seen.headers, 'headers named in Connection are dropped')
   t.notOk('keep-alive' in seen.headers, 'hop-by-hop headers are dropped')
