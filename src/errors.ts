@@ -13,6 +13,7 @@ export const ERRORS = {
   FLEETGATE_ERR_BAD_REQUEST: { message: 'The request cannot be forwarded as sent', statusCode: 400 },
   FLEETGATE_ERR_HEADERS_TOO_LARGE: { message: 'The request head is larger than the proxy takes', statusCode: 431 },
   FLEETGATE_ERR_TRANSFER_CODING: { message: 'The request has a transfer coding other than chunked', statusCode: 501 },
+  FLEETGATE_ERR_EXPECTATION: { message: 'The request has an expectation other than 100-continue', statusCode: 417 },
   FLEETGATE_ERR_NO_LIVE_INSTANCE: { message: 'No live instance of the service', statusCode: 503 },
   // 503, as Envoy (`UF`) and HAProxy (`SC`) answer it: no instance was reached, nothing was sent.
   FLEETGATE_ERR_UPSTREAM_CONNECT: { message: 'Could not connect to any instance', statusCode: 503 },

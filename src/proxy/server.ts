@@ -311,6 +311,22 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
       instanceMetrics.finished(undefined, 'CONNECT', 400, 0)
     })
   })
+  // An expectation other than 100-continue (which Node meets itself) is one the proxy cannot know the
+  // instance would meet (RFC 9110 10.1.1): 417, in the proxy's error format and counted, where Node would
+  // give its own bare one. The connection closes after it, a body sent along unread.
+  app.server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
+    const { message, statusCode } = ERRORS.FLEETGATE_ERR_EXPECTATION
+    const body = JSON.stringify({ error: 'FLEETGATE_ERR_EXPECTATION', message, service })
+    closeAfterAnswer(req.socket)
+    res.writeHead(statusCode, {
+      'content-type': 'application/json; charset=utf-8',
+      'content-length': Buffer.byteLength(body),
+      'cache-control': 'no-store',
+      connection: 'close',
+    })
+    res.end(body)
+    instanceMetrics.finished(undefined, req.method ?? 'GET', statusCode, 0)
+  })
 
   const status = (): ProxyStatus => {
     const state = source.state()

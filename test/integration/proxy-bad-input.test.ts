@@ -137,6 +137,24 @@ t.test('an upload whose chunked body turns out malformed gets the proxy\'s 400, 
   t.equal(sample(metrics, 'fleetgate_requests_total', { code: '499' }), 0, 'and not a second time, as a client gone')
 })
 
+t.test('an expectation other than 100-continue gets the proxy\'s 417, and nothing reaches the instance', async t => {
+  const backend = await startBackend(t, 'expect')
+  backend.handle((req, res) => {
+    req.resume()
+    req.on('end', () => res.end('ok'))
+  })
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`])
+  await eventually(() => proxy.ready())
+  const answer = await raw(proxy.url, 'POST /upload HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\nContent-Length: 2\r\n\r\nhi' +
+    'GET /behind HTTP/1.1\r\nHost: x\r\n\r\n')
+  t.match(answer, /^HTTP\/1\.1 417 [^]*connection: close[^]*"error":"FLEETGATE_ERR_EXPECTATION"/i, '417, as the proxy\'s other errors are answered, and the connection closes')
+  t.notMatch(answer, /HTTP\/1\.1 200/, 'nothing behind it is answered')
+  t.equal(sample(await proxy.metrics(), 'fleetgate_requests_total', { instance: 'none', method: 'POST', code: '417' }), 1, 'counted')
+  t.equal(backend.hits, 0, 'nothing reached the instance')
+  const continued = await raw(proxy.url, 'POST /upload HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi')
+  t.match(continued, /^HTTP\/1\.1 100 Continue\r\n\r\nHTTP\/1\.1 200 OK\r\n/, '100-continue is met as before')
+})
+
 t.test('a request head with more than 1,000 header lines gets 431; one with 1,000 passes whole', async t => {
   const backend = await startBackend(t, 'many-headers')
   // Node's own limit would drop the instance's view of them past 1,000 (the proxy adds a few).
