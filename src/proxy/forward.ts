@@ -8,7 +8,7 @@ import type { Endpoint, Pool } from '../balancer/pool.ts'
 import { ERRORS, type ErrorCode } from '../errors.ts'
 import type { Logger } from '../logger.ts'
 import type { Deadlines, Timed } from './deadlines.ts'
-import { clientResponseHeaders, hasUnsupportedTransferCoding, lacksHost, originForm, upstreamRequestHeaders } from './headers.ts'
+import { carriesBody, clientResponseHeaders, hasUnsupportedTransferCoding, lacksHost, originForm, upstreamRequestHeaders } from './headers.ts'
 import type { InstanceMetrics } from './instance-metrics.ts'
 import type { Waiter, WaitQueue } from './queue.ts'
 import type { Upstreams } from './upstreams.ts'
@@ -144,8 +144,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     this.#ctx = ctx
     this.#req = req
     this.#res = res
-    const length = req.headers['content-length']
-    this.#hasBody = req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')
+    this.#hasBody = carriesBody(req)
     ctx.inFlight++
     res.on('close', this.#onClientClose)
   }

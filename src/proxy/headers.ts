@@ -58,6 +58,12 @@ export function hasUnsupportedTransferCoding (req: IncomingMessage): boolean {
   return coding !== undefined && coding.trim().toLowerCase() !== 'chunked'
 }
 
+/** Whether a request has a body: a Transfer-Encoding, or a Content-Length other than 0. */
+export function carriesBody (req: IncomingMessage): boolean {
+  const length = req.headers['content-length']
+  return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')
+}
+
 /**
  * Whether an HTTP/1.1 request lacks Host, which RFC 9112 3.2 has a server refuse (400). The proxy refuses
  * it itself (Node would answer its own 400, uncounted, and still hand on a request pipelined behind).

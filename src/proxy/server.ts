@@ -17,7 +17,7 @@ import { createProxyMetrics, createRegistry, type ProxyMetrics } from '../metric
 import { buildAdmin } from './admin.ts'
 import { Deadlines } from './deadlines.ts'
 import { closeAfterAnswer, closesAfterAnswer, Exchange, markRefused, type ForwardContext } from './forward.ts'
-import { lacksHost } from './headers.ts'
+import { carriesBody, lacksHost } from './headers.ts'
 import { InstanceMetrics } from './instance-metrics.ts'
 import { WaitQueue } from './queue.ts'
 import { renderStatusPage } from './status-page.ts'
@@ -296,8 +296,10 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
         return instanceMetrics.finished(undefined, req.method ?? 'GET', 400, 0)
       }
       // HTTP/2 over cleartext (`curl --http2 http://…`) is not tunnelled, which would send every request
-      // of the connection to one instance: as Envoy does, the request is served as HTTP/1.1.
-      if (offersOnlyH2c(req)) return serveWithoutUpgrade(app.server, req, socket, head)
+      // of the connection to one instance: as Envoy does, the request is served as HTTP/1.1. So is an
+      // upgrade that carries a body (a WebSocket handshake never does): nothing of the client's goes to
+      // the instance before it accepts, so one that ignores the upgrade would wait for the body in vain.
+      if (offersOnlyH2c(req) || carriesBody(req)) return serveWithoutUpgrade(app.server, req, socket, head)
       proxyUpgrade(upgrades, req, socket, head)
     })
   })

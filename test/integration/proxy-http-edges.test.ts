@@ -184,6 +184,19 @@ t.test('an upgrade to HTTP/2 over cleartext is served as HTTP/1.1, body and keep
   t.equal(sample(await proxy.metrics(), 'fleetgate_requests_total', { code: '200' }), 2, 'counted as two requests')
 })
 
+t.test('an upgrade request with a body is served as a plain one, body and all', async t => {
+  const { backend, seen } = await recordingBackend(t)
+  const proxy = await proxyTo(t, backend, '--headers-timeout-ms', '3000')
+  const startedAt = Date.now()
+  const answer = await raw(proxy.url, 'POST /api/v1/upload HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: foo/1\r\nContent-Length: 5\r\n\r\nhello' +
+    'GET /next HTTP/1.1\r\nHost: x\r\n\r\n', { until: a => (a.match(/\r\n\r\nok/g) ?? []).length === 2 })
+  t.match(answer, /^HTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nokHTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nok$/, 'answered, then the request behind it')
+  t.ok(Date.now() - startedAt < 2_500, 'at once: the instance was not left waiting for the body until the headers timeout')
+  t.match(seen[0], { method: 'POST', url: '/api/v1/upload', body: 'hello' }, 'the body reached the instance')
+  t.notOk(seen[0] === undefined || 'upgrade' in seen[0].headers, 'without the upgrade')
+  t.equal(sample(await proxy.metrics(), 'fleetgate_requests_total', { code: '200' }), 2, 'counted as two requests')
+})
+
 t.test('pipelined requests reach the instances one at a time, in order, each after the answer before it', async t => {
   const events: string[] = []
   let open = 0
