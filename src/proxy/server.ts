@@ -12,6 +12,7 @@ import { splitHostPort } from '../config.ts'
 import { ERRORS } from '../errors.ts'
 import type { Logger } from '../logger.ts'
 import { INVALID_REASONS } from '../membership/instance.ts'
+import { RemoteSource } from '../membership/remote.ts'
 import type { MembershipSource, SourceState } from '../membership/source.ts'
 import { createProxyMetrics, createRegistry, type ProxyMetrics } from '../metrics.ts'
 import { buildAdmin } from './admin.ts'
@@ -161,7 +162,8 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
   }
 
   source.subscribe(membership => pool.update(membership))
-  wireDiscoveryMetrics(source, metrics, service, log)
+  // A worker's source relays its primary's, which logs the discovery status: not once more per worker.
+  wireDiscoveryMetrics(source, metrics, service, source instanceof RemoteSource ? undefined : log)
   pool.onEvent(event => {
     if (event.type === 'added') {
       instanceMetrics.added(event.endpoint)
@@ -419,8 +421,8 @@ export function describeSource (state: SourceState): ProxyStatus['source'] {
   }
 }
 
-/** The discovery metrics and logs of a source. */
-export function wireDiscoveryMetrics (source: MembershipSource, metrics: ProxyMetrics, service: string, log: Logger): void {
+/** The discovery metrics of a source, and its logs when given a logger. */
+export function wireDiscoveryMetrics (source: MembershipSource, metrics: ProxyMetrics, service: string, log: Logger | undefined): void {
   // From 0, where the source can count them: a series that first shows at 1 is no increase() to Prometheus.
   if (source.kind === 'zookeeper') metrics.sessionExpirations.labels(service).inc(0)
   if (source.kind !== 'static') for (const reason of INVALID_REASONS) metrics.invalidRegistrations.labels(service, reason).inc(0)
@@ -437,10 +439,10 @@ export function wireDiscoveryMetrics (source: MembershipSource, metrics: ProxyMe
         metrics.sessionExpirations.labels(service).inc()
         break
       case 'status':
-        log.info({ status: event.status, stale: event.stale }, 'discovery status')
+        log?.info({ status: event.status, stale: event.stale }, 'discovery status')
         break
       case 'error':
-        log.warn({ err: event.error }, 'discovery error')
+        log?.warn({ err: event.error }, 'discovery error')
         break
     }
   })

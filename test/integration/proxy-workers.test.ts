@@ -114,6 +114,9 @@ t.test('a worker that dies is replaced, and the new one follows later changes', 
   for (const backend of [a!, b!]) await registerCurator(client, { service: 'respawn', id: backend.name, port: backend.port })
   const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'respawn', '--workers', '2'])
   await eventually(() => proxy.ready(), { timeoutMs: 20_000 })
+  const statusLines = proxy.output().split('\n').filter(line => line.includes('"msg":"discovery status"'))
+  t.ok(statusLines.length > 0, 'the primary logs the discovery status')
+  t.notOk(statusLines.some(line => line.includes('"role":"worker"')), 'the workers, which relay it, do not log it once more each')
   // A change before the kill, so the survivor holds a list the replacement never saw.
   await registerCurator(client, { service: 'respawn', id: 'c', port: c!.port })
   await eventually(async () => (await proxy.status()).instances.map(i => i.id).join() === 'a,b,c')
