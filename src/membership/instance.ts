@@ -239,7 +239,12 @@ const HOSTNAME = /^[A-Za-z0-9]([A-Za-z0-9-]{0,62})?(\.[A-Za-z0-9]([A-Za-z0-9-]{0
 
 function isUsableHost (host: unknown): host is string {
   if (typeof host !== 'string' || host.length === 0 || host.length > 255) return false
-  return isIP(unbracket(host)) !== 0 || HOSTNAME.test(host)
+  const bare = unbracket(host)
+  if (isIP(bare) === 0 && !HOSTNAME.test(host)) return false
+  // The instance's connection pool is made from an http:// URL: a host the URL parser refuses (an IPv6
+  // zone, fe80::1%eth0; a name that ends in a number but is no IPv4 address, 10.0.0.256 or web.1) would
+  // leave every request sent to the instance unanswered.
+  return URL.canParse(`http://${instanceAddress({ host: bare, port: 1 })}`)
 }
 
 function unbracket (host: string): string {

@@ -89,9 +89,13 @@ t.test('malformed children are skipped and counted; good instances keep their tr
   await createChild(client, parent, 'no-port', curator({ port: null }))
   await createChild(client, parent, 'port-99999', curator({ port: 99999 }))
   await createChild(client, parent, 'garbage-1mb', Buffer.alloc(1_000_000, 'x'))
+  // Hosts the URL parser refuses: no connection pool could be made for them.
+  await createChild(client, parent, 'ipv6-zone', JSON.stringify({ host: 'fe80::1%lo', port: good.port }))
+  await createChild(client, parent, 'ipv4-256', curator({ address: '10.0.0.256' }))
 
-  await eventually(async () => sample(await proxy.metrics(), 'fleetgate_invalid_registrations_total') === 4)
+  await eventually(async () => sample(await proxy.metrics(), 'fleetgate_invalid_registrations_total') === 6)
   const metrics = await proxy.metrics()
+  t.equal(sample(metrics, 'fleetgate_invalid_registrations_total', { reason: 'no_host' }), 2)
   t.equal(sample(metrics, 'fleetgate_invalid_registrations_total', { reason: 'not_json' }), 1)
   t.equal(sample(metrics, 'fleetgate_invalid_registrations_total', { reason: 'bad_port' }), 2)
   t.equal(sample(metrics, 'fleetgate_invalid_registrations_total', { reason: 'too_large' }), 1)
