@@ -92,10 +92,12 @@ t.test('malformed children are skipped and counted; good instances keep their tr
   // Hosts the URL parser refuses: no connection pool could be made for them.
   await createChild(client, parent, 'ipv6-zone', JSON.stringify({ host: 'fe80::1%lo', port: good.port }))
   await createChild(client, parent, 'ipv4-256', curator({ address: '10.0.0.256' }))
+  // The unspecified address (a registrar's bind address) names no instance; Linux would connect it to the proxy's own host.
+  await createChild(client, parent, 'bind-address', curator({ address: '0.0.0.0' }))
 
-  await eventually(async () => sample(await proxy.metrics(), 'fleetgate_invalid_registrations_total') === 6)
+  await eventually(async () => sample(await proxy.metrics(), 'fleetgate_invalid_registrations_total') === 7)
   const metrics = await proxy.metrics()
-  t.equal(sample(metrics, 'fleetgate_invalid_registrations_total', { reason: 'no_host' }), 2)
+  t.equal(sample(metrics, 'fleetgate_invalid_registrations_total', { reason: 'no_host' }), 3)
   t.equal(sample(metrics, 'fleetgate_invalid_registrations_total', { reason: 'not_json' }), 1)
   t.equal(sample(metrics, 'fleetgate_invalid_registrations_total', { reason: 'bad_port' }), 2)
   t.equal(sample(metrics, 'fleetgate_invalid_registrations_total', { reason: 'too_large' }), 1)
