@@ -80,9 +80,9 @@ function build (
   id: string, format: RegistrationFormat, host: unknown, port: unknown,
   draining: boolean, weight: number, labels: Record<string, string>,
 ): DecodeResult {
-  if (!isUsableHost(host)) return invalid('no_host', `host ${JSON.stringify(host) ?? 'missing'}`)
+  if (!isUsableHost(host)) return invalid('no_host', `host ${shown(host)}`)
   const portNumber = typeof port === 'string' && /^\d+$/.test(port) ? Number(port) : port
-  if (!isPort(portNumber)) return invalid('bad_port', `port ${JSON.stringify(port) ?? 'missing'}`)
+  if (!isPort(portNumber)) return invalid('bad_port', `port ${shown(port)}`)
   return {
     ok: true,
     format,
@@ -278,6 +278,12 @@ function stringRecord (value: unknown): Record<string, string> {
 
 function isObject (value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value)
+}
+
+/** A field as the log shows it: whoever writes the registration chooses it, up to 64 KB of it. */
+function shown (value: unknown): string {
+  const json = JSON.stringify(value) ?? 'missing'
+  return json.length > 100 ? `${json.slice(0, 100)}… (${json.length} characters)` : json
 }
 
 function invalid (reason: InvalidReason, detail: string): DecodeResult {

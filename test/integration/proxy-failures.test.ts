@@ -94,10 +94,14 @@ t.test('malformed children are skipped and counted; good instances keep their tr
   await createChild(client, parent, 'ipv4-256', curator({ address: '10.0.0.256' }))
   // The unspecified address (a registrar's bind address) names no instance; Linux would connect it to the proxy's own host.
   await createChild(client, parent, 'bind-address', curator({ address: '0.0.0.0' }))
+  // Under the 64 KB limit, so parsed: the log shows the start of the host, not all of it.
+  await createChild(client, parent, 'host-60kb', curator({ address: 'h'.repeat(60_000) }))
 
-  await eventually(async () => sample(await proxy.metrics(), 'fleetgate_invalid_registrations_total') === 7)
+  await eventually(async () => sample(await proxy.metrics(), 'fleetgate_invalid_registrations_total') === 8)
   const metrics = await proxy.metrics()
-  t.equal(sample(metrics, 'fleetgate_invalid_registrations_total', { reason: 'no_host' }), 3)
+  t.equal(sample(metrics, 'fleetgate_invalid_registrations_total', { reason: 'no_host' }), 4)
+  const warning = proxy.output().split('\n').find(line => line.includes('"child":"host-60kb"'))
+  t.ok(warning !== undefined && warning.length < 1000, `the warning about it is short (${warning?.length} characters)`)
   t.equal(sample(metrics, 'fleetgate_invalid_registrations_total', { reason: 'not_json' }), 1)
   t.equal(sample(metrics, 'fleetgate_invalid_registrations_total', { reason: 'bad_port' }), 2)
   t.equal(sample(metrics, 'fleetgate_invalid_registrations_total', { reason: 'too_large' }), 1)
