@@ -28,6 +28,7 @@ export const ERRORS = {
   FLEETGATE_ERR_AGENT_COMMAND: { message: 'The wrapped command could not be started', statusCode: 0 },
   FLEETGATE_ERR_AGENT_HEALTH_CHECK: { message: 'Health check of the local instance failed', statusCode: 0 },
   FLEETGATE_ERR_AGENT_REGISTRATION: { message: 'Could not write the instance\'s registration', statusCode: 0 },
+  FLEETGATE_ERR_AGENT_MAINTENANCE_FORBIDDEN: { message: 'Maintenance is changed only from the instance\'s own host, by address', statusCode: 403 },
   FLEETGATE_ERR_LOCAL_ZOOKEEPER: { message: 'The local ZooKeeper (demo) could not be started', statusCode: 0 },
 } as const satisfies Record<string, ErrorSpec>
 

@@ -2,6 +2,7 @@
 // `fleetgate proxy` routes by it. Registration, health transitions, maintenance, format and bad starts.
 
 import t from 'tap'
+import { request } from 'undici'
 import { decodeRegistration } from '../../src/membership/instance.ts'
 import { createdAtMs, readNode, startAgent, startHealthBackend } from '../helpers/agent.ts'
 import { eventually } from '../helpers/eventually.ts'
@@ -113,6 +114,12 @@ t.test('maintenance: PUT drains without stopping (no new requests), DELETE bring
   const backend = await startHealthBackend(t, 'm')
   const agent = await startAgent(t, { zookeeper: server.connectString, service: 'maint', port: backend.port })
   await eventually(async () => (await get(proxy.url)).servedBy === 'm')
+
+  // A web page whose name was pointed at 127.0.0.1 cannot drain it (DNS rebinding).
+  const rebound = await request(`${agent.adminUrl}/maintenance`, { method: 'PUT', headers: { host: 'attacker.example:9902' } })
+  t.equal(rebound.statusCode, 403)
+  t.match(await rebound.body.json(), { error: 'FLEETGATE_ERR_AGENT_MAINTENANCE_FORBIDDEN' })
+  t.match(await agent.status(), { maintenance: false, registration: { state: 'up' } }, 'still up')
 
   t.equal(await agent.maintenance(true), 200)
   t.match(await agent.status(), { maintenance: true, registration: { registered: true, state: 'draining' } })
