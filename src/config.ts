@@ -219,7 +219,7 @@ export function loadConfig<S extends TObject> (schema: S, input: LoadInput): Loa
     (typeof value === 'string' ? KindGuard.IsInteger(schema.properties[key]) && !/^[0-9]+$/.test(value) : typeof value !== 'number'))
   if (untyped.length > 0) {
     throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', untyped.map(([key, value]) =>
-      `${where(key, origins)} = ${JSON.stringify(value)}: expected ${(schema.properties[key] as { expected?: string }).expected ?? 'a value'}`).join('; '))
+      `${where(key, origins)}${shown(key, value)}: expected ${(schema.properties[key] as { expected?: string }).expected ?? 'a value'}`).join('; '))
   }
   const validate = ajv.compile(schema)
   if (!validate(raw)) {
@@ -313,12 +313,21 @@ function describe (errors: ErrorObject[], schema: TObject, raw: Record<string, u
     if (error.keyword === 'required') {
       lines.add(`${given} is required: expected ${property?.expected ?? 'a value'}`)
     } else if (error.keyword !== 'anyOf') {
-      lines.add(`${given} = ${JSON.stringify(raw[key])}: expected ${property?.expected ?? error.message}`)
+      lines.add(`${given}${shown(key, raw[key])}: expected ${property?.expected ?? error.message}`)
     } else if (!errors.some(e => e !== error && e.instancePath === error.instancePath && e.keyword !== 'const')) {
-      lines.add(`${given} = ${JSON.stringify(raw[key])}: expected ${property?.expected ?? error.message}`)
+      lines.add(`${given}${shown(key, raw[key])}: expected ${property?.expected ?? error.message}`)
     }
   }
   return [...lines].join('; ')
+}
+
+/** Settings whose value an error must not repeat: it goes to the logs. */
+const SECRET_KEYS = new Set(['consulToken'])
+
+/** ` = "value"` for an error message; for a secret, only its length. */
+function shown (key: string, value: unknown): string {
+  if (!SECRET_KEYS.has(key)) return ` = ${JSON.stringify(value)}`
+  return typeof value === 'string' ? ` (not shown, ${value.length} characters)` : ' (not shown)'
 }
 
 /** `--listen` and `FLEETGATE_LISTEN` for `listen`; `--admin-listen` and `FLEETGATE_ADMIN_LISTEN` for `adminListen`. */

@@ -143,6 +143,17 @@ t.test('bad Consul settings stop start-up with exit code 2, naming the setting',
     t.equal(exit.code, 2, args.join(' '))
     t.match(proc.output(), pattern)
   }
+  // A token read from a file with its newline is refused, and the error, which goes to the logs, does not repeat it.
+  for (const args of [
+    ['proxy', '--discovery', 'consul', '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0'],
+    ['agent', '--discovery', 'consul', '--advertise', '127.0.0.1:8088', '--admin-listen', '127.0.0.1:0'],
+  ]) {
+    const command = args[0]
+    const proc = runFleetgate(t, args, { FLEETGATE_CONSUL_TOKEN: 'b1gs33cr3t-4c5d\n' })
+    t.equal((await proc.exited).code, 2, `${command}: a token with a line break`)
+    t.match(proc.output(), /FLEETGATE_CONSUL_TOKEN \(not shown, 16 characters\): expected a token of visible ASCII characters/)
+    t.notMatch(proc.output(), /b1gs33cr3t/, `${command}: the token is not in the output`)
+  }
   const agent = runFleetgate(t, ['agent', '--discovery', 'consul', '--advertise', '127.0.0.1:8088', '--labels', 'rack.id=3'])
   t.equal((await agent.exited).code, 2, 'agent: a label that cannot be a Consul Meta key')
   t.match(agent.output(), /--labels: "rack.id" cannot be a Consul Meta key/)
