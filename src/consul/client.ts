@@ -1,6 +1,7 @@
 // The HTTP side of Consul shared by the source and the agent's registrar: one undici Pool per Consul
 // address (TLS with a CA file), the ACL token, Go durations, and turning configuration into a connection.
 
+import { X509Certificate } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { Pool } from 'undici'
 import { FleetgateError } from '../errors.ts'
@@ -143,6 +144,12 @@ export function consulConnection (config: { consul: string, consulToken?: string
       ca = readFileSync(config.consulCaFile)
     } catch (err) {
       throw new FleetgateError('FLEETGATE_ERR_CONFIG_FILE', `--consul-ca-file ${config.consulCaFile}: ${(err as Error).message}`, { cause: err })
+    }
+    // Node takes a file without a certificate in it as an empty set of roots: every connection would fail.
+    try {
+      new X509Certificate(ca)
+    } catch (err) {
+      throw new FleetgateError('FLEETGATE_ERR_CONFIG_FILE', `--consul-ca-file ${config.consulCaFile}: no PEM certificate in it`, { cause: err })
     }
   }
   const token = config.consulToken === undefined || config.consulToken === '' ? undefined : config.consulToken

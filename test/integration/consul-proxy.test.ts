@@ -3,10 +3,13 @@
 // hooks drive it; with CONSUL_HTTP_ADDR set these are skipped (a real agent cannot be faulted on cue),
 // except the plain start-up checks.
 
+import { fileURLToPath } from 'node:url'
 import t, { type Test } from 'tap'
 import { consulTarget, doubleOf, needsDouble, uniqueService, type ConsulTarget } from '../helpers/consul.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { get, loadLoop, runFleetgate, sample, startBackend, startProxy, type ProxyProcess } from '../helpers/fleet.ts'
+
+const NOT_A_CERTIFICATE = fileURLToPath(new URL('../../package.json', import.meta.url))
 
 async function consulProxy (t: Test, target: ConsulTarget, service: string, args: string[] = []): Promise<ProxyProcess> {
   return startProxy(t, ['--discovery', 'consul', '--consul', target.address, '--service', service, ...args], target.token ? { FLEETGATE_CONSUL_TOKEN: target.token } : {})
@@ -135,10 +138,14 @@ t.test('bad Consul settings stop start-up with exit code 2, naming the setting',
     [['--consul', 'ftp://consul:21'], /--consul = "ftp:\/\/consul:21": expected http\(s\):\/\/HOST:PORT/],
     [['--consul', 'http://127.0.0.1:8500', '--consul-ca-file', '/etc/hostname'], /--consul-ca-file is given but --consul = "http:\/\/127.0.0.1:8500" is not https/],
     [['--consul', 'https://127.0.0.1:8501', '--consul-ca-file', '/no/such/ca.pem'], /FLEETGATE_ERR_CONFIG_FILE: .*--consul-ca-file \/no\/such\/ca.pem/],
+    // A file that holds no certificate (a key, a DER file) would fail every connection: refused at start.
+    [['--consul', 'https://127.0.0.1:8501', '--consul-ca-file', NOT_A_CERTIFICATE], /FLEETGATE_ERR_CONFIG_FILE: .*--consul-ca-file \S+package\.json: no PEM certificate in it/],
     [['--consul-wait-ms', '10'], /--consul-wait-ms = 10: expected milliseconds, from 100 to 600000/],
     [['--consul-tag', 'a,b'], /--consul-tag = "a,b": expected a tag without spaces or commas/],
   ] as Array<[string[], RegExp]>) {
     const proc = runFleetgate(t, ['proxy', '--discovery', 'consul', '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', ...args])
+    // Bounded: a setting taken by mistake leaves the proxy running.
+    await eventually(() => proc.child.exitCode !== null || proc.child.signalCode !== null, { message: `exit with ${args.join(' ')}` })
     const exit = await proc.exited
     t.equal(exit.code, 2, args.join(' '))
     t.match(proc.output(), pattern)
