@@ -220,7 +220,7 @@ export class ConsulRegistrar implements Registrar {
         await this.#register(desired.state)
         // Over a leftover (a crashed run's, gone critical), Consul keeps the check's status: passed now,
         // not a third of the TTL later.
-        return this.#passTtl()
+        return this.#passTtl(true)
       }
       if (tick) return this.#passTtl()
       return true
@@ -266,10 +266,13 @@ export class ConsulRegistrar implements Registrar {
   }
 
   /** Passes the TTL. A refusal means the check is gone or never was: look, and register again if so. */
-  async #passTtl (): Promise<boolean> {
+  async #passTtl (justRegistered = false): Promise<boolean> {
     const path = `/v1/agent/check/pass/${encodeURIComponent(this.#checkId)}`
     const res = await this.#send('PUT', path)
     if (res.status === 200) return true
+    // The check was just written, or Consul asks to slow down: registering again would be refused again
+    // at once, in a loop without back-off. Fail the step: the retry backs off.
+    if (justRegistered || res.status === 429) throw answerError('PUT', path, res)
     // Consul answers 404 (newer) or 500 "does not have associated TTL" (older) for an unknown check; don't
     // guess from the text: ask whether the service is there.
     const lookup = await this.#send('GET', `/v1/agent/service/${encodeURIComponent(this.#options.id)}`)

@@ -240,6 +240,23 @@ t.test('Consul down while the agent is registered: it says so until Consul is ba
   t.equal(double.checkStatus(`service:${agent.id}`), 'passing', 'still passing')
 })
 
+t.test('a TTL pass refused while the service is there (500, 429): the agent backs off instead of registering again in a loop', { skip: needsDouble('fault hooks') }, async t => {
+  const { double, agent } = await agentWithTtl3s(t, 'refused-pass')
+  await eventually(() => double.checkStatus(`service:${agent.id}`) === 'passing', { timeoutMs: 30_000, message: 'registered, passing' })
+  for (const [status, body] of [[500, 'rpc error making call: No cluster leader'], [429, 'rate limit exceeded']] as const) {
+    const from = agent.output().length
+    const count = (pattern: RegExp): number => agent.output().slice(from).match(pattern)?.length ?? 0
+    double.fault({ match: /^\/v1\/agent\/check\/pass\//, status, body })
+    await eventually(() => count(/consul registration step failed/g) >= 3, { timeoutMs: 15_000, message: `three failed steps on ${status}` })
+    double.fault(undefined)
+    // Each failed step may write the registration once (the check might really be gone), never more.
+    const rewrites = count(/the registration lost its TTL check/g)
+    t.ok(rewrites <= count(/consul registration step failed/g), `${status}: ${rewrites} registrations written again`)
+    await eventually(() => /consul reachable again/.test(agent.output().slice(from)), { timeoutMs: 15_000, message: `reachable again after ${status}` })
+    t.equal(double.checkStatus(`service:${agent.id}`), 'passing', `passing again after ${status}`)
+  }
+})
+
 t.test('ACLs: the agent registers with its token and fails without one', { skip: needsDouble('ACLs switched on') }, async t => {
   const target = await consulTarget(t, { aclToken: 'agent-secret' })
   const double = doubleOf(target)
