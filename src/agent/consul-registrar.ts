@@ -68,6 +68,8 @@ export class ConsulRegistrar implements Registrar {
   #state: InstanceState | undefined
   /** Consul is known to hold no registration of ours (deregistered, or found missing). */
   #knownAbsent = false
+  /** A registration was sent since the last removal: Consul may hold it though no answer said so. */
+  #maybeRegistered = false
   #connected = false
   #lastError: string | undefined
   #failures = 0
@@ -131,7 +133,7 @@ export class ConsulRegistrar implements Registrar {
     // Ends a step still waiting on Consul; the removal below has its own deadline.
     this.#stop.abort()
     await this.#loopDone
-    if (this.#registered || this.#desired.current.kind === 'registered') {
+    if (this.#registered || this.#maybeRegistered || this.#desired.current.kind === 'registered') {
       try {
         await this.#deregisterNow(AbortSignal.timeout(CLOSE_DEADLINE_MS))
       } catch (err) {
@@ -239,6 +241,10 @@ export class ConsulRegistrar implements Registrar {
 
   async #register (state: InstanceState): Promise<void> {
     const { service, id, host, port, weight, tags, ttlMs } = this.#options
+    // Consul may apply it even if its answer never comes (a timeout, a lost connection, close()): from
+    // now on, a removal must be sent.
+    this.#knownAbsent = false
+    this.#maybeRegistered = true
     await this.#call('PUT', '/v1/agent/service/register', {
       ID: id,
       Name: service,
@@ -346,6 +352,7 @@ export class ConsulRegistrar implements Registrar {
   }
 
   #markAbsent (): void {
+    this.#maybeRegistered = false
     if (!this.#registered) return
     this.#registered = false
     this.#emit({ type: 'deregistered' })

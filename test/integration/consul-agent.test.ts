@@ -10,6 +10,7 @@ import { DEMO_BACKEND, FAST, startHealthBackend } from '../helpers/agent.ts'
 import { consulTarget, doubleOf, needsDouble, uniqueService, type ConsulTarget } from '../helpers/consul.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { get, runFleetgate, startProxy, type FleetgateProcess, type ProxyProcess } from '../helpers/fleet.ts'
+import { startRelay } from '../helpers/tcp-relay.ts'
 import { freePort } from '../helpers/zookeeper.ts'
 
 interface ConsulAgent extends FleetgateProcess {
@@ -255,6 +256,20 @@ t.test('a TTL pass refused while the service is there (500, 429): the agent back
     await eventually(() => /consul reachable again/.test(agent.output().slice(from)), { timeoutMs: 15_000, message: `reachable again after ${status}` })
     t.equal(double.checkStatus(`service:${agent.id}`), 'passing', `passing again after ${status}`)
   }
+})
+
+t.test('SIGTERM while Consul has applied a registration but its answer has not come: the agent removes it on the way out', { skip: needsDouble('its service table') }, async t => {
+  const target = await consulTarget(t)
+  const double = doubleOf(target)
+  const relay = await startRelay(double.port)
+  t.teardown(() => relay.close())
+  relay.hold()
+  const agent = await startConsulAgent(t, { ...target, address: `http://127.0.0.1:${relay.port}` }, uniqueService('unanswered'), (await startHealthBackend(t, 'a')).port)
+  await eventually(() => double.checkStatus(`service:${agent.id}`) === 'passing', { timeoutMs: 30_000, message: 'registered in Consul, the answer held back' })
+  t.equal((await agent.status()).registration.registered, false, 'the agent has had no answer')
+  agent.kill('SIGTERM')
+  t.equal((await agent.exited).code, 0)
+  t.equal(double.service(agent.id), undefined, 'no registration left behind, passing for a TTL')
 })
 
 t.test('ACLs: the agent registers with its token and fails without one', { skip: needsDouble('ACLs switched on') }, async t => {
