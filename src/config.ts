@@ -212,6 +212,13 @@ export function loadConfig<S extends TObject> (schema: S, input: LoadInput): Loa
     }
   }
 
+  // Variables and file keys of another discovery backend are ignored unchecked: an environment set up for
+  // either backend (docker-compose.yml switches with FLEETGATE_DISCOVERY alone) must not stop the other on
+  // a value it never reads. A discovery value that is no backend is left for the schema to refuse.
+  const discoverySchema = schema.properties.discovery
+  const knownDiscovery = raw.discovery === undefined || (discoverySchema !== undefined && ajv.validate(discoverySchema, raw.discovery))
+  const ignored = knownDiscovery ? checkDiscovery(raw, origins, isProxy ? PROXY_DISCOVERY_KEYS : DISCOVERY_KEYS) : []
+  for (const { key } of ignored) delete raw[key]
   // The schema turns text into numbers, for flags and variables; in a file it would also take an empty
   // value (null) for 0 and true for 1. It reads text as JavaScript does, which takes "0x10", "1e3",
   // "+3", "3.0" and " 3" for numbers: every number here is a whole one, written in decimal digits.
@@ -225,11 +232,10 @@ export function loadConfig<S extends TObject> (schema: S, input: LoadInput): Loa
   if (!validate(raw)) {
     throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', describe(validate.errors ?? [], schema, raw, origins))
   }
-  const ignored = checkDiscovery(raw, origins, isProxy ? PROXY_DISCOVERY_KEYS : DISCOVERY_KEYS)
   if (typeof raw.ejectBaseMs === 'number' && typeof raw.ejectMaxMs === 'number' && raw.ejectBaseMs > raw.ejectMaxMs) {
     throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', `${where('ejectBaseMs', origins)} = ${raw.ejectBaseMs} is above ${where('ejectMaxMs', origins)} = ${raw.ejectMaxMs}: the first ejection cannot be longer than the longest`)
   }
-  return { config: Object.freeze(raw) as Readonly<Static<S>>, command, ignored }
+  return { config: Object.freeze(raw) as Readonly<Static<S>>, command, ignored: ignored.map(({ where }) => where) }
 }
 
 /** The discovery backend a configuration uses: the one named, else static with --static, else ZooKeeper. */
@@ -250,7 +256,7 @@ const PROXY_DISCOVERY_KEYS = { ...DISCOVERY_KEYS, zookeeper: [...DISCOVERY_KEYS.
  * Flags for a backend other than the one in use are a mistake, and an error. Variables and file keys for
  * one are left to the caller to log as ignored: an environment may be set up for either backend.
  */
-function checkDiscovery (raw: Record<string, unknown>, origins: Map<string, Origin>, backendKeys: Readonly<Record<string, readonly string[]>>): string[] {
+function checkDiscovery (raw: Record<string, unknown>, origins: Map<string, Origin>, backendKeys: Readonly<Record<string, readonly string[]>>): Array<{ key: string, where: string }> {
   const discovery = discoveryOf(raw as { discovery?: string, static?: string })
   const stray = Object.entries(backendKeys)
     .filter(([backend]) => backend !== discovery)
@@ -263,7 +269,7 @@ function checkDiscovery (raw: Record<string, unknown>, origins: Map<string, Orig
     const named = flags.map(({ key, backend }) => `${where(key, origins)} (for ${backend})`)
     throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', `${chosen}, so ${named.join(', ')} would be ignored: leave ${named.length === 1 ? 'it' : 'them'} out, or choose that backend with --discovery`)
   }
-  return stray.map(({ key }) => where(key, origins))
+  return stray.map(({ key }) => ({ key, where: where(key, origins) }))
 }
 
 /** How a key was given, for an error: its flag, its variable, or its key in the file. */

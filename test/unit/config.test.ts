@@ -204,6 +204,12 @@ t.test('flags of another discovery backend are an error, not ignored', async t =
   const either = { FLEETGATE_ZOOKEEPER: 'zookeeper:2181', FLEETGATE_CONSUL: 'http://consul:8500' }
   t.same(load([], either).ignored, ['FLEETGATE_CONSUL'], 'variables for the other backend are only reported')
   t.same(load([], { ...either, FLEETGATE_DISCOVERY: 'consul' }).ignored, ['FLEETGATE_ZOOKEEPER'])
+  // Ignored, so not checked either: a value the other backend would refuse does not stop this one.
+  const unread = load(['--zookeeper', 'zk:2181'], { FLEETGATE_CONSUL_TOKEN: 'not a token\n', FLEETGATE_CONSUL_WAIT_MS: 'soon' })
+  t.same(unread.ignored, ['FLEETGATE_CONSUL_TOKEN', 'FLEETGATE_CONSUL_WAIT_MS'], 'bad values of the other backend are only reported')
+  t.equal(unread.config.consulToken, undefined, 'and not kept')
+  throwsConfig(t, () => load(['--zookeeper', 'zk:2181'], { FLEETGATE_DISCOVERY: 'etcd', FLEETGATE_CONSUL_TOKEN: 't' }), 'FLEETGATE_ERR_CONFIG_INVALID',
+    /FLEETGATE_DISCOVERY = "etcd"/)
   throwsConfig(t, () => loadConfig(AgentConfigSchema, { argv: ['--discovery', 'consul', '--zookeeper', 'zk:2', '--advertise', '10.0.0.1:80'], env: {} }),
     'FLEETGATE_ERR_CONFIG_INVALID', /--zookeeper \(for zookeeper\)/)
   t.equal(load(['--discovery', 'consul', '--consul-token', 't', '--consul-tag', 'web']).config.consulTag, 'web', 'its own settings are fine')
