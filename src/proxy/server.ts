@@ -23,7 +23,7 @@ import { InstanceMetrics } from './instance-metrics.ts'
 import { WaitQueue } from './queue.ts'
 import { renderStatusPage } from './status-page.ts'
 import { reportTraffic, type ReportedCollectors, type TrafficReport } from './traffic-report.ts'
-import { afterEarlierAnswers, offersOnlyH2c, proxyUpgrade, refuse, serveWithoutUpgrade, type UpgradeContext } from './upgrade.ts'
+import { afterEarlierAnswers, answerGoingOut, offersOnlyH2c, proxyUpgrade, refuse, serveWithoutUpgrade, type UpgradeContext } from './upgrade.ts'
 import { Upstreams } from './upstreams.ts'
 
 export type ProxyOptions = Pick<ProxyConfig,
@@ -84,24 +84,6 @@ const UPSTREAM_KEEP_ALIVE_MS = 1_500
 
 /** What a pipelined request waiting for the answer before it counts for in Node's flood guard (see proxyRequest). */
 const PIPELINED_REQUEST_BYTES = 1024
-
-/**
- * Runs `then`, which answers a request Node's parser refused, once the answers to the requests read whole
- * before it on the connection have gone out: answers go in order (RFC 9112 9.3.2), and the client would
- * take one sent first for an earlier request's (which may well have run). An answer whose own request
- * broke (a malformed chunk of its body) is not waited for: the rest of that request will never come. If
- * that answer has begun, the connection is closed instead, as Node does.
- */
-function afterAnswersBefore (socket: Duplex, then: () => void): void {
-  const writing = (socket as Duplex & { _httpMessage?: ServerResponse | null })._httpMessage
-  if (writing !== undefined && writing !== null && writing.req.complete) {
-    writing.once('finish', () => setImmediate(afterAnswersBefore, socket, then))
-    return
-  }
-  if (writing?.headersSent === true) return void socket.destroy()
-  // An answer before it that closes the connection leaves nothing to answer on.
-  if (socket.writable) then()
-}
 
 export function createProxy (options: ProxyOptions, source: MembershipSource, logger: Logger): Proxy {
   const service = options.service
@@ -220,7 +202,11 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
       const code = err.code === 'HPE_HEADER_OVERFLOW'
         ? 'FLEETGATE_ERR_HEADERS_TOO_LARGE'
         : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'FLEETGATE_ERR_CLIENT_TIMEOUT' : 'FLEETGATE_ERR_BAD_REQUEST'
-      afterAnswersBefore(socket, () => {
+      afterEarlierAnswers(socket, () => {
+        // The answer to the request that broke has begun: nothing more can go out on the connection
+        // (Node's own rule). One before it that closed the connection leaves nothing to answer on.
+        if (answerGoingOut(socket)?.headersSent === true) return void socket.destroy()
+        if (!socket.writable) return
         refuse(socket, code, service)
         instanceMetrics.finished(undefined, 'OTHER', ERRORS[code].statusCode, 0)
       })

@@ -114,17 +114,25 @@ export function proxyUpgrade (ctx: UpgradeContext, req: IncomingMessage, client:
 
 /**
  * Runs `then` once the answers Node is still writing on the connection have all gone out: a request read
- * behind them (pipelined), and taken out of Node's hands, is answered after them, not in their middle.
+ * behind them (pipelined), and taken out of Node's hands, is answered after them, not in their middle
+ * (RFC 9112 9.3.2). An answer whose own request is still being read is not waited for: that request broke
+ * off where Node's parser refused what followed, and will never end.
  */
 export function afterEarlierAnswers (socket: Duplex, then: () => void): void {
-  // Node's record of the answer going out on the connection (not part of its API); when it finishes,
-  // the next one queued behind it takes its place.
-  const writing = (socket as Duplex & { _httpMessage?: ServerResponse | null })._httpMessage
-  if (writing === undefined || writing === null) {
-    if (!socket.destroyed) then()
+  const writing = answerGoingOut(socket)
+  if (writing !== undefined && writing.req.complete) {
+    writing.once('finish', () => setImmediate(afterEarlierAnswers, socket, then))
     return
   }
-  writing.once('finish', () => setImmediate(afterEarlierAnswers, socket, then))
+  if (!socket.destroyed) then()
+}
+
+/**
+ * Node's record of the answer going out on the connection (not part of its API); when it finishes, the
+ * next one queued behind it takes its place.
+ */
+export function answerGoingOut (socket: Duplex): ServerResponse | undefined {
+  return (socket as Duplex & { _httpMessage?: ServerResponse | null })._httpMessage ?? undefined
 }
 
 /** Whether an upgrade asks for nothing but HTTP/2 over cleartext (`Upgrade: h2c`). */
