@@ -89,6 +89,22 @@ function closesConnection (rawHeaders: readonly Buffer[]): boolean {
   return false
 }
 
+/** Answers the proxy's error `code` as JSON (README, Errors), with `extraHeaders`. */
+export function answerError (res: ServerResponse, code: ErrorCode, service: string, extraHeaders?: Record<string, string>): void {
+  const statusCode = ERRORS[code].statusCode
+  const body = JSON.stringify({ error: code, message: ERRORS[code].message, service })
+  // The reason is given: a rejected one from the instance's answer would otherwise still be set.
+  res.writeHead(statusCode, STATUS_CODES[statusCode], {
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': Buffer.byteLength(body),
+    'cache-control': 'no-store',
+    // The service is unavailable for now: no instance took the request, none is live or has room.
+    ...(statusCode === 503 ? { 'retry-after': '1' } : {}),
+    ...extraHeaders,
+  })
+  res.end(body)
+}
+
 /** Errors where the connection never carried the request: safe to send anywhere else. */
 const CONNECT_FAILURES = new Set([
   'ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL', 'ENOTFOUND', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT',
@@ -445,19 +461,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
   #fail (code: ErrorCode, extraHeaders?: Record<string, string>): void {
     const statusCode = ERRORS[code].statusCode
     if (extraHeaders?.connection === 'close') closeAfterAnswer(this.#req.socket)
-    if (!this.#clientGone && !this.#res.headersSent) {
-      const body = JSON.stringify({ error: code, message: ERRORS[code].message, service: this.#ctx.service })
-      // The reason is given: a rejected one from the instance's answer would otherwise still be set.
-      this.#res.writeHead(statusCode, STATUS_CODES[statusCode], {
-        'content-type': 'application/json; charset=utf-8',
-        'content-length': Buffer.byteLength(body),
-        'cache-control': 'no-store',
-        // The service is unavailable for now: no instance took the request, none is live or has room.
-        ...(statusCode === 503 ? { 'retry-after': '1' } : {}),
-        ...extraHeaders,
-      })
-      this.#res.end(body)
-    }
+    if (!this.#clientGone && !this.#res.headersSent) answerError(this.#res, code, this.#ctx.service, extraHeaders)
     this.#finish(statusCode)
   }
 

@@ -17,7 +17,7 @@ import type { MembershipSource, SourceState } from '../membership/source.ts'
 import { createProxyMetrics, createRegistry, type ProxyMetrics } from '../metrics.ts'
 import { buildAdmin } from './admin.ts'
 import { Deadlines } from './deadlines.ts'
-import { closeAfterAnswer, closesAfterAnswer, Exchange, markRefused, type ForwardContext } from './forward.ts'
+import { answerError, closeAfterAnswer, closesAfterAnswer, Exchange, markRefused, type ForwardContext } from './forward.ts'
 import { carriesBody, lacksHost } from './headers.ts'
 import { InstanceMetrics } from './instance-metrics.ts'
 import { WaitQueue } from './queue.ts'
@@ -305,17 +305,9 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
   // instance would meet (RFC 9110 10.1.1): 417, in the proxy's error format and counted, where Node would
   // give its own bare one. The connection closes after it, a body sent along unread.
   app.server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
-    const { message, statusCode } = ERRORS.FLEETGATE_ERR_EXPECTATION
-    const body = JSON.stringify({ error: 'FLEETGATE_ERR_EXPECTATION', message, service })
     closeAfterAnswer(req.socket)
-    res.writeHead(statusCode, {
-      'content-type': 'application/json; charset=utf-8',
-      'content-length': Buffer.byteLength(body),
-      'cache-control': 'no-store',
-      connection: 'close',
-    })
-    res.end(body)
-    instanceMetrics.finished(undefined, req.method ?? 'GET', statusCode, 0)
+    answerError(res, 'FLEETGATE_ERR_EXPECTATION', service, { connection: 'close' })
+    instanceMetrics.finished(undefined, req.method ?? 'GET', ERRORS.FLEETGATE_ERR_EXPECTATION.statusCode, 0)
   })
 
   const status = (): ProxyStatus => {
