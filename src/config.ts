@@ -38,6 +38,9 @@ const HostPort = (description: string, defaultValue?: string, { reach = false } 
   ...(defaultValue === undefined ? {} : { default: defaultValue }),
 })
 
+/** The shortest time a worker may go without answering its primary before it is replaced. */
+const MIN_STALL_TIMEOUT_MS = 1_000
+
 const Milliseconds = (description: string, defaultValue: number, minimum = 1) => Type.Integer({
   minimum, maximum: 86_400_000, default: defaultValue, description, expected: `milliseconds, an integer from ${minimum} to 86400000 (a day)`,
 })
@@ -104,6 +107,11 @@ export const ProxyConfigSchema = Type.Object({
   // Consul holds a query 10 min at most: a longer wait would only stretch the time to notice a dead connection.
   consulWaitMs: Type.Integer({ minimum: 100, maximum: 600_000, default: 240_000, description: 'Longest hold of a Consul blocking query (Consul caps it at 10 min)', expected: 'milliseconds, from 100 to 600000' }),
   workers: Type.Integer({ minimum: 1, maximum: 256, default: availableParallelism(), description: 'Proxy processes serving the port; one discovery session for all. The default is one per core', expected: 'an integer from 1 to 256' }),
+  workerStallTimeoutMs: Type.Integer({
+    minimum: 0, maximum: 86_400_000, default: 10_000,
+    description: 'With --workers above 1: a worker that has not answered the primary for this long (stuck in a loop, stopped) is killed and replaced, as HAProxy\'s and Envoy\'s watchdogs do. 0: never',
+    expected: `0 (never), or milliseconds from ${MIN_STALL_TIMEOUT_MS} to 86400000 (a day)`,
+  }),
 }, { additionalProperties: false })
 
 export type ProxyConfig = Readonly<Static<typeof ProxyConfigSchema>>
@@ -234,6 +242,11 @@ export function loadConfig<S extends TObject> (schema: S, input: LoadInput): Loa
   }
   if (typeof raw.ejectBaseMs === 'number' && typeof raw.ejectMaxMs === 'number' && raw.ejectBaseMs > raw.ejectMaxMs) {
     throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', `${where('ejectBaseMs', origins)} = ${raw.ejectBaseMs} is above ${where('ejectMaxMs', origins)} = ${raw.ejectMaxMs}: the first ejection cannot be longer than the longest`)
+  }
+  // A worker's event loop may be held for a moment (a collection, a scrape at 10,000 instances): a watchdog
+  // quicker than a second would kill healthy workers.
+  if (typeof raw.workerStallTimeoutMs === 'number' && raw.workerStallTimeoutMs > 0 && raw.workerStallTimeoutMs < MIN_STALL_TIMEOUT_MS) {
+    throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', `${where('workerStallTimeoutMs', origins)}${shown('workerStallTimeoutMs', raw.workerStallTimeoutMs)}: expected ${ProxyConfigSchema.properties.workerStallTimeoutMs.expected}`)
   }
   return { config: Object.freeze(raw) as Readonly<Static<S>>, command, ignored: ignored.map(({ where }) => where) }
 }

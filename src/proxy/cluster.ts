@@ -4,7 +4,7 @@
 
 import cluster, { type Worker } from 'node:cluster'
 import { randomUUID } from 'node:crypto'
-import { Registry, type Aggregator, type MetricObjectWithValues, type MetricValue } from 'prom-client'
+import { Counter, Registry, type Aggregator, type MetricObjectWithValues, type MetricValue } from 'prom-client'
 import { splitHostPort, type ProxyConfig } from '../config.ts'
 import { FleetgateError } from '../errors.ts'
 import type { Logger } from '../logger.ts'
@@ -23,12 +23,15 @@ type ToWorker =
   | { readonly fleetgate: 'source', readonly update: SourceUpdate }
   | { readonly fleetgate: 'query', readonly id: string, readonly what: 'status' | 'metrics' }
   | { readonly fleetgate: 'shutdown' }
+  /** The watchdog's question: a worker whose event loop turns answers it with a pong. */
+  | { readonly fleetgate: 'ping' }
 
 type ToPrimary =
   /** Sent at start, and again by a worker that got a delta it cannot apply: asks for the whole list. */
   | { readonly fleetgate: 'hello' }
   | { readonly fleetgate: 'listening', readonly port: number }
   | { readonly fleetgate: 'answer', readonly id: string, readonly value: unknown }
+  | { readonly fleetgate: 'pong' }
 
 /**
  * A worker's answer to a metrics query: the process's own metrics (node's and the process's, a few dozen
@@ -80,6 +83,8 @@ const RESPAWN_DELAY_MS = 1_000
 const MAX_RESPAWN_DELAY_MS = 30_000
 /** A worker that served this long died of something else than what killed the one before. */
 const HEALTHY_LIFETIME_MS = 30_000
+/** How often the watchdog asks each worker whether its event loop still turns, at most. */
+const PING_INTERVAL_MS = 1_000
 /** After the shutdown timeout, how long the primary still waits for a worker before killing it. */
 const HARD_STOP_GRACE_MS = 5_000
 
@@ -110,6 +115,13 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
   })
   for (const metric of registry.getMetricsAsArray()) if (!PRIMARY_METRICS.has(metric.name)) registry.removeSingleMetric(metric.name)
   wireDiscoveryMetrics(source, metrics, service, log)
+  const restarts = new Counter({
+    name: 'fleetgate_worker_restarts_total',
+    help: 'Workers replaced, by reason: exited (died, killed) or stalled (killed by the watchdog after --worker-stall-timeout-ms without an answer)',
+    labelNames: ['service', 'reason'] as const,
+    registers: [registry],
+  })
+  for (const reason of ['exited', 'stalled']) restarts.inc({ service, reason }, 0)
   const renderer = new MetricsRenderer({ service, sourceKind: source.kind }, err => {
     log.error({ err }, 'the metrics thread failed; the next scrape starts another, with the counts so far lost')
   })
@@ -172,6 +184,11 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
   // A worker forked later (a replacement) runs on the same settings as the others, whatever the file says
   // by then. It follows the primary's source, so it needs no registry credentials.
   const workerEnv = { [WORKER_CONFIG_ENV]: JSON.stringify({ ...config, consulToken: undefined }) }
+  /**
+   * The watchdog's view of each worker: when it last heard from it, from its first message on (before it,
+   * the worker is loading its code), and whether it has killed it.
+   */
+  const heard = new Map<Worker, { atMs: number, killed: boolean }>()
   const fork = (slot: Slot = { shortLives: 0 }): void => {
     const worker = cluster.fork(workerEnv)
     const forkedAtMs = performance.now()
@@ -179,6 +196,9 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
     // and is handled there; unheard, the error would take the primary down.
     worker.on('error', err => log.debug({ err, pid: worker.process.pid }, 'message to a proxy worker not delivered'))
     worker.on('message', (message: ToPrimary) => {
+      const watch = heard.get(worker)
+      if (watch) watch.atMs = performance.now()
+      else heard.set(worker, { atMs: performance.now(), killed: false })
       if (message?.fleetgate === 'hello') {
         // A worker still loading its code when shutdown began never got the message.
         worker.send(closing ? { fleetgate: 'shutdown' } satisfies ToWorker : { fleetgate: 'source', update: whole() } satisfies ToWorker)
@@ -194,6 +214,8 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
     })
     worker.on('exit', (code, signal) => {
       listening.delete(worker)
+      const stalled = heard.get(worker)?.killed === true
+      heard.delete(worker)
       // While shutting down too, once a scrape has started the metrics thread: a scrape during the drain
       // must not count what a worker that has exited held. (Before any scrape, it holds nothing of it.)
       if (!closing || scrapes > 0) renderer.retire(worker.id)
@@ -204,12 +226,40 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
         failStart(new FleetgateError('FLEETGATE_ERR_WORKER_EXIT', `worker ${worker.process.pid} exited with ${signal ?? `code ${code}`} (its error is above)`))
         return
       }
+      restarts.inc({ service, reason: stalled ? 'stalled' : 'exited' })
       slot.shortLives = performance.now() - forkedAtMs < HEALTHY_LIFETIME_MS ? slot.shortLives + 1 : 0
       const delayMs = Math.min(MAX_RESPAWN_DELAY_MS, RESPAWN_DELAY_MS * 2 ** Math.max(0, slot.shortLives - 1))
       log.error({ pid: worker.process.pid, code, signal, respawnInMs: delayMs }, 'proxy worker died; starting another')
       setTimeout(() => { if (!closing) fork(slot) }, delayMs).unref()
     })
   }
+
+  // The watchdog (HAProxy's and Envoy's kill a process whose thread is stuck): a worker whose event loop
+  // has stopped turning (a loop that never ends, SIGSTOP) still holds the connections the kernel gave it,
+  // and the shared socket may give it more. It is killed, and replaced as a worker that died.
+  const stallTimeoutMs = config.workerStallTimeoutMs
+  const pingEveryMs = Math.min(PING_INTERVAL_MS, stallTimeoutMs / 4)
+  let lastTickMs = performance.now()
+  const watchdog = stallTimeoutMs === 0 ? undefined : setInterval(() => {
+    const nowMs = performance.now()
+    // A primary that was held itself (stopped, a host that paused) heard nobody meanwhile: the time it
+    // missed is not the workers' silence.
+    const lateMs = nowMs - lastTickMs - pingEveryMs
+    lastTickMs = nowMs
+    if (lateMs > pingEveryMs) for (const watch of heard.values()) watch.atMs += lateMs
+    for (const [worker, watch] of heard) {
+      if (watch.killed || !worker.isConnected()) continue
+      const silentMs = nowMs - watch.atMs
+      if (silentMs >= stallTimeoutMs) {
+        watch.killed = true
+        log.error({ pid: worker.process.pid, silentMs: Math.round(silentMs) }, 'proxy worker stopped answering; killing it')
+        worker.process.kill('SIGKILL')
+      } else {
+        worker.send({ fleetgate: 'ping' } satisfies ToWorker)
+      }
+    }
+  }, pingEveryMs)
+  watchdog?.unref()
 
   let scrapes = 0
   const scrape = async (): Promise<Buffer> => {
@@ -290,6 +340,7 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
     await admin.listen({ host: adminAddress.host, port: adminAddress.port })
   } catch (err) {
     await stopWorkers()
+    clearInterval(watchdog)
     await source.close()
     await renderer.close()
     // Stopped by a signal, the start ends quietly; a failure stays one, whatever came after it.
@@ -305,6 +356,7 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
     async close () {
       log.info({ workers: Object.keys(cluster.workers ?? {}).length }, 'shutting down: workers drain their in-flight requests')
       await stopWorkers()
+      clearInterval(watchdog)
       await source.close()
       await admin.close()
       await renderer.close()
@@ -348,6 +400,9 @@ export async function runWorker (config: ProxyConfig, logger: Logger): Promise<{
         break
       case 'shutdown':
         shutdown()
+        break
+      case 'ping':
+        tell({ fleetgate: 'pong' })
         break
     }
   })

@@ -137,6 +137,7 @@ t.test('a worker that dies is replaced, and the new one follows later changes', 
   t.equal(pids.length, 2)
   t.notOk(pids.includes(victim!), 'the dead worker was replaced')
   t.equal(served(await proxy.metrics()), 20, 'the dead worker\'s requests stay counted: a counter never goes down')
+  t.equal(sample(await proxy.metrics(), 'fleetgate_worker_restarts_total', { reason: 'exited' }), 1, 'the replacement is counted')
   // The primary was started without them, and hands them to every worker it forks.
   t.same(nodeArgs(proxy.pid), [], 'the primary runs on node\'s defaults')
   for (const pid of pids) t.same(nodeArgs(pid), PROXY_NODE_FLAGS, `worker ${pid} runs with the proxy's node flags`)
@@ -372,6 +373,51 @@ t.test('a worker that does not stop is killed once the drain\'s deadline is long
   await proxy.waitForOutput(/"msg":"proxy worker did not stop; killing it"/, 15_000)
   t.same(await exitWithin(proxy, 10_000), { code: 0, signal: null })
   t.notOk(isAlive(stuck!), 'the stuck worker is gone')
+})
+
+t.test('a worker that stops answering (stuck, stopped) is killed by the watchdog and replaced; the others serve on', async t => {
+  const backend = await startBackend(t, 'watched')
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, '--workers', '2', '--worker-stall-timeout-ms', '1000'])
+  const restarts = async (reason: string): Promise<number> => sample(await proxy.metrics(), 'fleetgate_worker_restarts_total', { reason })
+  t.same([await restarts('exited'), await restarts('stalled')], [0, 0], 'both reasons are there from the start')
+  const [stuck, other] = workerPids(proxy.pid)
+  const stuckStarted = startTimeOf(stuck!)
+  t.teardown(() => killIfSame(stuck!, stuckStarted))
+  process.kill(stuck!, 'SIGSTOP')
+  const line = await proxy.waitForOutput(/\{[^\n]*"msg":"proxy worker stopped answering; killing it"[^\n]*\}/, 10_000)
+  const logged = JSON.parse(line[0]) as { pid: number, silentMs: number }
+  t.equal(logged.pid, stuck, 'the primary names the stuck worker')
+  t.ok(logged.silentMs >= 1000 && logged.silentMs < 5000, `after the timeout: silent for ${logged.silentMs} ms`)
+  await eventually(() => !isAlive(stuck!), { message: 'the stuck worker is killed' })
+  await eventually(() => proxy.logLines('proxy worker listening') === 3, { timeoutMs: 15_000, message: 'replaced' })
+  const pids = workerPids(proxy.pid)
+  t.equal(pids.length, 2)
+  t.ok(pids.includes(other!), 'the worker that answered the pings all along was left alone')
+  t.same([await restarts('exited'), await restarts('stalled')], [0, 1], 'counted as stalled, not as exited')
+  // New connections each time, so the kernel spreads them over both workers.
+  for (let i = 0; i < 20; i++) t.equal((await servedByOnNewConnection(proxy.url)), 'watched')
+  t.equal(proxy.logLines('proxy worker stopped answering; killing it'), 1, 'the replacement, which answers, is left alone')
+})
+
+t.test('a primary that was held itself does not take its workers for stuck', async t => {
+  const backend = await startBackend(t, 'held')
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, '--workers', '2', '--worker-stall-timeout-ms', '1000'])
+  const workers = workerPids(proxy.pid)
+  let held = false
+  t.teardown(() => { if (held) process.kill(proxy.pid, 'SIGCONT') })
+  process.kill(proxy.pid, 'SIGSTOP')
+  held = true
+  // The workers serve on without their primary: 2.5 s of it, over two and a half watchdog timeouts.
+  const from = performance.now()
+  const answers: string[] = []
+  while (performance.now() - from < 2_500 && answers.length < 10_000) answers.push(await servedByOnNewConnection(proxy.url))
+  t.ok(answers.length > 0 && answers.every(servedBy => servedBy === 'held'), `${answers.length} requests served while the primary was stopped`)
+  process.kill(proxy.pid, 'SIGCONT')
+  held = false
+  // The watchdog's overdue tick runs before the primary takes this scrape.
+  t.equal(sample(await proxy.metrics(), 'fleetgate_worker_restarts_total', { reason: 'stalled' }), 0, 'no worker was taken for stuck')
+  t.equal(proxy.logLines('proxy worker stopped answering; killing it'), 0)
+  t.same(workerPids(proxy.pid), workers, 'the workers are the same')
 })
 
 t.test('a worker\'s own log lines carry the pid the primary names it by', async t => {

@@ -243,6 +243,15 @@ t.test('the first ejection may not be longer than the longest', async t => {
   t.equal(load(['--eject-base-ms', '1000', '--eject-max-ms', '1000']).config.ejectMaxMs, 1000)
 })
 
+t.test('the worker watchdog is off at 0, or at least a second', async t => {
+  t.equal(load([]).config.workerStallTimeoutMs, 10_000, 'ten seconds by default')
+  t.equal(load(['--worker-stall-timeout-ms', '0']).config.workerStallTimeoutMs, 0, '0: never')
+  t.equal(load(['--worker-stall-timeout-ms', '1000']).config.workerStallTimeoutMs, 1000)
+  throwsConfig(t, () => load(['--worker-stall-timeout-ms', '999']), 'FLEETGATE_ERR_CONFIG_INVALID',
+    /^Invalid configuration: --worker-stall-timeout-ms = 999: expected 0 \(never\), or milliseconds from 1000 to 86400000 \(a day\)$/)
+  throwsConfig(t, () => load([], { FLEETGATE_WORKER_STALL_TIMEOUT_MS: '-1' }), 'FLEETGATE_ERR_CONFIG_INVALID', /FLEETGATE_WORKER_STALL_TIMEOUT_MS = "-1": expected 0 \(never\)/)
+})
+
 t.test('only the agent runs a command after --, and "--" must have one', async t => {
   throwsConfig(t, () => load(['--tries', '2', '--', '--tries', '1']), 'FLEETGATE_ERR_CLI_USAGE', /unexpected "-- --tries 1": only the agent runs a command/)
   throwsConfig(t, () => loadConfig(AgentConfigSchema, { argv: ['--advertise', '10.0.0.1:80', '--'], env: {}, takesCommand: true }), 'FLEETGATE_ERR_CLI_USAGE', /nothing after "--"/)
