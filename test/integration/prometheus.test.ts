@@ -104,7 +104,7 @@ if (binary) {
     }, { timeoutMs: 20_000, message: 'every rule evaluated with health ok' }) ?? []
     t.same(rules.filter(r => r.type === 'alerting').map(r => r.name).sort(), [
       'FleetgateAgentDeregistered', 'FleetgateDiscoveryStale', 'FleetgateHigh5xxRatio', 'FleetgateInstanceEjected',
-      'FleetgateInstanceFlapping', 'FleetgateNoLiveInstance', 'FleetgateTargetDown',
+      'FleetgateInstanceFlapping', 'FleetgateNoLiveInstance', 'FleetgateTargetDown', 'FleetgateWorkerRestarted',
     ], 'every alert of deploy/prometheus/rules is loaded')
     await eventually(async () => ((await scalar(`service:fleetgate_requests_5xx:ratio_rate5m{service="${service}"}`)) ?? 0) > 0, {
       timeoutMs: 20_000, message: 'the 5xx ratio recording rule has a value',
