@@ -343,10 +343,16 @@ function describe (errors: ErrorObject[], schema: TObject, raw: Record<string, u
 /** Settings whose value an error must not repeat: it goes to the logs. */
 const SECRET_KEYS = new Set(['consulToken'])
 
-/** ` = "value"` for an error message; for a secret, only its length. */
+/** ` = "value"` for an error message; for a secret, only its length; for an address, not its credentials. */
 function shown (key: string, value: unknown): string {
+  if (key === 'consul' && typeof value === 'string') return ` = ${JSON.stringify(withoutCredentials(value))}`
   if (!SECRET_KEYS.has(key)) return ` = ${JSON.stringify(value)}`
   return typeof value === 'string' ? ` (not shown, ${value.length} characters)` : ' (not shown)'
+}
+
+/** An address for an error message, with the credentials of a `user:password@` in it left out. */
+export function withoutCredentials (address: string): string {
+  return address.replace(/^([A-Za-z][A-Za-z0-9+.-]*:\/\/)?[^/@]*@/, '$1***@')
 }
 
 /** `--listen` and `FLEETGATE_LISTEN` for `listen`; `--admin-listen` and `FLEETGATE_ADMIN_LISTEN` for `adminListen`. */

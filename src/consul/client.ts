@@ -4,6 +4,7 @@
 import { X509Certificate } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { Pool } from 'undici'
+import { withoutCredentials } from '../config.ts'
 import { FleetgateError } from '../errors.ts'
 
 /** Where Consul is and how to talk to it. */
@@ -123,11 +124,12 @@ export function parseConsulAddress (text: string): URL {
   let url: URL
   try {
     url = new URL(withScheme)
-  } catch (err) {
-    throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', `--consul = ${JSON.stringify(text)}: expected http(s)://HOST:PORT`, { cause: err })
+  } catch {
+    // Not the parser's error as the cause: it repeats the address whole, credentials and all.
+    throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', `--consul = ${JSON.stringify(withoutCredentials(text))}: expected http(s)://HOST:PORT`)
   }
-  if ((url.protocol !== 'http:' && url.protocol !== 'https:') || (url.pathname !== '/' && url.pathname !== '') || url.search || url.username) {
-    throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', `--consul = ${JSON.stringify(text)}: expected http(s)://HOST:PORT, without a path or credentials`)
+  if ((url.protocol !== 'http:' && url.protocol !== 'https:') || (url.pathname !== '/' && url.pathname !== '') || url.search || url.username || url.password) {
+    throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', `--consul = ${JSON.stringify(withoutCredentials(text))}: expected http(s)://HOST:PORT, without a path or credentials (a token goes in --consul-token)`)
   }
   return url
 }

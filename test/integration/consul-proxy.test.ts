@@ -142,6 +142,10 @@ t.test('bad Consul settings stop start-up with exit code 2, naming the setting',
     [['--consul', 'https://127.0.0.1:8501', '--consul-ca-file', NOT_A_CERTIFICATE], /FLEETGATE_ERR_CONFIG_FILE: .*--consul-ca-file \S+package\.json: no PEM certificate in it/],
     [['--consul-wait-ms', '10'], /--consul-wait-ms = 10: expected milliseconds, from 100 to 600000/],
     [['--consul-tag', 'a,b'], /--consul-tag = "a,b": expected a tag without spaces or commas/],
+    // Credentials in the address are refused, and the error, which goes to the logs, leaves them out.
+    [['--consul', 'http://admin:hunter2@127.0.0.1:8500'], /--consul = "http:\/\/\*\*\*@127\.0\.0\.1:8500": expected http\(s\):\/\/HOST:PORT, without a path or credentials \(a token goes in --consul-token\)/],
+    [['--consul', 'https://:hunter2@127.0.0.1:8501'], /--consul = "https:\/\/\*\*\*@127\.0\.0\.1:8501": expected .* without a path or credentials/],
+    [['--consul', 'admin:hunter 2@127.0.0.1:8500'], /--consul = "\*\*\*@127\.0\.0\.1:8500": expected http\(s\):\/\/HOST:PORT or HOST:PORT/],
   ] as Array<[string[], RegExp]>) {
     const proc = runFleetgate(t, ['proxy', '--discovery', 'consul', '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', ...args])
     // Bounded: a setting taken by mistake leaves the proxy running.
@@ -149,6 +153,7 @@ t.test('bad Consul settings stop start-up with exit code 2, naming the setting',
     const exit = await proc.exited
     t.equal(exit.code, 2, args.join(' '))
     t.match(proc.output(), pattern)
+    t.notMatch(proc.output(), /hunter/, 'no credentials in the output')
   }
   // A token read from a file with its newline is refused, and the error, which goes to the logs, does not repeat it.
   for (const args of [
