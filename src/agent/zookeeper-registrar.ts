@@ -7,7 +7,7 @@ import { FleetgateError } from '../errors.ts'
 import type { Logger } from '../logger.ts'
 import type { InstanceState } from '../membership/instance.ts'
 import {
-  create, exists, mkdirp, remove, setData, ZK, zkErrorCode, ZooKeeperSession,
+  create, exists, mkdirp, remove, replace, setData, ZK, zkErrorCode, ZooKeeperSession,
   type Client, type SessionEvent, type ZkEvent,
 } from '../zookeeper/session.ts'
 import { Retry } from '../zookeeper/retry.ts'
@@ -258,12 +258,17 @@ export class ZooKeeperRegistrar implements Registrar {
           this.#markAbsent()
           return true
         }
-        // Left by an earlier session (ours before an expiry, or a restarted agent's): delete and create
-        // again rather than adopt it, so watchers see the change and the node dies with OUR session.
+        // Left by an earlier session (ours before an expiry or a lost connection, or a restarted agent's):
+        // delete and create again rather than adopt it, so watchers see the change and the node dies with
+        // OUR session. In one transaction: a delete then a create left the instance out of the membership
+        // between the two, and a proxy that read the list then had an empty pool for a one-instance
+        // service (or for every instance, when a ZooKeeper outage had all agents replace theirs at once).
         this.#log.warn({ owner: stat.ephemeralOwner.toString('hex') }, 'replacing a registration left by another session')
-        await remove(client, this.path, stat.version)
+        await replace(client, this.path, stat.version, data, ZK.EPHEMERAL)
         this.#clearedForeignIn = session
-        return false
+        this.#written = { data: text, version: 0 }
+        this.#markRegistered(desired.state, true)
+        return true
       }
       this.#conflict = false
       if (!stat) {

@@ -485,6 +485,16 @@ export function remove (client: Client, path: string, version = -1): Promise<voi
   })
 }
 
+/**
+ * Deletes the node at `version` and creates it again with `data`, in one transaction (a ZooKeeper multi):
+ * a reader sees the old node or the new one, never neither. Fails as a whole with the first op's error.
+ */
+export function replace (client: Client, path: string, version: number, data: Buffer, mode: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    client.transaction().remove(path, version).create(path, data, mode).commit(err => { err ? reject(err) : resolve() })
+  })
+}
+
 export function mkdirp (client: Client, path: string): Promise<void> {
   return new Promise((resolve, reject) => {
     client.mkdirp(path, err => { err ? reject(err) : resolve() })

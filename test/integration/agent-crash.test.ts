@@ -4,7 +4,7 @@
 import t from 'tap'
 import { children, DEMO_BACKEND, expiredSessions, FAST, readNode, startAgent, startHealthBackend } from '../helpers/agent.ts'
 import { eventually } from '../helpers/eventually.ts'
-import { get, runFleetgate, zkClient } from '../helpers/fleet.ts'
+import { get, loadLoop, runFleetgate, startProxy, zkClient } from '../helpers/fleet.ts'
 import { isAlive, killIfSame, startTimeOf } from '../helpers/reaper.ts'
 import { freePort, startZooKeeper } from '../helpers/zookeeper.ts'
 
@@ -128,6 +128,42 @@ t.test('a restarted agent replaces the znode its SIGKILLed predecessor left, wit
   const node = await readNode(client, path)
   t.ok(node?.stat.ephemeralOwner.equals(after.stat.ephemeralOwner), 'the new znode outlives the old session')
   t.same(await children(client, parent), [id])
+})
+
+t.test('a restarted agent takes over its predecessor\'s znode in one step: the proxy\'s pool never empties', async t => {
+  const client = await zkClient(t, server.connectString)
+  const backend = await startHealthBackend(t, 'one')
+  const path = `/services/takeover/127.0.0.1-${backend.port}`
+  const first = await startAgent(t, { zookeeper: server.connectString, service: 'takeover', port: backend.port })
+  const before = (await eventually(() => readNode(client, path), { message: 'first registration' }))!
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'takeover'])
+  await eventually(async () => (await proxy.status()).instances.length === 1, { message: 'the proxy follows the one instance' })
+
+  // As in the test above: the successor connects first, and turns healthy once its predecessor is dead.
+  const gate = await startHealthBackend(t, 'gate')
+  gate.healthy = false
+  const second = await startAgent(t, {
+    zookeeper: server.connectString, service: 'takeover', port: backend.port,
+    args: ['--target', `http://127.0.0.1:${gate.port}`, '--rise', '1', '--fall', '100'],
+  })
+  await eventually(async () => (await second.status()).registration.connected, { message: 'successor connected' })
+  const load = loadLoop(proxy.url, { concurrency: 2, maxMs: 30_000, pauseMs: 1 })
+  t.teardown(() => load.stop())
+  await eventually(() => load.result.ok > 50, { message: 'traffic flows' })
+
+  first.kill('SIGKILL')
+  await first.exited
+  gate.healthy = true
+  await eventually(async () => {
+    const node = await readNode(client, path)
+    return node !== undefined && !node.stat.ephemeralOwner.equals(before.stat.ephemeralOwner)
+  }, { timeoutMs: 15_000, message: 'znode owned by the new session' })
+  const sentAtTakeover = load.result.ok + load.result.failed
+  await eventually(() => load.result.ok + load.result.failed > sentAtTakeover + 50, { message: 'traffic after the takeover' })
+  const result = await load.stop()
+  // A delete and then a create, as two writes, let the proxy read the list between them: no instance at all.
+  t.notMatch(proxy.output(), /"instances":0,"msg":"membership changed"/, 'the proxy never saw the service without its instance')
+  t.equal(result.failed, 0, `no failed request (${result.errors.join('; ')})`)
 })
 
 t.test('wrapper mode: a command that does not exec its server (sh -c) takes the server along when stopped', async t => {
