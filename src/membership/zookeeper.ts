@@ -67,6 +67,12 @@ export class ZooKeeperSource extends BaseSource {
    */
   readonly #reading = new Map<string, { touched: boolean }>()
   #watcher: { generation: number, fn: (event: ZkEvent) => void } | undefined
+  /**
+   * Until when (performance.now()) a list with no instance, read on a session that replaced a lost one,
+   * is not published: see #holdingEmpty(). 0 when no hold is armed.
+   */
+  #holdEmptyUntilMs = 0
+  #holdTimer: NodeJS.Timeout | undefined
 
   constructor (options: ZooKeeperSourceOptions) {
     super(options.service)
@@ -99,6 +105,7 @@ export class ZooKeeperSource extends BaseSource {
 
   async close (): Promise<void> {
     clearInterval(this.#resyncTimer)
+    clearTimeout(this.#holdTimer)
     this.#retry.cancel()
     this.releaseStart()
     await this.#session.close()
@@ -113,6 +120,11 @@ export class ZooKeeperSource extends BaseSource {
         if (event.newSession) {
           for (const cached of this.#cache.values()) cached.stale = true
           this.#commitWhole = true
+          // Whatever lost our session (ZooKeeper frozen past the session timeout, restarted with an empty
+          // dataDir) most likely lost every agent's too, and their znodes with them; they register again
+          // as soon as they reconnect, which may be seconds after us. Reading the service empty meanwhile
+          // is no news about the fleet.
+          if ((this.current()?.instances.length ?? 0) > 0) this.#holdEmptyUntilMs = performance.now() + this.#session.sessionTimeoutMs
         }
         this.setStatus('connected', true)
         this.#requestSync()
@@ -349,6 +361,7 @@ export class ZooKeeperSource extends BaseSource {
    * by a lost connection keeps its earlier result), less those deleted before they could be read.
    */
   #commit (): void {
+    if (this.#holdingEmpty()) return
     const whole = (): Instance[] => {
       const instances: Instance[] = []
       for (const { result } of this.#cache.values()) if (result.ok) instances.push(result.instance)
@@ -363,6 +376,48 @@ export class ZooKeeperSource extends BaseSource {
       this.#log.info({ revision: membership?.revision, instances: membership?.instances.length }, 'membership changed')
     }
     this.setStatus('connected', false)
+  }
+
+  /**
+   * Whether this commit is held back: within a session timeout of a new session that replaced a lost
+   * one, a cache with no instance left keeps the last membership, marked stale, for the agents to
+   * register again. Once the hold ends, a full resync publishes what ZooKeeper then lists, empty or not.
+   */
+  #holdingEmpty (): boolean {
+    if (this.#holdEmptyUntilMs === 0) return false
+    for (const { result } of this.#cache.values()) {
+      if (result.ok) {
+        // The new session lists instances: the fleet is back, and an empty list is news again.
+        this.#endHold()
+        return false
+      }
+    }
+    const remainingMs = this.#holdEmptyUntilMs - performance.now()
+    if (remainingMs <= 0) {
+      this.#endHold()
+      return false
+    }
+    if (this.#holdTimer === undefined) {
+      this.#log.warn({ holdMs: Math.round(remainingMs) }, 'zookeeper lists no instance right after a new session; keeping the last membership while agents register again')
+      this.#holdTimer = setTimeout(() => {
+        this.#holdTimer = undefined
+        this.#fullResync = true
+        this.#requestSync()
+      }, remainingMs)
+      this.#holdTimer.unref()
+    }
+    // What the cache lost is published whole once the hold ends, against the membership kept meanwhile.
+    this.#gained.clear()
+    this.#lost.clear()
+    this.#commitWhole = true
+    this.setStatus('connected', true)
+    return true
+  }
+
+  #endHold (): void {
+    this.#holdEmptyUntilMs = 0
+    clearTimeout(this.#holdTimer)
+    this.#holdTimer = undefined
   }
 
   /**

@@ -1,9 +1,10 @@
 // End to end: ZooKeeper outages, hung servers, expired sessions and a late ZooKeeper never empty the pool.
 
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs'
+import { mkdir, rm } from 'node:fs/promises'
 import { connect as connectTcp, createServer, type AddressInfo, type Socket } from 'node:net'
 import t from 'tap'
-import { expiredSessions } from '../helpers/agent.ts'
+import { expiredSessions, startAgent, startHealthBackend } from '../helpers/agent.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { createChild, curatorData, get, loadLoop, registerCurator, removeNode, sample, startBackend, startProxy, zk, zkClient } from '../helpers/fleet.ts'
 import { startRelay } from '../helpers/tcp-relay.ts'
@@ -207,4 +208,55 @@ t.test('a server that drops every connection right after its handshake gets the 
     const status = await proxy.status()
     return !status.source.stale && status.instances.length === 2
   }, { timeoutMs: 15_000, intervalMs: 200, message: 'fresh again once connections hold, and the change followed' })
+})
+
+t.test('ZooKeeper restarted with an empty dataDir: the last membership is kept, stale, until the agents register again', async t => {
+  const server = await startZooKeeper()
+  t.teardown(() => server.close())
+  const backend = await startHealthBackend(t, 'a')
+  // A wiped server refuses to resume any session (it has seen less than its clients), so each client
+  // builds a new one once its session timeout has passed: the agent's shorter one brings it back within
+  // the proxy's, counted from when it noticed the outage.
+  const agent = await startAgent(t, { zookeeper: server.connectString, service: 'wiped', port: backend.port, args: ['--session-timeout-ms', '2000'] })
+  t.teardown(() => { try { process.kill(agent.pid, 'SIGCONT') } catch {} })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'wiped', '--session-timeout-ms', '5000'])
+  await eventually(async () => (await proxy.status()).instances.length === 1, { message: 'the proxy follows the agent\'s instance' })
+  const load = loadLoop(proxy.url, { concurrency: 2, maxMs: 60_000, pauseMs: 2 })
+  t.teardown(() => load.stop())
+  await eventually(() => load.result.ok > 50, { message: 'traffic flows' })
+
+  /** Every znode and session gone. The agent is held meanwhile: it comes back after the proxy, as an agent with a longer session timeout, or one whose first handshakes hung, would. */
+  const wipe = async (): Promise<void> => {
+    process.kill(agent.pid, 'SIGSTOP')
+    await server.stop()
+    await rm(server.dataDir, { recursive: true })
+    await mkdir(server.dataDir)
+    await server.start()
+  }
+  const heldOrPublished = /"msg":"zookeeper lists no instance right after a new session|"instances":0,"msg":"membership changed"/g
+  const seen = (): number => proxy.output().match(heldOrPublished)?.length ?? 0
+
+  await wipe()
+  await eventually(() => seen() >= 1, { timeoutMs: 20_000, message: 'the proxy, on a new session, read the service empty' })
+  const status = await proxy.status()
+  t.equal(status.instances.length, 1, 'the last membership kept')
+  t.ok(status.source.stale, 'and marked stale')
+  t.equal(sample(await proxy.metrics(), 'fleetgate_discovery_stale'), 1)
+  t.ok(await proxy.ready(), 'still ready')
+  process.kill(agent.pid, 'SIGCONT')
+  await eventually(async () => {
+    const s = await proxy.status()
+    return !s.source.stale && s.instances.length === 1
+  }, { timeoutMs: 20_000, message: 'fresh again once the agent registered again' })
+  const sent = load.result.ok + load.result.failed
+  await eventually(() => load.result.ok + load.result.failed > sent + 50, { message: 'traffic after the agent is back' })
+  const result = await load.stop()
+  t.notMatch(proxy.output(), /"instances":0,"msg":"membership changed"/, 'the pool never went empty')
+  t.equal(result.failed, 0, `no failed request (${result.errors.join('; ')})`)
+
+  // The hold is bounded: with no agent back within the session timeout, the empty service is published.
+  await wipe()
+  await eventually(() => /"instances":0,"msg":"membership changed"/.test(proxy.output()), { timeoutMs: 20_000, message: 'the empty service published once the hold ended' })
+  t.notOk((await proxy.status()).source.stale, 'and it is current')
+  t.equal((await get(proxy.url)).status, 503, 'requests get 503')
 })
