@@ -172,6 +172,8 @@ export class ZooKeeperSource extends BaseSource {
       const retryMs = this.#retry.failed()
       this.#log.warn({ err, retryMs }, 'zookeeper sync failed; keeping the last membership')
       if (this.#session.connected && this.#session.generation === generation) {
+        // Connected, but the list is not followed: the membership may lag the registry from now on.
+        this.setStatus('connected', true)
         this.#retry.schedule(retryMs, () => this.#requestSync())
       }
     } finally {

@@ -147,9 +147,13 @@ t.test('a service node fleetgate may not list (its ACL): the last membership is 
   t.same(failures.slice(0, 4).map(f => f.retryMs), [250, 500, 1000, 2000], 'each retry waits twice as long')
   t.ok(failures[3]!.time - failures[0]!.time >= 1_700, `the fourth try came ${failures[3]!.time - failures[0]!.time} ms after the first`)
   t.equal((await get(proxy.url)).servedBy, 'a', 'the last membership still serves')
+  t.ok((await proxy.status()).source.stale, 'and /status says it may lag the registry')
+  t.equal(sample(await proxy.metrics(), 'fleetgate_discovery_stale'), 1, 'and so does fleetgate_discovery_stale')
 
   await acl(Permission.ALL)
   await eventually(async () => (await proxy.status()).instances.map(i => i.id).join() === 'a,b', { timeoutMs: 30_000, message: 'b joins once the list may be read' })
+  await eventually(async () => !(await proxy.status()).source.stale, { message: 'current again' })
+  t.equal(sample(await proxy.metrics(), 'fleetgate_discovery_stale'), 0)
 })
 
 t.test('retries go to a different instance; with none left the answer is 503, as Envoy and HAProxy answer it', async t => {
