@@ -358,14 +358,11 @@ export class ZooKeeperSession {
     const old = this.#client
     if (old) {
       old.removeAllListeners('state')
-      if (hasSession(old)) {
-        old.close()
-        // close() only queues closeSession, which a hung server never answers: its socket would stay open
-        // for as long as the server hangs, one more with every rebuild.
-        setTimeout(() => abandon(old), CLOSE_GRACE_MS).unref()
-      } else {
-        abandon(old)
-      }
+      // Never closeSession here. A session the watchdog gives up may still be alive: a server that hung
+      // for less than the session timeout reads the queued closeSession as it wakes and deletes the
+      // agent's registration at once, before the new session can replace it in one step. Left alone,
+      // the session expires by itself, as the Java client leaves one it has no connection for.
+      abandon(old)
     }
     this.#connected = false
     this.#failedBuilds = hadSession ? 0 : this.#failedBuilds + 1

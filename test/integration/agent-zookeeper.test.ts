@@ -5,7 +5,7 @@ import { createServer, type AddressInfo, type Socket } from 'node:net'
 import t from 'tap'
 import { children, readNode, startAgent, startHealthBackend } from '../helpers/agent.ts'
 import { eventually } from '../helpers/eventually.ts'
-import { sample, zk, zkClient } from '../helpers/fleet.ts'
+import { loadLoop, sample, startProxy, zk, zkClient } from '../helpers/fleet.ts'
 import { fourLetterWord, freePort, startZooKeeper } from '../helpers/zookeeper.ts'
 
 t.test('after a 10 s ZooKeeper outage the znode is present again', async t => {
@@ -177,4 +177,33 @@ t.test('a ZooKeeper that takes connections and never answers: the agent says its
     { timeoutMs: 15_000, message: '/status says why' })
   await eventually(() => sockets.size >= 2, { timeoutMs: 10_000, message: 'the host is tried again after a silent handshake' })
   t.equal((await agent.stop()).code, 0)
+})
+
+t.test('ZooKeeper hung past the agent\'s watchdog deadline but not its session: the registration never leaves the membership', async t => {
+  const server = await startZooKeeper()
+  t.teardown(async () => { if (server.running) server.resume(); await server.close() })
+  const backend = await startHealthBackend(t, 'h')
+  const agent = await startAgent(t, { zookeeper: server.connectString, service: 'hung', port: backend.port, args: ['--session-timeout-ms', '2000'] })
+  // The proxy keeps its session (10 s) through the hang, so it sees every change the agent's brings.
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'hung'])
+  await eventually(async () => (await proxy.status()).instances.length === 1, { message: 'the proxy follows the instance' })
+  const before = (await agent.status()).registration.session
+  const load = loadLoop(proxy.url, { concurrency: 2, maxMs: 30_000, pauseMs: 2 })
+  t.teardown(() => load.stop())
+  await eventually(() => load.result.ok > 50, { message: 'traffic flows' })
+
+  server.pause()
+  await agent.waitForOutput(/zookeeper watchdog fired/, 10_000)
+  server.resume()
+  await eventually(async () => {
+    const { registration } = await agent.status()
+    return registration.registered && registration.session !== undefined && registration.session !== before
+  }, { timeoutMs: 15_000, message: 'registered on a new session' })
+  const sent = load.result.ok + load.result.failed
+  await eventually(() => load.result.ok + load.result.failed > sent + 50, { message: 'traffic after the hang' })
+  const result = await load.stop()
+  // The session given up was still alive: closing it as the server woke deleted the znode, and the
+  // proxy saw the service empty until the new session created one.
+  t.notMatch(proxy.output(), /"instances":0,"msg":"membership changed"/, 'the instance never left the membership')
+  t.equal(result.failed, 0, `no failed request (${result.errors.join('; ')})`)
 })
