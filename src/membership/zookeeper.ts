@@ -325,6 +325,16 @@ export class ZooKeeperSource extends BaseSource {
       // publish() would map an equal new object back to it too, but only by matching every re-read
       // child against the membership and sorting them, at every change until the next re-read.
       cached.stale = stale
+      // Valid again after an invalid rewrite: a next one is news.
+      this.#reported.delete(name)
+      return
+    }
+    if (cached?.result.ok && !result.ok) {
+      // Rewritten with data that does not read (a truncated write, an agent of another version): the
+      // instance was not seen to leave, so it keeps its last valid registration, as Curator's
+      // ServiceCache does. Dropping it emptied a one-instance service on a bad write.
+      cached.stale = stale
+      this.#reportInvalid(name, result, 'skipping invalid registration; keeping its last valid one')
       return
     }
     if (cached?.result.ok) this.#lose(cached.result.instance)
@@ -341,9 +351,14 @@ export class ZooKeeperSource extends BaseSource {
       this.#reported.delete(name)
       return
     }
+    this.#reportInvalid(name, result, 'skipping invalid registration')
+  }
+
+  /** Logs and counts an invalid child once per reason, not at every resync or session. */
+  #reportInvalid (name: string, result: Extract<DecodeResult, { ok: false }>, msg: string): void {
     if (this.#reported.get(name) === result.reason) return
     this.#reported.set(name, result.reason)
-    this.#log.warn({ child: name, reason: result.reason, detail: result.detail }, 'skipping invalid registration')
+    this.#log.warn({ child: name, reason: result.reason, detail: result.detail }, msg)
     this.emit({ type: 'invalid', id: name, reason: result.reason, detail: result.detail })
   }
 

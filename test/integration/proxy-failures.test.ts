@@ -111,6 +111,32 @@ t.test('malformed children are skipped and counted; good instances keep their tr
   t.match(proxy.output(), /skipping invalid registration/)
 })
 
+t.test('a registration rewritten with data that does not read keeps its last valid one: a one-instance service keeps serving', async t => {
+  const client = await zkClient(t, server.connectString)
+  const a = await startBackend(t, 'a')
+  const path = await registerCurator(client, { service: 'rewritten', id: 'a', port: a.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'rewritten'])
+  await eventually(async () => (await get(proxy.url)).servedBy === 'a')
+
+  // A write cut short, then one of an agent that writes another format: each is counted once.
+  await zk(cb => client.setData(path, Buffer.from('{"name":"rewritten","id":"a","addr'), -1, cb))
+  await eventually(async () => sample(await proxy.metrics(), 'fleetgate_invalid_registrations_total', { reason: 'not_json' }) === 1, { message: 'the bad write counted' })
+  await zk(cb => client.setData(path, Buffer.from('{"endpoint":"127.0.0.1"}'), -1, cb))
+  await eventually(async () => sample(await proxy.metrics(), 'fleetgate_invalid_registrations_total', { reason: 'unknown_format' }) === 1, { message: 'the second counted' })
+  t.same((await proxy.status()).instances.map(i => i.id), ['a'], 'the instance kept')
+  t.equal((await get(proxy.url)).servedBy, 'a', 'and served')
+  // The log comes through a pipe: it may land just after the metrics did.
+  await proxy.waitForOutput(/"child":"a","reason":"not_json".*keeping its last valid one/)
+
+  // Valid again, with a change: followed.
+  const b = await startBackend(t, 'b')
+  await zk(cb => client.setData(path, curatorData({ service: 'rewritten', id: 'a', port: b.port }), -1, cb))
+  await eventually(async () => (await get(proxy.url)).servedBy === 'b', { message: 'the valid rewrite followed' })
+  // Deleted: gone, as ever.
+  await removeNode(client, path)
+  await eventually(async () => (await proxy.status()).instances.length === 0, { message: 'the deletion followed' })
+})
+
 t.test('a child fleetgate may not read (its ACL) is skipped and counted; changes after it still arrive', async t => {
   const client = await zkClient(t, server.connectString)
   const [a, hidden, c] = [await startBackend(t, 'a'), await startBackend(t, 'hidden'), await startBackend(t, 'c')]
