@@ -22,7 +22,14 @@ export interface AgentAdminOptions {
  * agent's status once the registry says so. GET /maintenance reads the flag.
  */
 export function buildAgentAdmin (options: AgentAdminOptions): FastifyInstance {
-  const app = Fastify({ loggerInstance: options.logger.child({ component: 'admin' }) as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }) })
+  const app = Fastify({
+    loggerInstance: options.logger.child({ component: 'admin' }) as FastifyBaseLogger,
+    logController: new LogController({ disableRequestLogging: true }),
+    // Closed only once the agent has stopped, when nothing it serves matters any more. Node's close
+    // leaves a connection that has not sent a whole request (a TCP check that stays connected, a
+    // half-sent scrape) open, and the agent would not exit until that client left.
+    forceCloseConnections: true,
+  })
   // Any body (curl -X PUT with or without one) is ignored rather than parsed.
   app.removeAllContentTypeParsers()
   app.addContentTypeParser('*', (_req, _payload, done) => done(null))

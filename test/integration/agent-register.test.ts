@@ -1,6 +1,7 @@
 // End to end: the real `fleetgate agent` registers a real backend in a real ZooKeeper, and the real
 // `fleetgate proxy` routes by it. Registration, health transitions, maintenance, format and bad starts.
 
+import { connect, type Socket } from 'node:net'
 import t from 'tap'
 import { request } from 'undici'
 import { decodeRegistration } from '../../src/membership/instance.ts'
@@ -172,6 +173,27 @@ t.test('an unreachable target is not registered nor counted as a transition, and
   const { code, ms } = await agent.stop()
   t.equal(code, 0)
   t.ok(ms < 2000, `exited in ${ms} ms, not after the 30 s drain`)
+})
+
+t.test('a client holding a connection to the admin listener does not keep the stopped agent from exiting', async t => {
+  const backend = await startBackend(t, 'held')
+  const agent = await startAgent(t, { zookeeper: server.connectString, service: 'held', port: backend.port, args: ['--drain-ms', '0'] })
+  const { port } = new URL(agent.adminUrl)
+  // A TCP check that stays connected, and a scrape whose request never ends: neither is a whole request.
+  const sockets = await Promise.all(['', 'GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n'].map(head => new Promise<Socket>((resolve, reject) => {
+    const socket = connect(Number(port), '127.0.0.1', () => { socket.write(head); resolve(socket) })
+    socket.on('error', reject)
+  })))
+  t.teardown(() => { for (const socket of sockets) socket.destroy() })
+  const closed = sockets.map(socket => new Promise(resolve => socket.once('close', resolve)))
+  let timer: NodeJS.Timeout | undefined
+  const { code, ms } = await Promise.race([
+    agent.stop(),
+    new Promise<never>((_resolve, reject) => { timer = setTimeout(() => reject(new Error('the agent has not exited 5 s after SIGTERM')), 5_000) }),
+  ]).finally(() => clearTimeout(timer))
+  t.equal(code, 0)
+  t.ok(ms < 5_000, `exited in ${ms} ms`)
+  await Promise.all(closed)
 })
 
 t.test('without a command, SIGHUP and SIGUSR1 are logged and ignored: the inspector stays closed', async t => {
