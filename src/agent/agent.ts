@@ -230,7 +230,15 @@ export class Agent {
     if (registered && !this.#drainCut) {
       const startedAt = performance.now()
       await this.#written(registrar.setState('draining'))
-      this.#log.info({ signal, drainMs: this.#options.drainMs, writeMs: Math.round(performance.now() - startedAt) }, 'draining: no new requests; in-flight ones finish')
+      const details = { signal, drainMs: this.#options.drainMs, writeMs: Math.round(performance.now() - startedAt) }
+      const status = registrar.status()
+      if (status.state === 'draining') {
+        this.#log.info(details, 'draining: no new requests; in-flight ones finish')
+      } else {
+        // Out of reach (or too slow), the registry still says up, and proxies still send new requests: say
+        // so rather than claim a drain. The wait still lets the instance serve those until it ends.
+        this.#log.warn({ ...details, connected: status.connected, lastError: status.lastError }, 'draining not written: the registry still says up; waiting the drain anyway')
+      }
       await this.#drainWait()
     } else {
       this.#log.info({ signal }, 'not registered: nothing to drain')

@@ -161,6 +161,21 @@ t.test('ZooKeeper out of reach, so nothing registered: SIGTERM exits at once, wi
   t.equal(agent.logLines('draining: no new requests; in-flight ones finish'), 0)
 })
 
+t.test('registered, then ZooKeeper out of reach: SIGTERM says the draining state was not written, rather than claim a drain', async t => {
+  const server = await startZooKeeper()
+  t.teardown(() => server.close())
+  const backend = await startHealthBackend(t, 'unwritten')
+  const agent = await startAgent(t, { zookeeper: server.connectString, service: 'unwritten', port: backend.port, args: ['--drain-ms', '500'] })
+  await eventually(async () => (await agent.status()).registration.registered, { message: 'registered' })
+  await server.stop()
+  await eventually(async () => !(await agent.status()).registration.connected, { message: 'the agent sees ZooKeeper gone' })
+  const { code } = await agent.stop()
+  t.equal(code, 0)
+  t.equal(agent.logLines('draining: no new requests; in-flight ones finish'), 0, 'no drain claimed')
+  t.equal(agent.logLines('draining not written: the registry still says up; waiting the drain anyway'), 1)
+  t.match(agent.output(), /"connected":false,"lastError":"connect ECONNREFUSED [^"]*","msg":"draining not written/, 'with why')
+})
+
 t.test('a ZooKeeper that takes connections and never answers: the agent says its handshake got no answer', async t => {
   // Hung as a stopped server is, with its port open: the connection opens, the handshake is never answered.
   const sockets = new Set<Socket>()
