@@ -113,7 +113,7 @@ export class Supervisor {
     }
     this.#stopSignals.add(signal)
     this.#log.info({ pid: this.#child.pid, signal }, 'stopping the command')
-    this.#signalGroup(signal)
+    this.#stopGroup(signal)
     await this.#untilGroupGone(timeoutMs)
     return await this.exited
   }
@@ -127,7 +127,7 @@ export class Supervisor {
     if (!this.#child || !this.stopping) return
     this.#stopSignals.add(signal)
     this.#log.warn({ pid: this.#child.pid, signal }, 'the command is stopping; passing the signal on')
-    this.#signalGroup(signal)
+    this.#stopGroup(signal)
   }
 
   /**
@@ -137,7 +137,7 @@ export class Supervisor {
   async reap (timeoutMs: number): Promise<void> {
     if (!this.#child || !this.#groupAlive()) return
     this.#log.warn({ pid: this.#child.pid }, 'the command left processes behind; stopping them')
-    this.#signalGroup('SIGTERM')
+    this.#stopGroup('SIGTERM')
     await this.#untilGroupGone(timeoutMs)
   }
 
@@ -153,6 +153,15 @@ export class Supervisor {
       }
       await sleep(GROUP_POLL_MS)
     }
+  }
+
+  /**
+   * A stop signal, then SIGCONT, as systemd sends them: a process stopped with SIGSTOP (by hand, or a
+   * debugger) holds the signal until it is continued, and would wait for SIGKILL.
+   */
+  #stopGroup (signal: NodeJS.Signals): void {
+    this.#signalGroup(signal)
+    this.#signalGroup('SIGCONT')
   }
 
   #signalGroup (signal: NodeJS.Signals): void {

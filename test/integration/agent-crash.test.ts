@@ -81,6 +81,31 @@ t.test('wrapper mode: signals reach the command (SIGUSR1 too, for logrotate); SI
   t.match(agent.output(), /"signal":"SIGTERM".*"stopping the command"/s)
 })
 
+t.test('wrapper mode: a stopped command (SIGSTOP) is continued with its stop signal, as systemd does, not left for SIGKILL', async t => {
+  const client = await zkClient(t, server.connectString)
+  const port = await freePort()
+  const path = `/services/wrapped-stopped/127.0.0.1-${port}`
+  const agent = await startAgent(t, {
+    zookeeper: server.connectString, service: 'wrapped-stopped', port, args: ['--drain-ms', '0', '--stop-timeout-ms', '30000'],
+    command: [process.execPath, DEMO_BACKEND, '--name', 'ws', '--port', String(port), '--exit-with-parent'],
+  })
+  await eventually(() => readNode(client, path), { message: 'registered' })
+  const pid = (await agent.status()).command!.pid!
+  const startTime = startTimeOf(pid)
+  // Stopped, it would not notice its parent's exit either.
+  t.teardown(() => killIfSame(pid, startTime))
+  process.kill(pid, 'SIGSTOP')
+
+  let timer: NodeJS.Timeout | undefined
+  const { code, ms } = await Promise.race([
+    agent.stop(),
+    new Promise<never>((_resolve, reject) => { timer = setTimeout(() => reject(new Error('the agent has not exited 10 s after SIGTERM')), 10_000) }),
+  ]).finally(() => clearTimeout(timer))
+  t.equal(code, 0, 'the command stopped on its SIGTERM')
+  t.ok(ms < 10_000, `exited in ${ms} ms, not after the 30 s stop timeout`)
+  t.notOk(isAlive(pid), 'the command is gone')
+})
+
 t.test('a restarted agent replaces the znode its SIGKILLed predecessor left, without a duplicate', async t => {
   const client = await zkClient(t, server.connectString)
   const backend = await startHealthBackend(t, 'r')
