@@ -2,6 +2,7 @@
 // optional JSON/YAML file alike. Defaults carry units in their names; the result is frozen.
 
 import { readFileSync } from 'node:fs'
+import { isIPv6 } from 'node:net'
 import { availableParallelism } from 'node:os'
 import { parseArgs } from 'node:util'
 import { KindGuard, Type, type Static, type TObject, type TProperties } from '@sinclair/typebox'
@@ -33,7 +34,7 @@ const HostPort = (description: string, defaultValue?: string, { reach = false } 
   pattern: reach ? `^(?!${UNSPECIFIED})${HOST}:${PORT_1}$` : `^${HOST}:${PORT}$`,
   description,
   expected: reach
-    ? 'HOST:PORT with a port from 1 to 65535 and a host others can reach, e.g. 10.0.0.7:8088 or [2001:db8::7]:8088; not 0.0.0.0 or [::], which stand for every address of this host'
+    ? 'HOST:PORT with a port from 1 to 65535 and a host others can reach, e.g. 10.0.0.7:8088 or [2001:db8::7]:8088 (or 2001:db8::7:8088); not 0.0.0.0 or [::], which stand for every address of this host'
     : 'HOST:PORT with a port from 0 to 65535, e.g. 0.0.0.0:8080 or [::1]:8080',
   ...(defaultValue === undefined ? {} : { default: defaultValue }),
 })
@@ -220,6 +221,11 @@ export function loadConfig<S extends TObject> (schema: S, input: LoadInput): Loa
     }
   }
 
+  // An IPv6 address without brackets, as Kubernetes' status.podIP and `hostname -i` give it in an IPv6
+  // cluster: the port is what follows the last colon, as HAProxy reads such an address, and the address
+  // is in brackets from here on.
+  if (typeof raw.advertise === 'string') raw.advertise = bracketIPv6(raw.advertise)
+
   // Variables and file keys of another discovery backend are ignored unchecked: an environment set up for
   // either backend (docker-compose.yml switches with FLEETGATE_DISCOVERY alone) must not stop the other on
   // a value it never reads. A discovery value that is no backend is left for the schema to refuse.
@@ -283,6 +289,13 @@ function checkDiscovery (raw: Record<string, unknown>, origins: Map<string, Orig
     throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', `${chosen}, so ${named.join(', ')} would be ignored: leave ${named.length === 1 ? 'it' : 'them'} out, or choose that backend with --discovery`)
   }
   return stray.map(({ key }) => ({ key, where: where(key, origins) }))
+}
+
+/** `fd00::7:8088` as `[fd00::7]:8088`; anything else as it is. */
+function bracketIPv6 (hostPort: string): string {
+  const at = hostPort.lastIndexOf(':')
+  const host = hostPort.slice(0, at)
+  return at > 0 && isIPv6(host) ? `[${host}]${hostPort.slice(at)}` : hostPort
 }
 
 /** How a key was given, for an error: its flag, its variable, or its key in the file. */

@@ -1,7 +1,8 @@
 // End to end: the real `fleetgate agent` registers a real backend in a real ZooKeeper, and the real
 // `fleetgate proxy` routes by it. Registration, health transitions, maintenance, format and bad starts.
 
-import { connect, type Socket } from 'node:net'
+import http from 'node:http'
+import { connect, type AddressInfo, type Socket } from 'node:net'
 import t from 'tap'
 import { request } from 'undici'
 import { decodeRegistration } from '../../src/membership/instance.ts'
@@ -65,6 +66,21 @@ t.test('the znode is Curator JSON with every field, and both the proxy decoder a
     t.equal(decoded.format, 'curator')
     t.match(decoded.instance, { id: 'fmt-1', host: '127.0.0.1', port: backend.port, state: 'up', weight: 3, labels: { zone: 'a', tier: 'web' } })
   }
+})
+
+t.test('an IPv6 address without brackets (Kubernetes\' status.podIP) is advertised, and the proxy routes to it', async t => {
+  const client = await zkClient(t, server.connectString)
+  const backend = http.createServer((req, res) => res.end(req.url === '/health' ? 'ok' : 'over ::1'))
+  await new Promise<void>(resolve => backend.listen(0, '::1', resolve))
+  t.teardown(() => new Promise<void>(resolve => { backend.closeAllConnections(); backend.close(() => resolve()) }))
+  const { port } = backend.address() as AddressInfo
+  await startAgent(t, { zookeeper: server.connectString, service: 'six', port, args: ['--advertise', `::1:${port}`, '--target', `http://[::1]:${port}`] })
+  const node = (await eventually(() => readNode(client, `/services/six/__1-${port}`), { message: 'znode under the id made of the address' }))!
+  t.match(JSON.parse(node.data.toString()), { address: '::1', port }, 'the address without brackets, the port apart, as Curator writes them')
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'six'])
+  await eventually(() => proxy.ready(), { timeoutMs: 30_000, message: 'proxy ready' })
+  const res = await request(proxy.url)
+  t.same([res.statusCode, await res.body.text()], [200, 'over ::1'])
 })
 
 t.test('failing /health: znode gone after the fall threshold, back after the rise threshold; traffic follows', async t => {

@@ -172,6 +172,14 @@ t.test('--advertise is an address others can reach: not 0.0.0.0 or [::]; listene
   for (const reachable of ['10.0.0.7:8088', '10.0.0.0:8088', '0.example:8088', 'superset-0:8088', '[::1]:8088', '[fe80::]:8088', '[2001:db8::7]:8088']) {
     t.equal(agent(['--advertise', reachable]).advertise, reachable, `${reachable} is accepted`)
   }
+  // Kubernetes' status.podIP in an IPv6 cluster comes without brackets: the port follows the last colon.
+  for (const [bare, bracketed] of [['2001:db8::7:8088', '[2001:db8::7]:8088'], ['::1:8088', '[::1]:8088'], ['fd00:0:0:0:0:0:0:7:80', '[fd00:0:0:0:0:0:0:7]:80']]) {
+    t.equal(agent(['--advertise', bare!]).advertise, bracketed, `${bare} is ${bracketed}`)
+  }
+  t.equal(agent([], { FLEETGATE_ADVERTISE: 'fd00::7:8088' }).advertise, '[fd00::7]:8088', 'from the environment too')
+  throwsConfig(t, () => agent(['--advertise', ':::8088']), 'FLEETGATE_ERR_CONFIG_INVALID', /--advertise = "\[::\]:8088": expected HOST:PORT .*a host others can reach/)
+  throwsConfig(t, () => agent(['--advertise', 'fd00::7']), 'FLEETGATE_ERR_CONFIG_INVALID', /--advertise = "fd00::7": expected HOST:PORT/)
+  throwsConfig(t, () => agent(['--advertise', 'fe80::1%eth0:8088']), 'FLEETGATE_ERR_CONFIG_INVALID', /--advertise = "\[fe80::1%eth0\]:8088": expected HOST:PORT/)
   t.equal(agent(['--advertise', '10.0.0.7:8088', '--admin-listen', '0.0.0.0:9902']).adminListen, '0.0.0.0:9902', 'the agent\'s admin may listen on every address')
   t.equal(load(['--listen', '0.0.0.0:8080']).config.listen, '0.0.0.0:8080', 'and so may the proxy')
   t.equal(load(['--listen', '[::]:8080']).config.listen, '[::]:8080')
