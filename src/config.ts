@@ -249,6 +249,10 @@ export function loadConfig<S extends TObject> (schema: S, input: LoadInput): Loa
   if (typeof raw.ejectBaseMs === 'number' && typeof raw.ejectMaxMs === 'number' && raw.ejectBaseMs > raw.ejectMaxMs) {
     throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', `${where('ejectBaseMs', origins)} = ${raw.ejectBaseMs} is above ${where('ejectMaxMs', origins)} = ${raw.ejectMaxMs}: the first ejection cannot be longer than the longest`)
   }
+  // The same rule as for another backend's flags: a flag that would be ignored is a mistake.
+  if (raw.healthCheck === 'tcp' && origins.get('healthPath')?.kind === 'flag') {
+    throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', `${where('healthCheck', origins)} = "tcp" only connects, so --health-path would be ignored: leave it out, or check with --health-check http`)
+  }
   // A worker's event loop may be held for a moment (a collection, a scrape at 10,000 instances): a watchdog
   // quicker than a second would kill healthy workers.
   if (typeof raw.workerStallTimeoutMs === 'number' && raw.workerStallTimeoutMs > 0 && raw.workerStallTimeoutMs < MIN_STALL_TIMEOUT_MS) {

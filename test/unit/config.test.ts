@@ -251,6 +251,15 @@ t.test('the first ejection may not be longer than the longest', async t => {
   t.equal(load(['--eject-base-ms', '1000', '--eject-max-ms', '1000']).config.ejectMaxMs, 1000)
 })
 
+t.test('--health-path with a TCP check is an error as a flag, as it would be ignored', async t => {
+  const agent = (argv: string[], env: Record<string, string> = {}) => loadConfig(AgentConfigSchema, { argv: ['--advertise', '10.0.0.1:80', ...argv], env }).config
+  throwsConfig(t, () => agent(['--health-check', 'tcp', '--health-path', '/ready']), 'FLEETGATE_ERR_CONFIG_INVALID',
+    /^Invalid configuration: --health-check = "tcp" only connects, so --health-path would be ignored: leave it out, or check with --health-check http$/)
+  throwsConfig(t, () => agent(['--health-path', '/ready'], { FLEETGATE_HEALTH_CHECK: 'tcp' }), 'FLEETGATE_ERR_CONFIG_INVALID', /^Invalid configuration: FLEETGATE_HEALTH_CHECK = "tcp" only connects/)
+  t.match(agent(['--health-check', 'tcp'], { FLEETGATE_HEALTH_PATH: '/ready' }), { healthCheck: 'tcp' }, 'a variable, which may serve either kind of check, is left alone')
+  t.match(agent(['--health-check', 'http', '--health-path', '/ready']), { healthCheck: 'http', healthPath: '/ready' })
+})
+
 t.test('the worker watchdog is off at 0, or at least a second', async t => {
   t.equal(load([]).config.workerStallTimeoutMs, 10_000, 'ten seconds by default')
   t.equal(load(['--worker-stall-timeout-ms', '0']).config.workerStallTimeoutMs, 0, '0: never')
