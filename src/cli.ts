@@ -191,12 +191,6 @@ function report (err: unknown): number {
     if (err.code === 'FLEETGATE_ERR_CLI_USAGE') process.stderr.write(`\n${USAGE}\n`)
     return 2
   }
-  const listenError = err as NodeJS.ErrnoException
-  // A listen address whose host does not resolve fails in its lookup (ENOTFOUND, EAI_AGAIN).
-  if (['EADDRINUSE', 'EACCES', 'EADDRNOTAVAIL', 'ENOTFOUND', 'EAI_AGAIN'].includes(listenError?.code ?? '')) {
-    process.stderr.write(`fleetgate: cannot listen: ${listenError.message}\n`)
-    return 2
-  }
   process.stderr.write(`fleetgate: ${(err as Error)?.stack ?? String(err)}\n`)
   return 1
 }

@@ -10,6 +10,7 @@ export const ERRORS = {
   FLEETGATE_ERR_CONFIG_INVALID: { message: 'Invalid configuration', statusCode: 0 },
   FLEETGATE_ERR_CONFIG_FILE: { message: 'Configuration file cannot be read or parsed', statusCode: 0 },
   FLEETGATE_ERR_CLI_USAGE: { message: 'Invalid command line', statusCode: 0 },
+  FLEETGATE_ERR_LISTEN: { message: 'Cannot listen', statusCode: 0 },
   FLEETGATE_ERR_BAD_REQUEST: { message: 'The request cannot be forwarded as sent', statusCode: 400 },
   FLEETGATE_ERR_HEADERS_TOO_LARGE: { message: 'The request head is larger than the proxy takes', statusCode: 431 },
   FLEETGATE_ERR_TRANSFER_CODING: { message: 'The request has a transfer coding other than chunked', statusCode: 501 },
@@ -44,6 +45,23 @@ export class FleetgateError extends Error {
     this.name = 'FleetgateError'
     this.code = code
     this.statusCode = spec.statusCode
+  }
+}
+
+/** What a listen fails with when its address is wrong for this host, not when fleetgate is. */
+const LISTEN_ERRORS = new Set(['EADDRINUSE', 'EACCES', 'EADDRNOTAVAIL', 'ENOTFOUND', 'EAI_AGAIN'])
+
+/**
+ * Runs the listen of the listener a setting names (`--admin-listen`). Node's error gives the address
+ * alone, and a proxy has two listeners: an address in use, not this host's, or not resolving (a lookup's
+ * ENOTFOUND, EAI_AGAIN) becomes FLEETGATE_ERR_LISTEN naming the setting.
+ */
+export async function listenFor<T> (setting: string, listen: () => Promise<T>): Promise<T> {
+  try {
+    return await listen()
+  } catch (err) {
+    if (!LISTEN_ERRORS.has((err as NodeJS.ErrnoException)?.code ?? '')) throw err
+    throw new FleetgateError('FLEETGATE_ERR_LISTEN', `${setting}: ${(err as Error).message}`, { cause: err })
   }
 }
 

@@ -3,7 +3,7 @@
 
 import { AgentConfigSchema, loadConfig, splitHostPort, type AgentConfig } from '../config.ts'
 import { ConsulClient, consulConnection } from '../consul/client.ts'
-import { FleetgateError } from '../errors.ts'
+import { FleetgateError, listenFor } from '../errors.ts'
 import { createLogger, type Logger } from '../logger.ts'
 import { encodeCurator } from '../membership/instance.ts'
 import { createAgentMetrics, createRegistry } from '../metrics.ts'
@@ -92,7 +92,7 @@ export async function runAgent (argv: readonly string[], env: Readonly<Record<st
     setMaintenance: draining => agent!.setMaintenance(draining),
   })
   const adminAddress = splitHostPort(config.adminListen)
-  await admin.listen({ host: adminAddress.host, port: adminAddress.port })
+  await listenFor('--admin-listen', () => admin.listen({ host: adminAddress.host, port: adminAddress.port }))
 
   const supervisor = command.length > 0 ? new Supervisor({ command, env, logger }) : undefined
   agent = new Agent({

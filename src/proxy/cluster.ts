@@ -6,7 +6,7 @@ import cluster, { type Worker } from 'node:cluster'
 import { randomUUID } from 'node:crypto'
 import { Counter, Registry, type Aggregator, type MetricObjectWithValues, type MetricValue } from 'prom-client'
 import { splitHostPort, type ProxyConfig } from '../config.ts'
-import { FleetgateError } from '../errors.ts'
+import { FleetgateError, listenFor } from '../errors.ts'
 import type { Logger } from '../logger.ts'
 import { instanceAddress, type Instance } from '../membership/instance.ts'
 import { deltaFromChange, diffInstances, RemoteSource, type SourceUpdate } from '../membership/remote.ts'
@@ -337,7 +337,7 @@ export async function runPrimary (config: ProxyConfig, source: MembershipSource,
       if (stop?.aborted) failStart(stopped)
     })
     started = true
-    await admin.listen({ host: adminAddress.host, port: adminAddress.port })
+    await listenFor('--admin-listen', () => admin.listen({ host: adminAddress.host, port: adminAddress.port }))
   } catch (err) {
     await stopWorkers()
     clearInterval(watchdog)

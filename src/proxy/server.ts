@@ -9,7 +9,7 @@ import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest }
 import { Pool, type Endpoint } from '../balancer/pool.ts'
 import type { ProxyConfig } from '../config.ts'
 import { splitHostPort } from '../config.ts'
-import { ERRORS } from '../errors.ts'
+import { ERRORS, listenFor } from '../errors.ts'
 import type { Logger } from '../logger.ts'
 import { INVALID_REASONS } from '../membership/instance.ts'
 import { RemoteSource } from '../membership/remote.ts'
@@ -349,11 +349,11 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
     async listen () {
       source.start().catch(err => log.error({ err }, 'discovery failed to start'))
       const main = splitHostPort(options.listen)
-      await app.listen({ host: main.host, port: main.port, backlog: LISTEN_BACKLOG })
+      await listenFor('--listen', () => app.listen({ host: main.host, port: main.port, backlog: LISTEN_BACKLOG }))
       const port = (app.server.address() as { port: number }).port
       if (options.adminListen === undefined) return { port, adminPort: undefined }
       const adminAddress = splitHostPort(options.adminListen)
-      await admin.listen({ host: adminAddress.host, port: adminAddress.port })
+      await listenFor('--admin-listen', () => admin.listen({ host: adminAddress.host, port: adminAddress.port }))
       const adminPort = (admin.server.address() as { port: number }).port
       log.info({ listen: `${main.host}:${port}`, admin: `${adminAddress.host}:${adminPort}` }, 'fleetgate proxy listening')
       return { port, adminPort }

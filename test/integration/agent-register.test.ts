@@ -159,6 +159,8 @@ t.test('bad flags: a clear error naming the flag, and exit code 2', async t => {
     [['agent', '--advertise', '127.0.0.1:1'], /--zookeeper is required/],
     [['agent', '--zookeeper', server.connectString, '--advertise', '127.0.0.1:1', '--labels', 'a=1,a=2'], /key "a" is given twice/],
     [['agent', '--zookeeper', server.connectString, '--advertise', '127.0.0.1:1', '--admin-listen', '127.0.0.1:0', '--', '/nonexistent/superset'], /FLEETGATE_ERR_AGENT_COMMAND: .*\/nonexistent\/superset: ENOENT/],
+    // ZooKeeper's own port: one in use.
+    [['agent', '--zookeeper', server.connectString, '--advertise', '127.0.0.1:1', '--admin-listen', `127.0.0.1:${server.port}`], /FLEETGATE_ERR_LISTEN: Cannot listen: --admin-listen: listen EADDRINUSE/],
   ]
   await Promise.all(cases.map(async ([args, message]) => {
     const proc = runFleetgate(t, args)

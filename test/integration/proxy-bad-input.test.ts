@@ -2,7 +2,8 @@
 // stops start-up with a clear message and a non-zero exit.
 
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
-import { connect } from 'node:net'
+import http from 'node:http'
+import { connect, type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
@@ -188,6 +189,15 @@ t.test('bad configuration: clear error, exit code 2', async t => {
   const listen = runFleetgate(t, ['proxy', '--static', 'http://127.0.0.1:1', '--listen', 'nonsense'])
   t.same(await listen.exited, { code: 2, signal: null })
   t.match(listen.output(), /FLEETGATE_ERR_CONFIG_INVALID: Invalid configuration: --listen = "nonsense": expected HOST:PORT/)
+
+  // A port in use: the error names which of the two listeners it is for.
+  const taken = http.createServer()
+  await new Promise<void>(resolve => taken.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise<void>(resolve => taken.close(() => resolve())))
+  const takenPort = (taken.address() as AddressInfo).port
+  const admin = runFleetgate(t, ['proxy', '--static', 'http://127.0.0.1:1', '--workers', '1', '--listen', '127.0.0.1:0', '--admin-listen', `127.0.0.1:${takenPort}`])
+  t.same(await admin.exited, { code: 2, signal: null })
+  t.match(admin.output(), `fleetgate: FLEETGATE_ERR_LISTEN: Cannot listen: --admin-listen: listen EADDRINUSE: address already in use 127.0.0.1:${takenPort}`)
 
   const dir = mkdtempSync(join(tmpdir(), 'fleetgate-bad-config-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))

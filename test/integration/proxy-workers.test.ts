@@ -343,7 +343,7 @@ t.test('a worker that cannot listen stops the start with exit code 2, not a resp
   const port = (taken.address() as { port: number }).port
   const proxy = runFleetgate(t, ['proxy', '--static', 'http://127.0.0.1:9', '--workers', '2', '--listen', `127.0.0.1:${port}`, '--admin-listen', '127.0.0.1:0'])
   t.same(await exitWithin(proxy, 20_000), { code: 2, signal: null }, 'exit code 2')
-  t.match(proxy.output(), /fleetgate: cannot listen: \w+ EADDRINUSE/, 'the worker says why')
+  t.match(proxy.output(), new RegExp(`fleetgate: FLEETGATE_ERR_LISTEN: Cannot listen: --listen: \\w+ EADDRINUSE:? .*127\\.0\\.0\\.1:${port}`), 'the worker says why, naming the setting')
   t.match(proxy.output(), /fleetgate: FLEETGATE_ERR_WORKER_EXIT: A proxy worker exited before every worker listened: worker \d+ exited with code 2/, 'the primary says it stops for that')
   t.notMatch(proxy.output(), /starting another/, 'no worker was started again')
 })
