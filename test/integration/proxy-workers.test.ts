@@ -77,6 +77,15 @@ const servedByOnNewConnection = (url: string): Promise<string> => new Promise((r
 const workerPids = (primary: number): number[] =>
   readFileSync(`/proc/${primary}/task/${primary}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number)
 
+/** Whether the process has exec'd as a cluster worker: before, a forked child holds its parent's environment. */
+const isClusterWorker = (pid: number): boolean => {
+  try {
+    return readFileSync(`/proc/${pid}/environ`, 'latin1').split('\0').some(entry => entry.startsWith('NODE_UNIQUE_ID='))
+  } catch {
+    return false // gone meanwhile
+  }
+}
+
 /** The primary's workers, each killed after the test should it outlive its primary (and still be the same process). */
 const workersReapedAfter = (t: Test, primary: number): number[] => {
   const workers = workerPids(primary)
@@ -463,7 +472,9 @@ t.test('a scrape does not wait for a worker still starting', async t => {
   t.equal(sample(await proxy.metrics(), 'fleetgate_requests_total', { code: '200' }), 1)
   const [victim, survivor] = workerPids(proxy.pid)
   process.kill(victim!, 'SIGKILL')
-  const replacement = await eventually(() => workerPids(proxy.pid).find(pid => pid !== victim && pid !== survivor),
+  // Once it runs node: stopped between its fork and its exec, it would hold the primary, whose spawn
+  // waits for the exec (libuv reads the child's exec status in a blocking read).
+  const replacement = await eventually(() => workerPids(proxy.pid).find(pid => pid !== victim && pid !== survivor && isClusterWorker(pid)),
     { timeoutMs: 10_000, intervalMs: 5, message: 'a replacement forked' })
   // Held while it loads: it cannot answer, nor listen.
   const started = startTimeOf(replacement!)
