@@ -95,21 +95,22 @@ t.test('a proxy and two wrapped agents in containers: both serve, a stopped agen
     FLEETGATE_ADMIN_LISTEN: `127.0.0.1:${admin}`,
   }, ['proxy'], ['--health-interval', '1s', '--health-start-period', '1s'])
 
-  const agent = async (name: string, port: number, adminPort: number): Promise<void> => {
+  // Agent a gets its admin address from the environment, b from a flag: the HEALTHCHECK finds either.
+  const agent = async (name: string, port: number, admin: { env: Record<string, string>, args: string[] }): Promise<void> => {
     await runContainer(`fleetgate-agent-${name}`, {
       FLEETGATE_ZOOKEEPER: zookeeper.connectString,
       FLEETGATE_SERVICE: service,
       FLEETGATE_ADVERTISE: `127.0.0.1:${port}`,
       FLEETGATE_TARGET: `http://127.0.0.1:${port}`,
-      FLEETGATE_ADMIN_LISTEN: `127.0.0.1:${adminPort}`,
+      ...admin.env,
       FLEETGATE_HEALTH_INTERVAL_MS: '200',
       FLEETGATE_DRAIN_MS: '2000',
       BACKEND_NAME: name,
       BACKEND_PORT: String(port),
-    }, ['agent', '--', 'node', '-e', BACKEND], ['--health-interval', '1s', '--stop-timeout', '30'])
+    }, ['agent', ...admin.args, '--', 'node', '-e', BACKEND], ['--health-interval', '1s', '--stop-timeout', '30'])
   }
-  await agent('a', portA, adminA)
-  await agent('b', portB, adminB)
+  await agent('a', portA, { env: { FLEETGATE_ADMIN_LISTEN: `127.0.0.1:${adminA}` }, args: [] })
+  await agent('b', portB, { env: {}, args: ['--admin-listen', `127.0.0.1:${adminB}`] })
 
   const logs = async (name: string): Promise<string> => {
     const result = await engine.run(['logs', '--tail', '40', name])
@@ -156,7 +157,7 @@ t.test('a proxy and two wrapped agents in containers: both serve, a stopped agen
 
   await eventually(async () => (await inspect('fleetgate-proxy', '{{.State.Health.Status}}')) === 'healthy', { timeoutMs: 20_000, intervalMs: 250, message: 'proxy container healthy' })
   await eventually(async () => (await inspect('fleetgate-agent-b', '{{.State.Health.Status}}')) === 'healthy', { timeoutMs: 20_000, intervalMs: 250, message: 'agent container healthy' })
-  t.pass('the HEALTHCHECK passes for the proxy and the agent (their admin ports from FLEETGATE_ADMIN_LISTEN)')
+  t.pass('the HEALTHCHECK passes for the proxy (its admin port from FLEETGATE_ADMIN_LISTEN) and the agent (from --admin-listen)')
   const pid = await inspect('fleetgate-proxy', '{{.State.Pid}}')
   t.match(readFileSync(`/proc/${pid}/status`, 'utf8'), /^Uid:\s+1000\s/m, 'the container\'s processes run as uid 1000, not root')
 
