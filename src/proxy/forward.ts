@@ -8,7 +8,7 @@ import type { Endpoint, Pool } from '../balancer/pool.ts'
 import { ERRORS, type ErrorCode } from '../errors.ts'
 import type { Logger } from '../logger.ts'
 import type { Deadlines, Timed } from './deadlines.ts'
-import { carriesBody, clientResponseHeaders, hasUnsupportedTransferCoding, lacksHost, originForm, upstreamRequestHeaders } from './headers.ts'
+import { cannotForward, carriesBody, clientResponseHeaders, hasUnsupportedTransferCoding, lacksHost, originForm, upstreamRequestHeaders } from './headers.ts'
 import type { InstanceMetrics } from './instance-metrics.ts'
 import type { Waiter, WaitQueue } from './queue.ts'
 import type { Upstreams } from './upstreams.ts'
@@ -180,6 +180,8 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
       if (this.#hasBody && hasUnsupportedTransferCoding(this.#req)) return this.#fail('FLEETGATE_ERR_TRANSFER_CODING', { connection: 'close' })
       // The connection closes after the 400: nothing pipelined behind it is sent.
       if (lacksHost(this.#req)) return this.#fail('FLEETGATE_ERR_BAD_REQUEST', { connection: 'close' })
+      // A second Host, `OPTIONS *`: the client's fault, and no instance would take it.
+      if (cannotForward(this.#req)) return this.#fail('FLEETGATE_ERR_BAD_REQUEST')
       // A new request queues behind those already waiting, even if room has just opened (an ejection ran
       // out): they go first.
       if (ctx.queue.size > 0) {
@@ -341,8 +343,8 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     if (code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH' && this.#responded && (this.#res.statusCode === 304 || this.#res.statusCode === 204)) return this.onComplete()
     this.#endAttempt()
     if (code === 'UND_ERR_INVALID_ARG') {
-      // A request Node parsed but undici will not send (a second Host, `OPTIONS *`, an absolute target
-      // with an upper-case scheme): the client's fault, not the instance's, and no other would take it.
+      // A request Node parsed but undici will not send, of a kind start() does not know to refuse: the
+      // client's fault, not the instance's, and no other would take it.
       // Nothing reached the instance: not one of its requests on the status page either.
       endpoint.requests--
       this.#endpoint = undefined

@@ -73,6 +73,20 @@ export function lacksHost (req: IncomingMessage): boolean {
 }
 
 /**
+ * Whether undici would refuse to send the request as it came: a target that is not a path once in origin
+ * form (`OPTIONS *`, `GET ftp://x/`), or a second Host. The pool's connection that refuses one takes
+ * itself for busy until a request it never got ends, so such a request must not reach the pool at all.
+ */
+export function cannotForward (req: IncomingMessage): boolean {
+  if (!originForm(req.url).startsWith('/')) return true
+  let hosts = 0
+  for (let i = 0; i < req.rawHeaders.length; i += 2) {
+    if (req.rawHeaders[i]!.length === 4 && req.rawHeaders[i]!.toLowerCase() === 'host' && ++hosts > 1) return true
+  }
+  return false
+}
+
+/**
  * The request head for the instance, as a flat [name, value, ...] list (undici's cheapest form).
  * `keepUpgrade` keeps Upgrade for WebSocket handshakes, with `Connection: Upgrade` of the proxy's own: the
  * client's other connection options are this hop's, and one naming X-Forwarded-For would have a next hop

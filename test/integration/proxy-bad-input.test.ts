@@ -156,6 +156,21 @@ t.test('an expectation other than 100-continue gets the proxy\'s 417, and nothin
   t.match(continued, /^HTTP\/1\.1 100 Continue\r\n\r\nHTTP\/1\.1 200 OK\r\n/, '100-continue is met as before')
 })
 
+t.test('requests that cannot be forwarded as sent take no connection slot of the instance', async t => {
+  const backend = await startBackend(t, 'slots')
+  backend.handle((req, res) => res.end('ok'))
+  // One connection per instance: a request that used one up for good would leave the instance none.
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, '--max-connections-per-instance', '1', '--queue-timeout-ms', '1000'])
+  await eventually(() => proxy.ready())
+  for (const request of ['GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n', 'OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n']) {
+    const answer = await raw(proxy.url, request, { until: answer => answer.endsWith('}') })
+    t.match(answer, /^HTTP\/1\.1 400 [^]*"error":"FLEETGATE_ERR_BAD_REQUEST"/, `${JSON.stringify(request.split('\r\n')[0])}: 400`)
+    const next = await raw(proxy.url, 'GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
+    t.match(next, /^HTTP\/1\.1 200 /, `${JSON.stringify(request.split('\r\n')[0])}: the next request is served`)
+  }
+  t.equal(backend.hits, 2, 'only the good requests reached the instance')
+})
+
 t.test('a request head with more than 1,000 header lines gets 431; one with 1,000 passes whole', async t => {
   const backend = await startBackend(t, 'many-headers')
   // Node's own limit would drop the instance's view of them past 1,000 (the proxy adds a few).
