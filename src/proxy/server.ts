@@ -197,6 +197,9 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
     clientErrorHandler: (err, socket) => {
       // Nothing to answer on a connection that is gone.
       if (err.code === 'ECONNRESET' || !socket.writable) return void socket.destroy()
+      // Nor to a client that ended its side mid-request (an aborted upload): once the answers before it
+      // are out, the connection closes, and a request under way counts as a client that left.
+      if (err.code === 'HPE_INVALID_EOF_STATE') return afterEarlierAnswers(socket, () => socket.destroy())
       // Answered once, now or after the answers before it.
       if (!markRefused(socket as Socket)) return
       const code = err.code === 'HPE_HEADER_OVERFLOW'

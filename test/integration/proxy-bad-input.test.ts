@@ -67,6 +67,9 @@ t.test('malformed, oversize and aborted requests', async t => {
   await raw(proxy.url, `POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n${'u'.repeat(1_000_000)}`, { destroyAfterWrite: true })
   await eventually(() => backend.hits === hitsBefore + 1 && aborted === 1, { message: 'the instance saw the upload aborted too' })
   await eventually(async () => sample(await proxy.metrics(), 'fleetgate_in_flight_requests') === 0, { message: 'nothing left in flight' })
+  const afterAbort = await proxy.metrics()
+  t.equal(sample(afterAbort, 'fleetgate_requests_total', { method: 'POST', code: '499' }), 1, 'the aborted upload counted as a client that left')
+  t.equal(sample(afterAbort, 'fleetgate_requests_total', { instance: 'none', code: '400' }), 3, 'not as a request the proxy refused')
 
   for (let i = 0; i < 5; i++) t.equal((await get(proxy.url)).status, 200, 'still serving')
 })
