@@ -18,7 +18,7 @@ import { createProxyMetrics, createRegistry, type ProxyMetrics } from '../metric
 import { buildAdmin } from './admin.ts'
 import { Deadlines } from './deadlines.ts'
 import { answerError, closeAfterAnswer, closesAfterAnswer, Exchange, markRefused, type ForwardContext } from './forward.ts'
-import { carriesBody, lacksHost } from './headers.ts'
+import { cannotForward, carriesBody, lacksHost } from './headers.ts'
 import { InstanceMetrics } from './instance-metrics.ts'
 import { WaitQueue } from './queue.ts'
 import { renderStatusPage } from './status-page.ts'
@@ -282,7 +282,8 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
       socket.off('error', onError)
       // An upgrade pipelined behind an answer that closes the connection would never be answered either.
       if (closing || closesAfterAnswer(req.socket)) return socket.destroy()
-      if (lacksHost(req)) {
+      // Refused as a plain request would be: no Host, a second one, a target that is not a path.
+      if (lacksHost(req) || cannotForward(req)) {
         refuse(socket, 'FLEETGATE_ERR_BAD_REQUEST', service)
         return instanceMetrics.finished(undefined, req.method ?? 'GET', 400, 0)
       }

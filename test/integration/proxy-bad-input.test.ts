@@ -2,10 +2,11 @@
 // stops start-up with a clear message and a non-zero exit.
 
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
-import http from 'node:http'
+import http, { type IncomingMessage } from 'node:http'
 import { connect, type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import type { Duplex } from 'node:stream'
 import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
 import { get, raw, runFleetgate, sample, startBackend, startProxy } from '../helpers/fleet.ts'
@@ -98,6 +99,23 @@ t.test('an HTTP/1.1 request without Host gets the proxy\'s 400, and nothing pipe
   t.match(upgrade, /^HTTP\/1\.1 400 [^]*"error":"FLEETGATE_ERR_BAD_REQUEST"/i, 'a WebSocket upgrade without Host is refused alike')
   t.equal(sample(await proxy.metrics(), 'fleetgate_requests_total', { instance: 'none', code: '400' }), 2, 'and counted')
   t.same(seen, ['GET /warm'], 'and never reaches the instance')
+})
+
+t.test('a WebSocket upgrade with a second Host, or a target that is not a path, is refused as a plain request is', async t => {
+  const backend = await startBackend(t, 'two-hosts')
+  const upgrades: string[] = []
+  backend.server.on('upgrade', (req: IncomingMessage, socket: Duplex) => {
+    upgrades.push(`${req.url} ${req.headers.host}`)
+    socket.end('HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n')
+  })
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`])
+  const handshake = 'Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n'
+  for (const head of ['GET /ws HTTP/1.1\r\nHost: a\r\nHost: b\r\n', 'GET * HTTP/1.1\r\nHost: a\r\n']) {
+    t.match(await raw(proxy.url, head + handshake), /^HTTP\/1\.1 400 [^]*"error":"FLEETGATE_ERR_BAD_REQUEST"/i, JSON.stringify(head))
+  }
+  t.equal(sample(await proxy.metrics(), 'fleetgate_requests_total', { instance: 'none', code: '400' }), 2, 'counted as the proxy\'s')
+  t.match(await raw(proxy.url, `GET /ws HTTP/1.1\r\nHost: a\r\n${handshake}`), /^HTTP\/1\.1 101 /, 'one with a single Host goes through')
+  t.same(upgrades, ['/ws a'], 'only it reached the instance')
 })
 
 t.test('a malformed request pipelined behind one still being answered is refused after that answer', async t => {
