@@ -189,6 +189,19 @@ export interface LoadResult {
 }
 
 /**
+ * The end of a run through trouble that must not have emptied the pool: lets `load` send 50 more
+ * requests (`after`: what they come after), stops it, and checks that the proxy never published a
+ * membership without an instance and that no request failed.
+ */
+export async function expectPoolNeverEmpty (t: Test, proxy: FleetgateProcess, load: ReturnType<typeof loadLoop>, after: string): Promise<void> {
+  const sent = load.result.ok + load.result.failed
+  await eventually(() => load.result.ok + load.result.failed > sent + 50, { message: `traffic ${after}` })
+  const result = await load.stop()
+  t.notMatch(proxy.output(), /"instances":0,"msg":"membership changed"/, 'the pool never went empty')
+  t.equal(result.failed, 0, `no failed request (${result.errors.join('; ')})`)
+}
+
+/**
  * Sends GETs with `concurrency` workers until `stop()` resolves or `maxRequests` have been sent, whichever
  * comes first (always bounded by `maxMs`). A request fails on a network error or a non-2xx status.
  */
