@@ -334,8 +334,8 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
           inflight: endpoint.inflight,
           requests: endpoint.requests,
           errors: summary.errors,
-          p50Ms: summary.p50 === null ? null : summary.p50 * 1000,
-          p99Ms: summary.p99 === null ? null : summary.p99 * 1000,
+          p50Ms: milliseconds(summary.p50),
+          p99Ms: milliseconds(summary.p99),
           changedAt: new Date(wallNow - (now - endpoint.changedAtMs)).toISOString(),
         }
       }),
@@ -390,6 +390,11 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
     await source.close()
     await admin.close()
   }
+}
+
+/** Seconds as milliseconds to the microsecond, as /status shows them: 33.89 rather than 33.890143000000535. */
+function milliseconds (seconds: number | null): number | null {
+  return seconds === null ? null : Math.round(seconds * 1e6) / 1e3
 }
 
 /** The source part of /status. */

@@ -61,6 +61,7 @@ t.test('malformed, oversize and aborted requests', async t => {
   const [instance] = (await proxy.status()).instances
   t.equal(instance?.errors, 0, 'and not as the instance\'s errors')
   t.equal(instance?.requests, backend.hits, 'nor as its requests: /status counts what was sent to it')
+  t.match(JSON.stringify([instance?.p50Ms, instance?.p99Ms]), /^\[\d+(\.\d{1,3})?,\d+(\.\d{1,3})?\]$/, 'its latencies in ms, to the microsecond')
   const longUrl = await get(proxy.url, `/superset/explore/?form_data=${'x'.repeat(30_000)}`)
   t.equal(longUrl.status, 200, 'a 30 KB URL, as Superset makes, still passes')
 
