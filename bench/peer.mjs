@@ -10,7 +10,8 @@ const upstreams = process.argv[3].split(',')
 
 const app = Fastify({ logger: false })
 await app.register(replyFrom, {
-  base: upstreams[0],
+  // No `base`: with one, reply-from sends every request to its origin whatever getUpstream picks
+  // (its undici path takes `base` over the URL), and the round robin below would be lost.
   // An undici Agent: one keep-alive pool per backend of at most 128 connections (reply-from's default,
   // and fleetgate's --max-connections-per-instance default).
   undici: { keepAliveTimeout: 60_000, keepAliveMaxTimeout: 60_000, pipelining: 1, connections: 128 },
