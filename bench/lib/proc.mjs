@@ -34,6 +34,11 @@ export function startProcess (name, command, args, { cpus, logFile, env, cwd } =
   const [file, argv] = wrapCommand(command, args, cpus)
   const child = spawn(file, argv, { stdio: ['ignore', fd, fd], env: { ...process.env, ...env }, cwd })
   if (typeof fd === 'number') closeSync(fd)
+  return track(name, child, logFile)
+}
+
+/** Tracks a child spawned elsewhere (wrk, through execFile) so that stopAll and killAllSync end it too. */
+export function track (name, child, logFile) {
   const entry = { name, child, pid: child.pid, exited: false, exitCode: null, logFile }
   entry.exit = new Promise(resolve => child.once('exit', (code, signal) => {
     entry.exited = true
@@ -42,7 +47,7 @@ export function startProcess (name, command, args, { cpus, logFile, env, cwd } =
     resolve(entry.exitCode)
   }))
   child.once('error', err => { entry.error = err })
-  started.set(child.pid, entry)
+  if (child.pid !== undefined) started.set(child.pid, entry)
   return entry
 }
 

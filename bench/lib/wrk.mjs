@@ -2,7 +2,7 @@
 
 import { execFile } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
-import { wrapCommand } from './proc.mjs'
+import { track, wrapCommand } from './proc.mjs'
 
 const SCRIPT = fileURLToPath(new URL('../wrk/report.lua', import.meta.url))
 
@@ -21,7 +21,8 @@ export function runWrk ({ url, connections, durationS, threads = 1, cpus = '1', 
     BENCH_CLOSE: shape.close ? '1' : '0',
   }
   return new Promise((resolve, reject) => {
-    execFile(file, args, { env, timeout: (durationS + 20) * 1000, killSignal: 'SIGKILL', maxBuffer: 1 << 20 }, (err, stdout, stderr) => {
+    // Tracked like every other process, so that an error or Ctrl-C in the harness ends it too.
+    const child = execFile(file, args, { env, timeout: (durationS + 20) * 1000, killSignal: 'SIGKILL', maxBuffer: 1 << 20 }, (err, stdout, stderr) => {
       const line = stdout.split('\n').find(l => l.startsWith('BENCH_JSON '))
       if (!line) return reject(new Error(`wrk gave no summary (${err?.message ?? 'no error'}): ${stderr.trim()} ${stdout.trim()}`))
       const r = JSON.parse(line.slice('BENCH_JSON '.length))
@@ -40,5 +41,6 @@ export function runWrk ({ url, connections, durationS, threads = 1, cpus = '1', 
         errors: r.errors,
       })
     })
+    track('wrk', child)
   })
 }
