@@ -4,6 +4,8 @@
 # then runs bench/run.mjs with the same arguments. See bench/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# HAProxy and NGINX install into /usr/sbin, which a non-root user's PATH lacks on Debian.
+export PATH="$PATH:/usr/sbin:/sbin"
 
 SUDO=
 [ "$(id -u)" = 0 ] || SUDO=sudo
