@@ -247,10 +247,11 @@ async function main () {
     `scenario; each row is ${config.repeats} run(s) of ${config.durationS} s after a ${config.warmupS} s warm-up, the order of competitors rotating`,
     'between rounds. Cells show the median and (min–max). Ratios are of median req/s. "req/s per proxy core" is req/s',
     'divided by the CPU the proxy used (utime+stime from /proc/<pid>/stat over the run), which the next but one',
-    'column splits into user and kernel time per request answered. Peak RSS is VmHWM, reset',
-    'before each run through /proc/<pid>/clear_refs. Errors are wrk socket errors plus answers >= 400. The last column',
-    `is how busy the load core was (median; in brackets the backends' share) and the most CPU that processes other than`,
-    `the proxy took on core ${PROXY_CPU} in any run: other people's work on a shared machine, i.e. the noise.`,
+    'column splits into user and kernel time per request answered. Peak RSS is VmHWM, reset before each run through',
+    '/proc/<pid>/clear_refs, the highest of the runs. Errors are wrk socket errors plus answers >= 400, added up over',
+    'the runs. The last column is how busy the load core was (median; in brackets the backends\' share) and the most',
+    `CPU that processes other than the proxy took on core ${PROXY_CPU} in any run: other people's work on a shared machine,`,
+    'i.e. the noise.',
     '',
   ]
   const file = opts.out ?? resultsFile(startedAt.toISOString().slice(0, 10))
