@@ -13,7 +13,7 @@ import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { LOAD_CPU, PROXY_CPU, PROXY_NODE_FLAGS, ROOT, startBackend } from './lib/competitors.mjs'
 import { convergence, resyncCost, scale, startBenchZooKeeper } from './lib/discovery.mjs'
-import { failover } from './lib/failover.mjs'
+import { FAILOVER_AGENT, failover } from './lib/failover.mjs'
 import { killAllSync, loadAverage, reniceAllThreads, stopAll, stopProcess } from './lib/proc.mjs'
 import { throughputTable } from './lib/report.mjs'
 import { max, median, num, percentile, table } from './lib/stats.mjs'
@@ -67,7 +67,7 @@ const emit = text => {
 
 const dir = mkdtempSync(join(tmpdir(), 'fleetgate-bench-'))
 let cleaned = false
-/** The ZooKeeper of the discovery figures while it runs: a Ctrl-C stops it and removes its data too. */
+/** The ZooKeeper of the failover and discovery figures while it runs: a Ctrl-C stops it and removes its data too. */
 let benchZk
 /** The session's autogroup niceness before --nice changed it; restored at exit (the shell shares it). */
 let autogroupBefore
@@ -194,14 +194,14 @@ async function main () {
     emit('### fleetgate on 1 and 2 workers\n\nSkipped: `fleetgate help proxy` lists no `--workers` flag yet.\n')
   }
 
-  if (!config.skip.has('failover')) {
-    sections.failover = await failover({ dir, backendKind: config.backend, repeats: config.repeats, durationS: Math.max(config.durationS, 5), warmupS: config.warmupS, fleetgateArgs, log, connections: 50 })
-    emit(failoverSection(sections.failover, 50))
-  }
-
-  if (!config.skip.has('discovery')) {
-    const zk = benchZk = await startBenchZooKeeper()
-    try {
+  // Failover and the discovery figures run on one real ZooKeeper.
+  const zk = !config.skip.has('failover') || !config.skip.has('discovery') ? benchZk = await startBenchZooKeeper() : undefined
+  try {
+    if (!config.skip.has('failover')) {
+      sections.failover = await failover({ dir, zk, backendKind: config.backend, repeats: config.repeats, durationS: Math.max(config.durationS, 5), warmupS: config.warmupS, fleetgateArgs, log, connections: 50 })
+      emit(failoverSection(sections.failover, 50))
+    }
+    if (!config.skip.has('discovery')) {
       sections.convergence = await convergence({ zk, dir, backends, changes: config.changes, fleetgateArgs, log })
       emit(convergenceSection(sections.convergence, fleetgateArgs))
       if (workers) {
@@ -213,10 +213,10 @@ async function main () {
       sections.scale = await scale({ zk, dir, backends, sizes: config.sizes, samples: quick ? 2 : 5, fleetgateArgs, log })
       sections.resync = await resyncCost({ zk, dir, backends, size: max(config.sizes), fleetgateArgs })
       emit(scaleSection(sections.scale, sections.resync))
-    } finally {
-      benchZk = undefined
-      await zk.close()
     }
+  } finally {
+    benchZk = undefined
+    await zk?.close()
   }
 
   for (const backend of backends) await stopProcess(backend.entry)
@@ -291,14 +291,15 @@ function failoverSection (results, connections) {
     Object.entries(r.proxyCounters.byStatus).filter(([code]) => code !== '499').map(([code, n]) => `${n}× ${code}`).join(', ') || '—',
     Object.entries(r.proxyCounters.retriesByReason).map(([reason, n]) => `${n} ${reason.replaceAll('_', ' ')}`).join(', ') || '0',
     r.baseline.p99Ms.toFixed(2), r.killed.p99Ms.toFixed(2), (r.killed.p99Ms - r.baseline.p99Ms).toFixed(2), r.killed.maxMs.toFixed(1),
+    r.leftAfterS.toFixed(2),
   ])
   const failed = results.reduce((s, r) => s + r.killed.socketErrors + r.killed.statusErrors, 0)
   const added = median(results.map(r => r.killed.p99Ms - r.baseline.p99Ms))
-  return `### Failover: one of 3 backends SIGKILLed under load (fleetgate, 1 KB GET, ${connections} connections)
+  return `### Failover: one of 3 instances SIGKILLed under load (fleetgate on ZooKeeper, 1 KB GET, ${connections} connections)
 
-The kill comes ${(results[0]?.killedAtS ?? 0).toFixed(1)} s into a ${results[0] ? Math.round(results[0].killed.seconds) : '?'} s wrk run; the baseline is the same run just before, without a kill, on a fresh fleetgate and fresh backends each round. Failed requests (wrk socket errors and answers >= 400) in all: **${failed}**; added p99 (median): **${added.toFixed(2)} ms**. The status codes and retries are fleetgate's own counters (\`fleetgate_requests_total\`, \`fleetgate_retries_total\`; 499s, requests wrk abandoned when it stopped, are left out).
+Each instance is registered in ZooKeeper by its own \`fleetgate agent\` (health check every ${FAILOVER_AGENT.healthIntervalMs} ms, \`--fall ${FAILOVER_AGENT.fall}\`), and fleetgate follows that membership. The kill (of the instance, not its agent, which fails its checks and deregisters it) comes ${(results[0]?.killedAtS ?? 0).toFixed(1)} s into a ${results[0] ? Math.round(results[0].killed.seconds) : '?'} s wrk run; the baseline is the same run just before, without a kill, on a fresh fleetgate, fresh instances and fresh agents each round. Until the deregistration arrives, fleetgate's retries and ejection carry the requests; the last column is when it arrived (from fleetgate's \`/status\`). Failed requests (wrk socket errors and answers >= 400) in all: **${failed}**; added p99 (median): **${added.toFixed(2)} ms**. The status codes and retries are fleetgate's own counters (\`fleetgate_requests_total\`, \`fleetgate_retries_total\`; 499s, requests wrk abandoned when it stopped, are left out).
 
-${table(['round', 'requests', 'failed', 'fleetgate answered', 'retries', 'p99 ms baseline', 'p99 ms with kill', 'added p99 ms', 'max ms with kill'], rows)}
+${table(['round', 'requests', 'failed', 'fleetgate answered', 'retries', 'p99 ms baseline', 'p99 ms with kill', 'added p99 ms', 'max ms with kill', 'out of the membership after s'], rows)}
 `
 }
 
