@@ -13,7 +13,8 @@ const HOP_BY_HOP = new Set([
  * What ProxyFix reads (Superset's PROXY_FIX_CONFIG trusts one hop of each). X-Forwarded-For gets the
  * client's address appended. X-Forwarded-Proto, -Host and -Port are kept as a proxy in front set them
  * (the TLS terminator knows the scheme the browser used, fleetgate does not), as HAProxy passes them and
- * Envoy keeps them when it is not the edge; the proxy sets them when they are absent. fleetgate serves at
+ * Envoy keeps them when it is not the edge; the proxy sets them when they are absent (the port from Host,
+ * the one the browser asked for). fleetgate serves at
  * the root and sets no prefix, so a client's X-Forwarded-Prefix (which Werkzeug makes the SCRIPT_NAME of
  * every link and redirect) is dropped.
  */
@@ -132,17 +133,35 @@ export function upstreamRequestHeaders (req: IncomingMessage, keepUpgrade = fals
   if (authority !== undefined && !sentHost) out.push('host', authority)
   if (keepUpgrade) out.push('connection', 'Upgrade')
   const client = req.socket.remoteAddress ?? ''
+  const encrypted = 'encrypted' in req.socket && req.socket.encrypted === true
   out.push(
     'x-forwarded-for', forwardedFor ? `${forwardedFor}, ${client}` : client,
-    'x-forwarded-proto', forwardedProto || ('encrypted' in req.socket && req.socket.encrypted ? 'https' : 'http'),
+    'x-forwarded-proto', forwardedProto || (encrypted ? 'https' : 'http'),
   )
+  const requestHost = authority || req.headers.host
   // A proxy in front that sets the scheme or host but no port (Caddy, Envoy, many NGINX setups) means
   // the port of its own URL: this proxy's listening port would make ProxyFix build links to it.
   if (forwardedPort) out.push('x-forwarded-port', forwardedPort)
-  else if (!forwardedProto && !forwardedHost) out.push('x-forwarded-port', String(req.socket.localPort ?? ''))
-  const host = forwardedHost || authority || req.headers.host
+  else if (!forwardedProto && !forwardedHost) {
+    // The port the browser asked for is the one in Host, or its scheme's when Host names none: the
+    // listening port differs behind a port mapping (a Service's port 80, `docker run -p 80:8088`), and
+    // ProxyFix puts X-Forwarded-Port into Host, so every link and redirect would carry it.
+    out.push('x-forwarded-port', (requestHost && portOfHost(requestHost, encrypted)) || String(req.socket.localPort ?? ''))
+  }
+  const host = forwardedHost || requestHost
   if (host) out.push('x-forwarded-host', host)
   return out
+}
+
+/**
+ * The port a Host value names (`bi.example:8088`, `[::1]:8088`), or the scheme's default when it names
+ * none (`bi.example`, `[::1]`); undefined when what follows its last colon is not a port.
+ */
+function portOfHost (host: string, encrypted: boolean): string | undefined {
+  const colon = host.lastIndexOf(':')
+  if (colon < 0 || colon < host.lastIndexOf(']')) return encrypted ? '443' : '80'
+  const port = host.slice(colon + 1)
+  return /^\d{1,5}$/.test(port) ? port : undefined
 }
 
 /** An answer with a transfer coding other than chunked, which the proxy cannot undo. */

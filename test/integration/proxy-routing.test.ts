@@ -170,8 +170,14 @@ t.test('forwarding: methods, bodies, query strings and headers reach the instanc
 
   const direct = await request(`${proxy.url}/d`, { headers: { host: 'superset.example:8088' } })
   const { headers } = await direct.body.json() as { headers: Record<string, string> }
-  t.match(headers, { 'x-forwarded-for': '127.0.0.1', 'x-forwarded-proto': 'http', 'x-forwarded-host': 'superset.example:8088', 'x-forwarded-port': new URL(proxy.url).port },
-    'without a proxy in front, what this proxy saw')
+  t.match(headers, { 'x-forwarded-for': '127.0.0.1', 'x-forwarded-proto': 'http', 'x-forwarded-host': 'superset.example:8088', 'x-forwarded-port': '8088' },
+    'without a proxy in front, what this proxy saw: the port the browser asked for, not the one the proxy listens on')
+  // Behind a port mapping (a Service's port 80 to the proxy's 8080), the browser's Host names no port:
+  // the scheme's, or ProxyFix would put the listening port into every link and redirect.
+  for (const [host, port] of [['superset.example', '80'], ['[2001:db8::1]', '80'], ['[2001:db8::1]:8443', '8443']]) {
+    const mapped = await request(`${proxy.url}/p`, { headers: { host } })
+    t.match((await mapped.body.json() as { headers: Record<string, string> }).headers, { 'x-forwarded-host': host, 'x-forwarded-port': port }, `Host ${host}`)
+  }
 
   // Caddy and Envoy set the scheme and host, and no port: that of their own URL.
   const caddy = await request(`${proxy.url}/c`, { headers: { host: 'superset.example:8088', 'x-forwarded-proto': 'https', 'x-forwarded-host': 'bi.example.com' } })
