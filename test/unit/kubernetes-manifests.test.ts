@@ -166,3 +166,17 @@ t.test('the Prometheus Operator objects scrape the admin ports as deploy/prometh
     t.same(endpoint.metricRelabelings, expected, `${job}: the same upstream relabelling${job === 'fleetgate-proxy' ? ', and fleetgate\'s service label back' : ''}`)
   }
 })
+
+t.test('ZooKeeper keeps its snapshots and its transaction log on the persistent volume, and purges them', async t => {
+  const statefulSet = find('StatefulSet', 'zookeeper')
+  const zookeeper = container(statefulSet, 'zookeeper')
+  const env = Object.fromEntries((zookeeper.env as Array<{ name: string, value?: string }>).map(e => [e.name, e.value]))
+  const claims = new Set((statefulSet.spec.volumeClaimTemplates as Array<{ metadata: { name: string } }>).map(c => c.metadata.name))
+  const mounts = zookeeper.volumeMounts as Array<{ name: string, mountPath: string, subPath?: string }>
+  // The official image's directories, unless the manifest moves them: zoo.cfg's dataDir and dataLogDir.
+  for (const [variable, dir] of [['ZOO_DATA_DIR', env.ZOO_DATA_DIR ?? '/data'], ['ZOO_DATA_LOG_DIR', env.ZOO_DATA_LOG_DIR ?? '/datalog']] as const) {
+    const mount = mounts.find(m => dir === m.mountPath || dir.startsWith(`${m.mountPath}/`))
+    t.ok(mount !== undefined && claims.has(mount.name), `${variable} (${dir}) is on a volume claim, not in the container's own layer`)
+  }
+  t.ok(Number(env.ZOO_AUTOPURGE_PURGEINTERVAL) > 0, 'old snapshots and logs are purged (the image\'s default, 0, never does)')
+})
