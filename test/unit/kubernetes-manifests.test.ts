@@ -121,6 +121,15 @@ t.test('the proxy: 2 replicas, probes on the admin port, a Service and a PDB tha
   t.same(deployment.spec.selector.matchLabels, labels)
   const selects = (selector: Record<string, string>): boolean => Object.entries(selector).every(([k, v]) => labels[k] === v)
   t.ok(selects(find('Service', 'fleetgate').spec.selector), 'the Service selects the proxy pods')
+  // The users' Service is the one README says to make a LoadBalancer: it would publish every port it has.
+  t.same(find('Service', 'fleetgate').spec.ports.map((p: { targetPort: string }) => p.targetPort), ['http'], 'the users\' Service carries the proxy port alone, not the admin port')
+  const adminService = find('Service', 'fleetgate-admin')
+  t.ok(selects(adminService.spec.selector), 'the admin Service selects the proxy pods')
+  t.same(adminService.spec.ports.map((p: { name: string, targetPort: string }) => [p.name, p.targetPort]), [['admin', 'admin']], 'on their admin port')
+  t.equal(adminService.spec.type ?? 'ClusterIP', 'ClusterIP', 'inside the cluster only')
+  const monitored = find('ServiceMonitor', 'fleetgate-proxy').spec.selector.matchLabels as Record<string, string>
+  const adminLabels = adminService.metadata.labels ?? {}
+  t.ok(Object.entries(monitored).every(([k, v]) => adminLabels[k] === v), 'the ServiceMonitor scrapes the admin Service')
   t.ok(selects(find('PodDisruptionBudget', 'fleetgate-proxy').spec.selector.matchLabels), 'the PDB selects them')
   t.equal(deployment.spec.template.metadata.annotations['prometheus.io/port'], '9901', 'scrape annotation on the admin port')
   t.ok(deployment.spec.template.spec.terminationGracePeriodSeconds * 1000 > 30_000 + 5000, 'the grace period covers preStop and the shutdown timeout')
