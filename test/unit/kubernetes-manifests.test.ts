@@ -189,3 +189,10 @@ t.test('ZooKeeper keeps its snapshots and its transaction log on the persistent 
   }
   t.ok(Number(env.ZOO_AUTOPURGE_PURGEINTERVAL) > 0, 'old snapshots and logs are purged (the image\'s default, 0, never does)')
 })
+
+t.test('the PrometheusRule holds the rules of deploy/prometheus, for a Prometheus Operator that loads no files', async t => {
+  const rules = parseAllDocuments(readFileSync(new URL('../../deploy/prometheus/rules/fleetgate.rules.yml', import.meta.url), 'utf8'))[0]?.toJS() as { groups: unknown[] }
+  const prometheusRule = find('PrometheusRule', 'fleetgate')
+  t.same(prometheusRule.spec.groups, rules.groups, 'the same groups, rules, labels and annotations')
+  t.same(prometheusRule.metadata.labels, find('ServiceMonitor', 'fleetgate-proxy').metadata.labels, 'picked up by the Prometheus that scrapes the monitors (the same release label)')
+})
