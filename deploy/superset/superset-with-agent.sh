@@ -10,10 +10,13 @@
 set -eu
 
 port="${SUPERSET_PORT:-8088}"
+admin_listen=0.0.0.0:9902
 if [ "$port" = 0 ]; then
   # Host networking (network_mode: host): the replicas share the host's ports, so each takes a free one
   # and advertises it. The image's HEALTHCHECK cannot know it; the agent's own health check does.
   port="$(node -e "const s = require('net').createServer().listen(0, '${SUPERSET_BIND_ADDRESS:-0.0.0.0}', () => { console.log(s.address().port); s.close() })")"
+  # The agent's admin listener too: on a fixed port, the second replica's agent could not listen.
+  admin_listen=127.0.0.1:0
 fi
 host="${FLEETGATE_ADVERTISE_HOST:-$(hostname -i | awk '{ print $1 }')}"
 if [ -z "$host" ]; then
@@ -23,7 +26,7 @@ fi
 
 export FLEETGATE_ADVERTISE="${FLEETGATE_ADVERTISE:-$host:$port}"
 export FLEETGATE_TARGET="${FLEETGATE_TARGET:-http://127.0.0.1:$port}"
-export FLEETGATE_ADMIN_LISTEN="${FLEETGATE_ADMIN_LISTEN:-0.0.0.0:9902}"
+export FLEETGATE_ADMIN_LISTEN="${FLEETGATE_ADMIN_LISTEN:-$admin_listen}"
 
 # The documented gunicorn line: long URLs and headers allowed, a timeout above Superset's 60 s.
 exec node /opt/fleetgate/dist/cli.js agent -- \

@@ -178,7 +178,8 @@ t.test('docker-compose.yml on the host network with stand-ins: init first, two r
 
   // The override: every service on the host's network (so nothing leaves 127.0.0.1), placeholders that
   // report healthy at once, builds with the host's network (npm ci), the fleet on the test's ZooKeeper,
-  // and ports that cannot collide: the proxy on free ports, each replica on a free port of its own.
+  // and ports that cannot collide: the proxy on free ports, each replica on a free port of its own (and,
+  // as superset-with-agent.sh gives it with SUPERSET_PORT=0, its agent's admin listener too).
   const onHost = { network_mode: 'host' }
   const healthy = { healthcheck: { test: ['CMD', 'node', '-e', ''], interval: '1s', timeout: '5s', retries: 30 } }
   const build = { build: { network: 'host' } }
@@ -196,7 +197,6 @@ t.test('docker-compose.yml on the host network with stand-ins: init first, two r
         environment: {
           FLEETGATE_ZOOKEEPER: zookeeper.connectString,
           FLEETGATE_ADVERTISE_HOST: '127.0.0.1',
-          FLEETGATE_ADMIN_LISTEN: '127.0.0.1:0',
           FLEETGATE_HEALTH_INTERVAL_MS: '200',
           FLEETGATE_DRAIN_MS: '2000',
           SUPERSET_PORT: '0',
