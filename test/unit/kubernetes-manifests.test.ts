@@ -190,6 +190,19 @@ t.test('ZooKeeper keeps its snapshots and its transaction log on the persistent 
   t.ok(Number(env.ZOO_AUTOPURGE_PURGEINTERVAL) > 0, 'old snapshots and logs are purged (the image\'s default, 0, never does)')
 })
 
+t.test('ZooKeeper\'s heap and probe fit its memory limit', async t => {
+  const zookeeper = container(find('StatefulSet', 'zookeeper'), 'zookeeper')
+  const env = Object.fromEntries((zookeeper.env as Array<{ name: string, value?: string }>).map(e => [e.name, e.value]))
+  const limitMi = /^(\d+)Gi$/.test(zookeeper.resources.limits.memory) ? Number(zookeeper.resources.limits.memory.slice(0, -2)) * 1024 : Number.parseInt(zookeeper.resources.limits.memory)
+  // zkEnv.sh gives the server -Xmx${ZK_SERVER_HEAP:-1000}m; the JVM needs room beyond its heap.
+  const heapMb = Number(env.ZK_SERVER_HEAP ?? 1000)
+  t.ok(heapMb <= limitMi * 0.6, `a ${heapMb} MB heap leaves room under the ${limitMi} Mi limit for the JVM's own memory`)
+  const probe = (zookeeper.readinessProbe.exec.command as string[]).join(' ')
+  t.notMatch(probe, /zkServer\.sh|zkCli\.sh|java/, 'the readiness probe starts no JVM of its own every period')
+  t.match(probe, /srvr/, 'it asks the server (srvr answers a Mode only while it serves)')
+  t.ok(env.ZOO_4LW_COMMANDS_WHITELIST?.split(',').includes('srvr'), 'which the server allows')
+})
+
 t.test('the PrometheusRule holds the rules of deploy/prometheus, for a Prometheus Operator that loads no files', async t => {
   const rules = parseAllDocuments(readFileSync(new URL('../../deploy/prometheus/rules/fleetgate.rules.yml', import.meta.url), 'utf8'))[0]?.toJS() as { groups: unknown[] }
   const prometheusRule = find('PrometheusRule', 'fleetgate')
