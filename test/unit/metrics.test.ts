@@ -94,3 +94,28 @@ t.test('every fleetgate_ metric of the proxy and the agent is in README\'s metri
     t.ok(labels.every(label => row.includes(`\`${label}\``)), `${metric.name}: labels ${labels.join(', ')} listed`)
   }
 })
+
+t.test('a dashboard query of a metric that the agent exports too selects the proxies\' job', async t => {
+  const dashboard = JSON.parse(readFileSync(new URL('../../deploy/grafana/fleetgate-dashboard.json', import.meta.url), 'utf8')) as {
+    panels: Array<{ title: string, targets?: Array<{ expr: string }> }>
+  }
+  const proxy = createRegistry()
+  createProxyMetrics(proxy, {
+    service: 's', sourceKind: 'static', instanceCounts: () => ({}), instanceStates: () => [], discovery: () => ({ connected: true, stale: false }),
+  })
+  const agent = createRegistry()
+  createAgentMetrics(agent)
+  const agentNames = new Set(agent.getMetricsAsArray().map(m => m.name))
+  const shared = proxy.getMetricsAsArray().map(m => m.name).filter(name => agentNames.has(name))
+  t.ok(shared.length > 0, `shared: ${shared.join(', ')}`)
+  // The proxy variable's "All" is .*, which matches every agent's instance label as well.
+  for (const panel of dashboard.panels) {
+    for (const { expr } of panel.targets ?? []) {
+      for (const name of shared) {
+        for (const match of expr.matchAll(new RegExp(`${name}(\\{[^}]*\\})?`, 'g'))) {
+          t.match(match[1] ?? '', /job="fleetgate-proxy"/, `"${panel.title}": ${match[0]} counts the proxies alone`)
+        }
+      }
+    }
+  }
+})
