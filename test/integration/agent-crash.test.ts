@@ -1,7 +1,7 @@
 // End to end: crashes. A SIGKILLed agent's znode goes with its session; in wrapper mode a dead command's
 // znode goes at once; a restarted agent replaces the znode its predecessor left instead of adding one.
 
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { children, DEMO_BACKEND, expiredSessions, FAST, readNode, startAgent, startHealthBackend } from '../helpers/agent.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { expectPoolNeverEmpty, get, loadLoop, runFleetgate, startProxy, zkClient } from '../helpers/fleet.ts'
@@ -116,16 +116,7 @@ t.test('a restarted agent replaces the znode its SIGKILLed predecessor left, wit
   const first = await startAgent(t, { zookeeper: server.connectString, service: 'restart', port: backend.port, args: ['--session-timeout-ms', String(sessionTimeoutMs)] })
   const before = (await eventually(() => readNode(client, path), { message: 'first registration' }))!
 
-  // The successor is started ahead (a process can take seconds to start on a busy machine) with the same
-  // id, but checks a stand-in that fails until the predecessor is gone; a high --fall keeps it from
-  // deciding "unhealthy" (and deregistering) meanwhile.
-  const gate = await startHealthBackend(t, 'gate')
-  gate.healthy = false
-  const second = await startAgent(t, {
-    zookeeper: server.connectString, service: 'restart', port: backend.port,
-    args: ['--target', `http://127.0.0.1:${gate.port}`, '--rise', '1', '--fall', '100'],
-  })
-  await eventually(async () => (await second.status()).registration.connected, { message: 'successor connected' })
+  const { gate, second } = await startSuccessor(t, 'restart', backend.port)
   t.equal((await second.status()).health, 'unknown')
 
   first.kill('SIGKILL')
@@ -164,14 +155,7 @@ t.test('a restarted agent takes over its predecessor\'s znode in one step: the p
   const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'takeover'])
   await eventually(async () => (await proxy.status()).instances.length === 1, { message: 'the proxy follows the one instance' })
 
-  // As in the test above: the successor connects first, and turns healthy once its predecessor is dead.
-  const gate = await startHealthBackend(t, 'gate')
-  gate.healthy = false
-  const second = await startAgent(t, {
-    zookeeper: server.connectString, service: 'takeover', port: backend.port,
-    args: ['--target', `http://127.0.0.1:${gate.port}`, '--rise', '1', '--fall', '100'],
-  })
-  await eventually(async () => (await second.status()).registration.connected, { message: 'successor connected' })
+  const { gate } = await startSuccessor(t, 'takeover', backend.port)
   const load = loadLoop(proxy.url, { concurrency: 2, maxMs: 30_000, pauseMs: 1 })
   t.teardown(() => load.stop())
   await eventually(() => load.result.ok > 50, { message: 'traffic flows' })
@@ -264,3 +248,20 @@ t.test('wrapper mode: a command that exits at once, before the first session, gi
   t.same(exited, { code: 7, signal: null }, 'the command\'s exit code')
   t.notMatch(agent.output(), /Unknown code|^\s+at /m, 'no uncaught exception')
 })
+
+/**
+ * A successor agent for the instance on `port`, with the same id, started ahead (a process can take
+ * seconds to start on a busy machine) and connected. It checks a stand-in that fails until the test sets
+ * `gate.healthy` (once the predecessor is gone); a high --fall keeps it from deciding "unhealthy" (and
+ * deregistering) meanwhile.
+ */
+async function startSuccessor (t: Test, service: string, port: number) {
+  const gate = await startHealthBackend(t, 'gate')
+  gate.healthy = false
+  const second = await startAgent(t, {
+    zookeeper: server.connectString, service, port,
+    args: ['--target', `http://127.0.0.1:${gate.port}`, '--rise', '1', '--fall', '100'],
+  })
+  await eventually(async () => (await second.status()).registration.connected, { message: 'successor connected' })
+  return { gate, second }
+}
