@@ -34,6 +34,10 @@ export class Endpoint {
   changedAtMs: number
   /** The pool's last walk of a whole membership that listed it. */
   generation = 0
+  /** Until when (by the pool's clock) it is in slow start, taking a share that grows to its full one; 0: not. */
+  slowStartUntilMs = 0
+  /** Thousandths of a turn it was offered in slow start and has not taken yet: it takes a turn once they add up to one. */
+  slowStartCredit = 0
 
   constructor (instance: Instance, nowMs: number) {
     this.instance = instance
@@ -116,9 +120,18 @@ export interface PoolOptions {
    * rather than tell of the server, as HAProxy counts them), or no answer at all (see reportServerError).
    */
   readonly ejectAfterErrors?: number
+  /**
+   * Slow start (HAProxy's `slowstart`, Envoy's `slow_start_config`): an instance that joins a pool
+   * already following a membership takes a share of the requests that grows from 10 % of its own to
+   * all of it over this many ms, rather than its full share at once. 0 (the default): none.
+   */
+  readonly slowStartMs?: number
   /** Default monotonicEpochMs. */
   readonly now?: () => number
 }
+
+/** The share of its turns an instance takes as its slow start begins (Envoy's default min_weight_percent). */
+export const SLOW_START_MIN_SHARE = 0.1
 
 export class Pool {
   readonly service: string
@@ -135,6 +148,11 @@ export class Pool {
   #generation = 0
   readonly #picker = new RoundRobin<Endpoint>()
   readonly #ejected = new Set<Endpoint>()
+  /** Endpoints in slow start; empty unless PoolOptions.slowStartMs is set. */
+  readonly #slowStarting = new Set<Endpoint>()
+  readonly #slowStartMs: number
+  /** When the last slow start begun ends: then all have, also those of instances out of the rotation, never offered a turn. */
+  #slowStartsEndMs = 0
   /** Up, but a second entry of a server already in the rotation: it takes no new requests. */
   readonly #setAside = new Set<Endpoint>()
   /** Endpoints by address, counted: a rebuild looks for second entries only among the addresses held twice. */
@@ -150,6 +168,7 @@ export class Pool {
     this.#now = options.now ?? monotonicEpochMs
     this.#limit = options.maxInflight ?? 0
     this.#errorLimit = options.ejectAfterErrors ?? 0
+    this.#slowStartMs = options.slowStartMs ?? 0
   }
 
   /** The clock of every time the pool keeps: compare ejectedUntilMs, or ask state(), with this. */
@@ -274,6 +293,12 @@ export class Pool {
   /** A new endpoint for `instance`, listed in `added`. */
   #join (instance: Instance, key: string, now: number, added: Endpoint[]): Endpoint {
     const endpoint = new Endpoint(instance, now)
+    // Not those of the first membership: a proxy that starts has no warm instances to spare them.
+    if (this.#slowStartMs > 0 && this.#membership !== undefined) {
+      endpoint.slowStartUntilMs = now + this.#slowStartMs
+      this.#slowStarting.add(endpoint)
+      this.#slowStartsEndMs = endpoint.slowStartUntilMs
+    }
     this.#endpoints.set(key, endpoint)
     const count = (this.#addressCounts.get(endpoint.address) ?? 0) + 1
     this.#addressCounts.set(endpoint.address, count)
@@ -285,6 +310,7 @@ export class Pool {
   /** The endpoint left the membership. */
   #leave (endpoint: Endpoint): void {
     this.#endpoints.delete(endpoint.key)
+    this.#slowStarting.delete(endpoint)
     const count = this.#addressCounts.get(endpoint.address)! - 1
     if (count === 0) this.#addressCounts.delete(endpoint.address)
     else this.#addressCounts.set(endpoint.address, count)
@@ -320,6 +346,19 @@ export class Pool {
   }
 
   #choose (exclude: ReadonlySet<Endpoint> | undefined, limit: number): Endpoint | undefined {
+    if (this.#slowStarting.size > 0) {
+      // An instance in slow start takes only its share of the turns it is offered. When no healthy one
+      // takes the request that way (all in slow start, the others busy, excluded or ejected), the rules
+      // below pick as if none were: it takes what no other would, before an ejected one in panic.
+      const now = this.#now()
+      if (now >= this.#slowStartsEndMs) {
+        for (const endpoint of this.#slowStarting) this.#endSlowStart(endpoint)
+      } else {
+        if (this.#ejected.size > 0) this.#expireEjections(now)
+        const chosen = this.#picker.next(e => !exclude?.has(e) && (limit === 0 || e.inflight < limit) && !this.#ejected.has(e) && this.#takesTurn(e, now))
+        if (chosen !== undefined) return chosen
+      }
+    }
     if (this.#ejected.size > 0) this.#expireEjections(this.#now())
     if (this.#ejected.size === 0) {
       if (limit === 0) return exclude ? this.#picker.next(e => !exclude.has(e)) : this.#picker.next(always)
@@ -331,6 +370,36 @@ export class Pool {
     // Panic: ejected instances are tried when no healthy one is left, not when healthy ones are busy.
     if (limit > 0 && this.#picker.some(e => !this.#ejected.has(e) && open(e))) return undefined
     return this.#picker.next(e => open(e) && (limit === 0 || e.inflight < limit))
+  }
+
+  /**
+   * Whether an endpoint offered a turn takes it: always, out of slow start; in it, as often as the
+   * share it has grown to (from SLOW_START_MIN_SHARE to 1, in step with the time), so that over a
+   * rotation it takes what a weight that much lower would give it.
+   */
+  #takesTurn (endpoint: Endpoint, now: number): boolean {
+    if (endpoint.slowStartUntilMs === 0) return true
+    const leftMs = endpoint.slowStartUntilMs - now
+    if (leftMs <= 0) {
+      this.#endSlowStart(endpoint)
+      return true
+    }
+    // In thousandths of a turn: ten tenths add up to exactly one.
+    endpoint.slowStartCredit += Math.max(SLOW_START_MIN_SHARE * 1000, Math.round(1000 - 1000 * leftMs / this.#slowStartMs))
+    if (endpoint.slowStartCredit < 1000) return false
+    endpoint.slowStartCredit -= 1000
+    return true
+  }
+
+  #endSlowStart (endpoint: Endpoint): void {
+    endpoint.slowStartUntilMs = 0
+    endpoint.slowStartCredit = 0
+    this.#slowStarting.delete(endpoint)
+  }
+
+  /** Whether the endpoint is in slow start now (see PoolOptions.slowStartMs). */
+  isSlowStarting (endpoint: Endpoint): boolean {
+    return endpoint.slowStartUntilMs > this.#now()
   }
 
   /** Too few healthy instances for ejection to be honoured. */

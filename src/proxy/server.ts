@@ -29,7 +29,7 @@ import { Upstreams } from './upstreams.ts'
 export type ProxyOptions = Pick<ProxyConfig,
   'service' | 'listen' | 'connectTimeoutMs' | 'headersTimeoutMs' | 'idleTimeoutMs' | 'clientKeepAliveTimeoutMs' | 'tries' |
   'ejectBaseMs' | 'ejectMaxMs' | 'ejectAfterErrors' | 'panicThresholdPercent' | 'shutdownTimeoutMs' | 'maxHeaderBytes' |
-  'maxConnectionsPerInstance' | 'queueTimeoutMs'> & {
+  'maxConnectionsPerInstance' | 'queueTimeoutMs' | 'slowStartMs'> & {
   /** Without one, no admin listener (a worker of a multi-process proxy: the primary has it). */
   readonly adminListen: string | undefined
 }
@@ -95,6 +95,7 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
     ejectAfterErrors: options.ejectAfterErrors,
     panicThresholdPercent: options.panicThresholdPercent,
     maxInflight: options.maxConnectionsPerInstance,
+    slowStartMs: options.slowStartMs,
   })
   const queue = new WaitQueue()
   const registry = createRegistry()

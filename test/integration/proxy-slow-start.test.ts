@@ -1,0 +1,51 @@
+// End to end: with --slow-start-ms, an instance registered in ZooKeeper while the proxy runs takes a
+// small share of the requests at first, and its full share once the window is over.
+
+import t from 'tap'
+import { eventually } from '../helpers/eventually.ts'
+import { get, registerCurator, startBackend, startProxy, zkClient, type ProxyProcess } from '../helpers/fleet.ts'
+import { startZooKeeper } from '../helpers/zookeeper.ts'
+
+const server = await startZooKeeper()
+t.teardown(() => server.close())
+
+/** Who served each of `n` sequential requests, counted. */
+async function servedBy (proxy: ProxyProcess, n: number): Promise<Record<string, number>> {
+  const counts: Record<string, number> = {}
+  for (let i = 0; i < n; i++) {
+    const { status, servedBy } = await get(proxy.url, `/s/${i}`)
+    const key = status === 200 ? servedBy ?? '?' : String(status)
+    counts[key] = (counts[key] ?? 0) + 1
+  }
+  return counts
+}
+
+t.test('an instance that joins takes a small share at first, and its full share after --slow-start-ms', async t => {
+  const client = await zkClient(t, server.connectString)
+  const [a, b, c] = await Promise.all(['a', 'b', 'c'].map(n => startBackend(t, n)))
+  for (const backend of [a!, b!]) await registerCurator(client, { service: 'slow', id: backend.name, port: backend.port })
+  const source = ['--zookeeper', server.connectString, '--service', 'slow']
+  // A window far longer than the test's requests take, and one that ends within the test.
+  const [long, short] = await Promise.all([
+    startProxy(t, [...source, '--slow-start-ms', '60000']),
+    startProxy(t, [...source, '--slow-start-ms', '1000']),
+  ])
+  for (const proxy of [long, short]) await eventually(async () => (await proxy.status()).instances.length === 2, { message: 'both instances known' })
+  t.same(await servedBy(long, 30), { a: 15, b: 15 }, 'the instances it started with take their full share at once')
+
+  await registerCurator(client, { service: 'slow', id: 'c', port: c!.port })
+  for (const proxy of [long, short]) await eventually(async () => (await proxy.status()).instances.length === 3, { message: 'the third instance known' })
+
+  // Its full share would be 100 of 300; at 10 % of its turns, and a little more as the window runs, it is about 14.
+  const early = await servedBy(long, 300)
+  t.equal((early.a ?? 0) + (early.b ?? 0) + (early.c ?? 0), 300, `every request answered: ${JSON.stringify(early)}`)
+  t.ok((early.c ?? 0) >= 5 && (early.c ?? 0) <= 40, `the new instance takes a small share, not its full one (100): ${JSON.stringify(early)}`)
+  t.ok(Math.abs((early.a ?? 0) - (early.b ?? 0)) <= 1, 'the others share the rest evenly')
+
+  // Once the window is over, the rotation is strict again: every third request.
+  const full = await eventually(async () => {
+    const counts = await servedBy(short, 30)
+    return counts.a === 10 && counts.b === 10 && counts.c === 10 ? counts : undefined
+  }, { timeoutMs: 10_000, message: 'the full share after the window' })
+  t.same(full, { a: 10, b: 10, c: 10 }, 'after --slow-start-ms, its full share')
+})
