@@ -70,7 +70,7 @@ export function isStatusPart (value: unknown): value is ProxyStatus {
     isRecord(instance) && typeof instance.id === 'string' && typeof instance.address === 'string' &&
     typeof instance.state === 'string' && typeof instance.changedAt === 'string' &&
     isCount(instance.inflight) && isCount(instance.requests) && isCount(instance.errors) &&
-    latency(instance.p50Ms) && latency(instance.p99Ms))
+    latency(instance.p50Ms) && latency(instance.p99Ms) && (instance.slowStartUntil === null || typeof instance.slowStartUntil === 'string'))
 }
 
 /** The environment variable that hands each worker the configuration its primary started with. */
@@ -451,6 +451,8 @@ function mergeStatus (config: ProxyConfig, source: MembershipSource, parts: Prox
       seen.p99Ms = max(seen.p99Ms, instance.p99Ms)
       if (instance.state === 'ejected') seen.state = 'ejected'
       if (instance.changedAt > seen.changedAt) seen.changedAt = instance.changedAt
+      // Each worker's slow start began when the change reached it: the latest end is the one still to come.
+      if (instance.slowStartUntil !== null && (seen.slowStartUntil === null || instance.slowStartUntil > seen.slowStartUntil)) seen.slowStartUntil = instance.slowStartUntil
     }
   }
   return {

@@ -56,6 +56,8 @@ export interface ProxyStatus {
   instances: Array<{
     id: string, address: string, state: string, weight: number, labels: Record<string, string>,
     inflight: number, requests: number, errors: number, p50Ms: number | null, p99Ms: number | null, changedAt: string
+    /** While the instance is in slow start (--slow-start-ms), when it ends; else null. */
+    slowStartUntil: string | null
   }>
   /**
    * The connection limit per instance and process (null: none), and the requests waiting under it now and
@@ -338,6 +340,7 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
           p50Ms: milliseconds(summary.p50),
           p99Ms: milliseconds(summary.p99),
           changedAt: new Date(wallNow - (now - endpoint.changedAtMs)).toISOString(),
+          slowStartUntil: pool.isSlowStarting(endpoint) ? new Date(wallNow + (endpoint.slowStartUntilMs - now)).toISOString() : null,
         }
       }),
       queue: describeQueue(options, queue.size, queue.timeouts),

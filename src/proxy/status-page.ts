@@ -186,7 +186,10 @@ const SCRIPT = `
       var share = s.errorShare === null ? '\\u2014' : (s.errorShare * 100).toFixed(s.errorShare > 0 && s.errorShare < 0.1 ? 1 : 0) + ' %';
       var tr = el('tr', { 'data-instance': inst.address, 'data-state': inst.state }, [
         who,
-        el('td', null, [pill(inst.state, STATE_CLASS[inst.state] || 'warn')]),
+        el('td', null, [
+          pill(inst.state, STATE_CLASS[inst.state] || 'warn'),
+          inst.slowStartUntil ? el('span', { className: 'sub', 'data-slow-start': inst.slowStartUntil, title: 'a share growing to its full one until ' + inst.slowStartUntil, text: 'slow start' }) : null
+        ]),
         el('td', { className: 'num rate' }, [sparkline(s.h.rates, sparkMax), el('span', { text: fmtRate(s.rate) })]),
         el('td', { className: 'num', title: s.errorRate === null ? '' : s.errorRate.toFixed(2) + ' errors/s', text: share }),
         el('td', { className: 'num', text: fmtMs(inst.p50Ms) }),

@@ -36,6 +36,11 @@ t.test('an instance that joins takes a small share at first, and its full share 
   await registerCurator(client, { service: 'slow', id: 'c', port: c!.port })
   for (const proxy of [long, short]) await eventually(async () => (await proxy.status()).instances.length === 3, { message: 'the third instance known' })
 
+  const until = Object.fromEntries((await long.status()).instances.map(i => [i.id, i.slowStartUntil]))
+  t.same(Object.keys(until).sort(), ['a', 'b', 'c'], '/status lists all three')
+  t.equal(until.a, null, '/status: the first instances are not in slow start')
+  t.ok(Date.parse(until.c!) > Date.now() + 50_000, `/status: the new one is, until --slow-start-ms after it joined (${until.c})`)
+
   // Its full share would be 100 of 300; at 10 % of its turns, and a little more as the window runs, it is about 14.
   const early = await servedBy(long, 300)
   t.equal((early.a ?? 0) + (early.b ?? 0) + (early.c ?? 0), 300, `every request answered: ${JSON.stringify(early)}`)
@@ -48,4 +53,23 @@ t.test('an instance that joins takes a small share at first, and its full share 
     return counts.a === 10 && counts.b === 10 && counts.c === 10 ? counts : undefined
   }, { timeoutMs: 10_000, message: 'the full share after the window' })
   t.same(full, { a: 10, b: 10, c: 10 }, 'after --slow-start-ms, its full share')
+  t.same((await short.status()).instances.map(i => i.slowStartUntil), [null, null, null], '/status: and no slow start left')
+})
+
+t.test('with --workers, each worker starts the new instance slowly, and /status says until when', async t => {
+  const client = await zkClient(t, server.connectString)
+  const [a, b] = await Promise.all(['a', 'b'].map(n => startBackend(t, n)))
+  await registerCurator(client, { service: 'slow-workers', id: 'a', port: a!.port })
+  const proxy = await startProxy(t, ['--zookeeper', server.connectString, '--service', 'slow-workers', '--workers', '2', '--slow-start-ms', '60000'])
+  await eventually(() => proxy.ready(), { message: 'ready' })
+  await registerCurator(client, { service: 'slow-workers', id: 'b', port: b!.port })
+  const status = await eventually(async () => {
+    const s = await proxy.status()
+    return s.instances.length === 2 ? s : undefined
+  }, { message: 'both instances known' })
+  const [first, joined] = status!.instances
+  t.equal(first!.slowStartUntil, null, 'the instance the proxy started with: none')
+  t.ok(Date.parse(joined!.slowStartUntil!) > Date.now() + 50_000, `the one that joined: until ${joined!.slowStartUntil}`)
+  const counts = await servedBy(proxy, 200)
+  t.ok((counts.b ?? 0) < 50, `it takes a small share over both workers, not half: ${JSON.stringify(counts)}`)
 })

@@ -78,7 +78,7 @@ if (executablePath) {
     // Registered, but nothing listens: its first request fails to connect and the proxy ejects it.
     const deadPort = await freePort()
     await registerCurator(client, { service, id: 'superset-5', port: deadPort })
-    const proxy = await startProxy(t, ['--zookeeper', zookeeper.connectString, '--service', service])
+    const proxy = await startProxy(t, ['--zookeeper', zookeeper.connectString, '--service', service, '--slow-start-ms', '600000'])
     await eventually(async () => (await proxy.status()).instances.length === 5, { message: '5 instances in the pool' })
     const load = pacedLoad(proxy.url, 50)
     t.teardown(() => load.stop())
@@ -145,6 +145,12 @@ if (executablePath) {
     }, { message: 'superset-6 on the page', timeoutMs: 2 * STATUS_REFRESH_MS + 2000 }) ?? Infinity
     t.comment(`a new instance appeared on the page ${shownMs.toFixed(0)} ms after the proxy knew it (refresh ${STATUS_REFRESH_MS} ms)`)
     t.ok(shownMs <= STATUS_REFRESH_MS + 1000, `shown within the refresh interval (${shownMs.toFixed(0)} ms)`)
+    // It joined a running proxy, so it is in slow start, and its row says so; the first ones are not.
+    const slowStart = page.locator(`tr[data-instance="${address(e.port)}"] [data-slow-start]`)
+    await slowStart.waitFor({ timeout: 2 * STATUS_REFRESH_MS + 2000 })
+    t.equal(await slowStart.textContent(), 'slow start', 'the new instance shows its slow start')
+    t.ok(Date.parse((await slowStart.getAttribute('data-slow-start')) ?? '') > Date.now() + 500_000, 'which ends --slow-start-ms after it joined')
+    t.equal(await row.locator('[data-slow-start]').count(), 0, 'an instance the proxy started with shows none')
 
     // Let the rates and sparklines fill in, then take the picture.
     await eventually(async () => /^\d/.test((await page.locator(`tr[data-instance="${address(e.port)}"] td.rate span`).textContent()) ?? ''), {

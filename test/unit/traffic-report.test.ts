@@ -291,7 +291,7 @@ t.test('the primary keeps a worker\'s /status only when it has what the merge re
     source: { kind: 'remote', status: 'connected', stale: false, revision: 3, changedAt: null },
     instances: [{
       id: 'a', address: '127.0.0.1:1001', state: 'up', weight: 1, labels: {},
-      inflight: 0, requests: 2, errors: 0, p50Ms: null, p99Ms: 1.5, changedAt: new Date(0).toISOString(),
+      inflight: 0, requests: 2, errors: 0, p50Ms: null, p99Ms: 1.5, changedAt: new Date(0).toISOString(), slowStartUntil: null,
     }],
     queue: { limitPerInstance: null, timeoutMs: 1000, waiting: 0, timedOut: 0 },
   } satisfies ProxyStatus
@@ -306,6 +306,7 @@ t.test('the primary keeps a worker\'s /status only when it has what the merge re
     'an instance without its address': { ...part, instances: [{ ...instance, address: undefined }] },
     'a request count given as text': { ...part, instances: [{ ...instance, requests: '2' }] },
     'a latency given as text': { ...part, instances: [{ ...instance, p99Ms: '1.5' }] },
+    'a slow start without its end': { ...part, instances: [{ ...instance, slowStartUntil: undefined }] },
   })) {
     t.notOk(isStatusPart(bad), `left out: ${what}`)
   }
