@@ -17,6 +17,11 @@ const PORT_1 = '(?!0+(?![0-9]))' + PORT
 /** A host name, an IPv4 address or a bracketed IPv6 address, as one capturing group. */
 export const HOST = '(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9_.-]+)'
 const ZNODE_PATH = '(/(?!\\.\\.?(/|$))[^/\\s]+)+'
+/**
+ * A connect string's chroot: a ZooKeeper path without ",". The client takes everything after the first "/"
+ * as the chroot, so `zk1:2181/prod,zk2:2181/prod` would be zk1 alone under the chroot "/prod,zk2:2181/prod".
+ */
+const CHROOT = '(/(?!\\.\\.?(/|$))[^/\\s,]+)+'
 
 /**
  * The unspecified address, as a host followed by ":": 0.0.0.0 in any form the resolver reads as it ("0",
@@ -59,8 +64,8 @@ const Common = {
     expected: '"zookeeper", "static" or "consul"',
   })),
   zookeeper: Type.Optional(Type.String({
-    pattern: `^[A-Za-z0-9_.-]+(:${PORT_1})?(,[A-Za-z0-9_.-]+(:${PORT_1})?)*(${ZNODE_PATH}|/)?$`, description: 'ZooKeeper connect string, with an optional chroot',
-    expected: 'HOST:PORT[,HOST:PORT...][/chroot], ports from 1 to 65535, a chroot without empty, "." or ".." parts or a trailing "/" (a lone "/" is none)',
+    pattern: `^[A-Za-z0-9_.-]+(:${PORT_1})?(,[A-Za-z0-9_.-]+(:${PORT_1})?)*(${CHROOT}|/)?$`, description: 'ZooKeeper connect string, with an optional chroot',
+    expected: 'HOST:PORT[,HOST:PORT...][/chroot], ports from 1 to 65535, the chroot once, after the last host (zk1:2181,zk2:2181/prod), without ",", empty, "." or ".." parts or a trailing "/" (a lone "/" is none)',
   })),
   basePath: Type.String({ pattern: `^(/|${ZNODE_PATH})$`, default: '/services', description: 'ZooKeeper base path', expected: 'an absolute path like /services, without empty, "." or ".." parts' }),
   sessionTimeoutMs: Milliseconds('ZooKeeper session timeout; the agent\'s Consul TTL check', 10_000, 1000),

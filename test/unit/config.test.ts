@@ -194,6 +194,17 @@ t.test('a ZooKeeper connect string is checked whole before start-up', async t =>
   t.equal(load(['--base-path', '/']).config.basePath, '/')
 })
 
+t.test('a chroot comes once, after the last host: one per host would leave the ensemble one host', async t => {
+  // The client takes all after the first "/" as the chroot: zk1 alone, under "/prod,zk2:2181/prod".
+  for (const bad of ['zk1:2181/prod,zk2:2181/prod', 'zk1:2181/prod,zk2:2181', 'zk1/a,b']) {
+    throwsConfig(t, () => load(['--zookeeper', bad]), 'FLEETGATE_ERR_CONFIG_INVALID',
+      new RegExp(`--zookeeper = "${bad.replace(/[.]/g, '\\.')}": expected HOST:PORT\\[,HOST:PORT\\.\\.\\.\\]\\[/chroot\\].*the chroot once, after the last host`))
+  }
+  throwsConfig(t, () => load([], { FLEETGATE_ZOOKEEPER: 'zk1:2181/prod,zk2:2181/prod' }), 'FLEETGATE_ERR_CONFIG_INVALID', /FLEETGATE_ZOOKEEPER = "zk1:2181\/prod,zk2:2181\/prod"/)
+  t.equal(load(['--zookeeper', 'zk1:2181,zk2:2181/prod']).config.zookeeper, 'zk1:2181,zk2:2181/prod')
+  t.equal(load(['--base-path', '/a,b']).config.basePath, '/a,b', 'a base path may still hold one: it is a znode name')
+})
+
 t.test('a health path names a path on the target, not another host', async t => {
   const agent = (path: string) => loadConfig(AgentConfigSchema, { argv: ['--zookeeper', 'zk', '--advertise', '10.0.0.1:80', '--health-path', path], env: {} }).config
   t.equal(agent('/health?deep=0').healthPath, '/health?deep=0')
