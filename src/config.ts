@@ -204,9 +204,13 @@ export function loadConfig<S extends TObject> (schema: S, input: LoadInput): Loa
     throw new FleetgateError('FLEETGATE_ERR_CLI_USAGE', `unexpected argument ${JSON.stringify(parsed.positionals[0])}`)
   }
 
-  const file = (parsed.values.config as string | undefined) ?? input.env.FLEETGATE_CONFIG
-  if (file) {
-    for (const [key, value] of Object.entries(readConfigFile(file))) {
+  // An empty variable is unset, as every FLEETGATE_* one; an empty flag names no file, and is an error
+  // rather than a run on the defaults (or on FLEETGATE_CONFIG's file, which the flag would have replaced).
+  const flagFile = parsed.values.config as string | undefined
+  if (flagFile === '') throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', '--config = "": expected the path of a JSON or YAML file')
+  const file = flagFile ?? (input.env.FLEETGATE_CONFIG || undefined)
+  if (file !== undefined) {
+    for (const [key, value] of Object.entries(readConfigFile(file, flagFile !== undefined ? '--config' : 'FLEETGATE_CONFIG'))) {
       raw[key] = value
       origins.set(key, { kind: 'file', name: file })
     }
@@ -315,16 +319,17 @@ function where (key: string, origins: Map<string, Origin>): string {
   return origin.kind === 'file' ? `${key} in config file ${origin.name}` : origin.name
 }
 
-function readConfigFile (file: string): Record<string, unknown> {
+/** Reads the file `setting` (--config or FLEETGATE_CONFIG) names; an error names both. */
+function readConfigFile (file: string, setting: string): Record<string, unknown> {
   let text: string
   try {
     text = readFileSync(file, 'utf8')
   } catch (err) {
-    throw new FleetgateError('FLEETGATE_ERR_CONFIG_FILE', `${file}: ${(err as Error).message}`, { cause: err })
+    throw new FleetgateError('FLEETGATE_ERR_CONFIG_FILE', `${setting} ${file}: ${(err as Error).message}`, { cause: err })
   }
   const document = parseDocument(text) // YAML is a superset of JSON
   const [error] = document.errors
-  if (error !== undefined) throw new FleetgateError('FLEETGATE_ERR_CONFIG_FILE', `${file}: ${error.message}`, { cause: error })
+  if (error !== undefined) throw new FleetgateError('FLEETGATE_ERR_CONFIG_FILE', `${setting} ${file}: ${error.message}`, { cause: error })
   // A number not written in decimal digits stays the text it was: YAML and JSON read `0x10`, `1e3`, `+3`
   // and `3.0` as numbers, which loadConfig() then could not tell from 16, 1000, 3 and 3.
   visit(document, {
@@ -335,7 +340,7 @@ function readConfigFile (file: string): Record<string, unknown> {
   const doc: unknown = document.toJS()
   if (doc === null || doc === undefined) return {}
   if (typeof doc !== 'object' || Array.isArray(doc)) {
-    throw new FleetgateError('FLEETGATE_ERR_CONFIG_FILE', `${file}: expected a mapping of keys to values`)
+    throw new FleetgateError('FLEETGATE_ERR_CONFIG_FILE', `${setting} ${file}: expected a mapping of keys to values`)
   }
   return doc as Record<string, unknown>
 }

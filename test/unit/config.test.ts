@@ -106,6 +106,20 @@ t.test('unreadable or malformed files are clear errors', async t => {
   throwsConfig(t, () => load(['--config', file]), 'FLEETGATE_ERR_CONFIG_FILE', /mapping/)
 })
 
+t.test('the config file\'s errors name --config or FLEETGATE_CONFIG; an empty --config is an error', async t => {
+  throwsConfig(t, () => load(['--config', '/nonexistent/fleetgate.yaml']), 'FLEETGATE_ERR_CONFIG_FILE', /^Configuration file cannot be read or parsed: --config \/nonexistent\/fleetgate\.yaml: ENOENT/)
+  throwsConfig(t, () => load([], { FLEETGATE_CONFIG: '/nonexistent/fleetgate.yaml' }), 'FLEETGATE_ERR_CONFIG_FILE', /: FLEETGATE_CONFIG \/nonexistent\/fleetgate\.yaml: ENOENT/)
+  const file = join(tempDir(t), 'c.yaml')
+  writeFileSync(file, 'tries: [\n')
+  throwsConfig(t, () => load([], { FLEETGATE_CONFIG: file }), 'FLEETGATE_ERR_CONFIG_FILE', new RegExp(`: FLEETGATE_CONFIG ${file}: `))
+  // Not the defaults, nor the file of FLEETGATE_CONFIG the flag would have replaced.
+  writeFileSync(file, 'tries: 2\n')
+  throwsConfig(t, () => load(['--config', '']), 'FLEETGATE_ERR_CONFIG_INVALID', /^Invalid configuration: --config = "": expected the path of a JSON or YAML file$/)
+  throwsConfig(t, () => load(['--config='], { FLEETGATE_CONFIG: file }), 'FLEETGATE_ERR_CONFIG_INVALID', /--config = ""/)
+  t.equal(load([], { FLEETGATE_CONFIG: '' }).config.tries, 3, 'an empty variable is unset, as every other')
+  t.equal(load([], { FLEETGATE_CONFIG: file }).config.tries, 2)
+})
+
 t.test('unknown flags and stray arguments are usage errors', async t => {
   throwsConfig(t, () => load(['--bogus', '1']), 'FLEETGATE_ERR_CLI_USAGE', /bogus/)
   throwsConfig(t, () => load(['stray']), 'FLEETGATE_ERR_CLI_USAGE', /stray/)
