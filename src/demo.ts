@@ -13,6 +13,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { request } from 'undici'
+import { FleetgateError, isFleetgateError } from './errors.ts'
 import { startLocalZooKeeper, type LocalZooKeeper } from './zookeeper/local-server.ts'
 
 const CLI = fileURLToPath(new URL('./cli.js', import.meta.url))
@@ -35,19 +36,35 @@ interface Instance {
   readonly agent: Child
 }
 
+const USAGE = 'Usage: node dist/demo.js [--port 8080] [--instances 3]\n  --port 0 picks any free port.\n'
+
+/**
+ * A flag's whole number, written in decimal digits as fleetgate's own settings are: JavaScript would also
+ * read "" as 0, and "1e3" or "0x50" as numbers.
+ */
+function wholeNumber (flag: string, value: string | undefined, fallback: number, min: number, max: number, expected: string): number {
+  if (value === undefined) return fallback
+  const number = /^[0-9]{1,6}$/.test(value) ? Number(value) : NaN
+  if (!(number >= min && number <= max)) throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', `${flag} = ${JSON.stringify(value)}: expected ${expected}`)
+  return number
+}
+
 async function main (): Promise<number> {
-  const { values } = parseArgs({
-    options: { port: { type: 'string' }, instances: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
-    strict: true,
-  })
+  let values: { port?: string, instances?: string, help?: boolean }
+  try {
+    values = parseArgs({
+      options: { port: { type: 'string' }, instances: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+      strict: true,
+    }).values
+  } catch (err) {
+    throw new FleetgateError('FLEETGATE_ERR_CLI_USAGE', (err as Error).message, { cause: err })
+  }
   if (values.help) {
-    process.stdout.write('Usage: node dist/demo.js [--port 8080] [--instances 3]\n  --port 0 picks any free port.\n')
+    process.stdout.write(USAGE)
     return 0
   }
-  const count = Number(values.instances ?? 3)
-  if (!Number.isInteger(count) || count < 1 || count > NAMES.length) throw new Error(`--instances must be 1 to ${NAMES.length}`)
-  const wanted = values.port === undefined ? 8080 : Number(values.port)
-  if (!Number.isInteger(wanted) || wanted < 0 || wanted > 65535) throw new Error('--port must be a port number (0 for any)')
+  const count = wholeNumber('--instances', values.instances, 3, 1, NAMES.length, `an integer from 1 to ${NAMES.length}`)
+  const wanted = wholeNumber('--port', values.port, 8080, 0, 65535, 'a port from 0 to 65535 (0: any free port)')
 
   const logs = await mkdtemp(join(tmpdir(), 'fleetgate-demo-'))
   const children: Child[] = []
@@ -217,7 +234,9 @@ function say (message: string): void {
 main().then(
   code => process.exit(code),
   err => {
-    process.stderr.write(`fleetgate demo: ${(err as Error).message}\n`)
-    process.exit(1)
+    // A bad flag exits 2, as fleetgate's own commands do.
+    const usage = isFleetgateError(err, 'FLEETGATE_ERR_CLI_USAGE') || isFleetgateError(err, 'FLEETGATE_ERR_CONFIG_INVALID')
+    process.stderr.write(`fleetgate demo: ${isFleetgateError(err) ? `${err.code}: ` : ''}${(err as Error).message}\n${usage ? `\n${USAGE}` : ''}`)
+    process.exit(usage ? 2 : 1)
   },
 )
