@@ -44,6 +44,12 @@ const HostPort = (description: string, defaultValue?: string, { reach = false } 
   ...(defaultValue === undefined ? {} : { default: defaultValue }),
 })
 
+/**
+ * A listener host no socket takes (the kernel answers EINVAL): an IPv6 multicast address (ff00::/8), and a
+ * link-local one (fe80::/10) without the zone (%eth0) a listener address has no room for.
+ */
+const UNLISTENABLE = /^\[(fe[89ab][0-9a-f]|ff[0-9a-f]{2}):/i
+
 /** The shortest time a worker may go without answering its primary before it is replaced. */
 const MIN_STALL_TIMEOUT_MS = 1_000
 
@@ -262,6 +268,12 @@ export function loadConfig<S extends TObject> (schema: S, input: LoadInput): Loa
   // The same rule as for another backend's flags: a flag that would be ignored is a mistake.
   if (raw.healthCheck === 'tcp' && origins.get('healthPath')?.kind === 'flag') {
     throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', `${where('healthCheck', origins)} = "tcp" only connects, so --health-path would be ignored: leave it out, or check with --health-check http`)
+  }
+  for (const key of ['listen', 'adminListen']) {
+    const value = raw[key]
+    if (key in schema.properties && typeof value === 'string' && UNLISTENABLE.test(value)) {
+      throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', `${where(key, origins)}${shown(key, value)}: expected an address of this host to listen on; an IPv6 multicast address (ff00::/8) takes no listener, nor does a link-local one (fe80::/10) without its zone, which cannot be given: [::] listens on every address`)
+    }
   }
   // A worker's event loop may be held for a moment (a collection, a scrape at 10,000 instances): a watchdog
   // quicker than a second would kill healthy workers.

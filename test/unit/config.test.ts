@@ -176,6 +176,22 @@ t.test('ports: 0 to 65535 to listen on, 1 to 65535 to reach', async t => {
   t.equal(agent('--advertise', '10.0.0.1:80', '--target', 'http://[::1]:8088').config.target, 'http://[::1]:8088')
 })
 
+t.test('a listener is not on an IPv6 address no socket takes: multicast, or link-local without its zone', async t => {
+  const agent = (argv: string[]) => loadConfig(AgentConfigSchema, { argv: ['--zookeeper', 'zk:2181', '--advertise', '10.0.0.7:8088', ...argv], env: {} }).config
+  for (const host of ['[fe80::1]', '[FE80::]', '[febf::1]', '[ff02::1]', '[ff0e::1]']) {
+    const escaped = host.replace(/[[\].]/g, '\\$&')
+    throwsConfig(t, () => load(['--listen', `${host}:8080`]), 'FLEETGATE_ERR_CONFIG_INVALID',
+      new RegExp(`--listen = "${escaped}:8080": expected an address of this host to listen on; an IPv6 multicast address \\(ff00::/8\\) takes no listener, nor does a link-local one \\(fe80::/10\\) without its zone`))
+    throwsConfig(t, () => load([], { FLEETGATE_ADMIN_LISTEN: `${host}:9901` }), 'FLEETGATE_ERR_CONFIG_INVALID', new RegExp(`FLEETGATE_ADMIN_LISTEN = "${escaped}:9901"`))
+    throwsConfig(t, () => agent(['--admin-listen', `${host}:9902`]), 'FLEETGATE_ERR_CONFIG_INVALID', new RegExp(`--admin-listen = "${escaped}:9902"`))
+  }
+  for (const listen of ['[::]:8080', '[::1]:8080', '[fec0::1]:8080', '[fe7f::1]:8080', '[fd00::7]:8080', '[2001:db8::7]:8080', '[::ffff:127.0.0.1]:8080']) {
+    t.equal(load(['--listen', listen]).config.listen, listen, `${listen} is accepted`)
+  }
+  t.equal(agent(['--admin-listen', '0.0.0.0:9902']).adminListen, '0.0.0.0:9902')
+  t.equal(loadConfig(AgentConfigSchema, { argv: ['--zookeeper', 'zk', '--advertise', '[fe80::7]:8088'], env: {} }).config.advertise, '[fe80::7]:8088', '--advertise is not a listener')
+})
+
 t.test('--advertise is an address others can reach: not 0.0.0.0 or [::]; listeners may still use them', async t => {
   const agent = (argv: string[], env: Record<string, string> = {}) => loadConfig(AgentConfigSchema, { argv: ['--zookeeper', 'zk:2181', ...argv], env }).config
   for (const unspecified of ['0.0.0.0:8088', '[::]:8088', '[0:0:0:0:0:0:0:0]:8088', '[::0]:8088', '[::ffff:0.0.0.0]:8088', '0:8088', '0.0:8088', '0x0:8088']) {
