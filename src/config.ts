@@ -16,6 +16,8 @@ const PORT = '(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]
 const PORT_1 = '(?!0+(?![0-9]))' + PORT
 /** A host name, an IPv4 address or a bracketed IPv6 address, as one capturing group. */
 export const HOST = '(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9_.-]+)'
+/** One instance of a --static list. */
+const STATIC_ENTRY = `(http://)?${HOST}:${PORT_1}/?`
 const ZNODE_PATH = '(/(?!\\.\\.?(/|$))[^/\\s]+)+'
 /**
  * A connect string's chroot: a ZooKeeper path without ",". The client takes everything after the first "/"
@@ -90,7 +92,14 @@ const Common = {
 
 export const ProxyConfigSchema = Type.Object({
   ...Common,
-  static: Type.Optional(Type.String({ minLength: 1, description: 'Fixed instances: http://host:port,...', expected: 'http://HOST:PORT[,http://HOST:PORT...]' })),
+  // The syntax parseStaticInstances() reads, checked here so that an error names the variable or file key
+  // the list came from: entries of http://HOST:PORT (the scheme optional, a trailing "/" allowed) between
+  // commas, with spaces around them, and at least one.
+  static: Type.Optional(Type.String({
+    pattern: `^[\\s,]*${STATIC_ENTRY}(\\s*,[\\s,]*${STATIC_ENTRY})*[\\s,]*$`,
+    description: 'Fixed instances: http://host:port,...',
+    expected: 'http://HOST:PORT[,http://HOST:PORT...], ports from 1 to 65535, without a path',
+  })),
   listen: HostPort('Proxy listener', '0.0.0.0:8080'),
   adminListen: HostPort('Admin listener (/healthz, /readyz, /status, /metrics)', '127.0.0.1:9901'),
   resyncIntervalMs: Milliseconds('Full ZooKeeper resync period', 30_000, 100),

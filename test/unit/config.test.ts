@@ -166,6 +166,22 @@ t.test('static instance lists: port 80 written out is a port, and a list must na
   throwsConfig(t, () => parseStaticInstances(' , '), 'FLEETGATE_ERR_CONFIG_INVALID', /at least one/)
 })
 
+t.test('a bad --static list names the flag, variable or file key it came from', async t => {
+  for (const list of ['http://127.0.0.1:1, 127.0.0.1:2 ,http://[::1]:3', 'http://10.0.0.7:80,web:8088/', ',a:1,,', ' a:1 ']) {
+    const { config } = load(['--static', list])
+    t.equal(config.static, list, `${JSON.stringify(list)} is accepted`)
+    t.ok(parseStaticInstances(config.static!).length > 0, 'and read')
+  }
+  for (const bad of ['https://a:1', 'http://a:1/path', 'http://a:1/?q=1', 'http://u:p@a:1', 'a', 'a:0', 'a:65536', ',', ' ']) {
+    const escaped = JSON.stringify(bad).replace(/[.?*+[\]()/]/g, '\\$&')
+    throwsConfig(t, () => load(['--static', bad]), 'FLEETGATE_ERR_CONFIG_INVALID', new RegExp(`--static = ${escaped}: expected http://HOST:PORT\\[,http://HOST:PORT\\.\\.\\.\\], ports from 1 to 65535`))
+    throwsConfig(t, () => load([], { FLEETGATE_STATIC: bad }), 'FLEETGATE_ERR_CONFIG_INVALID', new RegExp(`^Invalid configuration: FLEETGATE_STATIC = ${escaped}: expected http://HOST:PORT`))
+  }
+  const file = join(tempDir(t), 'c.yaml')
+  writeFileSync(file, 'static: https://a:1\n')
+  throwsConfig(t, () => load(['--config', file]), 'FLEETGATE_ERR_CONFIG_INVALID', /^Invalid configuration: static in config file .* = "https:\/\/a:1": expected http:\/\/HOST:PORT/)
+})
+
 t.test('ports: 0 to 65535 to listen on, 1 to 65535 to reach', async t => {
   t.equal(load(['--listen', '127.0.0.1:0']).config.listen, '127.0.0.1:0')
   throwsConfig(t, () => load(['--listen', '127.0.0.1:65536']), 'FLEETGATE_ERR_CONFIG_INVALID', /--listen = "127.0.0.1:65536": expected HOST:PORT with a port from 0 to 65535/)
