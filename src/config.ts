@@ -352,10 +352,12 @@ function readConfigFile (file: string, setting: string): Record<string, unknown>
   const [error] = document.errors
   if (error !== undefined) throw new FleetgateError('FLEETGATE_ERR_CONFIG_FILE', `${setting} ${file}: ${error.message}`, { cause: error })
   // A number not written in decimal digits stays the text it was: YAML and JSON read `0x10`, `1e3`, `+3`
-  // and `3.0` as numbers, which loadConfig() then could not tell from 16, 1000, 3 and 3.
+  // and `3.0` as numbers, which loadConfig() then could not tell from 16, 1000, 3 and 3. So does one the
+  // number would not write back as it was: `id: 007` or `consulTag: 0123` would otherwise become "7" and
+  // "123", and a long run of digits would lose its last ones (numbers are still read from such text).
   visit(document, {
     Scalar (_key, node) {
-      if (typeof node.value === 'number' && node.source !== undefined && !/^[0-9]+$/.test(node.source)) node.value = node.source
+      if (typeof node.value === 'number' && node.source !== undefined && (!/^[0-9]+$/.test(node.source) || String(node.value) !== node.source)) node.value = node.source
     },
   })
   const doc: unknown = document.toJS()

@@ -302,6 +302,18 @@ t.test('a config file\'s empty or true/false value is an error, not 0 or 1', asy
   t.match(load(['--config', file]).config, { shutdownTimeoutMs: 0, service: '1234' }, 'numbers stay numbers, and may be names')
 })
 
+t.test('a config file\'s digits keep their text where a name is expected: leading zeros and long runs stay', async t => {
+  const file = join(tempDir(t), 'c.yaml')
+  writeFileSync(file, 'discovery: consul\nservice: 0042\nconsulTag: 007\nconsulDatacenter: 123456789012345678901234\ntries: 03\nworkers: 2\n')
+  t.match(load(['--config', file]).config, { service: '0042', consulTag: '007', consulDatacenter: '123456789012345678901234', tries: 3, workers: 2 },
+    'names as written; numbers read from the digits, as from a flag (--tries 03)')
+  writeFileSync(file, 'advertise: 10.0.0.7:8088\nid: 0001\nlabels: rack=01\n')
+  t.equal(loadConfig(AgentConfigSchema, { argv: ['--config', file], env: {} }).config.id, '0001')
+  const json = join(tempDir(t), 'c.json')
+  writeFileSync(json, '{"service": 1234, "tries": 2}')
+  t.match(load(['--config', json]).config, { service: '1234', tries: 2 })
+})
+
 t.test('the first ejection may not be longer than the longest', async t => {
   throwsConfig(t, () => load(['--eject-base-ms', '60000', '--eject-max-ms', '1000']), 'FLEETGATE_ERR_CONFIG_INVALID',
     /--eject-base-ms = 60000 is above --eject-max-ms = 1000/)
