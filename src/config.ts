@@ -73,7 +73,7 @@ const Common = {
   })),
   zookeeper: Type.Optional(Type.String({
     pattern: `^[A-Za-z0-9_.-]+(:${PORT_1})?(,[A-Za-z0-9_.-]+(:${PORT_1})?)*(${CHROOT}|/)?$`, description: 'ZooKeeper connect string, with an optional chroot',
-    expected: 'HOST:PORT[,HOST:PORT...][/chroot], ports from 1 to 65535, the chroot once, after the last host (zk1:2181,zk2:2181/prod), without ",", empty, "." or ".." parts or a trailing "/" (a lone "/" is none)',
+    expected: 'HOST:PORT[,HOST:PORT...][/chroot], hosts by name or IPv4 address (the ZooKeeper client reads no IPv6 address), ports from 1 to 65535, the chroot once, after the last host (zk1:2181,zk2:2181/prod), without ",", empty, "." or ".." parts or a trailing "/" (a lone "/" is none)',
   })),
   basePath: Type.String({ pattern: `^(/|${ZNODE_PATH})$`, default: '/services', description: 'ZooKeeper base path', expected: 'an absolute path like /services, without empty, "." or ".." parts' }),
   sessionTimeoutMs: Milliseconds('ZooKeeper session timeout; the agent\'s Consul TTL check', 10_000, 1000),
@@ -143,7 +143,7 @@ export const AgentConfigSchema = Type.Object({
   discovery: Type.Optional(Type.Union([Type.Literal('zookeeper'), Type.Literal('consul')], {
     description: 'Registry to register in; defaults to zookeeper', expected: '"zookeeper" or "consul" (the agent registers; static is the proxy\'s)',
   })),
-  target: Type.String({ pattern: `^https?://${HOST}(:${PORT_1})?$`, default: 'http://127.0.0.1:8088', description: 'The local instance to health-check', expected: 'http://HOST:PORT, a port from 1 to 65535' }),
+  target: Type.String({ pattern: `^https?://${HOST}(:${PORT_1})?$`, default: 'http://127.0.0.1:8088', description: 'The local instance to health-check', expected: 'http://HOST[:PORT] or https://HOST[:PORT], a port from 1 to 65535, without a path' }),
   advertise: HostPort('Address the proxy should use for this instance', undefined, { reach: true }),
   // "." and ".." are not znode names: joined to the service path they would name the service node or its parent.
   id: Type.Optional(Type.String({ pattern: '^(?!\\.\\.?$)[A-Za-z0-9_.:-]{1,128}$', description: 'Instance id (znode name); defaults to one derived from --advertise', expected: '1 to 128 letters, digits, "_", ".", ":" and "-", other than "." and ".."' })),

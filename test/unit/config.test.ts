@@ -251,6 +251,17 @@ t.test('a chroot comes once, after the last host: one per host would leave the e
   t.equal(load(['--base-path', '/a,b']).config.basePath, '/a,b', 'a base path may still hold one: it is a znode name')
 })
 
+t.test('what is expected is what is taken: --zookeeper hosts are not IPv6, --target may be https and omit its port', async t => {
+  for (const bad of ['[::1]:2181', '::1:2181', 'zk1:2181,[fd00::7]:2181']) {
+    throwsConfig(t, () => load(['--zookeeper', bad]), 'FLEETGATE_ERR_CONFIG_INVALID', /expected HOST:PORT\[,HOST:PORT\.\.\.\]\[\/chroot\], hosts by name or IPv4 address \(the ZooKeeper client reads no IPv6 address\)/)
+  }
+  const agent = (target: string) => loadConfig(AgentConfigSchema, { argv: ['--zookeeper', 'zk', '--advertise', '10.0.0.1:80', '--target', target], env: {} }).config
+  for (const good of ['https://127.0.0.1:8443', 'http://127.0.0.1', 'https://localhost']) t.equal(agent(good).target, good, `${good} is accepted`)
+  for (const bad of ['http://127.0.0.1:8088/health', '127.0.0.1:8088', 'ftp://127.0.0.1:21']) {
+    throwsConfig(t, () => agent(bad), 'FLEETGATE_ERR_CONFIG_INVALID', /--target = .*: expected http:\/\/HOST\[:PORT\] or https:\/\/HOST\[:PORT\], a port from 1 to 65535, without a path$/)
+  }
+})
+
 t.test('a health path names a path on the target, not another host', async t => {
   const agent = (path: string) => loadConfig(AgentConfigSchema, { argv: ['--zookeeper', 'zk', '--advertise', '10.0.0.1:80', '--health-path', path], env: {} }).config
   t.equal(agent('/health?deep=0').healthPath, '/health?deep=0')
