@@ -52,8 +52,13 @@ export async function main (argv: readonly string[], env: Readonly<Record<string
         process.stderr.write(`fleetgate: FLEETGATE_ERR_CLI_USAGE: no help for ${JSON.stringify(rest[0])}: expected proxy or agent\n\n${USAGE}\n`)
         return 2
       }
+      // Without a command, the usage is an error's: on stderr, with exit code 2.
+      if (command === undefined) {
+        process.stderr.write(`fleetgate: FLEETGATE_ERR_CLI_USAGE: no command: expected proxy, agent, help or --version\n\n${USAGE}\n`)
+        return 2
+      }
       process.stdout.write(help(rest[0]))
-      return command === undefined ? 2 : 0
+      return 0
     default:
       process.stderr.write(`fleetgate: FLEETGATE_ERR_CLI_USAGE: unknown command ${JSON.stringify(command)}\n\n${USAGE}\n`)
       return 2
