@@ -153,6 +153,8 @@ export class Pool {
   readonly #slowStartMs: number
   /** When the last slow start begun ends: then all have, also those of instances out of the rotation, never offered a turn. */
   #slowStartsEndMs = 0
+  /** Joined draining, never up since: each begins its slow start when it first is. */
+  readonly #slowStartOnceUp = new Set<Endpoint>()
   /** Up, but a second entry of a server already in the rotation: it takes no new requests. */
   readonly #setAside = new Set<Endpoint>()
   /** Endpoints by address, counted: a rebuild looks for second entries only among the addresses held twice. */
@@ -293,11 +295,11 @@ export class Pool {
   /** A new endpoint for `instance`, listed in `added`. */
   #join (instance: Instance, key: string, now: number, added: Endpoint[]): Endpoint {
     const endpoint = new Endpoint(instance, now)
-    // Not those of the first membership: a proxy that starts has no warm instances to spare them.
+    // Not those of the first membership: a proxy that starts has no warm instances to spare them. One
+    // that joins draining has served nothing yet: its slow start begins once it is up.
     if (this.#slowStartMs > 0 && this.#membership !== undefined) {
-      endpoint.slowStartUntilMs = now + this.#slowStartMs
-      this.#slowStarting.add(endpoint)
-      this.#slowStartsEndMs = endpoint.slowStartUntilMs
+      if (instance.state === 'up') this.#beginSlowStart(endpoint, now)
+      else this.#slowStartOnceUp.add(endpoint)
     }
     this.#endpoints.set(key, endpoint)
     const count = (this.#addressCounts.get(endpoint.address) ?? 0) + 1
@@ -311,6 +313,7 @@ export class Pool {
   #leave (endpoint: Endpoint): void {
     this.#endpoints.delete(endpoint.key)
     this.#slowStarting.delete(endpoint)
+    this.#slowStartOnceUp.delete(endpoint)
     const count = this.#addressCounts.get(endpoint.address)! - 1
     if (count === 0) this.#addressCounts.delete(endpoint.address)
     else this.#addressCounts.set(endpoint.address, count)
@@ -389,6 +392,12 @@ export class Pool {
     if (endpoint.slowStartCredit < 1000) return false
     endpoint.slowStartCredit -= 1000
     return true
+  }
+
+  #beginSlowStart (endpoint: Endpoint, now: number): void {
+    endpoint.slowStartUntilMs = now + this.#slowStartMs
+    this.#slowStarting.add(endpoint)
+    if (endpoint.slowStartUntilMs > this.#slowStartsEndMs) this.#slowStartsEndMs = endpoint.slowStartUntilMs
   }
 
   #endSlowStart (endpoint: Endpoint): void {
@@ -540,6 +549,13 @@ export class Pool {
     // instance comes back up still ejected, as it shows. One set aside is not ejected: its server's
     // other entry stands for it.
     const now = this.#now()
+    if (this.#slowStartOnceUp.size > 0) {
+      for (const endpoint of this.#slowStartOnceUp) {
+        if (endpoint.instance.state !== 'up') continue
+        this.#slowStartOnceUp.delete(endpoint)
+        this.#beginSlowStart(endpoint, now)
+      }
+    }
     this.#expireEjections(now)
     for (const endpoint of this.#setAside) {
       if (endpoint.ejectedUntilMs > now) {

@@ -141,3 +141,24 @@ t.test('re-registered under a new id (a restart), an instance starts slowly agai
   t.ok(pool.isSlowStarting(endpoint(pool, 'b2')))
   t.equal(shares(pool, 110).b2, 10)
 })
+
+t.test('an instance that joins draining begins its slow start once it is up, however long it drained', async t => {
+  for (const asChange of [false, true]) {
+    await t.test(asChange ? 'applied as a change' : 'applied whole', async t => {
+      const { pool, now } = build()
+      const a = inst('a', 1)
+      const b = inst('b', 2)
+      const drained = inst('c', 3, 'draining')
+      pool.update(membership(a, b))
+      pool.update(membership(a, b, drained))
+      t.notOk(pool.isSlowStarting(endpoint(pool, 'c')), 'draining: out of the rotation, no slow start shown')
+      now.ms += 2 * SLOW_START_MS
+      const up = inst('c', 3)
+      const next = membership(a, b, up)
+      pool.update(asChange ? { ...next, change: { added: [up], removed: [drained] } } : next)
+      const c = endpoint(pool, 'c')
+      t.equal(c.slowStartUntilMs, now.ms + SLOW_START_MS, 'its window starts as it goes up')
+      t.equal(shares(pool, 2_100).c, 100, 'at first, the minimum share of its turns')
+    })
+  }
+})
