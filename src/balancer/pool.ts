@@ -556,6 +556,7 @@ export class Pool {
         this.#beginSlowStart(endpoint, now)
       }
     }
+    if (this.#setAside.size > 0 && this.#slowStarting.size > 0) this.#shareSlowStarts(up, now)
     this.#expireEjections(now)
     for (const endpoint of this.#setAside) {
       if (endpoint.ejectedUntilMs > now) {
@@ -566,6 +567,23 @@ export class Pool {
     this.#ejected.clear()
     for (const endpoint of up) if (endpoint.ejectedUntilMs > now) this.#ejected.add(endpoint)
     this.#picker.reset(up)
+  }
+
+  /**
+   * One server, one slow start: an entry set aside that joined later (its server back under a new id
+   * before the old entry expired) says when the server started again, so the entry that takes the
+   * server's requests ramps up with it, from then, rather than at full share until the old entry goes.
+   */
+  #shareSlowStarts (up: readonly Endpoint[], now: number): void {
+    const entries = new Map<string, Endpoint>()
+    for (const endpoint of up) if (this.#sharedAddresses.has(endpoint.address)) entries.set(endpoint.address, endpoint)
+    for (const aside of this.#setAside) {
+      if (aside.slowStartUntilMs <= now) continue
+      const entry = entries.get(aside.address)
+      if (entry === undefined || entry.slowStartUntilMs >= aside.slowStartUntilMs) continue
+      entry.slowStartUntilMs = aside.slowStartUntilMs
+      this.#slowStarting.add(entry)
+    }
   }
 
   #emit (event: PoolEvent): void {

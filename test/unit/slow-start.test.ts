@@ -162,3 +162,21 @@ t.test('an instance that joins draining begins its slow start once it is up, how
     })
   }
 })
+
+t.test('a server back under a new id while its old entry lingers ramps up from then, and on once the old entry goes', async t => {
+  const { pool, now } = build()
+  const a = inst('a', 1)
+  const before = inst('member_1', 2)
+  pool.update(membership(a, before))
+  now.ms += SLOW_START_MS
+  // Restarted, the server at port 2 registers again; its old registration has not expired yet. One server: the old entry takes its requests.
+  pool.update(membership(a, before, inst('member_2', 2)))
+  const first = shares(pool, 2_200)
+  t.same(first, { a: 2_000, member_1: 200 }, `the restarted server takes the minimum share at once, through its old entry: ${JSON.stringify(first)}`)
+  t.ok(pool.isSlowStarting(endpoint(pool, 'member_1')), 'its entry shows the slow start')
+
+  now.ms += SLOW_START_MS / 2
+  pool.update(membership(a, inst('member_2', 2)))
+  const half = shares(pool, 1_500)
+  t.same(half, { a: 1_000, member_2: 500 }, `the old entry gone, the new one goes on from halfway: ${JSON.stringify(half)}`)
+})
