@@ -48,8 +48,11 @@ export class FleetgateError extends Error {
   }
 }
 
-/** What a listen fails with when its address is wrong for this host, not when fleetgate is. */
-const LISTEN_ERRORS = new Set(['EADDRINUSE', 'EACCES', 'EADDRNOTAVAIL', 'ENOTFOUND', 'EAI_AGAIN'])
+/**
+ * What a listen fails with when its address is wrong for this host, not when fleetgate is: EINVAL for a
+ * host name that resolves to an address no socket takes (a multicast one, a link-local one without its zone).
+ */
+const LISTEN_ERRORS = new Set(['EADDRINUSE', 'EACCES', 'EADDRNOTAVAIL', 'EINVAL', 'ENOTFOUND', 'EAI_AGAIN'])
 
 /**
  * Runs the listen of the listener a setting names (`--admin-listen`). Node's error gives the address
