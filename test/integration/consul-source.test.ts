@@ -298,8 +298,8 @@ t.test('invalid registrations are skipped and reported once', async t => {
   await eventually(() => f.ids() === 'ok:up')
   await registered(t, target, { name, id: 'ok2', port: 8082 })
   await eventually(() => f.ids() === 'ok:up,ok2:up')
-  const invalid = f.events.filter(e => e.type === 'invalid')
-  t.match(invalid, [{ type: 'invalid', id: 'noport', reason: 'bad_port' }], 'reported once, not at every answer')
+  const invalid = f.events.flatMap(e => e.type === 'invalid' ? [{ id: e.id, reason: e.reason }] : [])
+  t.same(invalid, [{ id: 'noport', reason: 'bad_port' }], 'reported once, not at every answer')
 })
 
 t.test('close() ends a held blocking query at once', { skip: needsDouble('its held count') }, async t => {
