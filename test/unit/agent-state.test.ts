@@ -104,6 +104,7 @@ t.test('a slow start is where the instance starts, not a transition: logged at i
 t.test('health still unknown: an earlier registration is neither kept nor removed', async t => {
   const { agent, registrar, state } = build('10', { rise: 2, fall: 2, cycle: true })
   agent.start()
+  t.teardown(() => agent.shutdown())
   await eventually(() => state.probes >= 10)
   t.same(registrar.calls, ['start'])
   t.equal(agent.status().health, 'unknown')
@@ -115,6 +116,7 @@ t.test('asked to register but never registered (registry out of reach): nothing 
   const { agent, registrar } = build('1', { drainMs: 60_000 })
   registrar.reachable = false
   agent.start()
+  t.teardown(() => agent.shutdown())
   await eventually(() => registrar.desired.kind === 'registered', { message: 'healthy: registration asked for' })
   const startedAt = Date.now()
   t.equal(await agent.shutdown('SIGTERM'), 0)
@@ -142,6 +144,7 @@ t.test('maintenance drains without stopping and holds through an unhealthy spell
 t.test('SIGTERM drains: draining, wait drainMs, deregister, close; exit code 0', async t => {
   const { agent, registrar } = build('1', { drainMs: 300 })
   agent.start()
+  t.teardown(() => agent.shutdown())
   await eventually(() => registrar.desired.kind === 'registered')
   const startedAt = Date.now()
   const code = await agent.shutdown('SIGTERM')
@@ -157,6 +160,7 @@ t.test('SIGTERM drains: draining, wait drainMs, deregister, close; exit code 0',
 t.test('a second signal cuts the drain short', async t => {
   const { agent, registrar } = build('1', { drainMs: 60_000 })
   agent.start()
+  t.teardown(() => agent.shutdown())
   await eventually(() => registrar.desired.kind === 'registered')
   const startedAt = Date.now()
   const first = agent.shutdown('SIGTERM')
@@ -171,6 +175,7 @@ t.test('a second signal cuts the drain short', async t => {
 t.test('a second signal while the draining write is pending still cuts the drain short', async t => {
   const { agent, registrar } = build('1', { drainMs: 10_000 })
   agent.start()
+  t.teardown(() => agent.shutdown())
   await eventually(() => registrar.desired.kind === 'registered')
   let release!: () => void
   registrar.hold = new Promise(resolve => { release = resolve })
