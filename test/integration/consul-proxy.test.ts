@@ -121,7 +121,8 @@ t.test('Consul unreachable at start: the proxy listens, is not ready and answers
 })
 
 t.test('the tag filter and the token reach Consul', async t => {
-  const target = await consulTarget(t)
+  // With ACLs on, a query without the token is answered with an empty list: only the token gets the instances.
+  const target = await consulTarget(t, { aclToken: 'proxy-secret' })
   const service = uniqueService('tagged')
   const [blue, green] = await Promise.all(['blue', 'green'].map(n => startBackend(t, n)))
   await target.api.register({ name: service, id: 'blue', port: blue!.port, address: '127.0.0.1', tags: ['blue'] })
