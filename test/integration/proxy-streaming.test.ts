@@ -249,16 +249,31 @@ t.test('a client that pipelines twelve large downloads and leaves: the one sent 
 
 t.test('a client connection silent past the client idle timeout is closed, and its instance request with it', async t => {
   // The client may stay silent for max(idle, queue + connect + headers): 1.2 s here.
-  const { socket, closed, inFlight } = await downloadsUnread(t, 'abandoned',
+  const { proxy, socket, closed, inFlight } = await downloadsUnread(t, 'abandoned',
     ['--idle-timeout-ms', '1200', '--queue-timeout-ms', '100', '--connect-timeout-ms', '100', '--headers-timeout-ms', '100'])
 
   // A client that asks for a large answer, then neither reads it nor goes away.
   // (Paused, it would not see the proxy close the connection either.)
+  const sentAt = performance.now()
   socket.write('GET /export.csv HTTP/1.1\r\nHost: x\r\n\r\n')
   await eventually(async () => await inFlight() === 1, { message: 'the request reached the instance' })
+  t.ok(proxyHolds(Number(new URL(proxy.url).port), socket.localPort!), 'the proxy holds the client connection')
   await eventually(async () => await inFlight() === 0, { message: 'its instance request ended' })
+  const endedMs = performance.now() - sentAt
+  t.ok(endedMs >= 1200, `not before the client was silent for 1.2 s (${Math.round(endedMs)} ms)`)
+  // Its socket in /proc/net/tcp: a process that still holds it shows its inode; a closed one shows 0.
+  await eventually(() => !proxyHolds(Number(new URL(proxy.url).port), socket.localPort!), { message: 'the proxy closed the client connection' })
   await eventually(() => closed() === 1, { message: 'the instance saw it go' })
 })
+
+/** Whether a process holds the TCP connection from 127.0.0.1:clientPort to 127.0.0.1:proxyPort on the proxy's side. */
+function proxyHolds (proxyPort: number, clientPort: number): boolean {
+  const hex = (port: number): string => `0100007F:${port.toString(16).toUpperCase().padStart(4, '0')}`
+  return readFileSync('/proc/net/tcp', 'utf8').split('\n').some(line => {
+    const fields = line.trim().split(/\s+/)
+    return fields[1] === hex(proxyPort) && fields[2] === hex(clientPort) && fields[9] !== '0'
+  })
+}
 
 t.test('an idle client connection is kept for --client-keep-alive-timeout-ms, not Node\'s 5 s', async t => {
   const backend = await startBackend(t, 'keep-alive')
