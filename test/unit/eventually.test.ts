@@ -57,4 +57,21 @@ t.test('default timeout is 10 s and interval 20 ms', async (t) => {
   })
   const gaps = stamps.slice(1).map((s, i) => s - (stamps[i] ?? s))
   t.ok(gaps.every((g) => g >= 15 && g < 500), `gaps near 20 ms: ${gaps.join(',')}`)
+
+  // The 10 s, without waiting them out: once the first attempt has run, the clock eventually reads is
+  // moved 9.9 s on, so a 10 s deadline is 100 ms away.
+  const realNow = performance.now.bind(performance)
+  let skippedMs = 0
+  performance.now = () => realNow() + skippedMs
+  t.teardown(() => { Reflect.deleteProperty(performance, 'now') })
+  const startedAt = realNow()
+  let bound: NodeJS.Timeout | undefined
+  const outcome = await Promise.race([
+    eventually(() => { skippedMs = 9_900; return false }).then(() => 'met', (err: Error) => err.message),
+    new Promise<string>((resolve) => { bound = setTimeout(resolve, 5_000, 'still waiting after 5 s') }),
+  ]).finally(() => clearTimeout(bound))
+  Reflect.deleteProperty(performance, 'now')
+  const waitedMs = realNow() - startedAt
+  t.match(outcome, /not met within 10000 ms/, 'gave up at the 10 s default')
+  t.ok(waitedMs >= 50 && waitedMs < 2_000, `after the 100 ms left of it (${Math.round(waitedMs)} ms)`)
 })
