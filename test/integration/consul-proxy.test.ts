@@ -149,8 +149,9 @@ t.test('bad Consul settings stop start-up with exit code 2, naming the setting',
     [['--consul', 'admin:hunter 2@127.0.0.1:8500'], /--consul = "\*\*\*@127\.0\.0\.1:8500": expected http\(s\):\/\/HOST:PORT or HOST:PORT/],
   ] as Array<[string[], RegExp]>) {
     const proc = runFleetgate(t, ['proxy', '--discovery', 'consul', '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', ...args])
-    // Bounded: a setting taken by mistake leaves the proxy running.
-    await eventually(() => proc.child.exitCode !== null || proc.child.signalCode !== null, { message: `exit with ${args.join(' ')}` })
+    // Bounded: a setting taken by mistake leaves the proxy running. 30 s, as for a proxy to start: node
+    // itself may take seconds to start on a busy machine.
+    await eventually(() => proc.child.exitCode !== null || proc.child.signalCode !== null, { message: `exit with ${args.join(' ')}`, timeoutMs: 30_000 })
     const exit = await proc.exited
     t.equal(exit.code, 2, args.join(' '))
     t.match(proc.output(), pattern)
