@@ -73,7 +73,7 @@ t.test('settings: bad starts are configuration errors naming the flag', async t 
     [['--zookeeper', 'zk:2181', '--advertise', '10.0.0.7:8088', '--discovery', 'static'], /--discovery = "static": expected "zookeeper" or "consul" \(the agent registers/],
     [['--zookeeper', 'zk:2181', '--advertise', '10.0.0.7:8088', '--rise', '0'], /--rise = 0: expected an integer from 1 to 100/],
     [['--zookeeper', 'zk:2181', '--advertise', '10.0.0.7:8088', '--health-check', 'icmp'], /--health-check = "icmp": expected "http" or "tcp"/],
-    [['--zookeeper', 'zk:2181', '--advertise', '10.0.0.7:8088', '--target', 'ftp://x'], /--target = "ftp:\/\/x": expected http:\/\/HOST:PORT/],
+    [['--zookeeper', 'zk:2181', '--advertise', '10.0.0.7:8088', '--target', 'ftp://x'], /--target = "ftp:\/\/x": expected http:\/\/HOST\[:PORT\] or https:\/\/HOST\[:PORT\]/],
   ]
   for (const [argv, message] of cases) {
     const err = (() => { try { resolve(argv); return undefined } catch (e) { return e } })()
