@@ -124,6 +124,9 @@ export const ProxyConfigSchema = Type.Object({
   panicThresholdPercent: Type.Integer({ minimum: 0, maximum: 100, default: 50, description: 'Below this share of healthy instances, ejected ones take requests no healthy one can', expected: 'a percentage from 0 to 100' }),
   slowStartMs: Milliseconds('An instance that joins takes a share of requests growing from 10 % to its full share over this time (HAProxy\'s slowstart). 0: none', 0, 0),
   shutdownTimeoutMs: Milliseconds('On SIGTERM, how long in-flight requests may finish', 30_000, 0),
+  accessLog: Type.Union([Type.Literal('off'), Type.Literal('json')], {
+    default: 'off', description: 'json: a JSON line per request on stdout, beside the logs (client, method, host, url, status, instance, tries, ms, bytes)', expected: '"off" or "json"',
+  }),
   maxHeaderBytes: Type.Integer({ minimum: 1024, maximum: 1_048_576, default: 65_536, description: 'Largest request head accepted (Superset URLs can be long)', expected: 'bytes, from 1024 to 1048576' }),
   consulDatacenter: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9_.-]{1,64}$', description: 'Consul datacenter to follow (default: the agent\'s own)', expected: 'a datacenter name' })),
   // Consul holds a query 10 min at most: a longer wait would only stretch the time to notice a dead connection.

@@ -7,6 +7,7 @@ import { errors, type Dispatcher } from 'undici'
 import type { Endpoint, Pool } from '../balancer/pool.ts'
 import { ERRORS, type ErrorCode } from '../errors.ts'
 import type { Logger } from '../logger.ts'
+import type { AccessLog } from './access-log.ts'
 import type { Deadlines, Timed } from './deadlines.ts'
 import { cannotForward, carriesBody, clientResponseHeaders, hasUnsupportedTransferCoding, lacksHost, originForm, upstreamRequestHeaders } from './headers.ts'
 import type { InstanceMetrics } from './instance-metrics.ts'
@@ -20,6 +21,8 @@ export interface ForwardContext {
   readonly upstreams: Upstreams
   readonly metrics: InstanceMetrics
   readonly log: Logger
+  /** With --access-log: a line per request. */
+  readonly accessLog: AccessLog | undefined
   readonly tries: number
   /** The instance's time to answer a sent request with its headers, and to send each next body chunk. */
   readonly headersTimeoutMs: number
@@ -133,6 +136,8 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
   #endpoint: Endpoint | undefined
   #tried: Set<Endpoint> | undefined
   #tries = 0
+  /** Body bytes of the answer relayed from the instance, for the access log. */
+  #bytes = 0
   #attemptOpen = false
   #queued = false
   /** Whose allowance a retry of this request took: the instance that failed it, or the shared budget. */
@@ -308,6 +313,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
 
   onData (chunk: Buffer): boolean {
     if (this.#clientGone) return true
+    this.#bytes += chunk.length
     if (this.#res.write(chunk)) {
       this.#ctx.deadlines.refresh(this, this.#ctx.idleTimeoutMs)
       return true
@@ -486,6 +492,7 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
     if (statusCode !== undefined) {
       const seconds = (performance.now() - this.#startedAt) / 1000
       this.#ctx.metrics.finished(this.#endpoint, this.#req.method ?? 'GET', statusCode, seconds, this.#errorCounted)
+      this.#ctx.accessLog?.(this.#req, statusCode, this.#endpoint, this.#tries, seconds, this.#bytes)
     }
     this.#ctx.inFlight--
   }

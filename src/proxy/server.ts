@@ -17,6 +17,7 @@ import type { MembershipSource, SourceState } from '../membership/source.ts'
 import { createProxyMetrics, createRegistry, type ProxyMetrics } from '../metrics.ts'
 import { buildAdmin } from './admin.ts'
 import { Deadlines } from './deadlines.ts'
+import { createAccessLog } from './access-log.ts'
 import { answerError, closeAfterAnswer, closesAfterAnswer, Exchange, markRefused, type ForwardContext } from './forward.ts'
 import { cannotForward, carriesBody, lacksHost } from './headers.ts'
 import { InstanceMetrics } from './instance-metrics.ts'
@@ -29,7 +30,7 @@ import { Upstreams } from './upstreams.ts'
 export type ProxyOptions = Pick<ProxyConfig,
   'service' | 'listen' | 'connectTimeoutMs' | 'headersTimeoutMs' | 'idleTimeoutMs' | 'clientKeepAliveTimeoutMs' | 'tries' |
   'ejectBaseMs' | 'ejectMaxMs' | 'ejectAfterErrors' | 'panicThresholdPercent' | 'shutdownTimeoutMs' | 'maxHeaderBytes' |
-  'maxConnectionsPerInstance' | 'queueTimeoutMs' | 'slowStartMs'> & {
+  'maxConnectionsPerInstance' | 'queueTimeoutMs' | 'slowStartMs' | 'accessLog'> & {
   /** Without one, no admin listener (a worker of a multi-process proxy: the primary has it). */
   readonly adminListen: string | undefined
 }
@@ -126,15 +127,16 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
     maxHeaderBytes: options.maxHeaderBytes,
     maxConnections: options.maxConnectionsPerInstance,
   })
+  const accessLog = createAccessLog(options.accessLog, service)
   const deadlines = new Deadlines(Deadlines.resolutionFor(options.headersTimeoutMs, options.idleTimeoutMs, options.queueTimeoutMs))
   const forward: ForwardContext = {
-    service, pool, upstreams, metrics: instanceMetrics, log,
+    service, pool, upstreams, metrics: instanceMetrics, log, accessLog,
     headersTimeoutMs: options.headersTimeoutMs, idleTimeoutMs: options.idleTimeoutMs, deadlines,
     queue, queueTimeoutMs: options.queueTimeoutMs,
     tries: options.tries, retryBudgetPercent: 20, retryBudgetMin: 10, inFlight: 0, retriesInFlight: 0, instanceRetriesInFlight: 0,
   }
   const upgrades: UpgradeContext = {
-    service, pool, metrics: instanceMetrics, log, tries: options.tries,
+    service, pool, metrics: instanceMetrics, log, accessLog, tries: options.tries,
     connectTimeoutMs: options.connectTimeoutMs, headersTimeoutMs: options.headersTimeoutMs, queue, sockets: new Set<Duplex>(),
   }
   let closing = false

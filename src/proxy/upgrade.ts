@@ -7,6 +7,7 @@ import type { Duplex } from 'node:stream'
 import type { Endpoint, Pool } from '../balancer/pool.ts'
 import { ERRORS, type ErrorCode } from '../errors.ts'
 import type { Logger } from '../logger.ts'
+import type { AccessLog } from './access-log.ts'
 import { originForm, upstreamRequestHeaders } from './headers.ts'
 import type { InstanceMetrics } from './instance-metrics.ts'
 import type { WaitQueue } from './queue.ts'
@@ -16,6 +17,8 @@ export interface UpgradeContext {
   readonly pool: Pool
   readonly metrics: InstanceMetrics
   readonly log: Logger
+  /** With --access-log: a line per upgrade request, at its answer. */
+  readonly accessLog: AccessLog | undefined
   readonly tries: number
   readonly connectTimeoutMs: number
   /** How long the instance has to answer the handshake once it is sent. */
@@ -32,6 +35,12 @@ export function proxyUpgrade (ctx: UpgradeContext, req: IncomingMessage, client:
   const seconds = (): number => (performance.now() - startedAt) / 1000
   const method = req.method ?? 'GET'
   const tried = new Set<Endpoint>()
+  /** Counts the upgrade's answer (and logs it, with --access-log): `status` as the client got it, 499 if it left first. */
+  const finished = (endpoint: Endpoint | undefined, status: number, errorCounted = false): void => {
+    const s = seconds()
+    ctx.metrics.finished(endpoint, method, status, s, errorCounted)
+    ctx.accessLog?.(req, status, endpoint, tried.size, s, 0)
+  }
   /**
    * Answers the error and counts it like any other answer, against the last instance tried (if any);
    * `errorCounted`: its failed connect is that instance's error already.
@@ -39,7 +48,7 @@ export function proxyUpgrade (ctx: UpgradeContext, req: IncomingMessage, client:
   const fail = (code: ErrorCode, last: Endpoint | undefined, errorCounted = false): void => {
     if (code === 'FLEETGATE_ERR_NO_LIVE_INSTANCE') ctx.metrics.noLiveInstance()
     refuse(client, code, ctx.service)
-    ctx.metrics.finished(last, method, ERRORS[code].statusCode, seconds(), errorCounted)
+    finished(last, ERRORS[code].statusCode, errorCounted)
   }
   const attempt = (): void => {
     // An upgrade is not queued behind the connection limit (a WebSocket may stay open for hours, and
@@ -70,7 +79,7 @@ export function proxyUpgrade (ctx: UpgradeContext, req: IncomingMessage, client:
     const clientGone = (): void => {
       upstream.destroy()
       end()
-      ctx.metrics.finished(endpoint, method, 499, seconds())
+      finished(endpoint, 499)
     }
     client.once('close', clientGone)
     upstream.once('timeout', () => upstream.destroy(Object.assign(new Error('connect timeout'), { code: 'UND_ERR_CONNECT_TIMEOUT' })))
@@ -98,13 +107,13 @@ export function proxyUpgrade (ctx: UpgradeContext, req: IncomingMessage, client:
         // lasts until then; the session after it is not a request.
         answered: status => {
           ctx.pool.reportAnswer(endpoint, status, sentWhileEjected)
-          ctx.metrics.finished(endpoint, method, status, seconds())
+          finished(endpoint, status)
         },
         unanswered: code => {
           ctx.pool.reportServerError(endpoint)
           fail(code, endpoint)
         },
-        clientLeft: () => ctx.metrics.finished(endpoint, method, 499, seconds()),
+        clientLeft: () => finished(endpoint, 499),
         closed: end,
       })
     })

@@ -67,7 +67,7 @@ t.test('/status shows when an instance changed on the wall clock as it reads now
   const proxy = createProxy({
     service: 's', listen: '127.0.0.1:0', adminListen: undefined, connectTimeoutMs: 1000, headersTimeoutMs: 1000,
     idleTimeoutMs: 1000, clientKeepAliveTimeoutMs: 1000, tries: 2, ejectBaseMs: 1000, ejectMaxMs: 1000, ejectAfterErrors: 0, panicThresholdPercent: 50,
-    shutdownTimeoutMs: 100, maxHeaderBytes: 16_384, maxConnectionsPerInstance: 0, queueTimeoutMs: 1000, slowStartMs: 0,
+    shutdownTimeoutMs: 100, maxHeaderBytes: 16_384, maxConnectionsPerInstance: 0, queueTimeoutMs: 1000, slowStartMs: 0, accessLog: 'off',
   }, new StaticSource('s', [inst('a', 9)]), silentLogger)
   t.teardown(() => proxy.close())
   await proxy.listen()

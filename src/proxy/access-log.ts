@@ -1,0 +1,34 @@
+// The access log: with --access-log json, one JSON line per request the proxy answered, or that its
+// client left, on stdout beside the proxy's own logs (HAProxy's `option httplog`, Envoy's access log).
+// Off by default: a line is a write system call per request.
+
+import type { IncomingMessage } from 'node:http'
+import { pino } from 'pino'
+import type { Endpoint } from '../balancer/pool.ts'
+import type { ProxyConfig } from '../config.ts'
+
+/**
+ * Logs one request: `status` as the client got it (499: the client left first), `instance` the last one
+ * tried, `tries` how many were, `seconds` from its arrival to its end, `bytes` of the answer's body that
+ * came from the instance.
+ */
+export type AccessLog = (req: IncomingMessage, status: number, instance: Endpoint | undefined, tries: number, seconds: number, bytes: number) => void
+
+export function createAccessLog (format: ProxyConfig['accessLog'], service: string): AccessLog | undefined {
+  if (format === 'off') return undefined
+  // Its own logger: --log-level is about the proxy's messages, and an access log asked for is wanted whole.
+  const log = pino({ level: 'info', base: { name: 'fleetgate-access', service } })
+  return (req, status, instance, tries, seconds, bytes) => {
+    log.info({
+      client: req.socket?.remoteAddress ?? null,
+      method: req.method,
+      host: req.headers.host ?? null,
+      url: req.url,
+      status,
+      instance: instance?.address ?? null,
+      tries,
+      ms: Math.round(seconds * 1e6) / 1e3,
+      bytes,
+    }, 'request')
+  }
+}
