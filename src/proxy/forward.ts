@@ -489,12 +489,12 @@ export class Exchange implements Dispatcher.DispatchHandler, Timed, Waiter {
       this.#ctx.instanceRetriesInFlight--
     }
     this.#retryCharge = undefined
+    this.#ctx.inFlight--
     if (statusCode !== undefined) {
       const seconds = (performance.now() - this.#startedAt) / 1000
       this.#ctx.metrics.finished(this.#endpoint, this.#req.method ?? 'GET', statusCode, seconds, this.#errorCounted)
       this.#ctx.accessLog?.(this.#req, statusCode, this.#endpoint, this.#tries, seconds, this.#bytes)
     }
-    this.#ctx.inFlight--
   }
 
   /** The client went away: stop the upstream request too. */
