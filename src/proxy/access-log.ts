@@ -3,6 +3,7 @@
 // Off by default: a line is a write system call per request.
 
 import type { IncomingMessage } from 'node:http'
+import type { Socket } from 'node:net'
 import { pino } from 'pino'
 import type { Endpoint } from '../balancer/pool.ts'
 import type { ProxyConfig } from '../config.ts'
@@ -14,13 +15,26 @@ import type { ProxyConfig } from '../config.ts'
  */
 export type AccessLog = (req: IncomingMessage, status: number, instance: Endpoint | undefined, tries: number, seconds: number, bytes: number) => void
 
+/**
+ * Client addresses by connection, read as each connection opens: Node asks the socket for its peer
+ * only when first read, and a connection closed by then has none (a request its client left while it
+ * waited in the queue, before anything read the address).
+ */
+const clients = new WeakMap<Socket, string>()
+
+/** Keeps the connection's client address for its requests' lines; a 'connection' listener, with --access-log. */
+export function rememberClient (socket: Socket): void {
+  const address = socket.remoteAddress
+  if (address !== undefined) clients.set(socket, address)
+}
+
 export function createAccessLog (format: ProxyConfig['accessLog'], service: string): AccessLog | undefined {
   if (format === 'off') return undefined
   // Its own logger: --log-level is about the proxy's messages, and an access log asked for is wanted whole.
   const log = pino({ level: 'info', base: { name: 'fleetgate-access', service } })
   return (req, status, instance, tries, seconds, bytes) => {
     log.info({
-      client: req.socket?.remoteAddress ?? null,
+      client: clients.get(req.socket) ?? req.socket?.remoteAddress ?? null,
       method: req.method,
       host: req.headers.host ?? null,
       url: req.url,

@@ -17,7 +17,7 @@ import type { MembershipSource, SourceState } from '../membership/source.ts'
 import { createProxyMetrics, createRegistry, type ProxyMetrics } from '../metrics.ts'
 import { buildAdmin } from './admin.ts'
 import { Deadlines } from './deadlines.ts'
-import { createAccessLog } from './access-log.ts'
+import { createAccessLog, rememberClient } from './access-log.ts'
 import { answerError, closeAfterAnswer, closesAfterAnswer, Exchange, markRefused, type ForwardContext } from './forward.ts'
 import { cannotForward, carriesBody, lacksHost } from './headers.ts'
 import { InstanceMetrics } from './instance-metrics.ts'
@@ -279,6 +279,7 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
     if (closes) closeAfterAnswer(req.socket)
   }
   app.all('*', proxyRequest)
+  if (accessLog !== undefined) app.server.on('connection', rememberClient)
   app.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     // Node listens for the connection's errors no more: until it is handed on, an error ends it.
     const onError = (): void => { socket.destroy() }

@@ -86,3 +86,26 @@ t.test('without --access-log, no line per request', async t => {
   t.same(accessLines(proxy), [], 'no access line')
   t.notMatch(proxy.output(), /"msg":"request"/)
 })
+
+t.test('a client that left while its request waited in the queue is named by its address', async t => {
+  const backend = await startBackend(t, 'c')
+  backend.handle((req, res) => {
+    req.resume()
+    setTimeout(() => res.end('done'), 1_500)
+  })
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, '--access-log', 'json', '--max-connections-per-instance', '1'])
+  const first = request(`${proxy.url}/busy`)
+  await eventually(() => backend.hits >= 1, { message: 'the first request holds the one connection' })
+  const controller = new AbortController()
+  const queued = request(`${proxy.url}/queued`, { signal: controller.signal }).catch(() => 'aborted')
+  await new Promise(resolve => setTimeout(resolve, 200))
+  controller.abort()
+  t.equal(await queued, 'aborted')
+  await (await first).body.dump()
+  const lines = await eventually(() => {
+    const found = accessLines(proxy)
+    return found.length >= 2 ? found : undefined
+  }, { message: 'two access lines' })
+  const left = lines!.find(line => line.url === '/queued')
+  t.match(left, { status: 499, instance: null, tries: 0, client: '127.0.0.1' }, 'its client address, though the connection is gone')
+})
