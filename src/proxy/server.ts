@@ -291,6 +291,7 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
       // Refused as a plain request would be: no Host, a second one, a target that is not a path.
       if (lacksHost(req) || cannotForward(req)) {
         refuse(socket, 'FLEETGATE_ERR_BAD_REQUEST', service)
+        accessLog?.(req, 400, undefined, 0, 0, 0)
         return instanceMetrics.finished(undefined, req.method ?? 'GET', 400, 0)
       }
       // HTTP/2 over cleartext (`curl --http2 http://…`) is not tunnelled, which would send every request
@@ -309,6 +310,7 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
       if (closing || closesAfterAnswer(req.socket)) return socket.destroy()
       refuse(socket, 'FLEETGATE_ERR_BAD_REQUEST', service)
       instanceMetrics.finished(undefined, 'CONNECT', 400, 0)
+      accessLog?.(req, 400, undefined, 0, 0, 0)
     })
   })
   // An expectation other than 100-continue (which Node meets itself) is one the proxy cannot know the
@@ -318,6 +320,7 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
     closeAfterAnswer(req.socket)
     answerError(res, 'FLEETGATE_ERR_EXPECTATION', service, { connection: 'close' })
     instanceMetrics.finished(undefined, req.method ?? 'GET', ERRORS.FLEETGATE_ERR_EXPECTATION.statusCode, 0)
+    accessLog?.(req, ERRORS.FLEETGATE_ERR_EXPECTATION.statusCode, undefined, 0, 0, 0)
   })
 
   const status = (): ProxyStatus => {

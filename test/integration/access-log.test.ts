@@ -2,6 +2,7 @@
 // stdout: answered by an instance, by the proxy itself, left by its client, and WebSocket upgrades.
 // Without it, none.
 
+import { connect } from 'node:net'
 import t from 'tap'
 import { request } from 'undici'
 import WebSocket, { WebSocketServer } from 'ws'
@@ -87,6 +88,19 @@ t.test('without --access-log, no line per request', async t => {
   t.notMatch(proxy.output(), /"msg":"request"/)
 })
 
+/** Sends `raw` on a new connection and resolves with what came back once the proxy closes it, or after `ms`. */
+function rawExchange (url: string, raw: string, ms = 2_000): Promise<string> {
+  const { port } = new URL(url)
+  return new Promise(resolve => {
+    let got = ''
+    const socket = connect(Number(port), '127.0.0.1', () => socket.write(raw))
+    const done = (): void => { clearTimeout(timer); socket.destroy(); resolve(got) }
+    const timer = setTimeout(done, ms)
+    socket.setEncoding('latin1').on('data', (s: string) => { got += s })
+    socket.on('close', done).on('error', done)
+  })
+}
+
 t.test('a client that left while its request waited in the queue is named by its address', async t => {
   const backend = await startBackend(t, 'c')
   backend.handle((req, res) => {
@@ -108,4 +122,26 @@ t.test('a client that left while its request waited in the queue is named by its
   }, { message: 'two access lines' })
   const left = lines!.find(line => line.url === '/queued')
   t.match(left, { status: 499, instance: null, tries: 0, client: '127.0.0.1' }, 'its client address, though the connection is gone')
+})
+
+t.test('requests the proxy refuses outside the forwarding path are logged too: 417, an upgrade without Host, CONNECT', async t => {
+  const backend = await startBackend(t, 'd')
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, '--access-log', 'json'])
+  const expectation = await rawExchange(proxy.url, 'POST /upload HTTP/1.1\r\nHost: a\r\nExpect: magic\r\nContent-Length: 2\r\n\r\nhi')
+  t.match(expectation, /^HTTP\/1\.1 417 /)
+  const upgrade = await rawExchange(proxy.url, 'GET /ws HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n')
+  t.match(upgrade, /^HTTP\/1\.1 400 /)
+  const tunnel = await rawExchange(proxy.url, 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n')
+  t.match(tunnel, /^HTTP\/1\.1 400 /)
+  const lines = await eventually(() => {
+    const found = accessLines(proxy)
+    return found.length >= 3 ? found : undefined
+  }, { message: 'three access lines', timeoutMs: 3_000 })
+  t.match(lines, [
+    { method: 'POST', url: '/upload', host: 'a', status: 417, instance: null, tries: 0, bytes: 0, client: '127.0.0.1' },
+    { method: 'GET', url: '/ws', host: null, status: 400, instance: null, tries: 0, bytes: 0 },
+    { method: 'CONNECT', url: 'example.com:443', status: 400, instance: null, tries: 0, bytes: 0 },
+  ])
+  t.equal(lines!.length, 3, 'one line each')
+  t.equal(backend.hits, 0, 'none reached the instance')
 })
