@@ -394,6 +394,10 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
     // not for the keep-alive timeout.
     app.server.keepAliveTimeout = DRAIN_KEEP_ALIVE_MS
     await app.close()
+    // Connections closed at the deadline end their requests as their sockets' close events come, after
+    // the server has closed: waited for, briefly, so each request is finished (and its access line
+    // written) before the process exits.
+    for (let waits = 0; forward.inFlight > 0 && waits < 100; waits++) await new Promise(resolve => setTimeout(resolve, 10))
     await upstreams.close()
     clearTimeout(deadline)
     deadlines.close()

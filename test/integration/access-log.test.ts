@@ -145,3 +145,17 @@ t.test('requests the proxy refuses outside the forwarding path are logged too: 4
   t.equal(lines!.length, 3, 'one line each')
   t.equal(backend.hits, 0, 'none reached the instance')
 })
+
+t.test('a request cut off at the shutdown deadline still gets its line before the proxy exits', async t => {
+  const backend = await startBackend(t, 'e')
+  backend.handle(req => { req.resume() }) // never answered
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`, '--access-log', 'json', '--shutdown-timeout-ms', '300'])
+  const hung = request(`${proxy.url}/export.csv`).then(res => res.body.dump(), () => 'cut')
+  await eventually(() => backend.hits >= 1, { message: 'the request reached the instance' })
+  proxy.kill('SIGTERM')
+  t.equal(await hung, 'cut', 'the client was cut off at the deadline')
+  t.equal((await proxy.exited).code, 0)
+  const lines = accessLines(proxy)
+  t.match(lines, [{ url: '/export.csv', instance: `127.0.0.1:${backend.port}`, tries: 1, client: '127.0.0.1' }], 'its line, written before the exit')
+  t.equal(lines.length, 1)
+})
