@@ -1,6 +1,6 @@
 // The access log: with --access-log json, one JSON line per request the proxy answered, or that its
 // client left, on stdout beside the proxy's own logs (HAProxy's `option httplog`, Envoy's access log).
-// Off by default: a line is a write system call per request.
+// Off by default: a line per request costs a share of the throughput (README: Access log).
 
 import type { IncomingMessage } from 'node:http'
 import type { Socket } from 'node:net'
