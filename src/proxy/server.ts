@@ -279,6 +279,11 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
     if (closes) closeAfterAnswer(req.socket)
   }
   app.all('*', proxyRequest)
+  /** A request the proxy refused before any instance: counted under instance "none", and logged with --access-log. */
+  function countRefusal (req: IncomingMessage, method: string, statusCode: number): void {
+    instanceMetrics.finished(undefined, method, statusCode, 0)
+    accessLog?.(req, statusCode, undefined, 0, 0, 0)
+  }
   if (accessLog !== undefined) app.server.on('connection', rememberClient)
   app.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     // Node listens for the connection's errors no more: until it is handed on, an error ends it.
@@ -291,8 +296,7 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
       // Refused as a plain request would be: no Host, a second one, a target that is not a path.
       if (lacksHost(req) || cannotForward(req)) {
         refuse(socket, 'FLEETGATE_ERR_BAD_REQUEST', service)
-        accessLog?.(req, 400, undefined, 0, 0, 0)
-        return instanceMetrics.finished(undefined, req.method ?? 'GET', 400, 0)
+        return countRefusal(req, req.method ?? 'GET', 400)
       }
       // HTTP/2 over cleartext (`curl --http2 http://…`) is not tunnelled, which would send every request
       // of the connection to one instance: as Envoy does, the request is served as HTTP/1.1. So is an
@@ -309,8 +313,7 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
     afterEarlierAnswers(socket, () => {
       if (closing || closesAfterAnswer(req.socket)) return socket.destroy()
       refuse(socket, 'FLEETGATE_ERR_BAD_REQUEST', service)
-      instanceMetrics.finished(undefined, 'CONNECT', 400, 0)
-      accessLog?.(req, 400, undefined, 0, 0, 0)
+      countRefusal(req, 'CONNECT', 400)
     })
   })
   // An expectation other than 100-continue (which Node meets itself) is one the proxy cannot know the
@@ -319,8 +322,7 @@ export function createProxy (options: ProxyOptions, source: MembershipSource, lo
   app.server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
     closeAfterAnswer(req.socket)
     answerError(res, 'FLEETGATE_ERR_EXPECTATION', service, { connection: 'close' })
-    instanceMetrics.finished(undefined, req.method ?? 'GET', ERRORS.FLEETGATE_ERR_EXPECTATION.statusCode, 0)
-    accessLog?.(req, ERRORS.FLEETGATE_ERR_EXPECTATION.statusCode, undefined, 0, 0, 0)
+    countRefusal(req, req.method ?? 'GET', ERRORS.FLEETGATE_ERR_EXPECTATION.statusCode)
   })
 
   const status = (): ProxyStatus => {
