@@ -6,8 +6,11 @@ export interface EventuallyOptions {
   timeoutMs?: number
   /** Pause between attempts. Default 20 ms. */
   intervalMs?: number
-  /** Says what was awaited; goes into the timeout error. */
-  message?: string
+  /**
+   * Says what was awaited; goes into the timeout error. A function is called only then, so it can show
+   * state as it was at the timeout (a process's output so far), not as it was when the wait began.
+   */
+  message?: string | (() => string)
 }
 
 /**
@@ -43,7 +46,7 @@ export async function eventually<T>(
     await new Promise<void>((resolve) => setTimeout(resolve, intervalMs))
   }
 
-  const what = opts.message ?? 'condition'
+  const what = typeof opts.message === 'function' ? opts.message() : (opts.message ?? 'condition')
   const last = threw
     ? `last error: ${lastError instanceof Error ? (lastError.stack ?? lastError.message) : String(lastError)}`
     : `last value: ${describe(lastValue)}`

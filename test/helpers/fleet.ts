@@ -52,7 +52,7 @@ export function runFleetgate (t: Test, args: string[], env: Record<string, strin
     exited,
     kill: (signal = 'SIGTERM') => { if (isRunning(child)) child.kill(signal) },
     waitForOutput: (pattern, timeoutMs = 10_000) => eventually<RegExpMatchArray>(() => output.match(pattern) as RegExpMatchArray, {
-      timeoutMs, message: `output matching ${pattern}; got:\n${output.slice(-2000)}`,
+      timeoutMs, message: () => `output matching ${pattern}; got:\n${output.slice(-2000)}`,
     }),
   }
 }

@@ -2,7 +2,8 @@
 // proxy; all three instances answer through it; SIGINT (Ctrl-C) stops every process it started.
 
 import { spawn } from 'node:child_process'
-import { rm } from 'node:fs/promises'
+import { readdir, readFile, rm } from 'node:fs/promises'
+import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import { eventually } from '../helpers/eventually.ts'
@@ -24,8 +25,16 @@ t.test('npm run demo: three instances answer through the proxy, and Ctrl-C stops
   const started = new Map<number, string | undefined>()
   t.teardown(async () => {
     // The demo keeps its logs for the user; a test run need not.
-    const logs = output.match(/logs +(\/\S*fleetgate-demo-[^/\s]+)\//)?.[1]
-    if (logs) await rm(logs, { recursive: true, force: true })
+    const logs = output.match(/(\/\S*?fleetgate-demo-[^/\s]+)/)?.[1]
+    if (!logs) return
+    if (!t.passing()) {
+      // What each process the demo started said, for the failure at hand.
+      for (const name of await readdir(logs).catch(() => [])) {
+        const text = await readFile(join(logs, name), 'utf8').catch(() => '')
+        t.comment(`${name} (last 3000 characters):\n${text.slice(-3000)}`)
+      }
+    }
+    await rm(logs, { recursive: true, force: true })
   })
   t.teardown(async () => {
     if (isRunning(demo)) {
@@ -36,7 +45,14 @@ t.test('npm run demo: three instances answer through the proxy, and Ctrl-C stops
     for (const [pid, startTime] of started) killIfSame(pid, startTime)
   })
 
-  const proxyUrl = (await eventually(() => output.match(/proxy +(http:\/\/127\.0\.0\.1:\d+)\//)?.[1], { timeoutMs: 60_000, message: `proxy URL printed; output:\n${output}` }))!
+  // A demo that gives up (no ZooKeeper, a fleet that does not come up) exits with its reason: stop
+  // waiting then, and fail showing all it printed (its stdio closed, so nothing is missing).
+  let closed = false
+  demo.once('close', () => { closed = true })
+  const printed = await eventually(() => output.match(/proxy +(http:\/\/127\.0\.0\.1:\d+)\//)?.[1] ?? (closed ? { gaveUp: demo.exitCode ?? demo.signalCode } : undefined),
+    { timeoutMs: 60_000, message: () => `proxy URL printed; output:\n${output}` })
+  if (typeof printed !== 'string') throw new Error(`the demo exited (${printed?.gaveUp}) before the fleet was up; it printed:\n${output}`)
+  const proxyUrl = printed
   const pidLine = (await eventually(() => output.match(/pids: (.*)/)?.[1], { message: 'pids printed' }))!
   pids.push(...[...pidLine.matchAll(/=(\d+)/g)].map(m => Number(m[1])))
   for (const pid of pids) started.set(pid, startTimeOf(pid))
@@ -49,7 +65,7 @@ t.test('npm run demo: three instances answer through the proxy, and Ctrl-C stops
     const res = await get(proxyUrl)
     if (res.status === 200) seen.add(JSON.parse(res.body).instance)
     return seen.size === 3
-  }, { timeoutMs: 10_000, message: `all three instances answer; seen ${[...seen]}` })
+  }, { timeoutMs: 10_000, message: () => `all three instances answer; seen ${[...seen]}` })
   t.same([...seen].sort(), ['a', 'b', 'c'])
   const backendPorts = [...output.matchAll(/\/status +http:\/\/127\.0\.0\.1:(\d+)\//g)].map(m => Number(m[1]))
   t.equal(backendPorts.length, 3)

@@ -52,7 +52,7 @@ if (binary) {
 
     // Scraped at least once before any traffic: the dead instance's ejection counter is seen at 0 first.
     await eventually(async () => await scalar(`fleetgate_ejections_total{upstream="${upstream(deadPort)}"}`) === 0, {
-      timeoutMs: 20_000, message: `Prometheus scraped the proxy (log:\n${prometheus.logTail()})`,
+      timeoutMs: 20_000, message: () => `Prometheus scraped the proxy (log:\n${prometheus.logTail()})`,
     })
 
     const N = 150

@@ -42,6 +42,15 @@ t.test('times out with the last falsy value', async (t) => {
   await t.rejects(eventually(() => 0, { timeoutMs: 50, intervalMs: 5 }), /condition not met within 50 ms.*last value: 0/)
 })
 
+t.test('a message given as a function is read at the timeout, with the state as it is then', async (t) => {
+  let output = ''
+  const grow = setInterval(() => { output += '.' }, 5)
+  t.teardown(() => clearInterval(grow))
+  const err = await eventually(() => false, { timeoutMs: 60, intervalMs: 5, message: () => `output so far: [${output}]` })
+    .then(() => undefined, (e: Error) => e)
+  t.match(err?.message, /output so far: \[\.+\]/, 'what was printed while it waited, not the empty start')
+})
+
 t.test('an attempt that never settles still times out', async (t) => {
   await t.rejects(
     eventually(() => new Promise<boolean>(() => {}), { timeoutMs: 80 }),
