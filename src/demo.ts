@@ -6,7 +6,7 @@
 
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createWriteStream } from 'node:fs'
-import { mkdtemp } from 'node:fs/promises'
+import { mkdtemp, readFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -27,6 +27,9 @@ interface Child {
   readonly name: string
   readonly process: ChildProcess
   readonly exited: Promise<void>
+  /** Its log file, complete once `logged` resolves (after the process and its stdio have closed). */
+  readonly log: string
+  readonly logged: Promise<void>
 }
 
 interface Instance {
@@ -70,6 +73,8 @@ async function main (): Promise<number> {
   const children: Child[] = []
   let zookeeper: LocalZooKeeper | undefined
   let stopping: Promise<number> | undefined
+  /** Set once every instance is up; before that, the wait below reports a process that stops. */
+  let up = false
 
   // Children run in their own process groups, so Ctrl-C reaches only this process, which then stops
   // them in order: agents (drain), proxy, ZooKeeper. If this process dies anyway, they go with it.
@@ -78,15 +83,21 @@ async function main (): Promise<number> {
     zookeeper?.kill()
   })
   const start = (name: string, args: string[]): Child => {
-    const log = createWriteStream(join(logs, `${name}.log`))
+    const logFile = join(logs, `${name}.log`)
+    const log = createWriteStream(logFile)
     const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true, env: process.env })
-    child.stdout!.pipe(log)
-    child.stderr!.pipe(log)
+    // Two sources, one file: it ends when both have, not when the first does.
+    child.stdout!.pipe(log, { end: false })
+    child.stderr!.pipe(log, { end: false })
+    const logged = new Promise<void>(resolve => {
+      log.once('error', () => resolve())
+      child.once('close', () => log.end(resolve))
+    })
     const exited = new Promise<void>(resolve => child.once('exit', (code, signal) => {
-      if (!stopping) say(`${name} exited (${signal ?? `code ${code}`}); its log: ${join(logs, `${name}.log`)}`)
+      if (up && !stopping) say(`${name} exited (${signal ?? `code ${code}`}); its log: ${logFile}`)
       resolve()
     }))
-    const entry = { name, process: child, exited }
+    const entry = { name, process: child, exited, log: logFile, logged }
     children.push(entry)
     return entry
   }
@@ -132,6 +143,17 @@ async function main (): Promise<number> {
   const adminUrl = `http://127.0.0.1:${proxyAdminPort}`
   const deadline = performance.now() + 30_000
   while (!stopping && (await upInstances(adminUrl)) < count) {
+    // A process that stops now (a bad setting in the environment, a port taken meanwhile) will not come
+    // back: say why at once rather than wait out the deadline.
+    const gone = children.find(c => !running(c.process))
+    if (gone) {
+      await gone.logged
+      const tail = (await readFile(gone.log, 'utf8').catch(() => '')).trimEnd().split('\n').slice(-10).join('\n')
+      say(`${gone.name} stopped before the fleet was up; the end of its log:\n${tail}`)
+      stopping = stopAll()
+      await stopping
+      return 1
+    }
     if (performance.now() > deadline) {
       say(`the fleet did not come up in 30 s; see the logs in ${logs}`)
       stopping = stopAll()
@@ -141,6 +163,7 @@ async function main (): Promise<number> {
     await new Promise(resolve => setTimeout(resolve, 100))
   }
   if (stopping) return stopping
+  up = true
 
   const spare = await freePort()
   const nextName = NAMES[count] ?? 'x'
@@ -188,7 +211,8 @@ function agentCommand (zookeeper: string, name: string, port: number, adminPort:
 
 async function upInstances (adminUrl: string): Promise<number> {
   try {
-    const res = await request(`${adminUrl}/status`, { headers: { accept: 'application/json' } })
+    // Bounded: a port that accepts and never answers must not hold the wait past its deadline.
+    const res = await request(`${adminUrl}/status`, { headers: { accept: 'application/json' }, headersTimeout: 2000, bodyTimeout: 2000 })
     const status = await res.body.json() as { instances?: Array<{ state: string }> }
     return status.instances?.filter(i => i.state === 'up').length ?? 0
   } catch {

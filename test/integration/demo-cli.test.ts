@@ -2,22 +2,26 @@
 // naming the flag, the value given and what is expected, as fleetgate's own commands do.
 
 import { spawn } from 'node:child_process'
+import { rm } from 'node:fs/promises'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import { isRunning, track } from '../helpers/reaper.ts'
 
 const DEMO = fileURLToPath(new URL('../../dist/demo.js', import.meta.url))
 
-/** Runs the demo with `args`; one that starts anyway (ZooKeeper, agents, proxy) is stopped with SIGINT. */
-async function demo (args: string[]): Promise<{ code: number | null, stdout: string, stderr: string, started: boolean }> {
-  const child = spawn(process.execPath, [DEMO, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+/**
+ * Runs the demo with `args`; one still running after `waitMs` (ZooKeeper, agents, proxy started) is
+ * stopped with SIGINT.
+ */
+async function demo (args: string[], { env = process.env, waitMs = 10_000 } = {}): Promise<{ code: number | null, stdout: string, stderr: string, started: boolean }> {
+  const child = spawn(process.execPath, [DEMO, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env })
   track(child)
   let stdout = ''
   let stderr = ''
   child.stdout!.setEncoding('utf8').on('data', (s: string) => { stdout += s })
   child.stderr!.setEncoding('utf8').on('data', (s: string) => { stderr += s })
   const exited = new Promise<number | null>(resolve => child.once('exit', code => resolve(code)))
-  const early = await Promise.race([exited, new Promise<'running'>(resolve => setTimeout(() => resolve('running'), 10_000))])
+  const early = await Promise.race([exited, new Promise<'running'>(resolve => setTimeout(() => resolve('running'), waitMs))])
   if (early !== 'running') return { code: early, stdout, stderr, started: false }
   if (isRunning(child)) child.kill('SIGINT')
   return { code: await exited, stdout, stderr, started: true }
@@ -52,4 +56,18 @@ t.test('demo: an unknown flag or a stray argument is a usage error, exit code 2'
   const help = await demo(['--help'])
   t.equal(help.code, 0)
   t.match(help.stdout, /^Usage: node dist\/demo\.js/)
+})
+
+t.test('demo: a process that stops before the fleet is up ends the demo at once, with the end of its log', async t => {
+  // Every process the demo starts reads FLEETGATE_* settings; this one only the proxy has, and it is bad.
+  const run = await demo(['--port', '0'], { env: { ...process.env, FLEETGATE_SLOW_START_MS: 'soon' }, waitMs: 25_000 })
+  t.teardown(async () => {
+    const logs = run.stdout.match(/Logs kept in (\/\S*fleetgate-demo-[^/\s]+)/)?.[1]
+    if (logs) await rm(logs, { recursive: true, force: true })
+  })
+  t.notOk(run.started, `it stops by itself, before its 30 s wait for the fleet is out: ${run.stdout}`)
+  t.equal(run.code, 1, 'exit code 1')
+  t.match(run.stdout, /\[demo\] proxy stopped before the fleet was up; the end of its log:\n.*FLEETGATE_SLOW_START_MS = "soon": expected milliseconds/, 'names the process and shows why')
+  t.notMatch(run.stdout, /did not come up in 30 s/)
+  t.match(run.stdout, /stopping: agents drain first, then the proxy and ZooKeeper\n\[demo\] stopped\./, 'and stops the rest')
 })
