@@ -11,7 +11,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { cpus, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
-import { LOAD_CPU, PROXY_CPU, PROXY_NODE_FLAGS, ROOT, startBackend } from './lib/competitors.mjs'
+import { lastOfEach, LOAD_CPU, PROXY_CPU, PROXY_NODE_FLAGS, ROOT, startBackend } from './lib/competitors.mjs'
 import { convergence, resyncCost, scale, startBenchZooKeeper } from './lib/discovery.mjs'
 import { FAILOVER_AGENT, failover } from './lib/failover.mjs'
 import { killAllSync, loadAverage, reniceAllThreads, stopAll, stopProcess } from './lib/proc.mjs'
@@ -144,7 +144,7 @@ async function main () {
   const info = machine()
   const loadAtStart = loadAverage()
   const workers = fleetgateHasWorkers()
-  const fleetgateArgs = [...(workers ? ['--workers', '1'] : []), ...config.fleetgateArgs]
+  const fleetgateArgs = lastOfEach([...(workers ? ['--workers', '1'] : []), ...config.fleetgateArgs])
   log(`fleetgate benchmark: ${config.repeats} repeat(s) of ${config.durationS} s (+${config.warmupS} s warm-up), ${config.backend} backends, work dir ${dir}`)
 
   const specs = [
@@ -184,8 +184,8 @@ async function main () {
   if (workers && !config.skip.has('workers')) {
     const scenario = SCENARIOS[0]
     const workerSpecs = [
-      { id: 'fleetgate-w1', kind: 'fleetgate', fleetgateArgs: ['--workers', '1', ...config.fleetgateArgs] },
-      { id: 'fleetgate-w2', kind: 'fleetgate', cpus: `${PROXY_CPU},${LOAD_CPU}`, fleetgateArgs: ['--workers', '2', ...config.fleetgateArgs] },
+      { id: 'fleetgate-w1', kind: 'fleetgate', fleetgateArgs: lastOfEach(['--workers', '1', ...config.fleetgateArgs]) },
+      { id: 'fleetgate-w2', kind: 'fleetgate', cpus: `${PROXY_CPU},${LOAD_CPU}`, fleetgateArgs: lastOfEach(['--workers', '2', ...config.fleetgateArgs]) },
     ]
     const result = await runScenario(scenario, workerSpecs, runOptions)
     sections.workers = result
@@ -206,7 +206,7 @@ async function main () {
       emit(convergenceSection(sections.convergence, fleetgateArgs))
       if (workers) {
         // The default deployment: the primary holds the session and hands memberships to the workers.
-        const args = ['--workers', '2', ...config.fleetgateArgs]
+        const args = lastOfEach(['--workers', '2', ...config.fleetgateArgs])
         sections.convergenceWorkers = await convergence({ zk, dir, backends, changes: config.changes, fleetgateArgs: args, log, id: 'fleetgate-zk-workers' })
         emit(convergenceSection(sections.convergenceWorkers, args))
       }

@@ -7,12 +7,12 @@ import './no-inspector.ts'
 import cluster from 'node:cluster'
 import { readFileSync } from 'node:fs'
 import type { TObject } from '@sinclair/typebox'
-import { AgentConfigSchema, discoveryOf, kebab, loadConfig, ProxyConfigSchema, snake, type ProxyConfig } from './config.ts'
+import { AgentConfigSchema, discoveryOf, kebab, loadConfig, ProxyConfigSchema, snake, warnUnknownVariables, WORKER_CONFIG_ENV, type ProxyConfig } from './config.ts'
 import { FleetgateError, isFleetgateError } from './errors.ts'
 import { createLogger, type Logger } from './logger.ts'
 import type { MembershipSource } from './membership/source.ts'
 import { parseStaticInstances, StaticSource } from './membership/static.ts'
-import { runPrimary, runWorker, WORKER_CONFIG_ENV } from './proxy/cluster.ts'
+import { runPrimary, runWorker } from './proxy/cluster.ts'
 import { missingNodeFlags } from './proxy/node-flags.ts'
 import { createProxy } from './proxy/server.ts'
 
@@ -73,11 +73,12 @@ async function runProxy (argv: readonly string[], env: Readonly<Record<string, s
   // A worker takes its primary's configuration, not the file's as it reads now: a replacement forked after
   // an edit would otherwise serve another port, or other timeouts, beside the workers started with it.
   const inherited = cluster.isWorker ? env[WORKER_CONFIG_ENV] : undefined
-  const { config, ignored } = inherited === undefined
+  const { config, ignored, unknownVariables } = inherited === undefined
     ? loadConfig(ProxyConfigSchema, { argv, env })
-    : { config: JSON.parse(inherited) as ProxyConfig, ignored: [] }
+    : { config: JSON.parse(inherited) as ProxyConfig, ignored: [], unknownVariables: [] }
   const logger = createLogger({ level: config.logLevel, name: 'fleetgate-proxy' })
-  if (ignored.length > 0 && !cluster.isWorker) logger.info({ ignored }, 'settings of another discovery backend are ignored')
+  if (ignored.length > 0) logger.info({ ignored }, 'settings of another discovery backend are ignored')
+  warnUnknownVariables(logger, unknownVariables)
   if (cluster.isWorker) {
     const worker = await runWorker(config, logger)
     await worker.closed

@@ -9,6 +9,7 @@ import { KindGuard, Type, type Static, type TObject, type TProperties } from '@s
 import { Ajv, type ErrorObject } from 'ajv'
 import { parseDocument, visit } from 'yaml'
 import { FleetgateError } from './errors.ts'
+import type { Logger } from './logger.ts'
 
 // Patterns of the parts of addresses: a port from 0 (listen on any free port) or 1 to 65535, a host name
 // or an IPv6 address in brackets, a ZooKeeper path (no empty, "." or ".." segment, no trailing "/").
@@ -182,7 +183,15 @@ export interface Loaded<C> {
    * environment may serve either backend); the same given as flags is an error.
    */
   readonly ignored: readonly string[]
+  /**
+   * FLEETGATE_* variables that are no setting of either command, each with the setting it is likely a
+   * misspelling of: the command runs without them, and says so.
+   */
+  readonly unknownVariables: ReadonlyArray<{ readonly name: string, readonly suggestion: string | undefined }>
 }
+
+/** The environment variable that hands each worker of a multi-process proxy the configuration its primary started with. */
+export const WORKER_CONFIG_ENV = 'FLEETGATE_WORKER_CONFIG'
 
 type Origin = { kind: 'flag' | 'env' | 'file', name: string }
 
@@ -211,15 +220,31 @@ export function loadConfig<S extends TObject> (schema: S, input: LoadInput): Loa
   }
   let parsed: ReturnType<typeof parseArgs>
   try {
-    parsed = parseArgs({ args, options, strict: true, allowPositionals: true })
+    parsed = parseArgs({ args, options, strict: true, allowPositionals: true, tokens: true })
   } catch (err) {
     // Node's own hint for an unknown option (put it after `--` as a positional) is wrong for fleetgate.
-    const unknown = /^Unknown option '[^']*'/.exec((err as Error).message)?.[0]
-    const message = unknown === undefined ? (err as Error).message : `${unknown}: see fleetgate help ${isProxy ? 'proxy' : 'agent'}`
+    const unknown = /^Unknown option '(--)?([^']*)'/.exec((err as Error).message)
+    const near = unknown?.[1] === undefined ? undefined : closest(unknown[2]!, Object.keys(options))
+    const message = unknown === null
+      ? (err as Error).message
+      : `${unknown[0]}${near === undefined ? '' : ` (did you mean --${near}?)`}: see fleetgate help ${isProxy ? 'proxy' : 'agent'}`
     throw new FleetgateError('FLEETGATE_ERR_CLI_USAGE', message, { cause: err })
   }
   if (parsed.positionals.length > 0) {
     throw new FleetgateError('FLEETGATE_ERR_CLI_USAGE', `unexpected argument ${JSON.stringify(parsed.positionals[0])}`)
+  }
+  // Each setting is one value: a flag given twice (`--listen :8080 --listen :9090`, which asks for two
+  // listeners the proxy does not have) is refused, rather than the last one quietly taken.
+  const given = new Map<string, string | undefined>()
+  for (const token of parsed.tokens ?? []) {
+    if (token.kind !== 'option') continue
+    const earlier = given.get(token.name)
+    if (given.has(token.name)) {
+      const key = token.name.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase())
+      const values = SECRET_KEYS.has(key) ? 'values not shown' : `${JSON.stringify(earlier)}, then ${JSON.stringify(token.value)}`
+      throw new FleetgateError('FLEETGATE_ERR_CLI_USAGE', `--${token.name} is given twice (${values}): give it once`)
+    }
+    given.set(token.name, token.value)
   }
 
   // An empty variable is unset, as every FLEETGATE_* one; an empty flag names no file, and is an error
@@ -292,7 +317,52 @@ export function loadConfig<S extends TObject> (schema: S, input: LoadInput): Loa
   if (typeof raw.workerStallTimeoutMs === 'number' && raw.workerStallTimeoutMs > 0 && raw.workerStallTimeoutMs < MIN_STALL_TIMEOUT_MS) {
     throw new FleetgateError('FLEETGATE_ERR_CONFIG_INVALID', `${where('workerStallTimeoutMs', origins)}${shown('workerStallTimeoutMs', raw.workerStallTimeoutMs)}: expected ${ProxyConfigSchema.properties.workerStallTimeoutMs.expected}`)
   }
-  return { config: Object.freeze(raw) as Readonly<Static<S>>, command, ignored: ignored.map(({ where }) => where) }
+  const unknownVariables = Object.keys(input.env).filter(name => name.startsWith('FLEETGATE_') && !VARIABLES.has(name)).sort()
+    .map(name => ({ name, suggestion: closest(name, [...VARIABLES]) }))
+  return { config: Object.freeze(raw) as Readonly<Static<S>>, command, ignored: ignored.map(({ where }) => where), unknownVariables }
+}
+
+/** Says, once at start, which FLEETGATE_* variables are ignored as no setting, and what each may have meant. */
+export function warnUnknownVariables (logger: Pick<Logger, 'warn'>, variables: Loaded<unknown>['unknownVariables']): void {
+  for (const { name, suggestion } of variables) {
+    logger.warn({ variable: name, suggestion }, `${name} is no fleetgate setting, and is ignored${suggestion === undefined ? '' : `: did you mean ${suggestion}?`}`)
+  }
+}
+
+/** Every FLEETGATE_* variable either command reads. */
+const VARIABLES: ReadonlySet<string> = new Set([
+  'FLEETGATE_CONFIG', WORKER_CONFIG_ENV,
+  ...[ProxyConfigSchema, AgentConfigSchema].flatMap(schema => Object.keys(schema.properties)).map(key => `FLEETGATE_${snake(key)}`),
+])
+
+/**
+ * The one of `names` that `name` is most likely a misspelling of: the same but for `-` or `_` (SLOWSTART
+ * for SLOW_START), or at most two letters added, left out or changed; undefined when none is that near.
+ */
+export function closest (name: string, names: readonly string[]): string | undefined {
+  const bare = (s: string): string => s.replace(/[-_]/g, '').toLowerCase()
+  const same = names.find(candidate => bare(candidate) === bare(name))
+  if (same !== undefined) return same
+  let best: string | undefined
+  let bestDistance = 3
+  for (const candidate of names) {
+    const distance = editDistance(name.toLowerCase(), candidate.toLowerCase())
+    if (distance < bestDistance) [best, bestDistance] = [candidate, distance]
+  }
+  return best
+}
+
+/** Levenshtein distance: letters added, left out or changed to turn `a` into `b`. */
+function editDistance (a: string, b: string): number {
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j)
+  for (let i = 1; i <= a.length; i++) {
+    const row = [i]
+    for (let j = 1; j <= b.length; j++) {
+      row[j] = Math.min(previous[j]! + 1, row[j - 1]! + 1, previous[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1))
+    }
+    previous = row
+  }
+  return previous[b.length]!
 }
 
 /** The discovery backend a configuration uses: the one named, else static with --static, else ZooKeeper. */

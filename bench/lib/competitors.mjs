@@ -14,6 +14,16 @@ export const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const BENCH = join(ROOT, 'bench')
 
 /** Cores: the proxy under test gets PROXY_CPU alone; wrk and the backends share LOAD_CPU. */
+/**
+ * Flag and value pairs with each flag's last value only, in the order the flags came: fleetgate refuses a
+ * flag given twice, and the bench's defaults, a section's own flags and --fleetgate-args come in that order.
+ */
+export function lastOfEach (args) {
+  const values = new Map()
+  for (let i = 0; i < args.length; i += 2) values.set(args[i], args[i + 1])
+  return [...values].flat()
+}
+
 export const PROXY_CPU = '0'
 export const LOAD_CPU = '1'
 
@@ -198,9 +208,9 @@ export async function startCompetitor (spec, { dir, backends }) {
       // Started the way the image starts it: with the node flags a serving proxy wants.
       entry = startProcess(spec.id, process.execPath, [
         ...PROXY_NODE_FLAGS, ...(spec.nodeArgs ?? []),
-        join(ROOT, 'dist', 'cli.js'), 'proxy', ...source,
-        '--listen', `127.0.0.1:${port}`, '--admin-listen', `127.0.0.1:${adminPort}`, '--log-level', 'warn',
-        ...(spec.fleetgateArgs ?? []),
+        join(ROOT, 'dist', 'cli.js'), 'proxy', ...lastOfEach([...source,
+          '--listen', `127.0.0.1:${port}`, '--admin-listen', `127.0.0.1:${adminPort}`, '--log-level', 'warn',
+          ...(spec.fleetgateArgs ?? [])]),
       ], { cpus, logFile: log })
       break
     }

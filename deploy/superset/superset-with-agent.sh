@@ -27,6 +27,8 @@ fi
 export FLEETGATE_ADVERTISE="${FLEETGATE_ADVERTISE:-$host:$port}"
 export FLEETGATE_TARGET="${FLEETGATE_TARGET:-http://127.0.0.1:$port}"
 export FLEETGATE_ADMIN_LISTEN="${FLEETGATE_ADMIN_LISTEN:-$admin_listen}"
+# This script's own setting, not the agent's: the agent would warn of a FLEETGATE_* variable it does not know.
+unset FLEETGATE_ADVERTISE_HOST
 
 # The documented gunicorn line: long URLs and headers allowed, a timeout above Superset's 60 s.
 exec node /opt/fleetgate/dist/cli.js agent -- \

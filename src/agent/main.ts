@@ -1,7 +1,7 @@
 // `fleetgate agent`: loads the configuration, then wires the health check, the registrar (ZooKeeper or Consul), the
 // wrapped command (if any), the admin listener and the signals, and returns the process exit code.
 
-import { AgentConfigSchema, loadConfig, splitHostPort, type AgentConfig } from '../config.ts'
+import { AgentConfigSchema, loadConfig, splitHostPort, warnUnknownVariables, type AgentConfig } from '../config.ts'
 import { ConsulClient, consulConnection } from '../consul/client.ts'
 import { FleetgateError, listenFor } from '../errors.ts'
 import { createLogger, type Logger } from '../logger.ts'
@@ -51,10 +51,11 @@ export function resolveAgentSettings (config: AgentConfig): AgentSettings {
 const PASSED_ON: readonly NodeJS.Signals[] = ['SIGHUP', 'SIGUSR1', 'SIGUSR2', 'SIGQUIT', 'SIGWINCH', 'SIGTTIN', 'SIGTTOU']
 
 export async function runAgent (argv: readonly string[], env: Readonly<Record<string, string | undefined>>): Promise<number> {
-  const { config, command, ignored } = loadConfig(AgentConfigSchema, { argv, env, takesCommand: true })
+  const { config, command, ignored, unknownVariables } = loadConfig(AgentConfigSchema, { argv, env, takesCommand: true })
   const settings = resolveAgentSettings(config)
   const logger = createLogger({ level: config.logLevel, name: 'fleetgate-agent' })
   if (ignored.length > 0) logger.info({ ignored }, 'settings of another discovery backend are ignored')
+  warnUnknownVariables(logger, unknownVariables)
   const registry = createRegistry()
   const metrics = createAgentMetrics(registry)
   // From 0, as the agent's other counters (see Agent).

@@ -5,7 +5,7 @@
 import cluster, { type Worker } from 'node:cluster'
 import { randomUUID } from 'node:crypto'
 import { Counter, Registry, type Aggregator, type MetricObjectWithValues, type MetricValue } from 'prom-client'
-import { splitHostPort, type ProxyConfig } from '../config.ts'
+import { splitHostPort, WORKER_CONFIG_ENV, type ProxyConfig } from '../config.ts'
 import { FleetgateError, listenFor } from '../errors.ts'
 import type { Logger } from '../logger.ts'
 import { instanceAddress, type Instance } from '../membership/instance.ts'
@@ -72,9 +72,6 @@ export function isStatusPart (value: unknown): value is ProxyStatus {
     isCount(instance.inflight) && isCount(instance.requests) && isCount(instance.errors) &&
     latency(instance.p50Ms) && latency(instance.p99Ms) && (instance.slowStartUntil === null || typeof instance.slowStartUntil === 'string'))
 }
-
-/** The environment variable that hands each worker the configuration its primary started with. */
-export const WORKER_CONFIG_ENV = 'FLEETGATE_WORKER_CONFIG'
 
 /** How long the primary waits for a worker's answer to /status or /metrics before leaving it out. */
 const QUERY_TIMEOUT_MS = 2_000

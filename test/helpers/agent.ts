@@ -6,7 +6,7 @@ import type { Client, Stat } from 'node-zookeeper-client'
 import type { Test } from 'tap'
 import { request } from 'undici'
 import type { AgentStatus } from '../../src/agent/agent.ts'
-import { runFleetgate, startBackend, zk, type Backend, type FleetgateProcess } from './fleet.ts'
+import { overriding, runFleetgate, startBackend, zk, type Backend, type FleetgateProcess } from './fleet.ts'
 import { fourLetterWord } from './zookeeper.ts'
 
 export const DEMO_BACKEND = fileURLToPath(new URL('../../dist/demo/backend.js', import.meta.url))
@@ -43,7 +43,7 @@ export async function startAgent (t: Test, options: AgentOptions): Promise<Agent
   const args = [
     'agent', '--zookeeper', options.zookeeper, '--service', options.service,
     '--advertise', `127.0.0.1:${options.port}`, '--target', `http://127.0.0.1:${options.port}`,
-    '--admin-listen', '127.0.0.1:0', ...FAST, ...(options.args ?? []),
+    ...overriding(['--admin-listen', '127.0.0.1:0', ...FAST], options.args ?? []),
     ...(options.command ? ['--', ...options.command] : []),
   ]
   const proc = runFleetgate(t, args)

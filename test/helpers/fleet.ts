@@ -66,12 +66,21 @@ export interface ProxyProcess extends FleetgateProcess {
 }
 
 /**
+ * `defaults` (flag, value pairs) with those `args` gives again left out, then `args`: fleetgate refuses a
+ * flag given twice, and a test's own value wins.
+ */
+export function overriding (defaults: readonly string[], args: readonly string[]): string[] {
+  const kept: string[] = []
+  for (let i = 0; i < defaults.length; i += 2) if (!args.includes(defaults[i]!)) kept.push(defaults[i]!, defaults[i + 1]!)
+  return [...kept, ...args]
+}
+
+/**
  * Starts `fleetgate proxy` on free loopback ports and waits until it listens (not until it is ready).
  * One process unless the test asks for `--workers`: the pid is then the one serving, for signals and RSS.
  */
 export async function startProxy (t: Test, args: string[], env: Record<string, string> = {}, nodeArgs: string[] = []): Promise<ProxyProcess> {
-  const workers = args.includes('--workers') ? [] : ['--workers', '1']
-  const proc = runFleetgate(t, ['proxy', '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', ...workers, ...args], env, nodeArgs)
+  const proc = runFleetgate(t, ['proxy', ...overriding(['--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--workers', '1'], args)], env, nodeArgs)
   const line = await proc.waitForOutput(/"listen":"127\.0\.0\.1:(\d+)","admin":"127\.0\.0\.1:(\d+)"/, 30_000)
   const url = `http://127.0.0.1:${line[1]}`
   const adminUrl = `http://127.0.0.1:${line[2]}`

@@ -263,6 +263,24 @@ t.test('bad configuration: clear error, exit code 2', async t => {
   const command = runFleetgate(t, ['porxy'])
   t.same(await command.exited, { code: 2, signal: null })
   t.match(command.output(), /FLEETGATE_ERR_CLI_USAGE: unknown command "porxy"/)
+
+  const twice = runFleetgate(t, ['proxy', '--static', 'http://127.0.0.1:1', '--listen', '127.0.0.1:0', '--listen', '127.0.0.1:1'])
+  t.same(await twice.exited, { code: 2, signal: null })
+  t.match(twice.output(), /FLEETGATE_ERR_CLI_USAGE: Invalid command line: --listen is given twice \("127\.0\.0\.1:0", then "127\.0\.0\.1:1"\): give it once/)
+})
+
+t.test('a misspelled FLEETGATE_* variable is named in a warning, with what it likely meant; both commands still run', async t => {
+  const backend = await startBackend(t, 'a')
+  const proxy = await startProxy(t, ['--static', `http://127.0.0.1:${backend.port}`], { FLEETGATE_SLOWSTART_MS: '30000', FLEETGATE_DRAIN_MS: '5' })
+  const warning = await proxy.waitForOutput(/\{"level":40,[^\n]*"msg":"FLEETGATE_SLOWSTART_MS is no fleetgate setting, and is ignored: did you mean FLEETGATE_SLOW_START_MS\?"\}/)
+  t.match(warning[0], /"variable":"FLEETGATE_SLOWSTART_MS","suggestion":"FLEETGATE_SLOW_START_MS"/)
+  t.notMatch(proxy.output(), /FLEETGATE_DRAIN_MS/, 'the agent\'s own settings in the same environment are no mistake')
+  t.equal((await get(proxy.url)).status, 200, 'the proxy serves')
+
+  const agent = runFleetgate(t, ['agent', '--zookeeper', '127.0.0.1:1', '--advertise', '127.0.0.1:8088', '--admin-listen', '127.0.0.1:0'], { FLEETGATE_HEALTH_PATH: '/health', FLEETGATE_HELTH_INTERVAL_MS: '100' })
+  await agent.waitForOutput(/"msg":"FLEETGATE_HELTH_INTERVAL_MS is no fleetgate setting, and is ignored: did you mean FLEETGATE_HEALTH_INTERVAL_MS\?"/)
+  agent.kill('SIGTERM')
+  t.same(await agent.exited, { code: 0, signal: null }, 'the agent ran, and stops as usual')
 })
 
 t.test('SIGTERM lets in-flight requests finish, then exits 0', async t => {

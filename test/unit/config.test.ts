@@ -298,9 +298,44 @@ t.test('flags of another discovery backend are an error, not ignored', async t =
     5000, 'the agent\'s TTL with Consul')
 })
 
-t.test('an unknown flag names itself and where the flags are listed', async t => {
-  throwsConfig(t, () => load(['--zookeper', 'zk']), 'FLEETGATE_ERR_CLI_USAGE', /^Invalid command line: Unknown option '--zookeper': see fleetgate help proxy$/)
-  throwsConfig(t, () => loadConfig(AgentConfigSchema, { argv: ['--advertize', '10.0.0.1:80'], env: {} }), 'FLEETGATE_ERR_CLI_USAGE', /Unknown option '--advertize': see fleetgate help agent$/)
+t.test('an unknown flag names itself, the flag it is likely a misspelling of, and where the flags are listed', async t => {
+  throwsConfig(t, () => load(['--zookeper', 'zk']), 'FLEETGATE_ERR_CLI_USAGE', /^Invalid command line: Unknown option '--zookeper' \(did you mean --zookeeper\?\): see fleetgate help proxy$/)
+  throwsConfig(t, () => loadConfig(AgentConfigSchema, { argv: ['--advertize', '10.0.0.1:80'], env: {} }), 'FLEETGATE_ERR_CLI_USAGE', /Unknown option '--advertize' \(did you mean --advertise\?\): see fleetgate help agent$/)
+  throwsConfig(t, () => load(['--slowstart-ms', '5']), 'FLEETGATE_ERR_CLI_USAGE', /Unknown option '--slowstart-ms' \(did you mean --slow-start-ms\?\)/)
+  throwsConfig(t, () => load(['--frobnicate', '5']), 'FLEETGATE_ERR_CLI_USAGE', /^Invalid command line: Unknown option '--frobnicate': see fleetgate help proxy$/)
+  // The agent's own flags are not the proxy's, and are not offered to it.
+  throwsConfig(t, () => load(['--drain-ms', '5']), 'FLEETGATE_ERR_CLI_USAGE', /^Invalid command line: Unknown option '--drain-ms': see fleetgate help proxy$/)
+})
+
+t.test('a flag given twice is refused, naming both values (a secret\'s not shown), rather than the last taken', async t => {
+  throwsConfig(t, () => load(['--listen', '127.0.0.1:8080', '--static', 'http://a:1', '--listen', '127.0.0.1:9090']), 'FLEETGATE_ERR_CLI_USAGE',
+    /^Invalid command line: --listen is given twice \("127\.0\.0\.1:8080", then "127\.0\.0\.1:9090"\): give it once$/)
+  throwsConfig(t, () => load(['--config', 'a.yaml', '--config', 'b.yaml']), 'FLEETGATE_ERR_CLI_USAGE', /--config is given twice/)
+  try {
+    load(['--consul-token', 'secret-one', '--consul-token', 'secret-two'])
+    t.fail('expected an error')
+  } catch (err) {
+    t.match((err as Error).message, /--consul-token is given twice \(values not shown\)/)
+    t.notMatch((err as Error).message, /secret/)
+  }
+  // Once as a flag and once in the environment is the usual override, not a repetition.
+  t.equal(load(['--listen', '127.0.0.1:9090'], { FLEETGATE_LISTEN: '127.0.0.1:8080' }).config.listen, '127.0.0.1:9090')
+})
+
+t.test('a FLEETGATE_* variable that is no setting is reported, with the one it likely misspells', async t => {
+  const { unknownVariables } = load([], {
+    FLEETGATE_SLOWSTART_MS: '5', FLEETGATE_LISEN: ':80', FLEETGATE_WHATEVER: '1',
+    // Known: the proxy's, the agent's (one environment may serve both), the file's, and the workers'.
+    FLEETGATE_LISTEN: '127.0.0.1:80', FLEETGATE_DRAIN_MS: '5', FLEETGATE_CONFIG: '', FLEETGATE_WORKER_CONFIG: '{}',
+    OTHER_SLOW_START_MS: '5',
+  })
+  t.same(unknownVariables, [
+    { name: 'FLEETGATE_LISEN', suggestion: 'FLEETGATE_LISTEN' },
+    { name: 'FLEETGATE_SLOWSTART_MS', suggestion: 'FLEETGATE_SLOW_START_MS' },
+    { name: 'FLEETGATE_WHATEVER', suggestion: undefined },
+  ])
+  t.same(loadConfig(AgentConfigSchema, { argv: ['--advertise', '10.0.0.1:80'], env: { FLEETGATE_SLOW_START_MS: '5', FLEETGATE_DRAIN_M: '5' } }).unknownVariables,
+    [{ name: 'FLEETGATE_DRAIN_M', suggestion: 'FLEETGATE_DRAIN_MS' }], 'the agent: the proxy\'s settings are known too')
 })
 
 t.test('a config file\'s empty or true/false value is an error, not 0 or 1', async t => {
