@@ -1,0 +1,85 @@
+// End to end on a real three-server ZooKeeper ensemble, as production runs it: a server that dies (the
+// leader among them) moves its clients to the others with their sessions and watches, and an ensemble
+// that loses its quorum leaves the proxy serving on its last membership. The pool never empties.
+
+import t from 'tap'
+import { children, readNode, startAgent, startHealthBackend } from '../helpers/agent.ts'
+import { eventually } from '../helpers/eventually.ts'
+import { expectPoolNeverEmpty, loadLoop, sample, startProxy, zkClient } from '../helpers/fleet.ts'
+import { startEnsemble } from '../helpers/zookeeper-ensemble.ts'
+
+const SESSION = ['--session-timeout-ms', '4000']
+
+t.test('each ZooKeeper server killed in turn, the leader too: clients move on with their sessions, and every change is followed', async t => {
+  const ensemble = await startEnsemble()
+  t.teardown(() => ensemble.close())
+  const [a, b] = await Promise.all(['a', 'b'].map(name => startHealthBackend(t, name)))
+  const agents = await Promise.all([a!, b!].map(backend => startAgent(t, { zookeeper: ensemble.connectString, service: 'ensemble', port: backend.port, args: SESSION })))
+  const proxy = await startProxy(t, ['--zookeeper', ensemble.connectString, '--service', 'ensemble', ...SESSION])
+  const up = async (): Promise<number> => (await proxy.status()).instances.filter(i => i.state === 'up').length
+  await eventually(async () => await up() === 2, { timeoutMs: 20_000, message: 'both instances up' })
+
+  const reader = await zkClient(t, ensemble.connectString)
+  /** Each registration's znode and the session that holds it. */
+  const owners = async (): Promise<Record<string, string | undefined>> => Object.fromEntries(await Promise.all(
+    (await children(reader, '/services/ensemble')).map(async id => [id, (await readNode(reader, `/services/ensemble/${id}`))?.stat.ephemeralOwner.toString('hex')]),
+  ))
+  const before = await owners()
+  t.equal(Object.keys(before).length, 2)
+
+  const load = loadLoop(proxy.url, { concurrency: 2, maxMs: 150_000, pauseMs: 2 })
+  t.teardown(() => load.stop())
+  const leader = await ensemble.leader()
+  // The leader first; then the others, one of which the proxy is on, whichever it picked.
+  for (const member of [leader, ...ensemble.members.filter(m => m !== leader)]) {
+    await member.kill()
+    // A change while the server is down goes through the two left: b fails its check and leaves, then
+    // passes and comes back.
+    b!.healthy = false
+    await eventually(async () => (await proxy.status()).instances.length === 1, { timeoutMs: 20_000, message: `b's leaving followed with server ${member.id} down` })
+    b!.healthy = true
+    await eventually(async () => await up() === 2, { timeoutMs: 20_000, message: `b's return followed with server ${member.id} down` })
+    await member.start()
+  }
+
+  t.same(await owners(), before, 'every registration is held by the session it began with: none expired')
+  t.equal(sample(await proxy.metrics(), 'fleetgate_zookeeper_session_expirations_total'), 0, 'the proxy kept its session')
+  for (const agent of agents) {
+    t.equal(sample(await agent.metrics(), 'fleetgate_zookeeper_session_expirations_total'), 0, 'and each agent its own')
+  }
+  t.notOk((await proxy.status()).source.stale, 'the proxy follows the ensemble')
+  await expectPoolNeverEmpty(t, proxy, load, 'after three servers were killed in turn')
+})
+
+t.test('the ensemble loses its quorum: the proxy serves on its last membership, then follows changes again', async t => {
+  const ensemble = await startEnsemble()
+  t.teardown(() => ensemble.close())
+  const [a, b, c] = await Promise.all(['a', 'b', 'c'].map(name => startHealthBackend(t, name)))
+  await Promise.all([a!, b!].map(backend => startAgent(t, { zookeeper: ensemble.connectString, service: 'quorum', port: backend.port, args: SESSION })))
+  const proxy = await startProxy(t, ['--zookeeper', ensemble.connectString, '--service', 'quorum', ...SESSION])
+  await eventually(async () => (await proxy.status()).instances.filter(i => i.state === 'up').length === 2, { timeoutMs: 20_000, message: 'both instances up' })
+
+  const load = loadLoop(proxy.url, { concurrency: 2, maxMs: 120_000, pauseMs: 2 })
+  t.teardown(() => load.stop())
+  await eventually(() => load.result.ok > 100)
+  // Two of three down: the last one stops serving, and every client loses its connection.
+  const [first, second] = ensemble.members
+  await first!.kill()
+  await second!.kill()
+  await eventually(async () => (await proxy.status()).source.stale, { timeoutMs: 20_000, message: 'the proxy sees its membership go stale' })
+  // Longer than the sessions' timeout: no server can expire them without a quorum, and the pool stays.
+  const lost = Date.now()
+  await eventually(() => Date.now() - lost >= 6_000, { timeoutMs: 10_000, intervalMs: 200 })
+  const status = await proxy.status()
+  t.same(status.instances.map(i => i.state), ['up', 'up'], 'the last membership serves while there is no quorum')
+
+  await first!.start()
+  await second!.start()
+  await eventually(async () => !(await proxy.status()).source.stale, { timeoutMs: 30_000, message: 'fresh once the quorum is back' })
+  // Registered again (or never lost) and followed: a new instance joins, and one leaves.
+  await startAgent(t, { zookeeper: ensemble.connectString, service: 'quorum', port: c!.port, args: SESSION })
+  await eventually(async () => (await proxy.status()).instances.filter(i => i.state === 'up').length === 3, { timeoutMs: 20_000, message: 'c joins after the quorum is back' })
+  a!.healthy = false
+  await eventually(async () => (await proxy.status()).instances.length === 2, { timeoutMs: 20_000, message: 'a leaves after the quorum is back' })
+  await expectPoolNeverEmpty(t, proxy, load, 'through the loss of the quorum')
+})
