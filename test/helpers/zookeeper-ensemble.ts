@@ -25,6 +25,10 @@ export interface EnsembleMember {
   kill(): Promise<void>
   /** Starts it again on its ports and data; resolves once it serves within the quorum. */
   start(): Promise<void>
+  /** SIGSTOP, as a server hung in a long pause: its connections stay open, and nothing answers on them. */
+  pause(): void
+  /** SIGCONT after pause(). */
+  resume(): void
   logTail(lines?: number): string
 }
 
@@ -92,6 +96,7 @@ export async function startEnsemble (size = 3): Promise<ZooKeeperEnsemble> {
 class Member implements EnsembleMember {
   #child: ChildProcess | undefined
   #exited: Promise<void> = Promise.resolve()
+  #paused = false
   readonly #logFile: string
 
   constructor (readonly id: number, readonly clientPort: number, readonly dir: string) {
@@ -141,6 +146,17 @@ class Member implements EnsembleMember {
     await this.#exited
   }
 
+  pause (): void {
+    if (!this.running) throw new Error(`server ${this.id} is not running`)
+    this.#child!.kill('SIGSTOP')
+    this.#paused = true
+  }
+
+  resume (): void {
+    if (this.running) this.#child!.kill('SIGCONT')
+    this.#paused = false
+  }
+
   async start (): Promise<void> {
     if (this.running) return
     this.spawn()
@@ -151,6 +167,8 @@ class Member implements EnsembleMember {
     if (!this.running) return
     const child = this.#child!
     child.kill('SIGTERM')
+    // A stopped JVM handles SIGTERM only once it runs again.
+    if (this.#paused) this.resume()
     const timer = setTimeout(() => { if (isRunning(child)) child.kill('SIGKILL') }, 5000)
     await this.#exited
     clearTimeout(timer)

@@ -1,6 +1,7 @@
 // End to end on a real three-server ZooKeeper ensemble, as production runs it: a server that dies (the
-// leader among them) moves its clients to the others with their sessions and watches, and an ensemble
-// that loses its quorum leaves the proxy serving on its last membership. The pool never empties.
+// leader among them) moves its clients to the others with their sessions and watches, a server that
+// hangs is left by the watchdog, and an ensemble that loses its quorum leaves the proxy serving on its
+// last membership. The pool never empties.
 
 import t from 'tap'
 import { children, readNode, startAgent, startHealthBackend } from '../helpers/agent.ts'
@@ -49,6 +50,36 @@ t.test('each ZooKeeper server killed in turn, the leader too: clients move on wi
   }
   t.notOk((await proxy.status()).source.stale, 'the proxy follows the ensemble')
   await expectPoolNeverEmpty(t, proxy, load, 'after three servers were killed in turn')
+})
+
+t.test('each ZooKeeper server hung in turn (SIGSTOP) past the session timeout: clients get away from it, and the pool never empties', async t => {
+  const ensemble = await startEnsemble()
+  t.teardown(() => ensemble.close())
+  const [a, b] = await Promise.all(['a', 'b'].map(name => startHealthBackend(t, name)))
+  await Promise.all([a!, b!].map(backend => startAgent(t, { zookeeper: ensemble.connectString, service: 'hung', port: backend.port, args: SESSION })))
+  const proxy = await startProxy(t, ['--zookeeper', ensemble.connectString, '--service', 'hung', ...SESSION])
+  const up = async (): Promise<number> => (await proxy.status()).instances.filter(i => i.state === 'up').length
+  await eventually(async () => await up() === 2, { timeoutMs: 20_000, message: 'both instances up' })
+
+  const load = loadLoop(proxy.url, { concurrency: 2, maxMs: 150_000, pauseMs: 2 })
+  t.teardown(() => load.stop())
+  for (const member of ensemble.members) {
+    member.pause()
+    t.teardown(() => member.resume())
+    const hungAt = Date.now()
+    // A change while the server is hung: b fails its check and leaves, then passes and comes back.
+    b!.healthy = false
+    await eventually(async () => (await proxy.status()).instances.length === 1, { timeoutMs: 20_000, message: `b's leaving followed with server ${member.id} hung` })
+    b!.healthy = true
+    await eventually(async () => await up() === 2, { timeoutMs: 20_000, message: `b's return followed with server ${member.id} hung` })
+    // Longer than the sessions' timeout: a client still waiting on the hung server would have lost its session.
+    await eventually(() => Date.now() - hungAt >= 6_000, { timeoutMs: 10_000, intervalMs: 200 })
+    member.resume()
+    await eventually(async () => (await member.mode()) !== undefined, { timeoutMs: 20_000, message: `server ${member.id} serving again` })
+  }
+  await eventually(async () => await up() === 2 && !(await proxy.status()).source.stale, { timeoutMs: 20_000, message: 'both up, and the proxy following' })
+  t.match(proxy.output(), /zookeeper watchdog fired/, 'the proxy\'s watchdog found the hung server it was on')
+  await expectPoolNeverEmpty(t, proxy, load, 'after three servers hung in turn')
 })
 
 t.test('the ensemble loses its quorum: the proxy serves on its last membership, then follows changes again', async t => {
