@@ -41,9 +41,11 @@ export const FAST = ['--health-interval-ms', '100', '--health-timeout-ms', '1000
 /** Starts `fleetgate agent` with its admin on a free port; resolves once it listens. Killed at teardown. */
 export async function startAgent (t: Test, options: AgentOptions): Promise<AgentProcess> {
   const args = [
-    'agent', '--zookeeper', options.zookeeper, '--service', options.service,
-    '--advertise', `127.0.0.1:${options.port}`, '--target', `http://127.0.0.1:${options.port}`,
-    ...overriding(['--admin-listen', '127.0.0.1:0', ...FAST], options.args ?? []),
+    'agent', ...overriding([
+      '--zookeeper', options.zookeeper, '--service', options.service,
+      '--advertise', `127.0.0.1:${options.port}`, '--target', `http://127.0.0.1:${options.port}`,
+      '--admin-listen', '127.0.0.1:0', ...FAST,
+    ], options.args ?? []),
     ...(options.command ? ['--', ...options.command] : []),
   ]
   const proc = runFleetgate(t, args)

@@ -9,7 +9,7 @@ import type { AgentStatus } from '../../src/agent/agent.ts'
 import { DEMO_BACKEND, FAST, startHealthBackend } from '../helpers/agent.ts'
 import { consulTarget, doubleOf, needsDouble, uniqueService, type ConsulTarget } from '../helpers/consul.ts'
 import { eventually } from '../helpers/eventually.ts'
-import { get, runFleetgate, startProxy, type FleetgateProcess, type ProxyProcess } from '../helpers/fleet.ts'
+import { get, overriding, runFleetgate, startProxy, type FleetgateProcess, type ProxyProcess } from '../helpers/fleet.ts'
 import { startRelay } from '../helpers/tcp-relay.ts'
 import { freePort } from '../helpers/zookeeper.ts'
 
@@ -22,11 +22,11 @@ interface ConsulAgent extends FleetgateProcess {
 /** `fleetgate agent --discovery consul` for the instance on 127.0.0.1:port; the token goes by environment. */
 async function startConsulAgent (t: Test, target: ConsulTarget, service: string, port: number, args: string[] = []): Promise<ConsulAgent> {
   const id = `127.0.0.1-${port}`
-  const proc = runFleetgate(t, [
-    'agent', '--discovery', 'consul', '--consul', target.address, '--service', service,
+  const proc = runFleetgate(t, ['agent', ...overriding([
+    '--discovery', 'consul', '--consul', target.address, '--service', service,
     '--advertise', `127.0.0.1:${port}`, '--target', `http://127.0.0.1:${port}`, '--admin-listen', '127.0.0.1:0',
-    ...FAST, ...args,
-  ], target.token ? { FLEETGATE_CONSUL_TOKEN: target.token } : {})
+    ...FAST,
+  ], args)], target.token ? { FLEETGATE_CONSUL_TOKEN: target.token } : {})
   t.teardown(() => target.api.deregister(args.includes('--id') ? args[args.indexOf('--id') + 1]! : id))
   const adminUrl = (await proc.waitForOutput(/"admin":"(http:\/\/127\.0\.0\.1:\d+)"/, 30_000))[1]!
   return {
@@ -297,7 +297,7 @@ t.test('wrapper mode: the command does not get the agent\'s Consul token; other 
     '--advertise', `127.0.0.1:${port}`, '--target', `http://127.0.0.1:${port}`, '--admin-listen', '127.0.0.1:0', ...FAST,
     '--', 'sh', '-c', `${show}; exec "${process.execPath}" "${DEMO_BACKEND}" --name env --port ${port} --exit-with-parent`,
   ], { FLEETGATE_CONSUL_TOKEN: 'agent-secret', FLEETGATE_TEST_KEPT: 'kept' })
-  const [, token, kept] = await agent.waitForOutput(/child env: token=\[([^\]]*)\] kept=\[([^\]]*)\]/, 30_000)
+  const [, token, kept] = await agent.waitForOutput(/child env: token=\[([^\]$]*)\] kept=\[([^\]$]*)\]/, 30_000)
   t.equal(token, 'unset', 'FLEETGATE_CONSUL_TOKEN is not in the command\'s environment')
   t.equal(kept, 'kept', 'other variables are')
   await eventually(() => double.service(id), { timeoutMs: 30_000, message: 'the agent registers with its token all the same' })
