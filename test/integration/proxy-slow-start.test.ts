@@ -47,13 +47,10 @@ t.test('an instance that joins takes a small share at first, and its full share 
   t.ok((early.c ?? 0) >= 5 && (early.c ?? 0) <= 40, `the new instance takes a small share, not its full one (100): ${JSON.stringify(early)}`)
   t.ok(Math.abs((early.a ?? 0) - (early.b ?? 0)) <= 1, 'the others share the rest evenly')
 
-  // Once the window is over, the rotation is strict again: every third request.
-  const full = await eventually(async () => {
-    const counts = await servedBy(short, 30)
-    return counts.a === 10 && counts.b === 10 && counts.c === 10 ? counts : undefined
-  }, { timeoutMs: 10_000, message: 'the full share after the window' })
-  t.same(full, { a: 10, b: 10, c: 10 }, 'after --slow-start-ms, its full share')
-  t.same((await short.status()).instances.map(i => i.slowStartUntil), [null, null, null], '/status: and no slow start left')
+  // Once the window is over (near its end, the share is close to full already, and 30 requests can come
+  // out even), /status says so, and the rotation is strict again: every third request.
+  await eventually(async () => (await short.status()).instances.every(i => i.slowStartUntil === null), { timeoutMs: 10_000, message: '/status: no slow start left' })
+  t.same(await servedBy(short, 30), { a: 10, b: 10, c: 10 }, 'after --slow-start-ms, its full share')
 })
 
 t.test('with --workers, each worker starts the new instance slowly, and /status says until when', async t => {
