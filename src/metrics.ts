@@ -381,7 +381,7 @@ export function createProxyMetrics (registry: Registry, collectors: ProxyCollect
     }),
     sessionExpirations: new Counter({
       name: 'fleetgate_zookeeper_session_expirations_total',
-      help: 'ZooKeeper sessions lost for good (expired, or abandoned by the watchdog) and rebuilt',
+      help: 'ZooKeeper sessions lost for good (expired, or given up when no server gave one back in time) and rebuilt',
       labelNames: ['service'] as const,
       registers,
     }),

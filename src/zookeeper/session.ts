@@ -1,5 +1,6 @@
-// ZooKeeperSession: one ZooKeeper client that never stays broken. It rebuilds the client on session
-// expiry, on a hung server (a watchdog probe misses its deadline) and on a handshake that never completes.
+// ZooKeeperSession: one ZooKeeper client that never stays broken. A server that stops answering (a
+// watchdog probe misses its deadline) is left for the next one with the same session; the client is
+// rebuilt on session expiry and when no server gives it a session in time.
 
 import zookeeper from 'node-zookeeper-client'
 import type { Client, Event as ZkEvent, Stat } from 'node-zookeeper-client'
@@ -208,6 +209,8 @@ export class ZooKeeperSession {
   #waitingSinceMs = 0
   /** Whether the server answered a request on the current connection. A handshake alone is no proof. */
   #answered = false
+  /** When a server last answered on this session (a handshake or a probe): its timeout on the ensemble runs from about then. */
+  #lastAnswerMs = 0
   /** Clients in a row that never got a session: the back-off between connect attempts grows with it. */
   #failedBuilds = 0
   #probeSentAtMs: number | undefined
@@ -326,6 +329,7 @@ export class ZooKeeperSession {
       this.#armWatchdog()
       this.#failedBuilds = 0
       this.#answered = false
+      this.#lastAnswerMs = performance.now()
       // A new session is the server's answer already; a handshake that resumes one proves nothing.
       if (newSession) this.#waitingSinceMs = performance.now()
       this.#log.info({ sessionId, newSession, timeoutMs: this.#grantedTimeoutMs }, 'zookeeper connected')
@@ -396,13 +400,34 @@ export class ZooKeeperSession {
       return
     }
     if (this.#probeSentAtMs !== undefined) {
-      if (now - this.#probeSentAtMs > (timeoutMs * 2) / 3) {
-        this.#log.warn({ err: new FleetgateError('FLEETGATE_ERR_ZK_WATCHDOG', `no answer in ${Math.round(now - this.#probeSentAtMs)} ms`) }, 'zookeeper watchdog fired')
-        this.#replace('watchdog')
-      }
+      // Two thirds of the session timeout without an answer, as the Java client's read timeout: a third
+      // is left to resume the session on another server before the ensemble expires it.
+      if (now - this.#lastAnswerMs > (timeoutMs * 2) / 3) this.#moveOn(client, now)
       return
     }
     this.#probe(client)
+  }
+
+  /**
+   * The server the client is on has stopped answering (a long pause, a hung disk). As the Java client does,
+   * its connection is closed and the next server in the connect string is given the same session: on an
+   * ensemble, the session, its watches and an agent's znode carry on as they were. If the session is gone
+   * meanwhile, the server says so (expired); if no server answers before it surely is, the client is
+   * rebuilt (connect deadline), as with one server only.
+   */
+  #moveOn (client: Client, now: number): void {
+    const err = new FleetgateError('FLEETGATE_ERR_ZK_WATCHDOG', `no answer in ${Math.round(now - this.#lastAnswerMs)} ms`)
+    const socket = managerOf(client).socket
+    if (socket === undefined) {
+      this.#log.warn({ err }, 'zookeeper watchdog fired')
+      return this.#replace('watchdog')
+    }
+    this.#log.warn({ err }, 'zookeeper watchdog fired: trying the next server with the same session')
+    this.#probeSentAtMs = undefined
+    this.#connected = false
+    this.#waitingSinceMs = this.#lastAnswerMs
+    this.#emit({ type: 'disconnected' })
+    socket.destroy(err)
   }
 
   #probe (client: Client): void {
@@ -413,7 +438,10 @@ export class ZooKeeperSession {
       this.#probeSentAtMs = undefined
       // Any answer from the server, even an error, proves it alive; a lost connection fails the probe here.
       const code = zkErrorCode(err)
-      if (code !== zookeeper.Exception.CONNECTION_LOSS && code !== zookeeper.Exception.SESSION_EXPIRED) this.#answered = true
+      if (code !== zookeeper.Exception.CONNECTION_LOSS && code !== zookeeper.Exception.SESSION_EXPIRED) {
+        this.#answered = true
+        this.#lastAnswerMs = performance.now()
+      }
     })
   }
 

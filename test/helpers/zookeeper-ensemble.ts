@@ -38,6 +38,8 @@ export interface ZooKeeperEnsemble {
   readonly members: readonly EnsembleMember[]
   /** The member serving as leader now; waits for an election under way. */
   leader(): Promise<EnsembleMember>
+  /** The member a client's session (its id in hex, as the client gives it) is connected to now. */
+  holding(sessionId: string): Promise<EnsembleMember>
   /** Every member stopped and its directory removed. */
   close(): Promise<void>
 }
@@ -76,6 +78,19 @@ export async function startEnsemble (size = 3): Promise<ZooKeeperEnsemble> {
         for (const member of members) if (await member.mode() === 'leader') return member
         return undefined
       }, { timeoutMs: READY_TIMEOUT_MS, message: () => `a leader; logs:\n${members.map(m => m.logTail(10)).join('\n')}` })
+      return found!
+    },
+    async holding (sessionId) {
+      // `cons` lists each connection with its session: `…,sid=0x300002fcc060001,…`.
+      const sid = `sid=0x${BigInt(`0x${sessionId}`).toString(16)}`
+      const found = await eventually(async () => {
+        for (const member of members) {
+          if (!member.running) continue
+          const answer = await fourLetterWord(member.clientPort, 'cons', 1000)
+          if (answer.split('\n').some(line => line.includes(`${sid},`) || line.includes(`${sid})`))) return member
+        }
+        return undefined
+      }, { timeoutMs: 10_000, message: `the server holding session ${sessionId}` })
       return found!
     },
     async close () {

@@ -1,6 +1,6 @@
 // End to end on a real three-server ZooKeeper ensemble, as production runs it: a server that dies (the
-// leader among them) moves its clients to the others with their sessions and watches, a server that
-// hangs is left by the watchdog, and an ensemble that loses its quorum leaves the proxy serving on its
+// leader among them) moves its clients to the others with their sessions and watches, so does a server
+// that hangs (its clients' watchdogs leave it), and an ensemble that loses its quorum leaves the proxy serving on its
 // last membership. The pool never empties.
 
 import t from 'tap'
@@ -52,21 +52,29 @@ t.test('each ZooKeeper server killed in turn, the leader too: clients move on wi
   await expectPoolNeverEmpty(t, proxy, load, 'after three servers were killed in turn')
 })
 
-t.test('each ZooKeeper server hung in turn (SIGSTOP) past the session timeout: clients get away from it, and the pool never empties', async t => {
+t.test('the server each client is on hung (SIGSTOP) past the session timeout: the client resumes its session on another, and the pool never empties', async t => {
   const ensemble = await startEnsemble()
   t.teardown(() => ensemble.close())
   const [a, b] = await Promise.all(['a', 'b'].map(name => startHealthBackend(t, name)))
-  await Promise.all([a!, b!].map(backend => startAgent(t, { zookeeper: ensemble.connectString, service: 'hung', port: backend.port, args: SESSION })))
+  const agents = await Promise.all([a!, b!].map(backend => startAgent(t, { zookeeper: ensemble.connectString, service: 'hung', port: backend.port, args: SESSION })))
   const proxy = await startProxy(t, ['--zookeeper', ensemble.connectString, '--service', 'hung', ...SESSION])
   const up = async (): Promise<number> => (await proxy.status()).instances.filter(i => i.state === 'up').length
   await eventually(async () => await up() === 2, { timeoutMs: 20_000, message: 'both instances up' })
+  const sessions = async (): Promise<Array<string | undefined>> => await Promise.all(agents.map(async agent => (await agent.status()).registration.session))
+  const before = await sessions()
+  const proxySession = [...proxy.output().matchAll(/"sessionId":"([0-9a-f]+)"/g)].at(-1)![1]!
+  const watchdog = /zookeeper watchdog fired: trying the next server with the same session/g
 
   const load = loadLoop(proxy.url, { concurrency: 2, maxMs: 150_000, pauseMs: 2 })
   t.teardown(() => load.stop())
-  for (const member of ensemble.members) {
+  const clients = [{ name: 'the proxy', session: proxySession, process: proxy }, ...agents.map((agent, i) => ({ name: `agent ${i + 1}`, session: before[i]!, process: agent }))]
+  for (const client of clients) {
+    const member = await ensemble.holding(client.session)
+    const fired = client.process.output().match(watchdog)?.length ?? 0
     member.pause()
     t.teardown(() => member.resume())
     const hungAt = Date.now()
+    await eventually(() => (client.process.output().match(watchdog)?.length ?? 0) > fired, { message: `${client.name}'s watchdog fired on server ${member.id}` })
     // A change while the server is hung: b fails its check and leaves, then passes and comes back.
     b!.healthy = false
     await eventually(async () => (await proxy.status()).instances.length === 1, { timeoutMs: 20_000, message: `b's leaving followed with server ${member.id} hung` })
@@ -78,8 +86,10 @@ t.test('each ZooKeeper server hung in turn (SIGSTOP) past the session timeout: c
     await eventually(async () => (await member.mode()) !== undefined, { timeoutMs: 20_000, message: `server ${member.id} serving again` })
   }
   await eventually(async () => await up() === 2 && !(await proxy.status()).source.stale, { timeoutMs: 20_000, message: 'both up, and the proxy following' })
-  t.match(proxy.output(), /zookeeper watchdog fired/, 'the proxy\'s watchdog found the hung server it was on')
-  await expectPoolNeverEmpty(t, proxy, load, 'after three servers hung in turn')
+  t.notMatch(proxy.output(), /zookeeper session lost/, 'the proxy kept its session')
+  t.same(await sessions(), before, 'each agent kept its session, and its znode')
+  t.equal(sample(await proxy.metrics(), 'fleetgate_zookeeper_session_expirations_total'), 0)
+  await expectPoolNeverEmpty(t, proxy, load, 'after the server of each client hung')
 })
 
 t.test('the ensemble loses its quorum: the proxy serves on its last membership, then follows changes again', async t => {
