@@ -424,8 +424,10 @@ export class ZooKeeperSession {
     }
     this.#log.warn({ err }, 'zookeeper watchdog fired: trying the next server with the same session')
     this.#probeSentAtMs = undefined
+    // As after any lost connection: a session timeout from now to get the session back. A server that
+    // finds it expired meanwhile says so at once.
     this.#connected = false
-    this.#waitingSinceMs = this.#lastAnswerMs
+    this.#waitingSinceMs = now
     this.#emit({ type: 'disconnected' })
     socket.destroy(err)
   }
