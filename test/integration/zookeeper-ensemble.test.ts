@@ -1,9 +1,9 @@
 // End to end on a real three-server ZooKeeper ensemble, as production runs it: a server that dies (the
 // leader among them) moves its clients to the others with their sessions and watches, so does a server
-// that hangs (its clients' watchdogs leave it), and an ensemble that loses its quorum leaves the proxy serving on its
-// last membership. The pool never empties.
+// that hangs (its clients' watchdogs leave it), and an ensemble that loses its quorum leaves the proxy
+// serving on its last membership. The pool never empties.
 
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { children, readNode, startAgent, startHealthBackend } from '../helpers/agent.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { expectPoolNeverEmpty, loadLoop, sample, startProxy, zkClient } from '../helpers/fleet.ts'
@@ -11,14 +11,23 @@ import { startEnsemble } from '../helpers/zookeeper-ensemble.ts'
 
 const SESSION = ['--session-timeout-ms', '4000']
 
-t.test('each ZooKeeper server killed in turn, the leader too: clients move on with their sessions, and every change is followed', async t => {
+/**
+ * A ZooKeeper ensemble; instances a and b, each registered by its agent; a proxy following them, with both
+ * up. `up()` counts the instances the proxy has up.
+ */
+async function ensembleFleet (t: Test, service: string) {
   const ensemble = await startEnsemble()
   t.teardown(() => ensemble.close())
   const [a, b] = await Promise.all(['a', 'b'].map(name => startHealthBackend(t, name)))
-  const agents = await Promise.all([a!, b!].map(backend => startAgent(t, { zookeeper: ensemble.connectString, service: 'ensemble', port: backend.port, args: SESSION })))
-  const proxy = await startProxy(t, ['--zookeeper', ensemble.connectString, '--service', 'ensemble', ...SESSION])
+  const agents = await Promise.all([a!, b!].map(backend => startAgent(t, { zookeeper: ensemble.connectString, service, port: backend.port, args: SESSION })))
+  const proxy = await startProxy(t, ['--zookeeper', ensemble.connectString, '--service', service, ...SESSION])
   const up = async (): Promise<number> => (await proxy.status()).instances.filter(i => i.state === 'up').length
   await eventually(async () => await up() === 2, { timeoutMs: 20_000, message: 'both instances up' })
+  return { ensemble, a: a!, b: b!, agents, proxy, up }
+}
+
+t.test('each ZooKeeper server killed in turn, the leader too: clients move on with their sessions, and every change is followed', async t => {
+  const { ensemble, b, agents, proxy, up } = await ensembleFleet(t, 'ensemble')
 
   const reader = await zkClient(t, ensemble.connectString)
   /** Each registration's znode and the session that holds it. */
@@ -36,9 +45,9 @@ t.test('each ZooKeeper server killed in turn, the leader too: clients move on wi
     await member.kill()
     // A change while the server is down goes through the two left: b fails its check and leaves, then
     // passes and comes back.
-    b!.healthy = false
+    b.healthy = false
     await eventually(async () => (await proxy.status()).instances.length === 1, { timeoutMs: 20_000, message: `b's leaving followed with server ${member.id} down` })
-    b!.healthy = true
+    b.healthy = true
     await eventually(async () => await up() === 2, { timeoutMs: 20_000, message: `b's return followed with server ${member.id} down` })
     await member.start()
   }
@@ -53,13 +62,7 @@ t.test('each ZooKeeper server killed in turn, the leader too: clients move on wi
 })
 
 t.test('the server each client is on hung (SIGSTOP) past the session timeout: the client resumes its session on another, and the pool never empties', async t => {
-  const ensemble = await startEnsemble()
-  t.teardown(() => ensemble.close())
-  const [a, b] = await Promise.all(['a', 'b'].map(name => startHealthBackend(t, name)))
-  const agents = await Promise.all([a!, b!].map(backend => startAgent(t, { zookeeper: ensemble.connectString, service: 'hung', port: backend.port, args: SESSION })))
-  const proxy = await startProxy(t, ['--zookeeper', ensemble.connectString, '--service', 'hung', ...SESSION])
-  const up = async (): Promise<number> => (await proxy.status()).instances.filter(i => i.state === 'up').length
-  await eventually(async () => await up() === 2, { timeoutMs: 20_000, message: 'both instances up' })
+  const { ensemble, b, agents, proxy, up } = await ensembleFleet(t, 'hung')
   const sessions = async (): Promise<Array<string | undefined>> => await Promise.all(agents.map(async agent => (await agent.status()).registration.session))
   const before = await sessions()
   const proxySession = [...proxy.output().matchAll(/"sessionId":"([0-9a-f]+)"/g)].at(-1)![1]!
@@ -76,9 +79,9 @@ t.test('the server each client is on hung (SIGSTOP) past the session timeout: th
     const hungAt = Date.now()
     await eventually(() => (client.process.output().match(watchdog)?.length ?? 0) > fired, { message: `${client.name}'s watchdog fired on server ${member.id}` })
     // A change while the server is hung: b fails its check and leaves, then passes and comes back.
-    b!.healthy = false
+    b.healthy = false
     await eventually(async () => (await proxy.status()).instances.length === 1, { timeoutMs: 20_000, message: `b's leaving followed with server ${member.id} hung` })
-    b!.healthy = true
+    b.healthy = true
     await eventually(async () => await up() === 2, { timeoutMs: 20_000, message: `b's return followed with server ${member.id} hung` })
     // Longer than the sessions' timeout: a client still waiting on the hung server would have lost its session.
     await eventually(() => Date.now() - hungAt >= 6_000, { timeoutMs: 10_000, intervalMs: 200 })
@@ -93,12 +96,8 @@ t.test('the server each client is on hung (SIGSTOP) past the session timeout: th
 })
 
 t.test('the ensemble loses its quorum: the proxy serves on its last membership, then follows changes again', async t => {
-  const ensemble = await startEnsemble()
-  t.teardown(() => ensemble.close())
-  const [a, b, c] = await Promise.all(['a', 'b', 'c'].map(name => startHealthBackend(t, name)))
-  await Promise.all([a!, b!].map(backend => startAgent(t, { zookeeper: ensemble.connectString, service: 'quorum', port: backend.port, args: SESSION })))
-  const proxy = await startProxy(t, ['--zookeeper', ensemble.connectString, '--service', 'quorum', ...SESSION])
-  await eventually(async () => (await proxy.status()).instances.filter(i => i.state === 'up').length === 2, { timeoutMs: 20_000, message: 'both instances up' })
+  const { ensemble, a, proxy, up } = await ensembleFleet(t, 'quorum')
+  const c = await startHealthBackend(t, 'c')
 
   const load = loadLoop(proxy.url, { concurrency: 2, maxMs: 120_000, pauseMs: 2 })
   t.teardown(() => load.stop())
@@ -118,9 +117,9 @@ t.test('the ensemble loses its quorum: the proxy serves on its last membership, 
   await second!.start()
   await eventually(async () => !(await proxy.status()).source.stale, { timeoutMs: 30_000, message: 'fresh once the quorum is back' })
   // Registered again (or never lost) and followed: a new instance joins, and one leaves.
-  await startAgent(t, { zookeeper: ensemble.connectString, service: 'quorum', port: c!.port, args: SESSION })
-  await eventually(async () => (await proxy.status()).instances.filter(i => i.state === 'up').length === 3, { timeoutMs: 20_000, message: 'c joins after the quorum is back' })
-  a!.healthy = false
+  await startAgent(t, { zookeeper: ensemble.connectString, service: 'quorum', port: c.port, args: SESSION })
+  await eventually(async () => await up() === 3, { timeoutMs: 20_000, message: 'c joins after the quorum is back' })
+  a.healthy = false
   await eventually(async () => (await proxy.status()).instances.length === 2, { timeoutMs: 20_000, message: 'a leaves after the quorum is back' })
   await expectPoolNeverEmpty(t, proxy, load, 'through the loss of the quorum')
 })
