@@ -238,10 +238,9 @@ export function loadConfig<S extends TObject> (schema: S, input: LoadInput): Loa
   const given = new Map<string, string | undefined>()
   for (const token of parsed.tokens ?? []) {
     if (token.kind !== 'option') continue
-    const earlier = given.get(token.name)
     if (given.has(token.name)) {
       const key = token.name.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase())
-      const values = SECRET_KEYS.has(key) ? 'values not shown' : `${JSON.stringify(earlier)}, then ${JSON.stringify(token.value)}`
+      const values = SECRET_KEYS.has(key) ? 'values not shown' : `${JSON.stringify(given.get(token.name))}, then ${JSON.stringify(token.value)}`
       throw new FleetgateError('FLEETGATE_ERR_CLI_USAGE', `--${token.name} is given twice (${values}): give it once`)
     }
     given.set(token.name, token.value)

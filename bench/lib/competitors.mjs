@@ -13,7 +13,6 @@ export { PROXY_NODE_FLAGS }
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const BENCH = join(ROOT, 'bench')
 
-/** Cores: the proxy under test gets PROXY_CPU alone; wrk and the backends share LOAD_CPU. */
 /**
  * Flag and value pairs with each flag's last value only, in the order the flags came: fleetgate refuses a
  * flag given twice, and the bench's defaults, a section's own flags and --fleetgate-args come in that order.
@@ -24,6 +23,7 @@ export function lastOfEach (args) {
   return [...values].flat()
 }
 
+/** Cores: the proxy under test gets PROXY_CPU alone; wrk and the backends share LOAD_CPU. */
 export const PROXY_CPU = '0'
 export const LOAD_CPU = '1'
 
