@@ -76,6 +76,22 @@ function handshakeTimeout (client: Client): void {
 }
 
 /**
+ * node-zookeeper-client keeps the bytes of an answer it has not wholly received across connections: a
+ * server that stopped mid-answer (hung, or cut off) and was left leaves them in front of the next server's
+ * first bytes, its handshake answer, which is then read as the rest of that stale answer. The handshake
+ * never completes, or is read as garbage (a session "expired" that was not), and the session is lost. A
+ * connection's partial answer now goes with it.
+ */
+function freshFraming (client: Client): void {
+  const manager = managerOf(client)
+  const onSocketClosed = manager.onSocketClosed
+  manager.onSocketClosed = function (this: ConnectionManager, hadError: boolean): void {
+    this.pendingBuffer = null
+    onSocketClosed.call(this, hadError)
+  }
+}
+
+/**
  * Hands `record` each error of the client's connections (a refused connect, a name that does not
  * resolve): the library only reconnects on them, and says nothing of why.
  */
@@ -132,6 +148,9 @@ interface ConnectionManager {
   on (event: 'state', listener: (state: number) => void): void
   onSocketConnected (): void
   onSocketError (err: Error): void
+  onSocketClosed (hadError: boolean): void
+  /** The start of an answer not wholly received yet. */
+  pendingBuffer: Buffer | null
   queue (request: JuteRequest, callback?: (err: unknown) => void): void
 }
 interface JuteRequest {
@@ -301,6 +320,7 @@ export class ZooKeeperSession {
       retries: 0,
     })
     batchSetWatches(client)
+    freshFraming(client)
     cancellableReconnects(client)
     handshakeTimeout(client)
     socketErrors(client, err => { if (generation === this.#generation) this.#connectionError = err.message })

@@ -1,6 +1,7 @@
 // The ZooKeeper session keeper against a real server that clamps the session timeout it is asked for.
 
 import { setTimeout as outageOf } from 'node:timers/promises'
+import net from 'node:net'
 import t from 'tap'
 import { silentLogger } from '../../src/logger.ts'
 import { type SessionEvent, ZooKeeperSession } from '../../src/zookeeper/session.ts'
@@ -113,5 +114,56 @@ t.test('a host that accepts connections and never answers them is passed over, a
   await eventually(() => session.connected, { message: 'reconnected' })
   t.same(events.map(e => e.type), ['connected', 'disconnected', 'connected'], 'never given up')
   t.equal(session.client!.getSessionId().toString('hex'), sessionId, 'the same session, through the other host')
+  t.equal(session.generation, 1, 'the same client')
+})
+
+t.test('a server that stops in the middle of an answer is left, and the next one gives the session back', async t => {
+  const server = await startZooKeeper()
+  t.teardown(() => server.close())
+  // `cut` relays to ZooKeeper until told to stop mid-answer: then it passes the first bytes of the next
+  // answer only, holds the rest for ever, and refuses new connections.
+  let cutting = false
+  let stuck = false
+  const open = new Set<net.Socket>()
+  const cut = net.createServer(client => {
+    if (stuck) return client.destroy()
+    const upstream = net.connect(server.port, '127.0.0.1')
+    for (const socket of [client, upstream]) {
+      open.add(socket)
+      socket.on('error', () => { client.destroy(); upstream.destroy() })
+      socket.once('close', () => { open.delete(socket); client.destroy(); upstream.destroy() })
+    }
+    client.on('data', chunk => { if (!stuck) upstream.write(chunk) })
+    upstream.on('data', (chunk: Buffer) => {
+      if (stuck) return
+      if (cutting) {
+        stuck = true
+        client.write(chunk.subarray(0, 6))
+        return
+      }
+      client.write(chunk)
+    })
+  })
+  await new Promise<void>(resolve => cut.listen(0, '127.0.0.1', () => resolve()))
+  t.teardown(() => { for (const socket of open) socket.destroy(); cut.close() })
+  const cutPort = (cut.address() as net.AddressInfo).port
+  const good = await startRelay(server.port)
+  t.teardown(() => good.close())
+  await good.down()
+  const session = new ZooKeeperSession({ connectString: `127.0.0.1:${cutPort},127.0.0.1:${good.port}`, sessionTimeoutMs: 4000, logger: silentLogger })
+  t.teardown(() => session.close())
+  const events: SessionEvent[] = []
+  session.on(event => events.push(event))
+  session.start()
+  await eventually(() => session.connected, { message: 'a session through the host that will stop' })
+  const sessionId = session.client!.getSessionId().toString('hex')
+  await good.up()
+
+  // The watchdog's next probe gets 6 bytes of its answer, then nothing.
+  cutting = true
+  await eventually(() => stuck, { message: 'an answer cut short' })
+  await eventually(() => events.length >= 3, { timeoutMs: 15_000, message: 'the session back, or given up' })
+  t.same(events.map(e => e.type === 'expired' ? `expired (${e.reason})` : e.type), ['connected', 'disconnected', 'connected'], 'never given up')
+  t.equal(session.client?.getSessionId().toString('hex'), sessionId, 'the same session, through the other host')
   t.equal(session.generation, 1, 'the same client')
 })
