@@ -14,7 +14,7 @@ export type SessionEvent =
   | { readonly type: 'connected', readonly client: Client, readonly newSession: boolean }
   | { readonly type: 'disconnected' }
   /** The session is gone for good: ephemeral nodes and watches with it. A new client is being built. */
-  | { readonly type: 'expired', readonly reason: 'expired' | 'watchdog' | 'connect-deadline' }
+  | { readonly type: 'expired', readonly reason: 'expired' | 'connect-deadline' }
 
 export interface ZooKeeperSessionOptions {
   /** `host:port,host:port[/chroot]` */
@@ -92,6 +92,20 @@ function freshFraming (client: Client): void {
 }
 
 /**
+ * Calls `record` each time the client's connection brings bytes: any answer, or part of one, shows the
+ * server alive, as the Java client counts it; a probe queued behind a long run of reads still waits.
+ */
+function received (client: Client, record: () => void): void {
+  const manager = managerOf(client)
+  const onSocketData = manager.onSocketData
+  manager.onSocketData = function (this: ConnectionManager, buffer: Buffer): void {
+    // The library calls itself with nothing to go on with what it holds.
+    if (buffer.length > 0) record()
+    onSocketData.call(this, buffer)
+  }
+}
+
+/**
  * Hands `record` each error of the client's connections (a refused connect, a name that does not
  * resolve): the library only reconnects on them, and says nothing of why.
  */
@@ -149,6 +163,7 @@ interface ConnectionManager {
   onSocketConnected (): void
   onSocketError (err: Error): void
   onSocketClosed (hadError: boolean): void
+  onSocketData (buffer: Buffer): void
   /** The start of an answer not wholly received yet. */
   pendingBuffer: Buffer | null
   queue (request: JuteRequest, callback?: (err: unknown) => void): void
@@ -228,7 +243,7 @@ export class ZooKeeperSession {
   #waitingSinceMs = 0
   /** Whether the server answered a request on the current connection. A handshake alone is no proof. */
   #answered = false
-  /** When a server last answered on this session (a handshake or a probe): its timeout on the ensemble runs from about then. */
+  /** When a server last sent anything on this session (a handshake, an answer): its timeout on the ensemble runs from about then. */
   #lastAnswerMs = 0
   /** Clients in a row that never got a session: the back-off between connect attempts grows with it. */
   #failedBuilds = 0
@@ -324,6 +339,7 @@ export class ZooKeeperSession {
     cancellableReconnects(client)
     handshakeTimeout(client)
     socketErrors(client, err => { if (generation === this.#generation) this.#connectionError = err.message })
+    received(client, () => { if (generation === this.#generation) this.#lastAnswerMs = performance.now() })
     this.#client = client
     this.#connected = false
     this.#sessionId = ''
@@ -376,7 +392,7 @@ export class ZooKeeperSession {
     this.#emit({ type: 'disconnected' })
   }
 
-  #replace (reason: 'expired' | 'watchdog' | 'connect-deadline'): void {
+  #replace (reason: 'expired' | 'connect-deadline'): void {
     // A client that never got a session (ZooKeeper down, or a handshake that hung) lost nothing.
     const hadSession = this.#sessionId !== ''
     const old = this.#client
@@ -437,19 +453,14 @@ export class ZooKeeperSession {
    */
   #moveOn (client: Client, now: number): void {
     const err = new FleetgateError('FLEETGATE_ERR_ZK_WATCHDOG', `no answer in ${Math.round(now - this.#lastAnswerMs)} ms`)
-    const socket = managerOf(client).socket
-    if (socket === undefined) {
-      this.#log.warn({ err }, 'zookeeper watchdog fired')
-      return this.#replace('watchdog')
-    }
     this.#log.warn({ err }, 'zookeeper watchdog fired: trying the next server with the same session')
     this.#probeSentAtMs = undefined
-    // As after any lost connection: a session timeout from now to get the session back. A server that
-    // finds it expired meanwhile says so at once.
+    // As after any lost connection (#lost): a session timeout from now to get the session back, if this
+    // connection ever answered. A server that finds the session expired meanwhile says so at once.
     this.#connected = false
-    this.#waitingSinceMs = now
+    if (this.#answered) this.#waitingSinceMs = now
     this.#emit({ type: 'disconnected' })
-    socket.destroy(err)
+    managerOf(client).socket?.destroy(err)
   }
 
   #probe (client: Client): void {
@@ -460,10 +471,7 @@ export class ZooKeeperSession {
       this.#probeSentAtMs = undefined
       // Any answer from the server, even an error, proves it alive; a lost connection fails the probe here.
       const code = zkErrorCode(err)
-      if (code !== zookeeper.Exception.CONNECTION_LOSS && code !== zookeeper.Exception.SESSION_EXPIRED) {
-        this.#answered = true
-        this.#lastAnswerMs = performance.now()
-      }
+      if (code !== zookeeper.Exception.CONNECTION_LOSS && code !== zookeeper.Exception.SESSION_EXPIRED) this.#answered = true
     })
   }
 
