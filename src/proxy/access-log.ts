@@ -4,9 +4,9 @@
 
 import type { IncomingMessage } from 'node:http'
 import type { Socket } from 'node:net'
-import { pino } from 'pino'
 import type { Endpoint } from '../balancer/pool.ts'
 import type { ProxyConfig } from '../config.ts'
+import { logTo } from '../logger.ts'
 
 /**
  * Logs one request: `status` as the client got it (499: the client left first), `instance` the last one
@@ -31,7 +31,7 @@ export function rememberClient (socket: Socket): void {
 export function createAccessLog (format: ProxyConfig['accessLog'], service: string): AccessLog | undefined {
   if (format === 'off') return undefined
   // Its own logger: --log-level is about the proxy's messages, and an access log asked for is wanted whole.
-  const log = pino({ level: 'info', base: { name: 'fleetgate-access', service } })
+  const log = logTo({ level: 'info', base: { name: 'fleetgate-access', service } })
   return (req, status, instance, tries, seconds, bytes) => {
     log.info({
       client: clients.get(req.socket) ?? req.socket?.remoteAddress ?? null,

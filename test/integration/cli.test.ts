@@ -1,9 +1,12 @@
 // The command line around the commands: usage, help and version, their output streams and exit codes.
 
-import { spawnSync } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
+import { eventually } from '../helpers/eventually.ts'
+import { isRunning, track } from '../helpers/reaper.ts'
+import { freePort } from '../helpers/zookeeper.ts'
 
 const CLI = fileURLToPath(new URL('../../dist/cli.js', import.meta.url))
 
@@ -32,4 +35,26 @@ t.test('help and --version: on stdout, exit code 0; an unknown command: on stder
   t.equal(unknown.status, 2)
   t.equal(unknown.stdout, '')
   t.match(unknown.stderr, /^fleetgate: FLEETGATE_ERR_CLI_USAGE: unknown command "proxi"/)
+})
+
+t.test('a proxy and an agent whose log reader has gone (a shipper restarted, `| head`) still stop on SIGTERM', async t => {
+  const zookeeper = `127.0.0.1:${await freePort()}`
+  for (const args of [
+    ['proxy', '--static', 'http://127.0.0.1:9', '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--workers', '1'],
+    ['agent', '--zookeeper', zookeeper, '--advertise', '127.0.0.1:9', '--admin-listen', '127.0.0.1:0'],
+  ]) {
+    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+    track(child)
+    const exited = new Promise<{ code: number | null, signal: NodeJS.Signals | null }>(resolve => child.once('exit', (code, signal) => resolve({ code, signal })))
+    t.teardown(() => { if (isRunning(child)) child.kill('SIGKILL') })
+    let output = ''
+    child.stdout!.setEncoding('utf8').on('data', (s: string) => { output += s })
+    await eventually(() => /listening/.test(output), { timeoutMs: 30_000, message: () => `${args[0]} listening; output:\n${output}` })
+    // The reader goes: every log line from now on meets a broken pipe, the shutdown's among them.
+    child.stdout!.destroy()
+    child.stderr!.destroy()
+    child.kill('SIGTERM')
+    const result = await Promise.race([exited, new Promise<'running'>(resolve => setTimeout(() => resolve('running'), 20_000).unref())])
+    t.not(result, 'running', `${args[0]}: exited within 20 s of SIGTERM`)
+  }
 })
