@@ -6,11 +6,12 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { closeSync, openSync, readFileSync } from 'node:fs'
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { eventually } from './eventually.ts'
 import { isRunning, track } from './reaper.ts'
-import { assertZooKeeperInstalled, fourLetterWord, freePort, SLF4J_JAR, ZOOKEEPER_JAR } from './zookeeper.ts'
+import { assertZooKeeperInstalled, fourLetterWord, SLF4J_JAR, ZOOKEEPER_JAR } from './zookeeper.ts'
 
 const READY_TIMEOUT_MS = 30_000
 
@@ -44,10 +45,15 @@ export interface ZooKeeperEnsemble {
   close(): Promise<void>
 }
 
-export async function startEnsemble (size = 3): Promise<ZooKeeperEnsemble> {
+/**
+ * `leaderServes: false` (ZooKeeper's `leaderServes=no`) keeps clients off the leader, on the followers: a
+ * follower that hangs leaves the others serving, where a hung leader stops the ensemble until the others
+ * have noticed and elected another (seconds to tens of seconds under load).
+ */
+export async function startEnsemble (size = 3, options: { leaderServes?: boolean } = {}): Promise<ZooKeeperEnsemble> {
   assertZooKeeperInstalled()
   const tmp = await mkdtemp(path.join(os.tmpdir(), 'fleetgate-zk-ensemble-'))
-  const ports = await Promise.all(Array.from({ length: size }, async () => ({ client: await freePort(), peer: await freePort(), election: await freePort() })))
+  const ports = await Promise.all(Array.from({ length: size }, async () => ({ client: await fixedPort(), peer: await fixedPort(), election: await fixedPort() })))
   const servers = ports.map((p, i) => `server.${i + 1}=127.0.0.1:${p.peer}:${p.election}`)
   const members: Member[] = []
   for (const [i, p] of ports.entries()) {
@@ -65,6 +71,7 @@ export async function startEnsemble (size = 3): Promise<ZooKeeperEnsemble> {
       'clientPortAddress=127.0.0.1',
       'admin.enableServer=false',
       '4lw.commands.whitelist=srvr,ruok,mntr,stat,cons',
+      ...(options.leaderServes === false ? ['leaderServes=no'] : []),
       ...servers,
       '',
     ].join('\n'))
@@ -100,12 +107,35 @@ export async function startEnsemble (size = 3): Promise<ZooKeeperEnsemble> {
   }
   try {
     for (const member of members) member.spawn()
-    await Promise.all(members.map(m => m.serving()))
+    if (options.leaderServes === false) {
+      // The leader then answers `srvr` as a server that does not serve: the others follow it.
+      await eventually(async () => (await Promise.all(members.map(m => m.mode()))).filter(mode => mode === 'follower').length === size - 1,
+        { timeoutMs: READY_TIMEOUT_MS, intervalMs: 50, message: () => `${size - 1} followers; logs:\n${members.map(m => m.logTail(10)).join('\n')}` })
+    } else {
+      await Promise.all(members.map(m => m.serving()))
+    }
   } catch (err) {
     await ensemble.close()
     throw err
   }
   return ensemble
+}
+
+/**
+ * A free port below Linux's ephemeral range (32768 and up): a server killed and started again must find
+ * its ports free, and an outgoing connection elsewhere, which takes its local port from that range, could
+ * hold one of them meanwhile.
+ */
+async function fixedPort (): Promise<number> {
+  for (;;) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000)
+    const free = await new Promise<boolean>(resolve => {
+      const server = net.createServer()
+      server.once('error', () => resolve(false))
+      server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)))
+    })
+    if (free) return port
+  }
 }
 
 class Member implements EnsembleMember {
@@ -132,6 +162,10 @@ class Member implements EnsembleMember {
     try {
       this.#child = spawn('java', [
         '-Xmx128m', '-XX:+UseSerialGC', '-XX:TieredStopAtLevel=1',
+        // An election waits this long for each peer's connection (5 s by default): with a hung peer
+        // (SIGSTOP), whose kernel takes the connection and whose process never answers, the others
+        // took 20 s and more under load to elect a new leader.
+        '-Dzookeeper.cnxTimeout=1000',
         '-cp', `${ZOOKEEPER_JAR}:${SLF4J_JAR}`,
         'org.apache.zookeeper.server.quorum.QuorumPeerMain', path.join(this.dir, 'zoo.cfg'),
       ], { cwd: this.dir, stdio: ['ignore', fd, fd] })

@@ -15,8 +15,8 @@ const SESSION = ['--session-timeout-ms', '4000']
  * A ZooKeeper ensemble; instances a and b, each registered by its agent; a proxy following them, with both
  * up. `up()` counts the instances the proxy has up.
  */
-async function ensembleFleet (t: Test, service: string) {
-  const ensemble = await startEnsemble()
+async function ensembleFleet (t: Test, service: string, options: { leaderServes?: boolean } = {}) {
+  const ensemble = await startEnsemble(3, options)
   t.teardown(() => ensemble.close())
   const [a, b] = await Promise.all(['a', 'b'].map(name => startHealthBackend(t, name)))
   const agents = await Promise.all([a!, b!].map(backend => startAgent(t, { zookeeper: ensemble.connectString, service, port: backend.port, args: SESSION })))
@@ -62,7 +62,8 @@ t.test('each ZooKeeper server killed in turn, the leader too: clients move on wi
 })
 
 t.test('the server each client is on hung (SIGSTOP) past the session timeout: the client resumes its session on another, and the pool never empties', async t => {
-  const { ensemble, b, agents, proxy, up } = await ensembleFleet(t, 'hung')
+  // Clients on followers only: a hung leader would stop the whole ensemble, as a lost quorum does (below).
+  const { ensemble, b, agents, proxy, up } = await ensembleFleet(t, 'hung', { leaderServes: false })
   const sessions = async (): Promise<Array<string | undefined>> => await Promise.all(agents.map(async agent => (await agent.status()).registration.session))
   const before = await sessions()
   const proxySession = [...proxy.output().matchAll(/"sessionId":"([0-9a-f]+)"/g)].at(-1)![1]!
