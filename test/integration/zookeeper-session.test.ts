@@ -2,12 +2,22 @@
 
 import { setTimeout as outageOf } from 'node:timers/promises'
 import net from 'node:net'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { silentLogger } from '../../src/logger.ts'
 import { type SessionEvent, ZooKeeperSession } from '../../src/zookeeper/session.ts'
 import { eventually } from '../helpers/eventually.ts'
 import { startRelay } from '../helpers/tcp-relay.ts'
 import { startZooKeeper } from '../helpers/zookeeper.ts'
+
+/** A session on `connectString`, started, with every event it emits recorded; closed at teardown. */
+function startSession (t: Test, connectString: string, sessionTimeoutMs: number): { session: ZooKeeperSession, events: SessionEvent[] } {
+  const session = new ZooKeeperSession({ connectString, sessionTimeoutMs, logger: silentLogger })
+  t.teardown(() => session.close())
+  const events: SessionEvent[] = []
+  session.on(event => events.push(event))
+  session.start()
+  return { session, events }
+}
 
 t.test('a disconnection shorter than the granted timeout keeps the session, whatever was asked', async t => {
   // The server grants at least 4 s; the keeper asks for 1 s.
@@ -15,11 +25,7 @@ t.test('a disconnection shorter than the granted timeout keeps the session, what
   t.teardown(() => server.close())
   const relay = await startRelay(server.port)
   t.teardown(() => relay.close())
-  const session = new ZooKeeperSession({ connectString: `127.0.0.1:${relay.port}`, sessionTimeoutMs: 1000, logger: silentLogger })
-  t.teardown(() => session.close())
-  const events: SessionEvent[] = []
-  session.on(event => events.push(event))
-  session.start()
+  const { session, events } = startSession(t, `127.0.0.1:${relay.port}`, 1000)
 
   await eventually(() => session.connected, { message: 'first session' })
   t.equal(session.sessionTimeoutMs, 4000, 'the timeout is the one the server granted')
@@ -72,11 +78,7 @@ t.test('a client replaced while its handshake hangs is dropped quietly, and the 
   // A stopped server: connections are accepted, and the handshake sent on them is read only once it resumes.
   server.pause()
   t.teardown(() => { if (server.running) server.resume() })
-  const session = new ZooKeeperSession({ connectString: server.connectString, sessionTimeoutMs: 2000, logger: silentLogger })
-  t.teardown(() => session.close())
-  const events: SessionEvent[] = []
-  session.on(event => events.push(event))
-  session.start()
+  const { session, events } = startSession(t, server.connectString, 2000)
 
   // The first session may take 10 s before its client is rebuilt.
   await eventually(() => session.generation === 2, { timeoutMs: 20_000, message: 'the client rebuilt' })
@@ -95,11 +97,7 @@ t.test('a host that accepts connections and never answers them is passed over, a
   t.teardown(() => hung.close())
   t.teardown(() => good.close())
   await good.down()
-  const session = new ZooKeeperSession({ connectString: `127.0.0.1:${hung.port},127.0.0.1:${good.port}`, sessionTimeoutMs: 4000, logger: silentLogger })
-  t.teardown(() => session.close())
-  const events: SessionEvent[] = []
-  session.on(event => events.push(event))
-  session.start()
+  const { session, events } = startSession(t, `127.0.0.1:${hung.port},127.0.0.1:${good.port}`, 4000)
   await eventually(() => session.connected, { message: 'a session through the one host up' })
   const sessionId = session.client!.getSessionId().toString('hex')
 
@@ -150,11 +148,7 @@ t.test('a server that stops in the middle of an answer is left, and the next one
   const good = await startRelay(server.port)
   t.teardown(() => good.close())
   await good.down()
-  const session = new ZooKeeperSession({ connectString: `127.0.0.1:${cutPort},127.0.0.1:${good.port}`, sessionTimeoutMs: 4000, logger: silentLogger })
-  t.teardown(() => session.close())
-  const events: SessionEvent[] = []
-  session.on(event => events.push(event))
-  session.start()
+  const { session, events } = startSession(t, `127.0.0.1:${cutPort},127.0.0.1:${good.port}`, 4000)
   await eventually(() => session.connected, { message: 'a session through the host that will stop' })
   const sessionId = session.client!.getSessionId().toString('hex')
   await good.up()
